@@ -1,0 +1,28 @@
+# Two commands set everything up: `make demo` and `make test` (both create .venv on first use).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+export NO_ALBUMENTATIONS_UPDATE := 1
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: venv demo test bench clean
+
+venv: $(VENV)/.installed
+
+# torch is installed alone first, pinned, so pip never resolves a CUDA build for it.
+$(VENV)/.installed: requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+demo: venv
+	$(VENV)/bin/lesionseg predict src/lesionseg/assets/samples --out out/demo --overwrite --report
+	@echo "masks, overlays and report.html written under out/demo/"
+
+test: venv
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf out runs .pytest_cache

@@ -1,0 +1,237 @@
+"""One configuration schema with defaults (the seed's recipe), read from YAML plus dotted overrides.
+
+Unknown keys and values of the wrong type are refused with the key's name, so a typo never silently
+falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "unet"
+    in_channels: int = 3
+    out_channels: int = 1
+    base_width: int = 64  # 64 gives the seed's 64→1024 widths
+    depth: int = 4  # number of down-sampling steps
+    upsample: str = "bilinear"  # or "transposed"
+
+
+@dataclass
+class DataConfig:
+    image_size: int = 256  # square side the network sees; predictions go back to the original size
+    val_fraction: float = 0.1  # used only when no --val-data is given
+    split_seed: int = 42
+    batch_size: int = 8
+    num_workers: int = 0  # 2-core machines: augmenting in the main process is fastest
+    cache: bool = True  # keep decoded uint8 images in memory when they fit
+    cache_limit_gb: float = 4.0
+    mask_threshold: int | None = None  # binarise masks with more than two levels at this value
+
+
+@dataclass
+class AugmentConfig:
+    crop_scale_min: float = 0.8
+    crop_scale_max: float = 1.0
+    hflip: float = 0.5
+    vflip: float = 0.5
+    rot90: float = 0.5
+    noise: float = 0.2
+    blur: float = 0.2
+    elastic: float = 0.0
+
+
+@dataclass
+class LossConfig:
+    dice_weight: float = 1.0
+    bce_weight: float = 1.0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    eta_min: float = 1e-6
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 100
+    patience: int = 15  # early stopping on validation mean Jaccard
+    precision: str = "auto"  # auto | bf16 | fp32 ; auto = bf16 where the CPU/GPU has native bf16
+    channels_last: bool = True
+    seed: int = 0
+    max_minutes: float | None = None  # wall-clock budget; stops cleanly after the current epoch
+    limit_train_batches: int | None = None  # for smoke runs
+    accelerator: str = "auto"
+    deterministic: bool = False
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "model.arch": {"unet"},
+    "model.upsample": {"bilinear", "transposed"},
+    "trainer.precision": {"auto", "bf16", "fp32"},
+    "trainer.accelerator": {"auto", "cpu", "gpu"},
+}
+
+
+def _check_value(key: str, value: Any, annotation: Any) -> Any:
+    """Return `value` converted to `annotation`'s type, or raise UserError naming `key`."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check_value(key, value, inner[0])
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - schema only uses the types above
+        return value
+    raise UserError(f"config key '{key}': expected {annotation.__name__}, got {value!r}")
+
+
+def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            known = ", ".join(sorted(names))
+            raise UserError(f"unknown config key '{dotted}' (known here: {known})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise UserError(f"config key '{dotted}': expected a section (mapping), got {value!r}")
+            _apply(current, value, prefix=f"{dotted}.")
+        else:
+            value = _check_value(dotted, value, hints[key])
+            allowed = CHOICES.get(dotted)
+            if allowed and value not in allowed:
+                raise UserError(f"config key '{dotted}': {value!r} is not one of {sorted(allowed)}")
+            setattr(obj, key, value)
+
+
+def _validate(cfg: Config) -> None:
+    m, d, a = cfg.model, cfg.data, cfg.augment
+    if m.base_width < 1 or m.depth < 1 or m.depth > 6:
+        raise UserError("config: model.base_width must be ≥ 1 and model.depth in 1..6")
+    if d.image_size < 2**m.depth or d.image_size % (2**m.depth):
+        raise UserError(f"config key 'data.image_size': must be a multiple of 2**model.depth = {2**m.depth}")
+    if not 0.0 < d.val_fraction < 1.0:
+        raise UserError("config key 'data.val_fraction': must be between 0 and 1")
+    if d.batch_size < 1:
+        raise UserError("config key 'data.batch_size': must be ≥ 1")
+    if not 0.0 < a.crop_scale_min <= a.crop_scale_max <= 1.0:
+        raise UserError("config keys 'augment.crop_scale_min/max': need 0 < min ≤ max ≤ 1")
+    for name in ("hflip", "vflip", "rot90", "noise", "blur", "elastic"):
+        if not 0.0 <= getattr(a, name) <= 1.0:
+            raise UserError(f"config key 'augment.{name}': a probability in [0, 1]")
+    if cfg.trainer.max_epochs < 1:
+        raise UserError("config key 'trainer.max_epochs': must be ≥ 1")
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Turn ["model.base_width=32", ...] into a nested dict; values are parsed as YAML scalars."""
+    nested: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"override '{item}': expected KEY=VALUE, e.g. model.base_width=32")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        parts = key.strip().split(".")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"override '{item}': '{part}' is not a section")
+        node[parts[-1]] = value
+    return nested
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
+    """Defaults ← YAML file ← overrides, validated."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"{path}: config file not found")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(values, dict):
+            raise UserError(f"{path}: a config file must be a mapping of sections")
+        _apply(cfg, values)
+    if overrides:
+        _apply(cfg, overrides if isinstance(overrides, dict) else parse_overrides(list(overrides)))
+    _validate(cfg)
+    return cfg
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    return load_config(overrides=values)
+
+
+def diff_configs(a: Config, b: Config, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ."""
+    out: list[str] = []
+
+    def walk(x: dict, y: dict, pre: str) -> None:
+        for k in x:
+            if isinstance(x[k], dict):
+                walk(x[k], y[k], f"{pre}{k}.")
+            elif x[k] != y[k]:
+                out.append(f"{pre}{k}")
+
+    walk(a.to_dict(), b.to_dict(), prefix)
+    return out
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

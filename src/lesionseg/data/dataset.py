@@ -1,0 +1,42 @@
+"""A dataset over validated pairs: reads (or takes from the cache), transforms, returns tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..pairs import Pair, load_pair
+from .transforms import to_tensors
+
+
+class SegmentationDataset(Dataset):
+    def __init__(self, pairs: list[Pair], transform, cache: list[tuple[np.ndarray, np.ndarray]] | None = None,
+                 mask_threshold: int | None = None):
+        if cache is not None and len(cache) != len(pairs):
+            raise ValueError("cache and pairs differ in length")
+        self.pairs, self.transform, self.cache, self.mask_threshold = pairs, transform, cache, mask_threshold
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.cache is not None:
+            return self.cache[i]
+        return load_pair(self.pairs[i], self.mask_threshold)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.load(i)
+        out = self.transform(image=image, mask=mask.view(np.uint8))
+        return to_tensors(out["image"], out["mask"])
+
+
+def split_pairs(pairs: list[Pair], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded split of indices; the same seed and ids always give the same split."""
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    n_val = max(1, int(round(len(pairs) * val_fraction)))
+    if n_val >= len(pairs):
+        raise ValueError("need at least 2 pairs to split off a validation set")
+    val = sorted(order[:n_val].tolist())
+    train = sorted(order[n_val:].tolist())
+    return train, val

@@ -1,0 +1,50 @@
+"""Augmentation (training) and pre-processing (evaluation and prediction) — one definition for all."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check on import
+
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from ..config import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig  # noqa: E402
+
+
+def train_transform(size: int, aug: AugmentConfig) -> A.Compose:
+    """The seed's recipe. Crop scale stays ≤ 1.0: the seed's 1.2 is not a valid crop fraction."""
+    steps = [
+        A.RandomResizedCrop(size=(size, size), scale=(aug.crop_scale_min, aug.crop_scale_max)),
+        A.HorizontalFlip(p=aug.hflip),
+        A.VerticalFlip(p=aug.vflip),
+        A.RandomRotate90(p=aug.rot90),
+        A.GaussNoise(std_range=(0.01, 0.05), p=aug.noise),
+        A.GaussianBlur(blur_limit=(3, 5), p=aug.blur),
+    ]
+    if aug.elastic > 0:
+        steps.append(A.ElasticTransform(alpha=30, sigma=6, p=aug.elastic))
+    steps.append(A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD))
+    return A.Compose(steps)
+
+
+def eval_transform(size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> A.Compose:
+    return A.Compose([A.Resize(size, size), A.Normalize(mean=mean, std=std)])
+
+
+def to_tensors(image: np.ndarray, mask: np.ndarray | None = None):
+    """HWC float image → CHW tensor; bool/uint8 mask → 1HW float tensor."""
+    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
+    if mask is None:
+        return x
+    y = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
+    return x, y
+
+
+def resize_to(prob: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize a probability map back to the input's original size (bilinear)."""
+    if prob.shape == (height, width):
+        return prob
+    return cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)

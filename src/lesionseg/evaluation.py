@@ -1,0 +1,69 @@
+"""Evaluate a model on a labelled folder: the same Segmenter as `predict`, every metric side by side."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+from .inference import Segmenter
+from .io import write_text
+from .metrics import aggregate, confusion, image_scores
+from .pairs import Pair, discover, load_pair, validate
+
+PER_IMAGE_FIELDS = ["id", "jaccard", "dice", "pixel_accuracy", "sensitivity", "specificity", "lesion_fraction"]
+
+
+@dataclass
+class EvaluationResult:
+    metrics: dict
+    per_image: list[dict]  # worst Jaccard first
+
+
+@dataclass
+class LabelledSet:
+    pairs: list[Pair]
+    cache: list | None  # decoded (image, mask) when they fit in memory
+    mask_threshold: int | None = None
+
+
+def load_labelled(data: str | Path, mask_threshold: int | None = None) -> LabelledSet:
+    """Discover and check every pair first, so all problems are reported before a model is loaded."""
+    pairs = discover(data)
+    return LabelledSet(pairs, validate(pairs, mask_threshold, keep=True), mask_threshold)
+
+
+def evaluate(segmenter: Segmenter, data: LabelledSet | str | Path) -> EvaluationResult:
+    labelled = data if isinstance(data, LabelledSet) else load_labelled(data)
+    pairs, cache, mask_threshold = labelled.pairs, labelled.cache, labelled.mask_threshold
+    counts, rows = [], []
+    batch = segmenter.batch_size
+    for start in range(0, len(pairs), batch):
+        chunk = pairs[start:start + batch]
+        loaded = cache[start:start + batch] if cache is not None else [load_pair(p, mask_threshold) for p in chunk]
+        masks = segmenter.predict_masks([image for image, _ in loaded])
+        for pair, (_, truth), pred in zip(chunk, loaded, masks):
+            c = confusion(pred, truth)
+            counts.append(c)
+            rows.append({"id": pair.id, **image_scores(c), "lesion_fraction": truth.mean()})
+    rows.sort(key=lambda r: r["jaccard"])
+    return EvaluationResult(aggregate(counts), rows)
+
+
+def write_results(result: EvaluationResult, out: str | Path, extra: dict | None = None) -> None:
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{out}: cannot create output folder ({exc.strerror})") from None
+    payload = {**result.metrics, **(extra or {})}
+    write_text(out / "metrics.json", json.dumps(payload, indent=2) + "\n")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=PER_IMAGE_FIELDS)
+    writer.writeheader()
+    for row in result.per_image:
+        writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
+    write_text(out / "per_image.csv", buf.getvalue())

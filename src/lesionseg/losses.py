@@ -1,0 +1,27 @@
+"""Dice + BCE on logits."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """1 - soft Dice per image, averaged over the batch. Computed in fp32: bf16 sums over 65k pixels
+    lose precision (and fp16 ones overflow)."""
+    prob = torch.sigmoid(logits.float()).flatten(1)
+    target = target.float().flatten(1)
+    inter = (prob * target).sum(1)
+    denom = prob.sum(1) + target.sum(1)
+    return (1.0 - (2.0 * inter + smooth) / (denom + smooth)).mean()
+
+
+class DiceBCELoss(nn.Module):
+    def __init__(self, dice_weight: float = 1.0, bce_weight: float = 1.0, smooth: float = 1.0):
+        super().__init__()
+        self.dice_weight, self.bce_weight, self.smooth = dice_weight, bce_weight, smooth
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        bce = F.binary_cross_entropy_with_logits(logits.float(), target.float())
+        return self.bce_weight * bce + self.dice_weight * soft_dice_loss(logits, target, self.smooth)

@@ -1,0 +1,5 @@
+from .registry import LoadedModel, build_model, count_parameters, default_model_path, load_model, save_model
+from .unet import UNet
+
+__all__ = ["UNet", "build_model", "load_model", "save_model", "LoadedModel", "count_parameters",
+           "default_model_path"]

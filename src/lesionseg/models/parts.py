@@ -1,0 +1,53 @@
+"""U-Net building blocks, as the seed describes them (after milesial/Pytorch-UNet's unet_parts.py)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DoubleConv(nn.Sequential):
+    """(3×3 conv → BatchNorm → ReLU) × 2."""
+
+    def __init__(self, in_channels: int, out_channels: int, mid_channels: int | None = None):
+        mid = mid_channels or out_channels
+        super().__init__(
+            nn.Conv2d(in_channels, mid, 3, padding=1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class Down(nn.Sequential):
+    """2×2 max-pool, then DoubleConv."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(nn.MaxPool2d(2), DoubleConv(in_channels, out_channels))
+
+
+class Up(nn.Module):
+    """Up-sample ×2 (bilinear or transposed conv), pad to the skip's size, concatenate, DoubleConv."""
+
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, mode: str = "bilinear"):
+        super().__init__()
+        if mode == "bilinear":
+            self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+            up_channels = in_channels
+        elif mode == "transposed":
+            self.up = nn.ConvTranspose2d(in_channels, in_channels // 2, kernel_size=2, stride=2)
+            up_channels = in_channels // 2
+        else:
+            raise ValueError(f"unknown upsample mode {mode!r}")
+        self.conv = DoubleConv(up_channels + skip_channels, out_channels)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = self.up(x)
+        # Odd sizes: the pooled path lost a row/column; pad back to the skip's size.
+        dy, dx = skip.shape[-2] - x.shape[-2], skip.shape[-1] - x.shape[-1]
+        if dy or dx:
+            x = F.pad(x, [dx // 2, dx - dx // 2, dy // 2, dy - dy // 2])
+        return self.conv(torch.cat([skip, x], dim=1))

@@ -1,0 +1,107 @@
+"""Building models from config and saving/loading self-contained model files (weights + config)."""
+
+from __future__ import annotations
+
+import dataclasses
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
+from ..errors import UserError
+from ..io import atomic_path
+from .unet import UNet
+
+MODEL_FORMAT = "lesionseg-model"
+MODEL_FORMAT_VERSION = 1
+DEFAULT_MODEL = "default_model.pt"
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    if cfg.arch == "unet":
+        return UNet(cfg.in_channels, cfg.out_channels, cfg.base_width, cfg.depth, cfg.upsample)
+    raise UserError(f"config key 'model.arch': unknown architecture {cfg.arch!r}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A model ready for inference plus what it needs to be fed correctly."""
+
+    model: nn.Module
+    config: ModelConfig
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    card: dict[str, Any]
+    path: Path | None
+
+
+def save_model(path: str | Path, model: nn.Module, cfg: ModelConfig, image_size: int,
+               card: dict[str, Any] | None = None, half: bool = False) -> None:
+    """Write a self-contained model file atomically. `half` stores weights in fp16 (loaded as fp32)."""
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in model.state_dict().items()}
+    payload = {
+        "format": MODEL_FORMAT,
+        "format_version": MODEL_FORMAT_VERSION,
+        "model": dataclasses.asdict(cfg),
+        "preprocess": {"image_size": image_size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "card": card or {},
+        "state_dict": state,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def default_model_path() -> Path:
+    return Path(str(resources.files("lesionseg") / "assets" / DEFAULT_MODEL))
+
+
+def read_model_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: model file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt / truncated / foreign files
+        raise UserError(f"{path}: not a readable lesionseg model file ({type(exc).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        raise UserError(f"{path}: not a lesionseg model file (use the run's model.pt, not a checkpoint)")
+    if payload.get("format_version", 0) > MODEL_FORMAT_VERSION:
+        raise UserError(f"{path}: written by a newer lesionseg (format {payload['format_version']})")
+    return payload
+
+
+def load_model(weights: str | Path | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+    """The bundled default model, or the model file `weights`, in eval mode."""
+    path = Path(weights) if weights is not None else default_model_path()
+    payload = read_model_file(path)
+    try:
+        cfg = ModelConfig(**payload["model"])
+    except TypeError as exc:
+        raise UserError(f"{path}: model config not understood ({exc})") from None
+    model = build_model(cfg)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "shape mismatch"
+        raise UserError(f"{path}: weights do not match the model config ({first})") from None
+    model.eval().to(device)
+    pre = payload.get("preprocess", {})
+    return LoadedModel(
+        model=model,
+        config=cfg,
+        image_size=int(pre.get("image_size", 256)),
+        mean=tuple(pre.get("mean", IMAGENET_MEAN)),
+        std=tuple(pre.get("std", IMAGENET_STD)),
+        card=payload.get("card", {}),
+        path=path,
+    )

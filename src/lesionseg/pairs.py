@@ -1,0 +1,124 @@
+"""Finding image/mask pairs by id, and checking a whole folder in one pass.
+
+A data folder holds `images/` and `masks/`. A mask pairs with an image by id: `ID.<ext>` pairs with
+`ID_segmentation.<ext>` or `ID.<ext>`. Never by sorted order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from .errors import UserError, ValidationError
+from .io import IMAGE_EXTENSIONS, read_image, read_mask
+
+MASK_SUFFIX = "_segmentation"
+
+
+@dataclass(frozen=True)
+class Pair:
+    id: str
+    image_path: Path
+    mask_path: Path
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                  and not p.name.startswith("."))
+
+
+def mask_id(path: Path) -> str:
+    stem = path.stem
+    return stem[: -len(MASK_SUFFIX)] if stem.endswith(MASK_SUFFIX) else stem
+
+
+def _by_id(files: list[Path], key, kind: str, problems: list[str]) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for f in files:
+        k = key(f)
+        if k in out:
+            problems.append(f"{f}: duplicate {kind} id '{k}' (also {out[k].name})")
+        else:
+            out[k] = f
+    return out
+
+
+def discover(folder: str | Path) -> list[Pair]:
+    """Pairs in `folder/images` + `folder/masks`. Raises ValidationError listing every pairing problem."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: data folder not found")
+    images_dir, masks_dir = folder / "images", folder / "masks"
+    missing = [d.name for d in (images_dir, masks_dir) if not d.is_dir()]
+    if missing:
+        raise UserError(f"{folder}: expected sub-folders images/ and masks/ (missing: {', '.join(missing)})")
+    problems: list[str] = []
+    images = _by_id(_image_files(images_dir), lambda p: p.stem, "image", problems)
+    masks = _by_id(_image_files(masks_dir), mask_id, "mask", problems)
+    if not images and not masks:
+        raise UserError(f"{folder}: no images found in images/ (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    for i in sorted(images.keys() - masks.keys()):
+        problems.append(f"{images[i]}: no mask for this image (looked for {i}{MASK_SUFFIX}.* or {i}.* in masks/)")
+    for i in sorted(masks.keys() - images.keys()):
+        problems.append(f"{masks[i]}: no image for this mask (looked for {i}.* in images/)")
+    if problems:
+        raise ValidationError(problems, what=f"pairing in {folder}")
+    return [Pair(i, images[i], masks[i]) for i in sorted(images)]
+
+
+def load_pair(pair: Pair, mask_threshold: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    image = read_image(pair.image_path)
+    mask = read_mask(pair.mask_path, threshold=mask_threshold)
+    if image.shape[:2] != mask.shape:
+        raise UserError(
+            f"{pair.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
+            f"{image.shape[1]}x{image.shape[0]}"
+        )
+    return image, mask
+
+
+def validate(pairs: list[Pair], mask_threshold: int | None = None, keep: bool = False,
+             keep_limit_bytes: int = 4 << 30) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """Read every pair once and report *all* problems together.
+
+    With `keep`, the decoded arrays are returned (a cache for training) as long as they stay under
+    `keep_limit_bytes`; past that, None, and the dataset reads from disk.
+    """
+    problems: list[str] = []
+    kept: list[tuple[np.ndarray, np.ndarray]] | None = [] if keep else None
+    used = 0
+    for pair in pairs:
+        try:
+            image, mask = load_pair(pair, mask_threshold)
+        except UserError as exc:
+            problems.append(str(exc))
+            continue
+        if kept is not None:
+            used += image.nbytes + mask.nbytes
+            if used > keep_limit_bytes:
+                kept = None
+            else:
+                kept.append((image, mask))
+    if problems:
+        raise ValidationError(problems, what="data check")
+    return kept
+
+
+def list_images(inputs: Iterable[str | Path]) -> list[Path]:
+    """Expand files and folders (not recursive) into image files, in the order given."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = _image_files(p) + sorted(q for q in p.iterdir() if q.suffix.lower() == ".dcm")
+            if not found:
+                raise UserError(f"{p}: no images in this folder (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+            out.extend(found)
+        elif p.exists():
+            out.append(p)
+        else:
+            raise UserError(f"{p}: no such file or folder")
+    return out

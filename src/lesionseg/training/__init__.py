@@ -1,0 +1,1 @@
+"""Training with Lightning. Imported lazily: prediction never needs Lightning."""

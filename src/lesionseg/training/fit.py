@@ -1,0 +1,190 @@
+"""Training entry point: run directory, callbacks, resume, the self-contained best model."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import sys
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Checkpoint, EarlyStopping, ModelCheckpoint, TQDMProgressBar
+
+from .. import __version__
+from ..config import Config, diff_configs, dump_config, load_config
+from ..errors import UserError
+from ..io import write_text
+from ..models import count_parameters, save_model
+from .module import SegmentationModule
+
+METRIC = "val_mean_jaccard"
+CSV_FIELDS = ["epoch", "train_loss", "val_loss", "val_mean_jaccard", "val_dice", "lr", "train_img_per_s",
+              "elapsed_min"]
+# Changing these between a run and its resumption is allowed; anything else is a different experiment.
+# (Not max_epochs: the cosine schedule's period is fixed by it.)
+RESUMABLE_CHANGES = {"trainer.max_minutes", "trainer.patience", "data.num_workers"}
+
+
+def resolve_precision(choice: str, accelerator: str) -> str:
+    """bf16 only where the hardware computes it natively; emulated bf16 is ~10x slower on older CPUs."""
+    if choice == "fp32":
+        return "32-true"
+    on_gpu = accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
+    if on_gpu:
+        native = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    else:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if choice == "bf16" or native:
+        return "bf16-mixed"
+    return "32-true"
+
+
+class RunRecorder(Checkpoint):
+    """After each epoch: one row in metrics.csv, one line on the terminal, and model.pt when best.
+
+    Subclasses Checkpoint so Lightning calls it after the module's epoch-end logging.
+    """
+
+    def __init__(self, run_dir: Path, cfg: Config, data_desc: dict):
+        self.run_dir, self.cfg, self.data_desc = run_dir, cfg, data_desc
+        self.best = -math.inf
+        self.best_epoch = -1
+        self.elapsed_before = 0.0  # minutes of earlier (interrupted) sessions of this run
+        self._start = time.perf_counter()
+
+    @property
+    def csv_path(self) -> Path:
+        return self.run_dir / "metrics.csv"
+
+    def elapsed_min(self) -> float:
+        return self.elapsed_before + (time.perf_counter() - self._start) / 60
+
+    def on_train_start(self, trainer, pl_module):
+        # After a checkpoint is restored: a resumed run keeps only rows of epochs its checkpoint finished.
+        if trainer.global_rank != 0:
+            return
+        rows = []
+        if self.csv_path.exists():
+            with self.csv_path.open() as f:
+                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < trainer.current_epoch]
+        self._write_rows(rows)
+        # The CSV is the run's memory across sessions: best score so far and minutes already spent.
+        for r in rows:
+            if r.get(METRIC) and float(r[METRIC]) > self.best:
+                self.best, self.best_epoch = float(r[METRIC]), int(r["epoch"])
+        self.elapsed_before = float(rows[-1]["elapsed_min"]) if rows else 0.0
+        self._start = time.perf_counter()
+
+    def _write_rows(self, rows):
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(self.csv_path, buf.getvalue())
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking or trainer.global_rank != 0:
+            return
+        m = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        row = {"epoch": trainer.current_epoch, **{k: f"{m[k]:.6g}" for k in CSV_FIELDS[1:-1] if k in m},
+               "elapsed_min": f"{self.elapsed_min():.3f}"}
+        with self.csv_path.open("a", newline="") as f:
+            csv.DictWriter(f, fieldnames=CSV_FIELDS).writerow(row)
+        score = m.get(METRIC, -math.inf)
+        improved = score > self.best
+        if improved:
+            self.best, self.best_epoch = score, trainer.current_epoch
+            self.save_best(pl_module.model, trainer.current_epoch)
+        print(f"epoch {trainer.current_epoch + 1}/{self.cfg.trainer.max_epochs}  "
+              f"train_loss {m.get('train_loss', float('nan')):.4f}  val_loss {m.get('val_loss', float('nan')):.4f}  "
+              f"val_mean_jaccard {score:.4f}{' *' if improved else ''}  "
+              f"{m.get('train_img_per_s', 0):.1f} img/s  {self.elapsed_min():.1f} min", file=sys.stderr, flush=True)
+
+    def save_best(self, model, epoch: int):
+        card = {
+            "lesionseg_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "training_data": self.data_desc,
+            "recipe": self.cfg.to_dict(),
+            "parameters": count_parameters(model),
+            "best_epoch": epoch + 1,
+            "selection_metric": METRIC,
+            "selection_value": round(self.best, 5),
+            "training_minutes": round(self.elapsed_min(), 2),
+        }
+        # channels_last weights are saved contiguous; the file does not depend on memory format.
+        save_model(self.run_dir / "model.pt", model, self.cfg.model, self.cfg.data.image_size, card)
+
+
+def prepare_run_dir(run_dir: Path, cfg: Config) -> Path | None:
+    """Create or reopen a run directory. Returns the checkpoint to resume from, if any."""
+    cfg_path = run_dir / "config.yaml"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{run_dir}: exists and is not a folder")
+    if cfg_path.exists():
+        old = load_config(cfg_path)
+        changed = [k for k in diff_configs(old, cfg) if k not in RESUMABLE_CHANGES]
+        if changed:
+            raise UserError(f"{run_dir}: holds a run with a different config ({', '.join(changed)}); "
+                            "use another --out or the same settings to resume")
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise UserError(f"{run_dir}: folder is not empty and holds no lesionseg run (config.yaml missing)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(cfg_path, dump_config(cfg))
+    return last if last.exists() else None
+
+
+def train(data: str | Path, out: str | Path, cfg: Config, val_data: str | Path | None = None,
+          devices: int | str = 1, strategy: str = "auto", num_nodes: int = 1, progress: bool | None = None) -> Path:
+    """Train (or resume) into `out`; returns the path of the best model file."""
+    from ..data.datamodule import SegmentationDataModule
+
+    run_dir = Path(out)
+    resume = prepare_run_dir(run_dir, cfg)
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    datamodule = SegmentationDataModule(data, val_data, cfg.data, cfg.augment)
+    data_desc = {"train": str(data), "val": str(val_data) if val_data else f"{cfg.data.val_fraction:.0%} of train "
+                 f"(seed {cfg.data.split_seed})", "n_train": len(datamodule.train_set), "n_val": len(datamodule.val_set)}
+    module = SegmentationModule(cfg)
+    recorder = RunRecorder(run_dir, cfg, data_desc)
+    best_ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=METRIC, mode="max",
+                                save_last=True, save_top_k=1, enable_version_counter=False)
+    callbacks = [best_ckpt, EarlyStopping(monitor=METRIC, mode="max", patience=cfg.trainer.patience), recorder]
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if progress:
+        callbacks.append(TQDMProgressBar())
+    t = cfg.trainer
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    trainer = L.Trainer(
+        accelerator=t.accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes,
+        precision=resolve_precision(t.precision, t.accelerator), max_epochs=t.max_epochs,
+        max_time={"minutes": t.max_minutes} if t.max_minutes else None,
+        limit_train_batches=t.limit_train_batches, callbacks=callbacks, logger=False,
+        enable_progress_bar=progress, enable_model_summary=False, deterministic=t.deterministic,
+        num_sanity_val_steps=0, default_root_dir=run_dir,
+    )
+    print(f"training {cfg.model.arch} (base {cfg.model.base_width}, {count_parameters(module.model):,} params) on "
+          f"{data_desc['n_train']} images, validating on {data_desc['n_val']}; precision {trainer.precision}; "
+          f"run dir {run_dir}" + (f"; resuming from {resume}" if resume else ""), file=sys.stderr, flush=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*sync_dist=True.*")
+        warnings.filterwarnings("ignore", ".*treespec.*")
+        warnings.filterwarnings("ignore", ".*exists and is not empty.*")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+    # model.pt always ends equal to the best checkpoint, even if an earlier session was killed between writes.
+    if trainer.global_rank == 0 and Path(best_ckpt.best_model_path or "").is_file():
+        state = torch.load(best_ckpt.best_model_path, map_location="cpu", weights_only=False)
+        recorder.best = float(best_ckpt.best_model_score)
+        module.load_state_dict(state["state_dict"])
+        recorder.save_best(module.model, state["epoch"])
+    return run_dir / "model.pt"

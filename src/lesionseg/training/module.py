@@ -1,0 +1,72 @@
+"""LightningModule: the model, Dice+BCE, AdamW + cosine, per-image validation Jaccard/Dice."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+import torch
+from torchmetrics import MeanMetric
+
+from ..config import Config
+from ..losses import DiceBCELoss
+from ..metrics import batch_jaccard_dice
+from ..models import build_model
+
+
+class SegmentationModule(L.LightningModule):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        self.model = build_model(cfg.model)
+        self.loss = DiceBCELoss(cfg.loss.dice_weight, cfg.loss.bce_weight)
+        self.memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
+        # MeanMetric reduces across processes, so DDP ranks report one figure.
+        self.val_loss, self.val_jaccard, self.val_dice = MeanMetric(), MeanMetric(), MeanMetric()
+        self.train_loss = MeanMetric()
+        self._epoch_images, self._epoch_start = 0, 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.contiguous(memory_format=self.memory_format))
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_images, self._epoch_start = 0, time.perf_counter()
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = self.loss(self(x), y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss.item()} at epoch {self.current_epoch}, "
+                                     f"batch {batch_idx}")
+        self.train_loss.update(loss.detach())
+        self._epoch_images += x.shape[0]
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        seconds = max(time.perf_counter() - self._epoch_start, 1e-9)
+        self.log("train_loss", self.train_loss.compute(), sync_dist=True)
+        self.log("train_img_per_s", self._epoch_images / seconds)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        self.train_loss.reset()
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        self.val_loss.update(self.loss(logits, y).detach(), weight=x.shape[0])
+        jac, dice = batch_jaccard_dice(logits > 0, y > 0.5)
+        self.val_jaccard.update(jac.float())
+        self.val_dice.update(dice.float())
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val_loss", self.val_loss.compute())
+        self.log("val_mean_jaccard", self.val_jaccard.compute())
+        self.log("val_dice", self.val_dice.compute())
+        for m in (self.val_loss, self.val_jaccard, self.val_dice):
+            m.reset()
+
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        opt = torch.optim.AdamW(self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.cfg.trainer.max_epochs, eta_min=o.eta_min)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

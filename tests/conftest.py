@@ -1,0 +1,70 @@
+"""Shared fixtures: small synthetic lesion data sets the tests make themselves."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_ISIC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isic2017"
+
+
+def synthetic_case(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """A skin-coloured image with one dark elliptical 'lesion'; returns (RGB uint8, bool mask)."""
+    yy, xx = np.mgrid[:height, :width]
+    cy, cx = rng.uniform(0.3, 0.7) * height, rng.uniform(0.3, 0.7) * width
+    ry, rx = rng.uniform(0.15, 0.3) * height, rng.uniform(0.15, 0.3) * width
+    mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+    skin = np.array([210, 160, 140], np.float32) + rng.normal(0, 8, 3)
+    lesion = np.array([90, 50, 40], np.float32) + rng.normal(0, 8, 3)
+    img = np.where(mask[..., None], lesion, skin) + rng.normal(0, 6, (height, width, 3))
+    return np.clip(img, 0, 255).astype(np.uint8), mask
+
+
+def make_dataset(root: Path, n: int = 12, size: tuple[int, int] = (48, 64), seed: int = 0,
+                 image_ext: str = ".png", mask_suffix: str = "_segmentation") -> Path:
+    """root/images/case_XXX<ext> + root/masks/case_XXX<suffix>.png (0/255)."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        img, mask = synthetic_case(rng, *size)
+        Image.fromarray(img).save(root / "images" / f"case_{i:03d}{image_ext}")
+        Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(root / "masks" / f"case_{i:03d}{mask_suffix}.png")
+    return root
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    return make_dataset(tmp_path / "data")
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_file(tmp_path_factory) -> Path:
+    """A small, untrained but valid model file (fast to build, exercises the real load path)."""
+    import torch
+
+    from lesionseg.config import ModelConfig
+    from lesionseg.models import build_model, save_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(base_width=4, depth=3)
+    path = tmp_path_factory.mktemp("models") / "tiny.pt"
+    save_model(path, build_model(cfg), cfg, image_size=32, card={"note": "test model"})
+    return path
+
+
+def isic_or_skip() -> Path:
+    if not (SHARED_ISIC / "train" / "images").is_dir():
+        pytest.skip(f"ISIC 2017 data not found at {SHARED_ISIC} (only present on the project's machines)")
+    return SHARED_ISIC

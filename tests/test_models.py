@@ -1,0 +1,104 @@
+"""One contract every model variant runs: forward on odd sizes, gradients everywhere, save/load."""
+
+import pytest
+import torch
+
+from lesionseg.config import ModelConfig
+from lesionseg.errors import UserError
+from lesionseg.models import build_model, count_parameters, load_model, save_model
+
+VARIANTS = {
+    "bilinear": ModelConfig(base_width=4, depth=3, upsample="bilinear"),
+    "transposed": ModelConfig(base_width=4, depth=3, upsample="transposed"),
+    "deep4": ModelConfig(base_width=2, depth=4),
+    "gray_in_two_out": ModelConfig(in_channels=1, out_channels=2, base_width=4, depth=2),
+}
+
+
+@pytest.fixture(params=sorted(VARIANTS))
+def variant(request):
+    torch.manual_seed(0)
+    cfg = VARIANTS[request.param]
+    return cfg, build_model(cfg)
+
+
+@pytest.mark.parametrize("hw", [(32, 32), (37, 53), (1, 1), (17, 8)])
+def test_output_matches_input_size(variant, hw):
+    cfg, model = variant
+    model.eval()
+    with torch.no_grad():
+        y = model(torch.randn(2, cfg.in_channels, *hw))
+    assert y.shape == (2, cfg.out_channels, *hw)
+    assert torch.isfinite(y).all()
+
+
+def test_gradients_reach_every_parameter(variant):
+    cfg, model = variant
+    model.train()
+    y = model(torch.randn(2, cfg.in_channels, 35, 29))
+    y.square().mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+
+
+def test_channels_last_gives_same_output(variant):
+    cfg, model = variant
+    model.eval()
+    x = torch.randn(1, cfg.in_channels, 40, 40)
+    with torch.no_grad():
+        a = model(x)
+        b = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_save_load_round_trip(variant, tmp_path, half):
+    cfg, model = variant
+    model.eval()
+    path = tmp_path / "m.pt"
+    save_model(path, model, cfg, image_size=64, card={"hello": "world"}, half=half)
+    loaded = load_model(path)
+    assert loaded.config == cfg and loaded.image_size == 64 and loaded.card == {"hello": "world"}
+    x = torch.randn(1, cfg.in_channels, 33, 31)
+    with torch.no_grad():
+        tol = dict(rtol=2e-2, atol=2e-2) if half else dict(rtol=0, atol=0)
+        torch.testing.assert_close(loaded.model(x), model(x), **tol)
+
+
+def test_seed_widths_are_64_to_1024():
+    model = build_model(ModelConfig(base_width=64, depth=4))
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert max(c.out_channels for c in convs) == 1024
+    assert [d[1][0].out_channels for d in model.downs] == [128, 256, 512, 1024]
+    assert model.inc[0].out_channels == 64
+    assert 30e6 < count_parameters(model) < 40e6  # the classic U-Net is ~31-35 M parameters
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(UserError, match="model file not found"):
+        load_model(tmp_path / "none.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a model at all")
+    with pytest.raises(UserError, match="not a readable lesionseg model file"):
+        load_model(junk)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(UserError, match="not a lesionseg model file"):
+        load_model(foreign)
+
+
+def test_mismatched_weights_refused(tmp_path):
+    cfg = ModelConfig(base_width=4, depth=2)
+    path = tmp_path / "m.pt"
+    save_model(path, build_model(ModelConfig(base_width=8, depth=2)), cfg, image_size=32)
+    with pytest.raises(UserError, match="weights do not match the model config"):
+        load_model(path)
+
+
+def test_truncated_model_file_refused(tmp_path):
+    cfg = ModelConfig(base_width=4, depth=2)
+    path = tmp_path / "m.pt"
+    save_model(path, build_model(cfg), cfg, image_size=32)
+    path.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(UserError, match="not a readable"):
+        load_model(path)
