@@ -17,6 +17,7 @@ from pathlib import Path
 
 from lesionseg.evaluation import evaluate, load_labelled
 from lesionseg.inference import Segmenter
+from lesionseg.inference.backends import TorchBackend
 from lesionseg.models import load_model, save_model
 from lesionseg.models.registry import default_model_path
 
@@ -32,11 +33,11 @@ def main() -> None:
     args = ap.parse_args()
     source = load_model(args.run_dir / "model.pt")
     labelled = load_labelled(args.val)
-    full = evaluate(Segmenter(source), labelled).metrics
+    full = evaluate(Segmenter(TorchBackend(source)), labelled).metrics
     with tempfile.TemporaryDirectory() as tmp:
         half_path = Path(tmp) / "half.pt"
         save_model(half_path, source.model, source.config, source.image_size, source.card, half=True)
-        half = evaluate(Segmenter(load_model(half_path)), labelled).metrics
+        half = evaluate(Segmenter(TorchBackend(half_path)), labelled).metrics
     use_half = abs(half["mean_jaccard"] - full["mean_jaccard"]) < 5e-4
     figures = half if use_half else full
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,

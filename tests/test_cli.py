@@ -25,6 +25,22 @@ def invoke(*args):
     return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
+def crash_after_first_epoch(monkeypatch, args):
+    """Run `lesionseg train ARGS` until it dies after its first epoch (checkpoint written), as a kill would."""
+    from lesionseg.training import fit
+
+    original = fit.RunRecorder.on_train_epoch_end
+
+    def crash(self, trainer, pl_module):
+        original(self, trainer, pl_module)
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(fit.RunRecorder, "on_train_epoch_end", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        invoke(*args)
+    monkeypatch.setattr(fit.RunRecorder, "on_train_epoch_end", original)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Two epochs on synthetic data; the run directory is shared by the tests below."""
@@ -60,21 +76,10 @@ def test_info_shows_the_card(trained):
 
 def test_resume_after_a_crash(tmp_path, monkeypatch):
     """A run that dies after epoch 1 resumes at epoch 2 with its optimizer and schedule restored."""
-    from lesionseg.training import fit
-
     data = make_dataset(tmp_path / "data", n=12)
     run = tmp_path / "run"
     args = ["train", "--data", data, "--out", run, *TINY, "trainer.max_epochs=3"]
-    original = fit.RunRecorder.on_train_epoch_end
-
-    def crash_after_first_epoch(self, trainer, pl_module):
-        original(self, trainer, pl_module)
-        raise RuntimeError("simulated crash")
-
-    monkeypatch.setattr(fit.RunRecorder, "on_train_epoch_end", crash_after_first_epoch)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        invoke(*args)
-    monkeypatch.setattr(fit.RunRecorder, "on_train_epoch_end", original)
+    crash_after_first_epoch(monkeypatch, args)
     assert len(list(csv.DictReader((run / "metrics.csv").open()))) == 1
 
     result = invoke(*args)
@@ -170,9 +175,14 @@ def test_predict_partial_failure_exit_1(trained, tmp_path, rng):
     (["predict", "{tmp}/missing.png", "--out", "{tmp}/o"], "no such file or folder"),
     (["train", "--data", "{tmp}", "model.widht=3"], "unknown config key 'model.widht'"),
     (["info", "{tmp}/nope.pt"], "model file not found"),
-    (["export"], "not available yet"),
+    (["export", "--weights", "{tmp}/nope.pt", "--out", "{tmp}/m.onnx"], "model file not found"),
+    (["export", "--opset", "13", "--out", "{tmp}/m.onnx"], "opset ≥ 17"),
+    (["predict", "{tmp}/x.png", "--out", "{tmp}/o", "--weights", "{tmp}/nope.onnx"], "ONNX model file not found"),
+    (["predict", "{tmp}/x.png", "--out", "{tmp}/o", "--tta-scales", "a,b"], "--tta-scales"),
+    (["predict", "{tmp}/x.png", "--out", "{tmp}/o", "--threshold", "1.5"], "--threshold must be between 0 and 1"),
 ])
 def test_user_errors_are_one_line_exit_2(tmp_path, args, message):
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "x.png")
     result = runner.invoke(app, [a.format(tmp=tmp_path) for a in args])
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
@@ -194,3 +204,16 @@ def test_real_process_prints_no_traceback(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.strip().endswith("data folder not found")
+
+
+def test_resume_with_fewer_epochs_reaims_the_schedule(tmp_path, monkeypatch):
+    """Shortening an interrupted run: the cosine schedule continues from its lr and ends at eta_min."""
+    data = make_dataset(tmp_path / "data", n=12)
+    run = tmp_path / "run"
+    crash_after_first_epoch(monkeypatch, ["train", "--data", data, "--out", run, *TINY, "trainer.max_epochs=6"])
+    result = invoke("train", "--data", data, "--out", run, *TINY, "trainer.max_epochs=3")
+    assert result.exit_code == 0, result.output
+    lrs = [float(r["lr"]) for r in csv.DictReader((run / "metrics.csv").open())]
+    assert len(lrs) == 3 and lrs[0] > lrs[1] > lrs[2]
+    assert lrs[2] == pytest.approx(1e-6, rel=1e-3)
+    assert "max_epochs: 3" in (run / "config.yaml").read_text()

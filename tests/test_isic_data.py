@@ -25,7 +25,7 @@ def test_bundled_model_on_isic_val_holds_its_card_figure():
 
     root = isic_or_skip()
     segmenter = lesionseg.Segmenter.load()
-    card = segmenter.loaded.card
+    card = segmenter.card
     result = evaluate(segmenter, root / "val")
     assert result.metrics["n_images"] == 150
     claimed = card.get("figures", {}).get("isic2017_val", {}).get("mean_jaccard")

@@ -102,3 +102,26 @@ def test_truncated_model_file_refused(tmp_path):
     path.write_bytes(path.read_bytes()[:2000])
     with pytest.raises(UserError, match="not a readable"):
         load_model(path)
+
+
+def test_onnx_export_matches_torch(variant, tmp_path):
+    """Every variant exports to one ONNX file with dynamic batch/height/width that ONNX Runtime runs like torch."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from lesionseg.export import export_onnx
+
+    cfg, model = variant
+    model.eval()
+    weights = tmp_path / "m.pt"
+    save_model(weights, model, cfg, image_size=32)
+    onnx_path = export_onnx(weights, tmp_path / "m.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.pt"]  # no external .data file
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    for shape in [(1, cfg.in_channels, 32, 32), (3, cfg.in_channels, 45, 29)]:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            expected = model(x).numpy()
+        got = session.run(None, {"image": x.numpy()})[0]
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)

@@ -33,3 +33,46 @@ def test_bad_threshold_and_backend(tiny_model_file):
         Segmenter.load(tiny_model_file, threshold=1.5)
     with pytest.raises(UserError, match="backend"):
         Segmenter.load(tiny_model_file, backend="tensorrt")
+
+
+def test_tta_averages_flipped_views_by_hand(tiny_model_file, rng):
+    """TTA at scale 1 = mean of the plain prediction and the un-flipped predictions of the flipped images."""
+    image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)  # the model's own size: no resizing involved
+    plain = Segmenter.load(tiny_model_file)
+    by_hand = (plain.predict(image) + np.flip(plain.predict(np.flip(image, 1)), 1)
+               + np.flip(plain.predict(np.flip(image, 0)), 0)) / 3
+    tta = Segmenter.load(tiny_model_file, tta=True, tta_scales=(1.0,))
+    np.testing.assert_allclose(tta.predict(image), by_hand, atol=1e-6)
+    multi = Segmenter.load(tiny_model_file, tta=True, tta_scales=(0.75, 1.0, 1.25))
+    assert multi._views() == [(s, f) for s in (24, 32, 40) for f in (None, 1, 0)]
+    assert multi.predict(rng.integers(0, 256, (45, 70, 3), dtype=np.uint8)).shape == (45, 70)
+
+
+def test_onnx_backend_matches_torch(tiny_model_file, tmp_path, rng):
+    from lesionseg.export import export_onnx
+
+    onnx_path = export_onnx(tiny_model_file, tmp_path / "tiny.onnx")
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((32, 32), (50, 71), (7, 300))]
+    torch_probs = Segmenter.load(tiny_model_file).predict_batch(images)
+    onnx_seg = Segmenter.load(onnx_path)  # backend chosen from the file type
+    assert onnx_seg.backend.name == "onnx" and onnx_seg.image_size == 32
+    for a, b in zip(torch_probs, onnx_seg.predict_batch(images)):
+        assert a.shape == b.shape and np.abs(a - b).max() <= 1e-4
+
+
+def test_onnx_predict_does_not_import_torch(tiny_model_file, tmp_path, rng):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from lesionseg.export import export_onnx
+
+    onnx_path = export_onnx(tiny_model_file, tmp_path / "tiny.onnx")
+    Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(tmp_path / "x.png")
+    code = ("import sys\nfrom lesionseg.cli import app\ntry:\n    app(sys.argv[1:])\nexcept SystemExit as e:\n"
+            "    assert e.code == 0, e.code\nassert 'torch' not in sys.modules, 'torch was imported'\nprint('ok')")
+    proc = subprocess.run([sys.executable, "-c", code, "predict", str(tmp_path / "x.png"), "--out", str(tmp_path / "o"),
+                           "--weights", str(onnx_path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("ok") and (tmp_path / "o" / "x_mask.png").is_file()

@@ -99,24 +99,52 @@ def train(
     print(f"best model: {model_path}")
 
 
+# Options shared by evaluate and predict: both build the same Segmenter.
+WEIGHTS = typer.Option(None, "--weights", help="Model file: .pt (torch) or .onnx (ONNX Runtime). Default: bundled.")
+BACKEND = typer.Option("auto", "--backend", help="auto (by file type) | torch | onnx.")
+THRESHOLD = typer.Option(0.5, "--threshold", help="Probability threshold for the lesion.")
+TTA = typer.Option(False, "--tta", help="Test-time augmentation: scales x {none, h-flip, v-flip}, averaged.")
+TTA_SCALES = typer.Option("0.75,1.0,1.25", "--tta-scales", help="Comma-separated scales for --tta.")
+LARGEST = typer.Option(False, "--largest-component", help="Keep only the largest connected lesion.")
+FILL = typer.Option(False, "--fill-holes", help="Fill holes inside lesions.")
+MIN_AREA = typer.Option(0, "--min-area", min=0, help="Remove objects smaller than this many pixels.")
+BATCH = typer.Option(8, "--batch-size", min=1)
+
+
+def _segmenter_factory(weights, backend, threshold, batch_size, tta, tta_scales, largest, fill, min_area):
+    from .inference import Segmenter
+    from .postprocess import PostprocessConfig
+
+    try:
+        scales = [float(s) for s in tta_scales.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--tta-scales: expected numbers like 0.75,1.0,1.25, got {tta_scales!r}") from None
+    post = PostprocessConfig(threshold, largest_component=largest, fill_holes=fill, min_area=min_area)
+    return lambda: Segmenter.load(weights, backend=backend, threshold=threshold, batch_size=batch_size, tta=tta,
+                                  tta_scales=scales, post=post)
+
+
 @app.command()
 @handle_errors
 def evaluate(
     data: Path = typer.Option(..., "--data", help="Folder with images/ and masks/."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Model file (default: the bundled model)."),
+    weights: Optional[Path] = WEIGHTS,
     out: Path = typer.Option(Path("out/evaluate"), "--out", help="Where metrics.json and per_image.csv go."),
-    threshold: float = typer.Option(0.5, "--threshold", help="Probability threshold for the lesion."),
     mask_threshold: Optional[int] = typer.Option(None, "--mask-threshold", help="Binarise masks with >2 levels at this value."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    backend: str = BACKEND, threshold: float = THRESHOLD, tta: bool = TTA, tta_scales: str = TTA_SCALES,
+    largest_component: bool = LARGEST, fill_holes: bool = FILL, min_area: int = MIN_AREA, batch_size: int = BATCH,
 ):
     """Evaluate a model on a labelled folder; metrics at each image's original size."""
     from .evaluation import evaluate as run_evaluate, load_labelled, write_results
-    from .inference import Segmenter
 
+    make = _segmenter_factory(weights, backend, threshold, batch_size, tta, tta_scales, largest_component,
+                              fill_holes, min_area)
     labelled = load_labelled(data, mask_threshold)
-    segmenter = Segmenter.load(weights, threshold=threshold, batch_size=batch_size)
+    segmenter = make()
     result = run_evaluate(segmenter, labelled)
-    write_results(result, out, extra={"weights": str(segmenter.loaded.path), "data": str(data), "threshold": threshold})
+    write_results(result, out, extra={
+        "weights": str(segmenter.weights_path), "backend": segmenter.backend.name, "data": str(data),
+        "tta": list(segmenter.tta_scales) if tta else False, "postprocess": segmenter.post.describe()})
     _print_metrics(result.metrics)
     print(f"wrote {out / 'metrics.json'} and {out / 'per_image.csv'}")
 
@@ -139,18 +167,19 @@ def _print_metrics(metrics: dict) -> None:
 def predict(
     inputs: List[Path] = typer.Argument(..., help="Image files or folders."),
     out: Path = typer.Option(..., "--out", help="Output folder for <id>_mask.png and <id>_overlay.png."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Model file (default: the bundled model)."),
-    threshold: float = typer.Option(0.5, "--threshold", help="Probability threshold for the lesion."),
+    weights: Optional[Path] = WEIGHTS,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace results already in --out."),
     strict: bool = typer.Option(False, "--strict", help="Stop before writing anything if any input is unreadable."),
     report: bool = typer.Option(False, "--report", help="Also write report.html."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    backend: str = BACKEND, threshold: float = THRESHOLD, tta: bool = TTA, tta_scales: str = TTA_SCALES,
+    largest_component: bool = LARGEST, fill_holes: bool = FILL, min_area: int = MIN_AREA, batch_size: int = BATCH,
 ):
     """Segment images; masks are 0/255 PNGs at each input's original size."""
     from .predict import run_predict
 
-    failures = run_predict(inputs, out, weights=weights, threshold=threshold, overwrite=overwrite, strict=strict,
-                           report=report, batch_size=batch_size, on_failure=lambda line: _err(line))
+    make = _segmenter_factory(weights, backend, threshold, batch_size, tta, tta_scales, largest_component,
+                              fill_holes, min_area)
+    failures = run_predict(inputs, out, make, overwrite=overwrite, strict=strict, report=report, on_failure=_err)
     if failures:
         raise typer.Exit(1)
 
@@ -174,9 +203,29 @@ def info(weights: Optional[Path] = typer.Argument(None, help="Model file (defaul
 
 @app.command()
 @handle_errors
-def export(weights: Optional[Path] = typer.Option(None, "--weights"), out: Path = typer.Option(Path("model.onnx"), "--out")):
-    """Export to ONNX (not available yet in this version)."""
-    raise UserError("export to ONNX is not available yet in this version")
+def export(
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Model file (default: the bundled model)."),
+    out: Path = typer.Option(Path("model.onnx"), "--out", help="The .onnx file to write."),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset (≥ 17)."),
+    check: bool = typer.Option(False, "--check", help="Compare ONNX Runtime with torch (max prob diff ≤ 1e-4)."),
+    check_images: Optional[Path] = typer.Option(None, "--check-images", help="Folder of real images for --check."),
+):
+    """Export to ONNX: dynamic batch, height and width, one self-contained file."""
+    from .export import check_onnx, export_onnx
+
+    path = export_onnx(weights, out, opset=opset)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, opset {opset}, dynamic batch/height/width)")
+    if check or check_images:
+        from .io import read_image
+        from .pairs import list_images
+
+        images = [read_image(p) for p in list_images([check_images])[:8]] if check_images else None
+        result = check_onnx(path, weights, images)
+        ok = result["max_prob_diff"] <= 1e-4
+        print(f"check: max |p_onnx - p_torch| = {result['max_prob_diff']:.2e} over inputs {result['inputs']} "
+              f"-> {'ok' if ok else 'FAILED'}")
+        if not ok:
+            raise UserError(f"{path}: ONNX Runtime differs from torch by {result['max_prob_diff']:.2e} (> 1e-4)")
 
 
 def main() -> None:

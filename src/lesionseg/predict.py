@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -18,9 +19,8 @@ def output_names(image_id: str) -> tuple[str, str]:
     return f"{image_id}_mask.png", f"{image_id}_overlay.png"
 
 
-def run_predict(inputs, out: str | Path, weights=None, threshold: float = 0.5, overwrite: bool = False,
-                strict: bool = False, report: bool = False, batch_size: int = 8,
-                on_failure: Callable[[str], None] = print) -> list[str]:
+def run_predict(inputs, out: str | Path, segmenter_factory: Callable[[], Segmenter], overwrite: bool = False,
+                strict: bool = False, report: bool = False, on_failure: Callable[[str], None] = print) -> list[str]:
     """Returns the failure lines (one per input that could not be processed)."""
     out = Path(out)
     files = list_images(inputs)
@@ -40,7 +40,8 @@ def run_predict(inputs, out: str | Path, weights=None, threshold: float = 0.5, o
         raise UserError(f"{out}: cannot create output folder ({exc.strerror})") from None
     if not os_writable(out):
         raise UserError(f"{out}: output folder is not writable")
-    segmenter = Segmenter.load(weights, threshold=threshold, batch_size=batch_size)
+    segmenter = segmenter_factory()  # after the cheap checks: a model load costs seconds
+    batch_size = segmenter.batch_size
 
     failures: list[str] = []
     readable: list[tuple[Path, np.ndarray]] = []
@@ -76,14 +77,14 @@ def run_predict(inputs, out: str | Path, weights=None, threshold: float = 0.5, o
     if report and rows:
         from .report import write_predict_report
 
-        write_predict_report(out / "report.html", rows, {"model": segmenter.loaded.path, "threshold": threshold,
-                                                         "inputs": ", ".join(str(i) for i in inputs)})
+        write_predict_report(out / "report.html", rows, {
+            "model": segmenter.weights_path, "backend": segmenter.backend.name,
+            "test-time augmentation": f"scales {list(segmenter.tta_scales)} x flips" if segmenter.tta else "off",
+            "post-processing": segmenter.post.describe(), "inputs": ", ".join(str(i) for i in inputs)})
     if failures:
         on_failure(f"{len(failures)} of {len(files)} inputs failed; {len(rows)} written to {out}")
     return failures
 
 
 def os_writable(path: Path) -> bool:
-    import os
-
     return os.access(path, os.W_OK)

@@ -7,7 +7,14 @@ import torch
 from torch.utils.data import Dataset
 
 from ..pairs import Pair, load_pair
-from .transforms import to_tensors
+
+
+def to_tensors(image: np.ndarray, mask: np.ndarray | None = None):
+    """HWC float image → CHW tensor; bool/uint8 mask → 1HW float tensor."""
+    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
+    if mask is None:
+        return x
+    return x, torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
 
 
 class SegmentationDataset(Dataset):

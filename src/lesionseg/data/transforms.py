@@ -1,4 +1,4 @@
-"""Augmentation (training) and pre-processing (evaluation and prediction) — one definition for all."""
+"""Training augmentation (albumentations). Evaluation/prediction pre-processing lives in preprocess.py."""
 
 from __future__ import annotations
 
@@ -7,11 +7,9 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check on import
 
 import albumentations as A  # noqa: E402
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from ..config import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig  # noqa: E402
+from .preprocess import EvalTransform  # noqa: E402
 
 
 def train_transform(size: int, aug: AugmentConfig) -> A.Compose:
@@ -30,21 +28,5 @@ def train_transform(size: int, aug: AugmentConfig) -> A.Compose:
     return A.Compose(steps)
 
 
-def eval_transform(size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> A.Compose:
-    return A.Compose([A.Resize(size, size), A.Normalize(mean=mean, std=std)])
-
-
-def to_tensors(image: np.ndarray, mask: np.ndarray | None = None):
-    """HWC float image → CHW tensor; bool/uint8 mask → 1HW float tensor."""
-    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
-    if mask is None:
-        return x
-    y = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
-    return x, y
-
-
-def resize_to(prob: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize a probability map back to the input's original size (bilinear)."""
-    if prob.shape == (height, width):
-        return prob
-    return cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)
+def eval_transform(size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> EvalTransform:
+    return EvalTransform(size, mean, std)

@@ -6,12 +6,13 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-import torch
 
-from ..data.transforms import eval_transform, resize_to, to_tensors
-from ..errors import UserError
-from ..models import LoadedModel, load_model
 from .. import postprocess
+from ..data.preprocess import EvalTransform, resize_to, sigmoid
+from ..errors import UserError
+from .backends import open_backend
+
+DEFAULT_TTA_SCALES = (0.75, 1.0, 1.25)
 
 
 class Segmenter:
@@ -19,46 +20,80 @@ class Segmenter:
 
     The network sees the image resized to its training size; logits are resized back (bilinear) before
     the sigmoid, which keeps boundaries sharper than resizing probabilities.
+
+    Test-time augmentation (`tta=True`): every scale in `tta_scales` × {identity, horizontal flip, vertical
+    flip}; each view's logits are un-flipped, resized to the original size, turned into probabilities, and
+    the probabilities are averaged (averaging probabilities keeps one over-confident view from dominating).
     """
 
-    def __init__(self, loaded: LoadedModel, threshold: float = 0.5, batch_size: int = 8):
+    def __init__(self, backend, threshold: float = 0.5, batch_size: int = 8, tta: bool = False,
+                 tta_scales: Sequence[float] = DEFAULT_TTA_SCALES, post: postprocess.PostprocessConfig | None = None):
         if not 0.0 < threshold < 1.0:
             raise UserError(f"--threshold must be between 0 and 1, got {threshold}")
-        self.loaded, self.threshold, self.batch_size = loaded, threshold, batch_size
-        self.model = loaded.model.eval().to(memory_format=torch.channels_last)
-        self.transform = eval_transform(loaded.image_size, loaded.mean, loaded.std)
+        if tta and (not tta_scales or any(not 0.1 <= s <= 4 for s in tta_scales)):
+            raise UserError(f"TTA scales must be between 0.1 and 4, got {list(tta_scales)}")
+        self.backend, self.batch_size, self.tta = backend, batch_size, tta
+        self.tta_scales = tuple(tta_scales)
+        self.post = post or postprocess.PostprocessConfig()
+        self.post.threshold = threshold
+        self.transform = EvalTransform(backend.image_size, backend.mean, backend.std)
+
+    @property
+    def threshold(self) -> float:
+        return self.post.threshold
+
+    @property
+    def image_size(self) -> int:
+        return self.backend.image_size
+
+    @property
+    def card(self) -> dict:
+        return self.backend.card
+
+    @property
+    def weights_path(self) -> Path:
+        return self.backend.path
 
     @classmethod
-    def load(cls, weights: str | Path | None = None, backend: str = "torch", threshold: float = 0.5,
-             batch_size: int = 8) -> "Segmenter":
-        if backend != "torch":
-            raise UserError(f"backend {backend!r} is not available yet (only 'torch')")
-        return cls(load_model(weights), threshold=threshold, batch_size=batch_size)
+    def load(cls, weights: str | Path | None = None, backend: str = "auto", threshold: float = 0.5,
+             batch_size: int = 8, tta: bool = False, tta_scales: Sequence[float] = DEFAULT_TTA_SCALES,
+             post: postprocess.PostprocessConfig | None = None) -> "Segmenter":
+        return cls(open_backend(weights, backend), threshold=threshold, batch_size=batch_size, tta=tta,
+                   tta_scales=tta_scales, post=post)
 
-    @torch.inference_mode()
-    def _logits(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        x = torch.stack([to_tensors(self.transform(image=im)["image"]) for im in images])
-        x = x.contiguous(memory_format=torch.channels_last)
-        return self.model(x)[:, 0].float().numpy()
+    def _views(self) -> list[tuple[int, int | None]]:
+        """(input size, flip axis) pairs; flip axis is numpy's on HWC (1 = horizontal, 0 = vertical)."""
+        if not self.tta:
+            return [(self.image_size, None)]
+        sizes = sorted({max(8, int(round(self.image_size * s))) for s in self.tta_scales})
+        return [(s, f) for s in sizes for f in (None, 1, 0)]
 
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Probability maps (float32, HxW of each input)."""
         out: list[np.ndarray] = []
+        views = self._views()
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size]
-            for im, logit in zip(chunk, self._logits(chunk)):
-                full = resize_to(logit, im.shape[0], im.shape[1])
-                out.append((1.0 / (1.0 + np.exp(-full))).astype(np.float32))
+            acc = [np.zeros(im.shape[:2], np.float32) for im in chunk]
+            for size, flip in views:
+                src = [np.flip(self.transform.resize(im, size), flip) if flip is not None else im for im in chunk]
+                logits = self.backend(self.transform.batch(src, size))
+                for i, (im, logit) in enumerate(zip(chunk, logits)):
+                    if flip is not None:
+                        logit = np.flip(logit, flip)  # axes of (H, W) match those of HWC
+                    acc[i] += sigmoid(resize_to(np.ascontiguousarray(logit), im.shape[0], im.shape[1]))
+            out.extend(a / len(views) for a in acc)
         return out
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         return self.predict_batch([image])[0]
 
-    def to_mask(self, prob: np.ndarray) -> np.ndarray:
-        return postprocess.threshold(prob, self.threshold)
+    def to_mask(self, prob: np.ndarray, image: np.ndarray | None = None) -> np.ndarray:
+        return postprocess.apply(prob, self.post, image)
 
     def predict_mask(self, image: np.ndarray) -> np.ndarray:
-        return self.to_mask(self.predict(image))
+        return self.to_mask(self.predict(image), image)
 
     def predict_masks(self, images: Iterable[np.ndarray]) -> list[np.ndarray]:
-        return [self.to_mask(p) for p in self.predict_batch(list(images))]
+        images = list(images)
+        return [self.to_mask(p, im) for p, im in zip(self.predict_batch(images), images)]

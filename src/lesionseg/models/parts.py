@@ -7,6 +7,12 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def tracing() -> bool:
+    """True while torch.export / ONNX export / compile traces the model: size-dependent branches must then
+    take the general path (pad by a possibly-zero amount), or the export specialises to the example's size."""
+    return torch.compiler.is_exporting() or torch.compiler.is_compiling()
+
+
 class DoubleConv(nn.Sequential):
     """(3×3 conv → BatchNorm → ReLU) × 2."""
 
@@ -48,6 +54,6 @@ class Up(nn.Module):
         x = self.up(x)
         # Odd sizes: the pooled path lost a row/column; pad back to the skip's size.
         dy, dx = skip.shape[-2] - x.shape[-2], skip.shape[-1] - x.shape[-1]
-        if dy or dx:
+        if dy or dx or tracing():
             x = F.pad(x, [dx // 2, dx - dx // 2, dy // 2, dy - dy // 2])
         return self.conv(torch.cat([skip, x], dim=1))

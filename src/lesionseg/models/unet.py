@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .parts import DoubleConv, Down, Up
+from .parts import DoubleConv, Down, Up, tracing
 
 
 class UNet(nn.Module):
@@ -32,7 +32,7 @@ class UNet(nn.Module):
         h, w = x.shape[-2:]
         m = 2**self.depth
         ph, pw = (-h) % m, (-w) % m
-        if ph or pw:
+        if ph or pw or tracing():
             x = F.pad(x, [0, pw, 0, ph], mode="replicate")
         skips = [self.inc(x)]
         for down in self.downs:

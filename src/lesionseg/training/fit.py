@@ -27,8 +27,8 @@ METRIC = "val_mean_jaccard"
 CSV_FIELDS = ["epoch", "train_loss", "val_loss", "val_mean_jaccard", "val_dice", "lr", "train_img_per_s",
               "elapsed_min"]
 # Changing these between a run and its resumption is allowed; anything else is a different experiment.
-# (Not max_epochs: the cosine schedule's period is fixed by it.)
-RESUMABLE_CHANGES = {"trainer.max_minutes", "trainer.patience", "data.num_workers"}
+# (max_epochs: the cosine schedule is re-aimed at the new last epoch, see SegmentationModule.on_train_start.)
+RESUMABLE_CHANGES = {"trainer.max_epochs", "trainer.max_minutes", "trainer.patience", "data.num_workers"}
 
 
 def resolve_precision(choice: str, accelerator: str) -> str:

@@ -30,6 +30,14 @@ class SegmentationModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x.contiguous(memory_format=self.memory_format))
 
+    def on_train_start(self) -> None:
+        # A resumed run may have a new max_epochs: the cosine schedule then continues smoothly from the
+        # current lr and reaches eta_min at the new last epoch (its recursive form follows T_max).
+        for config in self.trainer.lr_scheduler_configs:
+            sched = config.scheduler
+            if isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR):
+                sched.T_max = self.cfg.trainer.max_epochs
+
     def on_train_epoch_start(self) -> None:
         self._epoch_images, self._epoch_start = 0, time.perf_counter()
 

@@ -1,0 +1,77 @@
+"""Runtimes that turn an NCHW float32 batch into logits: torch (the model file) or ONNX Runtime.
+
+The ONNX backend never imports torch: a deployment needs only numpy, OpenCV, Pillow and onnxruntime.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import IMAGENET_MEAN, IMAGENET_STD
+from ..errors import UserError
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, weights=None):
+        """`weights`: a model file path, None for the bundled model, or an already loaded LoadedModel."""
+        import torch
+
+        from ..models import LoadedModel, load_model
+
+        self._torch = torch
+        self.loaded = weights if isinstance(weights, LoadedModel) else load_model(weights)
+        self.model = self.loaded.model.eval().to(memory_format=torch.channels_last)
+        self.image_size, self.mean, self.std = self.loaded.image_size, self.loaded.mean, self.loaded.std
+        self.card, self.path = self.loaded.card, self.loaded.path
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            x = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
+            return self.model(x)[:, 0].float().numpy()
+
+
+class OnnxBackend:
+    name = "onnx"
+
+    def __init__(self, path: str | Path | None):
+        import onnxruntime as ort
+
+        if path is None:
+            raise UserError("--backend onnx needs --weights MODEL.onnx (make one with `lesionseg export`)")
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise UserError(f"{self.path}: ONNX model file not found")
+        try:
+            self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            raise UserError(f"{self.path}: not a loadable ONNX model ({str(exc).splitlines()[0][:200]})") from None
+        meta: dict[str, Any] = self.session.get_modelmeta().custom_metadata_map
+        self.image_size = int(meta.get("image_size", 256))
+        self.mean = tuple(json.loads(meta["mean"])) if "mean" in meta else IMAGENET_MEAN
+        self.std = tuple(json.loads(meta["std"])) if "std" in meta else IMAGENET_STD
+        self.card = json.loads(meta.get("card", "{}"))
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, np.float32)})[0][:, 0]
+
+
+BACKENDS = {"torch": TorchBackend, "onnx": OnnxBackend}
+
+
+def open_backend(weights: str | Path | None, backend: str = "auto"):
+    """`auto` picks ONNX Runtime for .onnx files and torch otherwise."""
+    if backend == "auto":
+        backend = "onnx" if weights is not None and str(weights).lower().endswith(".onnx") else "torch"
+    if backend not in BACKENDS:
+        raise UserError(f"backend {backend!r} is not one of {sorted(BACKENDS)}")
+    if backend == "torch" and weights is not None and str(weights).lower().endswith(".onnx"):
+        raise UserError(f"{weights}: an ONNX file needs --backend onnx")
+    return BACKENDS[backend](weights)
