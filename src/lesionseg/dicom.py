@@ -1,0 +1,118 @@
+"""DICOM in (pydicom) and DICOM SEG out (highdicom).
+
+Frames become RGB uint8 like any other image: the modality LUT (rescale slope/intercept) and the VOI window
+are applied when present (otherwise min-max), MONOCHROME1 is inverted so that high values are dark as
+displayed, YBR_FULL / YBR_FULL_422 are converted to RGB, and multi-frame objects yield one image per frame.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import UserError
+from .io import atomic_path
+
+SUPPORTED_PHOTOMETRIC = {"MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422"}
+
+
+def is_dicom(path: str | Path) -> bool:
+    path = Path(path)
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return True
+    try:
+        with path.open("rb") as f:
+            head = f.read(132)
+        return len(head) == 132 and head[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def read_dataset(path: str | Path):
+    import pydicom
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as exc:  # pydicom raises InvalidDicomError, EOFError, ValueError, ...
+        raise UserError(f"{path}: not a readable DICOM file ({type(exc).__name__})") from None
+    if "PixelData" not in ds:
+        raise UserError(f"{path}: DICOM file has no pixel data (a {getattr(ds, 'Modality', 'non-image')} object?)")
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    if photometric not in SUPPORTED_PHOTOMETRIC:
+        raise UserError(f"{path}: photometric interpretation {photometric or '(missing)'} is not supported "
+                        f"(supported: {', '.join(sorted(SUPPORTED_PHOTOMETRIC))})")
+    return ds
+
+
+def _gray_to_uint8(frame: np.ndarray, ds, invert: bool) -> np.ndarray:
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    values = apply_modality_lut(frame, ds).astype(np.float64)
+    if "WindowCenter" in ds and "WindowWidth" in ds:
+        values = apply_voi_lut(values, ds, index=0).astype(np.float64)
+    lo, hi = float(values.min()), float(values.max())
+    out = np.zeros(values.shape, np.uint8) if hi <= lo else np.round((values - lo) * 255.0 / (hi - lo)).astype(np.uint8)
+    return 255 - out if invert else out
+
+
+def frames_from_dataset(ds, path: str | Path = "") -> list[np.ndarray]:
+    """Every frame as RGB uint8 (H, W, 3)."""
+    try:
+        arr = ds.pixel_array  # pydicom ≥ 3 converts YBR_FULL / YBR_FULL_422 to RGB here (as_rgb=True)
+    except Exception as exc:
+        raise UserError(f"{path}: cannot decode DICOM pixel data ({str(exc).splitlines()[0][:160]})") from None
+    photometric = str(ds.PhotometricInterpretation)
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    samples = int(ds.get("SamplesPerPixel", 1))
+    if n_frames == 1:
+        arr = arr[None]
+    if samples == 1:
+        return [np.repeat(_gray_to_uint8(f, ds, photometric == "MONOCHROME1")[..., None], 3, axis=2) for f in arr]
+    if arr.dtype != np.uint8:
+        arr = np.stack([_gray_to_uint8(f, ds, False) for f in arr])  # e.g. 16-bit RGB: stretch to 8 bits
+    return [np.ascontiguousarray(f) for f in arr]
+
+
+def read_frames(path: str | Path) -> tuple[object, list[np.ndarray]]:
+    ds = read_dataset(path)
+    return ds, frames_from_dataset(ds, path)
+
+
+def write_seg(path: str | Path, source, masks: list[np.ndarray]) -> None:
+    """A BINARY DICOM SEG referencing `source` (same rows/columns, one frame per source frame)."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    description = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label="lesion",
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Lesion,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name="lesionseg", version=__version__, family=codes.cid7162.ArtificialIntelligence),
+    )
+    if len(masks) > 1 and "FrameOfReferenceUID" not in source:
+        # highdicom maps SEG frames to source frames through plane positions, which need a frame of reference.
+        raise UserError(f"{path}: no DICOM SEG for a multi-frame source without a frame of reference "
+                        "(the per-frame PNG masks were written)")
+    pixels = np.stack([m.astype(np.uint8) for m in masks])
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=[source], pixel_array=pixels if len(masks) > 1 else pixels[0],
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[description],
+            series_instance_uid=generate_uid(), series_number=int(source.get("SeriesNumber", 0) or 0) + 1000,
+            sop_instance_uid=generate_uid(), instance_number=1, manufacturer="lesionseg",
+            manufacturer_model_name="lesionseg U-Net", software_versions=__version__, device_serial_number="0",
+            omit_empty_frames=False,
+        )
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise UserError(f"{path}: cannot build a DICOM SEG for this source ({str(exc).splitlines()[0][:200]})") from None
+    with atomic_path(path) as tmp:
+        seg.save_as(tmp)
