@@ -217,3 +217,34 @@ def test_resume_with_fewer_epochs_reaims_the_schedule(tmp_path, monkeypatch):
     assert len(lrs) == 3 and lrs[0] > lrs[1] > lrs[2]
     assert lrs[2] == pytest.approx(1e-6, rel=1e-3)
     assert "max_epochs: 3" in (run / "config.yaml").read_text()
+
+
+def test_evaluate_report_and_plot(trained, tmp_path):
+    """The HTML report parses, and every image it references exists and is a PNG."""
+    from html.parser import HTMLParser
+
+    data, run = trained
+    out = tmp_path / "eval"
+    result = invoke("evaluate", "--data", data, "--weights", run / "model.pt", "--out", out, "--report")
+    assert result.exit_code == 0, result.output
+
+    class Images(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.sources = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                self.sources.append(dict(attrs)["src"])
+
+    parser = Images()
+    parser.feed((out / "report.html").read_text())
+    assert len(parser.sources) == 1 + 10 + 5  # histogram, 10 worst, 5 best
+    for src in parser.sources:
+        assert not src.startswith(("http", "/")) and (out / src).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "mean_jaccard" in (out / "report.html").read_text()
+
+    result = invoke("plot", run)
+    assert result.exit_code == 0 and (run / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
+    bad = runner.invoke(app, ["plot", str(tmp_path)])
+    assert bad.exit_code == 2 and "no metrics.csv" in bad.stderr

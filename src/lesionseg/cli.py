@@ -133,20 +133,23 @@ def evaluate(
     mask_threshold: Optional[int] = typer.Option(None, "--mask-threshold", help="Binarise masks with >2 levels at this value."),
     backend: str = BACKEND, threshold: float = THRESHOLD, tta: bool = TTA, tta_scales: str = TTA_SCALES,
     largest_component: bool = LARGEST, fill_holes: bool = FILL, min_area: int = MIN_AREA, batch_size: int = BATCH,
+    report: bool = typer.Option(False, "--report", help="Also write report.html (histogram, worst/best cases)."),
 ):
     """Evaluate a model on a labelled folder; metrics at each image's original size."""
-    from .evaluation import evaluate as run_evaluate, load_labelled, write_results
+    from .evaluation import evaluate as run_evaluate, load_labelled, write_report, write_results
 
     make = _segmenter_factory(weights, backend, threshold, batch_size, tta, tta_scales, largest_component,
                               fill_holes, min_area)
     labelled = load_labelled(data, mask_threshold)
     segmenter = make()
     result = run_evaluate(segmenter, labelled)
-    write_results(result, out, extra={
-        "weights": str(segmenter.weights_path), "backend": segmenter.backend.name, "data": str(data),
-        "tta": list(segmenter.tta_scales) if tta else False, "postprocess": segmenter.post.describe()})
+    settings = {"weights": str(segmenter.weights_path), "backend": segmenter.backend.name, "data": str(data),
+                "tta": list(segmenter.tta_scales) if tta else False, "postprocess": segmenter.post.describe()}
+    write_results(result, out, extra=settings)
     _print_metrics(result.metrics)
     print(f"wrote {out / 'metrics.json'} and {out / 'per_image.csv'}")
+    if report:
+        print(f"wrote {write_report(result, segmenter, labelled, out, settings)}")
 
 
 def _print_metrics(metrics: dict) -> None:
@@ -226,6 +229,23 @@ def export(
               f"-> {'ok' if ok else 'FAILED'}")
         if not ok:
             raise UserError(f"{path}: ONNX Runtime differs from torch by {result['max_prob_diff']:.2e} (> 1e-4)")
+
+
+@app.command()
+@handle_errors
+def plot(
+    run_dir: Path = typer.Argument(..., help="A training run directory (holds metrics.csv)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default RUN_DIR/training_curves.png)."),
+):
+    """Plot a run's training curves (loss, validation mean Jaccard / Dice, learning rate)."""
+    from .viz import training_curves
+
+    csv_path = run_dir / "metrics.csv"
+    if not csv_path.is_file():
+        raise UserError(f"{run_dir}: no metrics.csv here (is it a lesionseg run directory?)")
+    target = out or run_dir / "training_curves.png"
+    training_curves(csv_path, target)
+    print(f"wrote {target}")
 
 
 def main() -> None:

@@ -67,3 +67,34 @@ def write_results(result: EvaluationResult, out: str | Path, extra: dict | None 
     for row in result.per_image:
         writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
     write_text(out / "per_image.csv", buf.getvalue())
+
+
+def write_report(result: EvaluationResult, segmenter: Segmenter, labelled: LabelledSet, out: str | Path,
+                 settings: dict, n_worst: int = 10, n_best: int = 5) -> Path:
+    """out/report.html + out/report_files/: histogram and three-panel figures of the worst and best cases."""
+    from .report import write_evaluation_report
+    from .viz import jaccard_histogram, three_panel
+
+    out = Path(out)
+    files = out / "report_files"
+    jaccard_histogram([r["jaccard"] for r in result.per_image], files / "jaccard_histogram.png")
+    index = {p.id: i for i, p in enumerate(labelled.pairs)}
+    worst = result.per_image[:n_worst]
+    best = list(reversed(result.per_image[-n_best:])) if len(result.per_image) > n_worst else []
+
+    def panels(rows, tag):
+        cases = []
+        for r in rows:
+            i = index[r["id"]]
+            image, truth = (labelled.cache[i] if labelled.cache is not None
+                            else load_pair(labelled.pairs[i], labelled.mask_threshold))
+            pred = segmenter.predict_mask(image)
+            name = f"{tag}_{r['id']}.png"
+            three_panel(files / name, image, truth, pred, title=f"{r['id']}  Jaccard {r['jaccard']:.3f}")
+            cases.append((r["id"], r["jaccard"], f"report_files/{name}"))
+        return cases
+
+    page = out / "report.html"
+    write_evaluation_report(page, result.metrics, settings, "report_files/jaccard_histogram.png",
+                            panels(worst, "worst"), panels(best, "best"))
+    return page

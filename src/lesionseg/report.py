@@ -1,4 +1,4 @@
-"""A small HTML report that opens offline: pictures are files beside it, referenced relatively."""
+"""HTML reports that open offline: pictures are files beside the page, referenced relatively."""
 
 from __future__ import annotations
 
@@ -7,24 +7,44 @@ from pathlib import Path
 
 from .io import write_text
 
+STYLE = """body{font-family:sans-serif;margin:2em;max-width:1300px}figure{display:inline-block;margin:.5em;vertical-align:top}
+img{max-width:100%;border:1px solid #ccc}figure.card img{width:300px}figcaption{font-size:.85em}
+th{text-align:left;padding-right:1.5em}td{padding-right:1.5em}table{border-collapse:collapse;margin:1em 0}"""
+
+
+def _page(title: str, body: str) -> str:
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{STYLE}</style></head><body>\n<h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
+
+
+def _table(rows: dict) -> str:
+    esc = html.escape
+    return "<table>" + "".join(f"<tr><th>{esc(str(k))}</th><td>{esc(str(v))}</td></tr>" for k, v in rows.items()) + "</table>"
+
 
 def write_predict_report(path: str | Path, rows: list[dict], settings: dict) -> None:
-    """rows: {"id", "source", "size", "lesion_fraction", "overlay", "mask"} with file names relative to path."""
+    """rows: {"id", "size", "lesion_fraction", "overlay", "mask"} with file names relative to the page."""
     esc = html.escape
     cards = "\n".join(
-        f'<figure><img src="{esc(r["overlay"])}" alt="overlay {esc(r["id"])}"><figcaption><b>{esc(r["id"])}</b> '
-        f'{esc(r["size"])} · lesion {r["lesion_fraction"]:.1%} · <a href="{esc(r["mask"])}">mask</a></figcaption>'
-        f'</figure>' for r in rows)
-    settings_rows = "".join(f"<tr><th>{esc(str(k))}</th><td>{esc(str(v))}</td></tr>" for k, v in settings.items())
-    page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>lesionseg predictions</title>
-<style>body{{font-family:sans-serif;margin:2em}}figure{{display:inline-block;margin:.5em;width:300px}}
-img{{width:300px;height:auto;border:1px solid #ccc}}figcaption{{font-size:.85em}}th{{text-align:left;padding-right:1em}}</style>
-</head><body>
-<h1>lesionseg predictions</h1>
-<p>{len(rows)} image(s). Red: predicted lesion.</p>
-<table>{settings_rows}</table>
-<div>{cards}</div>
-</body></html>
-"""
-    write_text(path, page)
+        f'<figure class="card"><img src="{esc(r["overlay"])}" alt="overlay {esc(r["id"])}"><figcaption>'
+        f'<b>{esc(r["id"])}</b> {esc(r["size"])} · lesion {r["lesion_fraction"]:.1%} · '
+        f'<a href="{esc(r["mask"])}">mask</a></figcaption></figure>' for r in rows)
+    body = f"<p>{len(rows)} image(s). Red: predicted lesion.</p>{_table(settings)}<div>{cards}</div>"
+    write_text(path, _page("lesionseg predictions", body))
+
+
+def write_evaluation_report(path: str | Path, metrics: dict, settings: dict, histogram: str,
+                            worst: list[tuple[str, float, str]], best: list[tuple[str, float, str]]) -> None:
+    """worst/best: (id, jaccard, panel image path relative to the page)."""
+    esc = html.escape
+
+    def figures(cases):
+        return "\n".join(f'<figure><img src="{esc(src)}" alt="{esc(i)}"><figcaption>{esc(i)} · Jaccard {j:.3f}'
+                         f"</figcaption></figure><br>" for i, j, src in cases)
+
+    shown = {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in metrics.items()}
+    body = (f"<h2>Metrics</h2>{_table(shown)}<h2>Per-image Jaccard</h2>"
+            f'<img src="{esc(histogram)}" alt="histogram of per-image Jaccard">'
+            f"<h2>Settings</h2>{_table(settings)}"
+            f"<h2>The {len(worst)} worst cases</h2>{figures(worst)}<h2>The {len(best)} best cases</h2>{figures(best)}")
+    write_text(path, _page("lesionseg evaluation", body))

@@ -1,9 +1,17 @@
-"""Pictures: overlays of masks on images."""
+"""Pictures: overlays, the seed's three-panel figure, training curves, a Jaccard histogram.
+
+matplotlib is imported lazily (and with the Agg backend) so inference does not pay for it.
+"""
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 import cv2
 import numpy as np
+
+from .io import atomic_path
 
 RED = (230, 40, 40)
 GREEN = (40, 200, 60)
@@ -23,3 +31,77 @@ def overlay(image: np.ndarray, pred: np.ndarray | None = None, truth: np.ndarray
             contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
             cv2.drawContours(out, contours, -1, colour, thickness)
     return out
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    _pyplot().close(fig)
+
+
+def three_panel(path: str | Path, image: np.ndarray, truth: np.ndarray, pred: np.ndarray, title: str = "") -> None:
+    """The seed's figure: image / ground truth / prediction, plus both contours on the image."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 4, figsize=(12, 3.3))
+    panels = [(image, "image"), (truth, "ground truth"), (pred, "prediction"),
+              (overlay(image, pred=pred, truth=truth), "overlay (green truth, red prediction)")]
+    for ax, (picture, label) in zip(axes, panels):
+        ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1 if picture.ndim == 2 else None)
+        ax.set_title(label, fontsize=9)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
+def read_metrics_csv(path: str | Path) -> list[dict]:
+    with Path(path).open() as f:
+        return list(csv.DictReader(f))
+
+
+def training_curves(metrics_csv: str | Path, path: str | Path) -> None:
+    """Loss, validation mean Jaccard / Dice and learning rate per epoch, from a run's metrics.csv."""
+    rows = read_metrics_csv(metrics_csv)
+    plt = _pyplot()
+    epochs = [int(r["epoch"]) + 1 for r in rows]
+
+    def col(name):
+        return [float(r[name]) if r.get(name) else np.nan for r in rows]
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+    axes[0].plot(epochs, col("train_loss"), label="train")
+    axes[0].plot(epochs, col("val_loss"), label="validation")
+    axes[0].set_title("Dice + BCE loss")
+    axes[0].legend()
+    axes[1].plot(epochs, col("val_mean_jaccard"), label="mean Jaccard")
+    axes[1].plot(epochs, col("val_dice"), label="Dice")
+    axes[1].set_title("validation")
+    axes[1].legend()
+    axes[2].plot(epochs, col("lr"))
+    axes[2].set_yscale("log")
+    axes[2].set_title("learning rate")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def jaccard_histogram(values: list[float], path: str | Path, threshold: float = 0.65) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.hist(values, bins=np.linspace(0, 1, 41), color="#4a7ab7")
+    ax.axvline(threshold, color="red", linestyle="--", label=f"ISIC threshold {threshold}")
+    ax.axvline(float(np.mean(values)), color="black", label=f"mean {np.mean(values):.3f}")
+    ax.set_xlabel("per-image Jaccard")
+    ax.set_ylabel("images")
+    ax.legend()
+    _save(fig, path)
