@@ -21,6 +21,9 @@ demo: venv
 	$(VENV)/bin/lesionseg predict src/lesionseg/assets/samples --out out/demo --overwrite --report
 	@echo "masks, overlays and report.html written under out/demo/"
 
+bench: venv
+	$(PY) benchmarks/throughput.py
+
 test: venv
 	$(PY) -m pytest -q
 

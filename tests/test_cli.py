@@ -248,3 +248,20 @@ def test_evaluate_report_and_plot(trained, tmp_path):
     assert result.exit_code == 0 and (run / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
     bad = runner.invoke(app, ["plot", str(tmp_path)])
     assert bad.exit_code == 2 and "no metrics.csv" in bad.stderr
+
+
+def test_model_options_train_end_to_end(tmp_path):
+    """CBAM + deep supervision + transposed up-sampling + elastic augmentation, through train and load."""
+    from lesionseg.models import load_model
+
+    data = make_dataset(tmp_path / "data", n=8)
+    run = tmp_path / "run"
+    result = invoke("train", "--data", data, "--out", run, *TINY, "trainer.max_epochs=1", "model.attention=cbam",
+                    "model.deep_supervision=true", "model.upsample=transposed", "augment.elastic=0.5")
+    assert result.exit_code == 0, result.output
+    loaded = load_model(run / "model.pt")
+    assert loaded.config.attention == "cbam" and loaded.config.deep_supervision
+    import torch
+
+    with torch.no_grad():
+        assert loaded.model(torch.randn(1, 3, 32, 32)).shape == (1, 1, 32, 32)  # eval: main head only

@@ -33,3 +33,26 @@ def test_bf16_logits_are_summed_in_fp32():
     # In bf16 a running sum of 262144 ones stalls at 256; fp32 gets the Dice right (~0).
     loss = soft_dice_loss(logits, target)
     assert loss.dtype == torch.float32 and loss < 1e-3
+
+
+def test_deep_supervision_weights_halve_and_normalise():
+    from lesionseg.losses import DeepSupervisionLoss, deep_supervision_weights
+
+    w = deep_supervision_weights(3)
+    assert w == [4 / 7, 2 / 7, 1 / 7]
+    base = DiceBCELoss()
+    target = (torch.rand(1, 1, 8, 8) > 0.5).float()
+    outs = [torch.randn(1, 1, 8, 8) for _ in range(3)]
+    expected = sum(wi * base(o, target) for wi, o in zip(w, outs))
+    assert torch.isclose(DeepSupervisionLoss(base)(outs, target), expected)
+    assert torch.isclose(DeepSupervisionLoss(base)(outs[0], target), base(outs[0], target))
+
+
+def test_cbam_guards_narrow_widths_and_gates():
+    from lesionseg.models.attention import CBAM, ChannelAttention
+
+    assert ChannelAttention(8).mlp[0].out_channels == 4  # 8 // 16 would be 0
+    assert ChannelAttention(128).mlp[0].out_channels == 8
+    x = torch.randn(2, 8, 9, 11)
+    y = CBAM(8)(x)
+    assert y.shape == x.shape and (y.abs() <= x.abs() + 1e-6).all()  # sigmoid gates only scale down

@@ -12,7 +12,15 @@ VARIANTS = {
     "transposed": ModelConfig(base_width=4, depth=3, upsample="transposed"),
     "deep4": ModelConfig(base_width=2, depth=4),
     "gray_in_two_out": ModelConfig(in_channels=1, out_channels=2, base_width=4, depth=2),
+    "cbam": ModelConfig(base_width=4, depth=3, attention="cbam"),
+    "deep_supervision": ModelConfig(base_width=4, depth=3, deep_supervision=True),
+    "transposed_cbam_ds": ModelConfig(base_width=8, depth=3, upsample="transposed", attention="cbam",
+                                      deep_supervision=True),
 }
+
+
+def outputs_of(y):
+    return y if isinstance(y, list) else [y]
 
 
 @pytest.fixture(params=sorted(VARIANTS))
@@ -32,13 +40,19 @@ def test_output_matches_input_size(variant, hw):
     assert torch.isfinite(y).all()
 
 
-def test_gradients_reach_every_parameter(variant):
+def test_training_outputs_and_gradients_reach_every_parameter(variant):
+    """Every head (deep supervision) and attention parameter gets a gradient; all outputs match the input size."""
     cfg, model = variant
     model.train()
-    y = model(torch.randn(2, cfg.in_channels, 35, 29))
-    y.square().mean().backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
-    assert missing == []
+    outputs = outputs_of(model(torch.randn(2, cfg.in_channels, 35, 29)))
+    assert len(outputs) == (cfg.depth if cfg.deep_supervision else 1)
+    assert all(o.shape == (2, cfg.out_channels, 35, 29) for o in outputs)
+    sum(o.square().mean() for o in outputs).backward()
+    unreached = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert unreached == []
+    # Channel-attention MLPs sit behind a ReLU that may be inactive at init; everything else must move.
+    zero = [n for n, p in model.named_parameters() if ".mlp." not in n and not p.grad.abs().sum() > 0]
+    assert zero == []
 
 
 def test_channels_last_gives_same_output(variant):

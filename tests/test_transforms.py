@@ -13,7 +13,7 @@ def test_train_transform_keeps_image_and_mask_aligned(rng):
     mask[10:35, 20:70] = True
     image = np.zeros((60, 80, 3), np.uint8)
     image[..., 0] = np.where(mask, 255, 0)
-    aug = AugmentConfig(noise=0.0, blur=0.0)
+    aug = AugmentConfig(noise=0.0, blur=0.0, elastic=1.0)  # elastic too: it must warp both alike
     t = train_transform(32, aug)
     for _ in range(20):
         out = t(image=image, mask=mask.view(np.uint8))

@@ -29,6 +29,8 @@ class ModelConfig:
     base_width: int = 64  # 64 gives the seed's 64→1024 widths
     depth: int = 4  # number of down-sampling steps
     upsample: str = "bilinear"  # or "transposed"
+    attention: str = "none"  # or "cbam": CBAM on the skip features before concatenation
+    deep_supervision: bool = False  # auxiliary heads on every decoder stage (training only)
 
 
 @dataclass
@@ -97,6 +99,7 @@ class Config:
 CHOICES = {
     "model.arch": {"unet"},
     "model.upsample": {"bilinear", "transposed"},
+    "model.attention": {"none", "cbam"},
     "trainer.precision": {"auto", "bf16", "fp32"},
     "trainer.accelerator": {"auto", "cpu", "gpu"},
 }

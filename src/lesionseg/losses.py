@@ -25,3 +25,23 @@ class DiceBCELoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         bce = F.binary_cross_entropy_with_logits(logits.float(), target.float())
         return self.bce_weight * bce + self.dice_weight * soft_dice_loss(logits, target, self.smooth)
+
+
+def deep_supervision_weights(n: int) -> list[float]:
+    """nnU-Net's weighting: halve per level (full resolution first), normalised to sum to 1."""
+    raw = [0.5**i for i in range(n)]
+    return [r / sum(raw) for r in raw]
+
+
+class DeepSupervisionLoss(nn.Module):
+    """Applies `loss` to each output of a deep-supervision model (all at the target's size) and weights them."""
+
+    def __init__(self, loss: nn.Module):
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, outputs, target: torch.Tensor) -> torch.Tensor:
+        if isinstance(outputs, torch.Tensor):
+            return self.loss(outputs, target)
+        weights = deep_supervision_weights(len(outputs))
+        return sum(w * self.loss(o, target) for w, o in zip(weights, outputs))

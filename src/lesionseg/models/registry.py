@@ -22,7 +22,8 @@ DEFAULT_MODEL = "default_model.pt"
 
 def build_model(cfg: ModelConfig) -> nn.Module:
     if cfg.arch == "unet":
-        return UNet(cfg.in_channels, cfg.out_channels, cfg.base_width, cfg.depth, cfg.upsample)
+        return UNet(cfg.in_channels, cfg.out_channels, cfg.base_width, cfg.depth, cfg.upsample,
+                    attention=cfg.attention, deep_supervision=cfg.deep_supervision)
     raise UserError(f"config key 'model.arch': unknown architecture {cfg.arch!r}")
 
 

@@ -1,4 +1,7 @@
-"""The U-Net: encoder of DoubleConv + Down, decoder of Up with skip concatenation, 1×1 head."""
+"""The U-Net: encoder of DoubleConv + Down, decoder of Up with skip concatenation, 1×1 head.
+
+Options: CBAM attention on the skip features, deep supervision heads on every decoder stage.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import CBAM
 from .parts import DoubleConv, Down, Up, tracing
 
 
@@ -14,10 +18,14 @@ class UNet(nn.Module):
 
     Any input height/width works: inputs are padded up to a multiple of 2**depth (replicate) and the
     output is cropped back, so the logits always match the input's size.
+
+    `deep_supervision=True`: in training mode `forward` returns a list, full-resolution logits first, then
+    one auxiliary head per coarser decoder stage, each upsampled (bilinear) to the input size. In eval mode
+    (and in ONNX exports) only the full-resolution logits are returned.
     """
 
     def __init__(self, in_channels: int = 3, out_channels: int = 1, base_width: int = 64, depth: int = 4,
-                 upsample: str = "bilinear"):
+                 upsample: str = "bilinear", attention: str = "none", deep_supervision: bool = False):
         super().__init__()
         self.depth = depth
         widths = [base_width * 2**i for i in range(depth + 1)]
@@ -26,9 +34,17 @@ class UNet(nn.Module):
         self.ups = nn.ModuleList(
             Up(widths[i + 1], widths[i], widths[i], mode=upsample) for i in reversed(range(depth))
         )
+        # Skip i (full resolution first) gets its own attention block; Identity keeps the plain U-Net.
+        self.skip_attention = nn.ModuleList(
+            CBAM(widths[i]) if attention == "cbam" else nn.Identity() for i in range(depth)
+        )
         self.head = nn.Conv2d(widths[0], out_channels, kernel_size=1)
+        # Auxiliary heads for decoder stages at 1/2**depth-1 ... 1/2 resolution (coarse to fine).
+        self.aux_heads = nn.ModuleList(
+            nn.Conv2d(widths[i], out_channels, kernel_size=1) for i in reversed(range(1, depth))
+        ) if deep_supervision else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         h, w = x.shape[-2:]
         m = 2**self.depth
         ph, pw = (-h) % m, (-w) % m
@@ -38,6 +54,15 @@ class UNet(nn.Module):
         for down in self.downs:
             skips.append(down(skips[-1]))
         y = skips.pop()
+        stages = []
         for up in self.ups:
-            y = up(y, skips.pop())
-        return self.head(y)[..., :h, :w]
+            skip = skips.pop()
+            y = up(y, self.skip_attention[len(skips)](skip))
+            stages.append(y)
+        main = self.head(y)[..., :h, :w]
+        if self.aux_heads is None or not self.training:
+            return main
+        size = x.shape[-2:]
+        aux = [F.interpolate(head(stage), size=size, mode="bilinear", align_corners=False)[..., :h, :w]
+               for head, stage in zip(self.aux_heads, stages[:-1])]
+        return [main, *reversed(aux)]  # full resolution, then 1/2, 1/4, ...

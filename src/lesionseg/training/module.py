@@ -9,7 +9,7 @@ import torch
 from torchmetrics import MeanMetric
 
 from ..config import Config
-from ..losses import DiceBCELoss
+from ..losses import DeepSupervisionLoss, DiceBCELoss
 from ..metrics import batch_jaccard_dice
 from ..models import build_model
 
@@ -19,7 +19,7 @@ class SegmentationModule(L.LightningModule):
         super().__init__()
         self.cfg = cfg
         self.model = build_model(cfg.model)
-        self.loss = DiceBCELoss(cfg.loss.dice_weight, cfg.loss.bce_weight)
+        self.loss = DeepSupervisionLoss(DiceBCELoss(cfg.loss.dice_weight, cfg.loss.bce_weight))
         self.memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         # MeanMetric reduces across processes, so DDP ranks report one figure.
