@@ -137,6 +137,8 @@ def prepare_run_dir(run_dir: Path, cfg: Config) -> Path | None:
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise UserError(f"{run_dir}: folder is not empty and holds no lesionseg run (config.yaml missing)")
     run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in run_dir.rglob(".*.part"):  # temp files of writes cut short by a kill; the targets are intact
+        stale.unlink()
     write_text(cfg_path, dump_config(cfg))
     return last if last.exists() else None
 

@@ -1,0 +1,173 @@
+"""Bad and unusual inputs end to end; each case is listed in docs/robustness.md."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import make_dataset, synthetic_case
+from lesionseg.cli import app
+
+runner = CliRunner()
+TINY = ["model.base_width=4", "model.depth=2", "data.image_size=32", "data.batch_size=4", "data.val_fraction=0.25"]
+
+
+def test_unicode_and_spaces_in_paths(tmp_path, tiny_model_file, rng):
+    src = tmp_path / "dossier patiënt ü" / "images ñ"
+    src.mkdir(parents=True)
+    Image.fromarray(synthetic_case(rng, 30, 40)[0]).save(src / "läsion 1.png")
+    out = tmp_path / "résultats é"
+    result = runner.invoke(app, ["predict", str(src), "--out", str(out), "--weights", str(tiny_model_file)])
+    assert result.exit_code == 0, result.output
+    assert (out / "läsion 1_mask.png").is_file()
+    data = make_dataset(tmp_path / "données d'entraînement", n=8)
+    run = tmp_path / "exécution 1"
+    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(run), *TINY, "trainer.max_epochs=1"])
+    assert result.exit_code == 0, result.output
+    assert (run / "model.pt").is_file()
+
+
+def test_output_path_is_a_file(tmp_path, tiny_model_file, rng):
+    Image.fromarray(synthetic_case(rng, 20, 20)[0]).save(tmp_path / "x.png")
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file, not a folder")
+    result = runner.invoke(app, ["predict", str(tmp_path / "x.png"), "--out", str(blocker / "sub"),
+                                 "--weights", str(tiny_model_file)])
+    assert result.exit_code == 2 and "cannot create output folder" in result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_read_only_output_folder(tmp_path, tiny_model_file, rng):
+    Image.fromarray(synthetic_case(rng, 20, 20)[0]).save(tmp_path / "x.png")
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o555)
+    result = runner.invoke(app, ["predict", str(tmp_path / "x.png"), "--out", str(out), "--weights",
+                                 str(tiny_model_file)])
+    assert result.exit_code == 2 and "not writable" in result.stderr
+
+
+def test_huge_image_refused_clearly(tmp_path, tiny_model_file):
+    path = tmp_path / "huge.png"
+    Image.new("1", (20000, 12000)).save(path)  # 240 megapixels, a small file
+    result = runner.invoke(app, ["predict", str(path), "--out", str(tmp_path / "o"), "--weights",
+                                 str(tiny_model_file)])
+    assert result.exit_code == 1 and "image too large" in result.stderr
+
+
+def test_large_photo_predicts_under_2_gb(tmp_path, tiny_model_file):
+    """A 4000x3000 photo: resized for the network, mask written at full size, peak RSS < 2 GB."""
+    img = np.zeros((3000, 4000, 3), np.uint8)
+    img[1000:2000, 1500:2500] = 120
+    Image.fromarray(img).save(tmp_path / "big.jpg", quality=90)
+    code = ("import resource, sys\nfrom lesionseg.cli import app\ntry:\n    app(sys.argv[1:])\nexcept SystemExit as e:\n"
+            "    assert e.code == 0, e.code\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    proc = subprocess.run([sys.executable, "-c", code, "predict", str(tmp_path / "big.jpg"), "--out",
+                           str(tmp_path / "o"), "--weights", str(tiny_model_file)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    peak_mb = int(proc.stdout.strip().splitlines()[-1]) / 1024
+    assert peak_mb < 2048, f"peak RSS {peak_mb:.0f} MB"
+    assert Image.open(tmp_path / "o" / "big_mask.png").size == (4000, 3000)
+
+
+def test_jpeg_masks_need_a_threshold(tmp_path, tiny_model_file):
+    data = make_dataset(tmp_path / "d", n=4)
+    for m in (data / "masks").iterdir():
+        Image.open(m).save(m.with_suffix(".jpg"), quality=70)
+        m.unlink()
+    refused = runner.invoke(app, ["evaluate", "--data", str(data), "--weights", str(tiny_model_file),
+                                  "--out", str(tmp_path / "e")])
+    assert refused.exit_code == 2 and "--mask-threshold" in refused.stderr
+    accepted = runner.invoke(app, ["evaluate", "--data", str(data), "--weights", str(tiny_model_file),
+                                   "--out", str(tmp_path / "e"), "--mask-threshold", "128"])
+    assert accepted.exit_code == 0, accepted.output
+
+
+def test_checkpoint_given_as_weights(tmp_path):
+    import torch
+
+    torch.save({"state_dict": {}, "epoch": 3, "optimizer_states": []}, tmp_path / "last.ckpt")
+    result = runner.invoke(app, ["info", str(tmp_path / "last.ckpt")])
+    assert result.exit_code == 2 and "not a lesionseg model file (use the run's model.pt" in result.stderr
+
+
+def test_run_dir_that_is_not_a_run(tmp_path):
+    data = make_dataset(tmp_path / "d", n=4)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(other), *TINY])
+    assert result.exit_code == 2 and "holds no lesionseg run" in result.stderr
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+
+
+def test_nan_loss_stops_with_a_clear_message(tmp_path, monkeypatch):
+    from lesionseg import losses
+
+    data = make_dataset(tmp_path / "d", n=8)
+    monkeypatch.setattr(losses.DiceBCELoss, "forward", lambda self, logits, target: (logits * float("nan")).mean())
+    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "run"), *TINY])
+    assert result.exit_code == 2
+    assert "training loss became nan" in result.stderr and "last good checkpoint" in result.stderr
+
+
+def test_onnx_file_with_torch_backend(tmp_path, rng):
+    Image.fromarray(synthetic_case(rng, 20, 20)[0]).save(tmp_path / "x.png")
+    (tmp_path / "m.onnx").write_bytes(b"")
+    result = runner.invoke(app, ["predict", str(tmp_path / "x.png"), "--out", str(tmp_path / "o"), "--weights",
+                                 str(tmp_path / "m.onnx"), "--backend", "torch"])
+    assert result.exit_code == 2 and "needs --backend onnx" in result.stderr
+    result = runner.invoke(app, ["predict", str(tmp_path / "x.png"), "--out", str(tmp_path / "o"), "--weights",
+                                 str(tmp_path / "m.onnx")])
+    assert result.exit_code == 2 and "not a loadable ONNX model" in result.stderr
+
+
+def test_non_image_files_in_folders_are_ignored(tmp_path, tiny_model_file, rng):
+    Image.fromarray(synthetic_case(rng, 20, 20)[0]).save(tmp_path / "x.png")
+    (tmp_path / "README.txt").write_text("notes")
+    (tmp_path / ".hidden.png").write_bytes(b"junk")
+    result = runner.invoke(app, ["predict", str(tmp_path), "--out", str(tmp_path / "o"), "--weights",
+                                 str(tiny_model_file)])
+    assert result.exit_code == 0 and sorted(p.name for p in (tmp_path / "o").iterdir()) == ["x_mask.png",
+                                                                                             "x_overlay.png"]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume(tmp_path):
+    """SIGKILL during epoch 2 of a real `lesionseg train` process; rerunning resumes from the checkpoint."""
+    import csv
+
+    import torch
+
+    data = make_dataset(tmp_path / "d", n=64, size=(64, 64))
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "lesionseg.cli", "train", "--data", str(data), "--out", str(run),
+           "model.base_width=8", "model.depth=3", "data.image_size=64", "data.batch_size=4", "trainer.max_epochs=3"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    last = run / "checkpoints" / "last.ckpt"
+    while time.time() < deadline and not (last.exists() and (run / "metrics.csv").exists()
+                                          and len((run / "metrics.csv").read_text().splitlines()) >= 2):
+        time.sleep(0.2)
+    time.sleep(1.0)  # now inside epoch 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    saved = torch.load(last, map_location="cpu", weights_only=False)
+    assert saved["epoch"] == 0 and saved["optimizer_states"] and saved["lr_schedulers"]
+
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "resuming from" in done.stderr
+    epochs = [r["epoch"] for r in csv.DictReader((run / "metrics.csv").open())]
+    assert epochs == ["0", "1", "2"]
+    assert not list(run.rglob(".*.part"))  # temp files of writes cut by the kill are cleared on resume
+    from lesionseg.models import load_model
+
+    assert load_model(run / "model.pt").card["best_epoch"] >= 1
