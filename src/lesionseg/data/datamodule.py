@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from ..config import AugmentConfig, DataConfig
@@ -20,10 +21,17 @@ def _sources(folder: Path, cfg: DataConfig):
     return pairs, cache
 
 
+def _reseed_worker(worker_id: int) -> None:
+    # Each worker holds a copy of the same Compose RNG; without this they would all augment alike.
+    info = torch.utils.data.get_worker_info()
+    info.dataset.transform.set_random_seed(torch.initial_seed() % 2**32)
+
+
 class SegmentationDataModule(L.LightningDataModule):
-    def __init__(self, data: str | Path, val_data: str | Path | None, cfg: DataConfig, aug: AugmentConfig):
+    def __init__(self, data: str | Path, val_data: str | Path | None, cfg: DataConfig, aug: AugmentConfig,
+                 seed: int = 0):
         super().__init__()
-        self.cfg, self.aug = cfg, aug
+        self.cfg, self.aug, self.seed = cfg, aug, seed
         pairs, cache = _sources(Path(data), cfg)
         if val_data is not None:
             val_pairs, val_cache = _sources(Path(val_data), cfg)
@@ -36,14 +44,19 @@ class SegmentationDataModule(L.LightningDataModule):
             val_cache = [cache[i] for i in val_idx] if cache is not None else None
         size = cfg.image_size
         self.train_set = SegmentationDataset(
-            [pairs[i] for i in train_idx], train_transform(size, aug),
+            [pairs[i] for i in train_idx], train_transform(size, aug, seed),
             [cache[i] for i in train_idx] if cache is not None else None, cfg.mask_threshold)
         self.val_set = SegmentationDataset(val_pairs, eval_transform(size), val_cache, cfg.mask_threshold)
+
+    def reseed(self, epoch: int) -> None:
+        """Augmentations become a function of (seed, epoch): reproducible, and a resumed run does not
+        replay epoch 1's augmentations. Worker processes reseed from torch's per-worker seed instead."""
+        self.train_set.transform.set_random_seed(self.seed * 100_003 + epoch)
 
     def _loader(self, dataset, shuffle: bool) -> DataLoader:
         return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=shuffle,
                           num_workers=self.cfg.num_workers, drop_last=shuffle and len(dataset) > self.cfg.batch_size,
-                          persistent_workers=self.cfg.num_workers > 0)
+                          worker_init_fn=_reseed_worker if shuffle else None)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

@@ -12,7 +12,7 @@ from ..config import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig  # noqa: E402
 from .preprocess import EvalTransform  # noqa: E402
 
 
-def train_transform(size: int, aug: AugmentConfig) -> A.Compose:
+def train_transform(size: int, aug: AugmentConfig, seed: int | None = None) -> A.Compose:
     """The seed's recipe. Crop scale stays ≤ 1.0: the seed's 1.2 is not a valid crop fraction."""
     steps = [
         A.RandomResizedCrop(size=(size, size), scale=(aug.crop_scale_min, aug.crop_scale_max)),
@@ -25,7 +25,8 @@ def train_transform(size: int, aug: AugmentConfig) -> A.Compose:
     if aug.elastic > 0:
         steps.append(A.ElasticTransform(alpha=30, sigma=6, p=aug.elastic))
     steps.append(A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD))
-    return A.Compose(steps)
+    # Compose keeps its own RNG (global seeds do not reach it): seed it, or runs are not reproducible.
+    return A.Compose(steps, seed=seed)
 
 
 def eval_transform(size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> EvalTransform:

@@ -151,7 +151,7 @@ def train(data: str | Path, out: str | Path, cfg: Config, val_data: str | Path |
     run_dir = Path(out)
     resume = prepare_run_dir(run_dir, cfg)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-    datamodule = SegmentationDataModule(data, val_data, cfg.data, cfg.augment)
+    datamodule = SegmentationDataModule(data, val_data, cfg.data, cfg.augment, seed=cfg.trainer.seed)
     data_desc = {"train": str(data), "val": str(val_data) if val_data else f"{cfg.data.val_fraction:.0%} of train "
                  f"(seed {cfg.data.split_seed})", "n_train": len(datamodule.train_set), "n_val": len(datamodule.val_set)}
     module = SegmentationModule(cfg)

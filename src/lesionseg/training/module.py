@@ -39,6 +39,9 @@ class SegmentationModule(L.LightningModule):
                 sched.T_max = self.cfg.trainer.max_epochs
 
     def on_train_epoch_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "reseed"):
+            datamodule.reseed(self.current_epoch)
         self._epoch_images, self._epoch_start = 0, time.perf_counter()
 
     def training_step(self, batch, batch_idx):
