@@ -81,6 +81,7 @@ class TrainerConfig:
     limit_train_batches: int | None = None  # for smoke runs
     accelerator: str = "auto"
     deterministic: bool = False
+    sync_batchnorm: bool = False  # multi-GPU: BatchNorm statistics over the global batch (GPU only)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from .module import SegmentationModule
 
 METRIC = "val_mean_jaccard"
 CSV_FIELDS = ["epoch", "train_loss", "val_loss", "val_mean_jaccard", "val_dice", "lr", "train_img_per_s",
-              "elapsed_min"]
+              "train_images", "elapsed_min"]
 # Changing these between a run and its resumption is allowed; anything else is a different experiment.
 # (max_epochs: the cosine schedule is re-aimed at the new last epoch, see SegmentationModule.on_train_start.)
 RESUMABLE_CHANGES = {"trainer.max_epochs", "trainer.max_minutes", "trainer.patience", "data.num_workers"}
@@ -136,11 +136,19 @@ def prepare_run_dir(run_dir: Path, cfg: Config) -> Path | None:
                             "use another --out or the same settings to resume")
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise UserError(f"{run_dir}: folder is not empty and holds no lesionseg run (config.yaml missing)")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in run_dir.rglob(".*.part"):  # temp files of writes cut short by a kill; the targets are intact
-        stale.unlink()
-    write_text(cfg_path, dump_config(cfg))
+    if launcher_rank() == 0:  # DDP children re-run this command: only the first process writes
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in run_dir.rglob(".*.part"):  # temp files of writes cut short by a kill; targets are intact
+            stale.unlink()
+        write_text(cfg_path, dump_config(cfg))
     return last if last.exists() else None
+
+
+def launcher_rank() -> int:
+    """Global rank as set by Lightning's DDP launcher for the processes it starts (0 for the launching one)."""
+    import os
+
+    return int(os.environ.get("NODE_RANK", "0")) * 1000 + int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def train(data: str | Path, out: str | Path, cfg: Config, val_data: str | Path | None = None,
@@ -164,6 +172,8 @@ def train(data: str | Path, out: str | Path, cfg: Config, val_data: str | Path |
     if progress:
         callbacks.append(TQDMProgressBar())
     t = cfg.trainer
+    if t.sync_batchnorm and not (t.accelerator in ("auto", "gpu") and torch.cuda.is_available()):
+        raise UserError("trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm does not run on CPU)")
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     trainer = L.Trainer(
@@ -172,11 +182,13 @@ def train(data: str | Path, out: str | Path, cfg: Config, val_data: str | Path |
         max_time={"minutes": t.max_minutes} if t.max_minutes else None,
         limit_train_batches=t.limit_train_batches, callbacks=callbacks, logger=False,
         enable_progress_bar=progress, enable_model_summary=False, deterministic=t.deterministic,
-        num_sanity_val_steps=0, default_root_dir=run_dir,
+        num_sanity_val_steps=0, default_root_dir=run_dir, sync_batchnorm=t.sync_batchnorm,
     )
-    print(f"training {cfg.model.arch} (base {cfg.model.base_width}, {count_parameters(module.model):,} params) on "
-          f"{data_desc['n_train']} images, validating on {data_desc['n_val']}; precision {trainer.precision}; "
-          f"run dir {run_dir}" + (f"; resuming from {resume}" if resume else ""), file=sys.stderr, flush=True)
+    if trainer.global_rank == 0:
+        print(f"training {cfg.model.arch} (base {cfg.model.base_width}, {count_parameters(module.model):,} params) "
+              f"on {data_desc['n_train']} images, validating on {data_desc['n_val']}; precision {trainer.precision}; "
+              f"{trainer.world_size} process(es); run dir {run_dir}" + (f"; resuming from {resume}" if resume else ""),
+              file=sys.stderr, flush=True)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*sync_dist=True.*")

@@ -57,7 +57,9 @@ class SegmentationModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         seconds = max(time.perf_counter() - self._epoch_start, 1e-9)
         self.log("train_loss", self.train_loss.compute(), sync_dist=True)
-        self.log("train_img_per_s", self._epoch_images / seconds)
+        self.log("train_img_per_s", self._epoch_images / seconds * self.trainer.world_size)
+        # Summed over processes: equals the training set size when DDP shards are disjoint and complete.
+        self.log("train_images", float(self._epoch_images), reduce_fx="sum", sync_dist=True)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         self.train_loss.reset()
 
