@@ -28,6 +28,9 @@ STEPS = [
     ("+ fill holes", PostprocessConfig(fill_holes=True)),
     ("+ min area 0.5% of image", PostprocessConfig(min_area=-1)),  # resolved per image below
     ("largest component + fill holes", PostprocessConfig(largest_component=True, fill_holes=True)),
+    ("+ dense CRF", PostprocessConfig(crf=True)),
+    ("dense CRF + largest component + fill holes", PostprocessConfig(crf=True, largest_component=True,
+                                                                     fill_holes=True)),
 ]
 
 

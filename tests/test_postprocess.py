@@ -37,3 +37,26 @@ def test_apply_runs_steps_in_order_and_empty_is_safe():
     assert apply(prob, cfg).sum() == 64
     assert not apply(np.zeros((5, 5)), PostprocessConfig(largest_component=True, fill_holes=True, min_area=3)).any()
     assert "largest component" in cfg.describe() and "fill holes" in cfg.describe()
+
+
+def test_dense_crf_follows_image_edges():
+    """A blurry, shifted probability map snaps to the sharp colour edge of the image."""
+    from scipy import ndimage
+
+    from lesionseg.postprocess import dense_crf
+
+    image = np.full((40, 40, 3), 220, np.uint8)
+    truth = np.zeros((40, 40), bool)
+    truth[10:30, 10:30] = True
+    image[truth] = (60, 30, 20)
+    prob = ndimage.gaussian_filter(np.roll(truth, 3, axis=1).astype(np.float32), 3) * 0.8 + 0.1
+    cfg = PostprocessConfig(crf=True)
+    refined = dense_crf(prob, image, cfg)
+    assert refined.shape == prob.shape and refined.min() >= 0 and refined.max() <= 1
+
+    def iou(m):
+        return (m & truth).sum() / (m | truth).sum()
+
+    assert iou(refined > 0.5) > iou(prob > 0.5) and iou(refined > 0.5) > 0.9
+    assert (apply(prob, cfg, image) == (refined > 0.5)).all()
+    assert "dense CRF" in cfg.describe()

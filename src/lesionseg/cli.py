@@ -108,10 +108,11 @@ TTA_SCALES = typer.Option("0.75,1.0,1.25", "--tta-scales", help="Comma-separated
 LARGEST = typer.Option(False, "--largest-component", help="Keep only the largest connected lesion.")
 FILL = typer.Option(False, "--fill-holes", help="Fill holes inside lesions.")
 MIN_AREA = typer.Option(0, "--min-area", min=0, help="Remove objects smaller than this many pixels.")
+CRF = typer.Option(False, "--crf", help="Refine probabilities with a dense CRF (pydensecrf2) before thresholding.")
 BATCH = typer.Option(8, "--batch-size", min=1)
 
 
-def _segmenter_factory(weights, backend, threshold, batch_size, tta, tta_scales, largest, fill, min_area):
+def _segmenter_factory(weights, backend, threshold, batch_size, tta, tta_scales, largest, fill, min_area, crf):
     from .inference import Segmenter
     from .postprocess import PostprocessConfig
 
@@ -119,7 +120,7 @@ def _segmenter_factory(weights, backend, threshold, batch_size, tta, tta_scales,
         scales = [float(s) for s in tta_scales.split(",") if s.strip()]
     except ValueError:
         raise UserError(f"--tta-scales: expected numbers like 0.75,1.0,1.25, got {tta_scales!r}") from None
-    post = PostprocessConfig(threshold, largest_component=largest, fill_holes=fill, min_area=min_area)
+    post = PostprocessConfig(threshold, largest_component=largest, fill_holes=fill, min_area=min_area, crf=crf)
     return lambda: Segmenter.load(weights, backend=backend, threshold=threshold, batch_size=batch_size, tta=tta,
                                   tta_scales=scales, post=post)
 
@@ -132,14 +133,15 @@ def evaluate(
     out: Path = typer.Option(Path("out/evaluate"), "--out", help="Where metrics.json and per_image.csv go."),
     mask_threshold: Optional[int] = typer.Option(None, "--mask-threshold", help="Binarise masks with >2 levels at this value."),
     backend: str = BACKEND, threshold: float = THRESHOLD, tta: bool = TTA, tta_scales: str = TTA_SCALES,
-    largest_component: bool = LARGEST, fill_holes: bool = FILL, min_area: int = MIN_AREA, batch_size: int = BATCH,
+    largest_component: bool = LARGEST, fill_holes: bool = FILL, min_area: int = MIN_AREA, crf: bool = CRF,
+    batch_size: int = BATCH,
     report: bool = typer.Option(False, "--report", help="Also write report.html (histogram, worst/best cases)."),
 ):
     """Evaluate a model on a labelled folder; metrics at each image's original size."""
     from .evaluation import evaluate as run_evaluate, load_labelled, write_report, write_results
 
     make = _segmenter_factory(weights, backend, threshold, batch_size, tta, tta_scales, largest_component,
-                              fill_holes, min_area)
+                              fill_holes, min_area, crf)
     labelled = load_labelled(data, mask_threshold)
     segmenter = make()
     result = run_evaluate(segmenter, labelled)
@@ -175,13 +177,14 @@ def predict(
     strict: bool = typer.Option(False, "--strict", help="Stop before writing anything if any input is unreadable."),
     report: bool = typer.Option(False, "--report", help="Also write report.html."),
     backend: str = BACKEND, threshold: float = THRESHOLD, tta: bool = TTA, tta_scales: str = TTA_SCALES,
-    largest_component: bool = LARGEST, fill_holes: bool = FILL, min_area: int = MIN_AREA, batch_size: int = BATCH,
+    largest_component: bool = LARGEST, fill_holes: bool = FILL, min_area: int = MIN_AREA, crf: bool = CRF,
+    batch_size: int = BATCH,
 ):
     """Segment images; masks are 0/255 PNGs at each input's original size."""
     from .predict import run_predict
 
     make = _segmenter_factory(weights, backend, threshold, batch_size, tta, tta_scales, largest_component,
-                              fill_holes, min_area)
+                              fill_holes, min_area, crf)
     failures = run_predict(inputs, out, make, overwrite=overwrite, strict=strict, report=report, on_failure=_err)
     if failures:
         raise typer.Exit(1)
