@@ -21,7 +21,9 @@ demo: venv
 	$(VENV)/bin/lesionseg predict src/lesionseg/assets/samples --out out/demo --overwrite --report
 	@echo "masks, overlays and report.html written under out/demo/"
 
+# Peers (MONAI) are an optional extra, installed without touching the pinned torch.
 bench: venv
+	$(PY) -m pip install -q --no-deps monai==1.6.1
 	$(PY) benchmarks/throughput.py
 
 test: venv

@@ -51,6 +51,7 @@ def test_dense_crf_follows_image_edges():
     image[truth] = (60, 30, 20)
     prob = ndimage.gaussian_filter(np.roll(truth, 3, axis=1).astype(np.float32), 3) * 0.8 + 0.1
     cfg = PostprocessConfig(crf=True)
+    image.setflags(write=False)  # decoded images (np.asarray of a PIL image) are read-only
     refined = dense_crf(prob, image, cfg)
     assert refined.shape == prob.shape and refined.min() >= 0 and refined.max() <= 1
 
