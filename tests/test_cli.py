@@ -265,3 +265,11 @@ def test_model_options_train_end_to_end(tmp_path):
 
     with torch.no_grad():
         assert loaded.model(torch.randn(1, 3, 32, 32)).shape == (1, 1, 32, 32)  # eval: main head only
+
+
+def test_result_names_map_back_to_their_input_ids():
+    from lesionseg.predict import _result_id
+
+    assert _result_id("a_mask.png") == "a" and _result_id("a b_overlay.png") == "a b"
+    assert _result_id("study_frame002_mask.png") == "study" and _result_id("study_seg.dcm") == "study"
+    assert _result_id("my_frame_mask.png") == "my_frame" and _result_id("notes.txt") is None

@@ -19,6 +19,16 @@ from .viz import overlay
 RESULT_SUFFIXES = ("_mask.png", "_overlay.png", "_seg.dcm")
 
 
+def _result_id(name: str) -> str | None:
+    """The input id a result file name belongs to (`x_mask.png`, `x_frame001_overlay.png` → `x`), or None."""
+    suffix = next((s for s in RESULT_SUFFIXES if name.endswith(s)), None)
+    if suffix is None:
+        return None
+    stem = name[: -len(suffix)]
+    head, _, tail = stem.rpartition("_frame")
+    return head if head and tail.isdigit() and len(tail) == 3 else stem
+
+
 def output_names(image_id: str) -> tuple[str, str]:
     return f"{image_id}_mask.png", f"{image_id}_overlay.png"
 
@@ -48,8 +58,7 @@ def run_predict(inputs, out: str | Path, segmenter_factory: Callable[[], Segment
             raise UserError(f"{f}: same id '{f.stem}' as {ids[f.stem]}; outputs would collide")
         ids[f.stem] = f
     if not overwrite and out.is_dir():
-        names = sorted(p.name for p in out.iterdir())
-        taken = [n for n in names for i in ids if n.startswith(f"{i}_") and n.endswith(RESULT_SUFFIXES)]
+        taken = sorted(n for n in (p.name for p in out.iterdir()) if _result_id(n) in ids)
         if taken:
             raise UserError(f"{out}: already holds results ({taken[0]}{' and more' if len(taken) > 1 else ''}); "
                             "pass --overwrite to replace them")
