@@ -175,6 +175,7 @@ def test_predict_partial_failure_exit_1(trained, tmp_path, rng):
     (["predict", "{tmp}/missing.png", "--out", "{tmp}/o"], "no such file or folder"),
     (["train", "--data", "{tmp}", "model.widht=3"], "unknown config key 'model.widht'"),
     (["info", "{tmp}/nope.pt"], "model file not found"),
+    (["train", "--data", "{tmp}/d", "--strategy", "warp_drive"], "training setup:"),
     (["export", "--weights", "{tmp}/nope.pt", "--out", "{tmp}/m.onnx"], "model file not found"),
     (["export", "--opset", "13", "--out", "{tmp}/m.onnx"], "opset ≥ 17"),
     (["predict", "{tmp}/x.png", "--out", "{tmp}/o", "--weights", "{tmp}/nope.onnx"], "ONNX model file not found"),
@@ -183,6 +184,7 @@ def test_predict_partial_failure_exit_1(trained, tmp_path, rng):
 ])
 def test_user_errors_are_one_line_exit_2(tmp_path, args, message):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "x.png")
+    make_dataset(tmp_path / "d", n=4)
     result = runner.invoke(app, [a.format(tmp=tmp_path) for a in args])
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()

@@ -89,13 +89,22 @@ def train(
     cfg = load_config(config, extra)
     if out is None:
         out = Path("runs") / (config.stem if config else "default")
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from lightning.pytorch.strategies import StrategyRegistry
+
     from .training.fit import train as run_training
+
+    known = {"auto", *StrategyRegistry.available_strategies()}
+    if strategy not in known:
+        raise UserError(f"training setup: --strategy {strategy!r} is not one of {', '.join(sorted(known)[:8])}, ...")
 
     try:
         model_path = run_training(data, out, cfg, val_data=val_data, devices=int(devices) if devices.isdigit() else devices,
                                   strategy=strategy, num_nodes=num_nodes)
     except FloatingPointError as exc:
         raise UserError(f"{out}: {exc}; stopped; the last good checkpoint is kept in {out}/checkpoints") from None
+    except MisconfigurationException as exc:  # e.g. --devices / --strategy the machine cannot honour
+        raise UserError(f"training setup: {str(exc).splitlines()[0]}") from None
     print(f"best model: {model_path}")
 
 
