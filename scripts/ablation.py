@@ -17,6 +17,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# Every option is spelled out against the plain baseline, so the ablation stays the same whatever
+# configs/cpu_fast.yaml adopts later (it now uses deep supervision).
+PLAIN = ["model.deep_supervision=false", "model.attention=none", "model.upsample=bilinear", "augment.elastic=0.0"]
 OPTIONS = {
     "baseline": [],
     "cbam": ["model.attention=cbam"],
@@ -31,7 +34,8 @@ def train(name: str, overrides: list[str], epochs: int, data: Path, out_root: Pa
     if (run / "model.pt").exists() and len((run / "metrics.csv").read_text().splitlines()) > epochs:
         return run
     cmd = [sys.executable, "-m", "lesionseg.cli", "train", "--data", str(data / "train"), "--config",
-           str(ROOT / "configs" / "cpu_fast.yaml"), "--out", str(run), f"trainer.max_epochs={epochs}", *overrides]
+           str(ROOT / "configs" / "cpu_fast.yaml"), "--out", str(run), f"trainer.max_epochs={epochs}", *PLAIN,
+           *overrides]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     return run
