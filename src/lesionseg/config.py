@@ -218,10 +218,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     return cfg
 
 
-def config_from_dict(values: dict[str, Any]) -> Config:
-    return load_config(overrides=values)
-
-
 def diff_configs(a: Config, b: Config, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ."""
     out: list[str] = []
