@@ -16,6 +16,3 @@ class ValidationError(UserError):
         self.problems = list(problems)
         n = len(self.problems)
         super().__init__(f"{what} failed: {n} problem{'s' if n != 1 else ''}")
-
-    def lines(self) -> list[str]:
-        return [*self.problems, str(self)]

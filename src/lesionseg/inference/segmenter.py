@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -34,8 +35,8 @@ class Segmenter:
             raise UserError(f"TTA scales must be between 0.1 and 4, got {list(tta_scales)}")
         self.backend, self.batch_size, self.tta = backend, batch_size, tta
         self.tta_scales = tuple(tta_scales)
-        self.post = post or postprocess.PostprocessConfig()
-        self.post.threshold = threshold
+        # A copy: the caller's PostprocessConfig is not changed behind its back.
+        self.post = dataclasses.replace(post or postprocess.PostprocessConfig(), threshold=threshold)
         self.transform = EvalTransform(backend.image_size, backend.mean, backend.std)
 
     @property
