@@ -31,6 +31,7 @@ class ModelConfig:
     upsample: str = "bilinear"  # or "transposed"
     attention: str = "none"  # or "cbam": CBAM on the skip features before concatenation
     deep_supervision: bool = False  # auxiliary heads on every decoder stage (training only)
+    encoder: str = "plain"  # or "efficientnet-lite0" (ImageNet-pretrained; lite1/lite2 if their weights are installed)
 
 
 @dataclass
@@ -101,6 +102,7 @@ CHOICES = {
     "model.arch": {"unet"},
     "model.upsample": {"bilinear", "transposed"},
     "model.attention": {"none", "cbam"},
+    "model.encoder": {"plain", "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"},
     "trainer.precision": {"auto", "bf16", "fp32"},
     "trainer.accelerator": {"auto", "cpu", "gpu"},
 }

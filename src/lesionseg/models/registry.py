@@ -20,10 +20,12 @@ MODEL_FORMAT_VERSION = 1
 DEFAULT_MODEL = "default_model.pt"
 
 
-def build_model(cfg: ModelConfig) -> nn.Module:
+def build_model(cfg: ModelConfig, pretrained: bool = True) -> nn.Module:
+    """`pretrained=False`: do not read ImageNet encoder weights (a model file will supply every weight)."""
     if cfg.arch == "unet":
         return UNet(cfg.in_channels, cfg.out_channels, cfg.base_width, cfg.depth, cfg.upsample,
-                    attention=cfg.attention, deep_supervision=cfg.deep_supervision)
+                    attention=cfg.attention, deep_supervision=cfg.deep_supervision, encoder=cfg.encoder,
+                    pretrained=pretrained)
     raise UserError(f"config key 'model.arch': unknown architecture {cfg.arch!r}")
 
 
@@ -88,7 +90,7 @@ def load_model(weights: str | Path | None = None, device: str | torch.device = "
         cfg = ModelConfig(**payload["model"])
     except TypeError as exc:
         raise UserError(f"{path}: model config not understood ({exc})") from None
-    model = build_model(cfg)
+    model = build_model(cfg, pretrained=False)
     state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
     try:
         model.load_state_dict(state)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import CBAM
+from .encoders import EfficientNetLiteEncoder
 from .parts import DoubleConv, Down, Up, tracing
 
 
@@ -22,21 +23,36 @@ class UNet(nn.Module):
     `deep_supervision=True`: in training mode `forward` returns a list, full-resolution logits first, then
     one auxiliary head per coarser decoder stage, each upsampled (bilinear) to the input size. In eval mode
     (and in ONNX exports) only the full-resolution logits are returned.
+
+    `encoder="efficientnet-lite0"` (lite1, lite2) replaces the DoubleConv/Down encoder by an ImageNet-
+    pretrained EfficientNet-Lite (`pretrained=False` skips reading its weights, e.g. before loading a saved
+    model); the decoder stays the same Up stages, its widths `base_width * 2**level`, and the input image
+    itself is the full-resolution skip.
     """
 
     def __init__(self, in_channels: int = 3, out_channels: int = 1, base_width: int = 64, depth: int = 4,
-                 upsample: str = "bilinear", attention: str = "none", deep_supervision: bool = False):
+                 upsample: str = "bilinear", attention: str = "none", deep_supervision: bool = False,
+                 encoder: str = "plain", pretrained: bool = True):
         super().__init__()
         self.depth = depth
-        widths = [base_width * 2**i for i in range(depth + 1)]
-        self.inc = DoubleConv(in_channels, widths[0])
-        self.downs = nn.ModuleList(Down(widths[i], widths[i + 1]) for i in range(depth))
+        widths = [base_width * 2**i for i in range(depth + 1)]  # decoder width per level
+        if encoder == "plain":
+            self.inc = DoubleConv(in_channels, widths[0])
+            self.downs = nn.ModuleList(Down(widths[i], widths[i + 1]) for i in range(depth))
+            skip_channels = widths
+        else:
+            if in_channels != 3:
+                raise ValueError(f"encoder {encoder!r} is pretrained on RGB: in_channels must be 3")
+            self.encoder = EfficientNetLiteEncoder(encoder, depth, pretrained)
+            skip_channels = self.encoder.channels
+        below = [skip_channels[depth]] + widths[depth - 1:0:-1]  # what comes up into each Up, coarse first
         self.ups = nn.ModuleList(
-            Up(widths[i + 1], widths[i], widths[i], mode=upsample) for i in reversed(range(depth))
+            Up(below[j], skip_channels[i], widths[i], mode=upsample)
+            for j, i in enumerate(reversed(range(depth)))
         )
         # Skip i (full resolution first) gets its own attention block; Identity keeps the plain U-Net.
         self.skip_attention = nn.ModuleList(
-            CBAM(widths[i]) if attention == "cbam" else nn.Identity() for i in range(depth)
+            CBAM(skip_channels[i]) if attention == "cbam" else nn.Identity() for i in range(depth)
         )
         self.head = nn.Conv2d(widths[0], out_channels, kernel_size=1)
         # Auxiliary heads for decoder stages at 1/2**depth-1 ... 1/2 resolution (coarse to fine).
@@ -50,9 +66,12 @@ class UNet(nn.Module):
         ph, pw = (-h) % m, (-w) % m
         if ph or pw or tracing():
             x = F.pad(x, [0, pw, 0, ph], mode="replicate")
-        skips = [self.inc(x)]
-        for down in self.downs:
-            skips.append(down(skips[-1]))
+        if hasattr(self, "encoder"):
+            skips = self.encoder(x)
+        else:
+            skips = [self.inc(x)]
+            for down in self.downs:
+                skips.append(down(skips[-1]))
         y = skips.pop()
         stages = []
         for up in self.ups:
