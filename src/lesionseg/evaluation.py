@@ -36,6 +36,17 @@ def load_labelled(data: str | Path, mask_threshold: int | None = None) -> Labell
     return LabelledSet(pairs, validate(pairs, mask_threshold, keep=True), mask_threshold)
 
 
+def carved_split(train_dir: str | Path, fraction: float = 0.1, seed: int = 42) -> LabelledSet:
+    """The seeded split `lesionseg train` carves from a training folder when no --val-data is given
+    (the same ids for the same folder, fraction and seed): the set that model selection may look at."""
+    from .data.dataset import split_pairs
+
+    pairs = discover(train_dir)
+    _, val_idx = split_pairs(pairs, fraction, seed)
+    subset = [pairs[i] for i in val_idx]
+    return LabelledSet(subset, validate(subset, keep=True))
+
+
 def evaluate(segmenter: Segmenter, data: LabelledSet | str | Path) -> EvaluationResult:
     labelled = data if isinstance(data, LabelledSet) else load_labelled(data)
     pairs, cache, mask_threshold = labelled.pairs, labelled.cache, labelled.mask_threshold

@@ -18,6 +18,9 @@ from .unet import UNet
 MODEL_FORMAT = "lesionseg-model"
 MODEL_FORMAT_VERSION = 1
 DEFAULT_MODEL = "default_model.pt"
+# Models shipped inside the package, by the name `--weights` accepts. "default" is the one selected on
+# the carved split (see MODEL_CARD.md); "cpu" is the model of configs/default.yaml, trained on 2 CPU cores.
+BUNDLED = {"default": DEFAULT_MODEL, "cpu": "cpu_model.pt"}
 
 
 def build_model(cfg: ModelConfig, pretrained: bool = True) -> nn.Module:
@@ -63,8 +66,17 @@ def save_model(path: str | Path, model: nn.Module, cfg: ModelConfig, image_size:
         torch.save(payload, tmp)
 
 
-def default_model_path() -> Path:
-    return Path(str(resources.files("lesionseg") / "assets" / DEFAULT_MODEL))
+def default_model_path(name: str = "default") -> Path:
+    return Path(str(resources.files("lesionseg") / "assets" / BUNDLED[name]))
+
+
+def resolve_weights(weights: str | Path | None) -> Path:
+    """A model file path, or a bundled model's name (`default`, `cpu`) when no such file exists."""
+    if weights is None:
+        return default_model_path()
+    if str(weights) in BUNDLED and not Path(weights).exists():
+        return default_model_path(str(weights))
+    return Path(weights)
 
 
 def read_model_file(path: str | Path) -> dict[str, Any]:
@@ -84,7 +96,7 @@ def read_model_file(path: str | Path) -> dict[str, Any]:
 
 def load_model(weights: str | Path | None = None, device: str | torch.device = "cpu") -> LoadedModel:
     """The bundled default model, or the model file `weights`, in eval mode."""
-    path = Path(weights) if weights is not None else default_model_path()
+    path = resolve_weights(weights)
     payload = read_model_file(path)
     try:
         cfg = ModelConfig(**payload["model"])
