@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/throughput.py [--out benchmarks/results/NAME.json] [--steps 3] [--quick]
 
-Rows: lesionseg's default model (cpu_fast: base 16) and the seed model (base 64) at 256², batch 8, in fp32
+Rows: the bundled models (U-Net decoders on EfficientNet-Lite0), the plain U-Net at base 16 (cpu_fast) and the
+seed model (base 64) at 256², batch 8, in fp32
 NCHW, fp32 channels_last, bf16 autocast, bf16 + channels_last; ONNX Runtime inference; MONAI BasicUNet and
 UNet at the same widths when monai is installed (`pip install monai==1.6.1`). FLOPs are counted with
 torch.utils.flop_counter (not guessed) and compared with the machine's measured matmul and conv peaks.
@@ -30,6 +31,10 @@ from lesionseg.losses import DiceBCELoss  # noqa: E402
 from lesionseg.models import build_model, count_parameters  # noqa: E402
 
 SIZE, BATCH = 256, 8
+SHIPPED = {  # bundled models' architectures (deep supervision heads are cheap and off at inference)
+    "lesionseg_default_lite0_b16": ModelConfig(encoder="efficientnet-lite0", base_width=16, depth=5),
+    "lesionseg_cpu_lite0_b8": ModelConfig(encoder="efficientnet-lite0", base_width=8, depth=5),
+}
 
 
 def native_bf16() -> bool:
@@ -45,19 +50,41 @@ def timed(fn, steps: int, warmup: int = 1) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def ort_matmul_gflops(n: int, steps: int) -> float:
+    """ONNX Runtime's own GEMM (MLAS) on an n×n product: on some CPUs it beats torch's BLAS by far, so a
+    peak measured with torch alone under-states the machine (rows then exceed 100 %)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "mm",
+                              [helper.make_tensor_value_info(k, TensorProto.FLOAT, [n, n]) for k in "ab"],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    a, b = (np.random.default_rng(i).standard_normal((n, n), dtype=np.float32) for i in (0, 1))
+    return 2 * n**3 / timed(lambda: session.run(None, {"a": a, "b": b}), steps) / 1e9
+
+
 def peaks(steps: int) -> dict:
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    mm = timed(lambda: a @ b, steps * 3)
-    conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False).eval()
-    x = torch.randn(8, 64, 128, 128).contiguous(memory_format=torch.channels_last)
-    conv = conv.to(memory_format=torch.channels_last)
-    with torch.no_grad():
-        c = timed(lambda: conv(x), steps * 2)
-    conv_flops = 2 * 8 * 64 * 64 * 9 * 128 * 128
-    out = {"matmul_fp32_gflops": 2 * 2048**3 / mm / 1e9, "conv3x3_fp32_gflops": conv_flops / c / 1e9}
+    """The machine's measured fp32 peaks: the best of several GEMM sizes (torch and ONNX Runtime) and 3×3
+    convolutions of several widths, each layout. The reference for '% of peak' is the maximum."""
+    out = {}
+    for n in (1024, 2048, 4096):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        out[f"matmul{n}_torch_gflops"] = 2 * n**3 / timed(lambda: a @ b, max(2, steps)) / 1e9
+        out[f"matmul{n}_ort_gflops"] = ort_matmul_gflops(n, max(2, steps))
+    for ch, hw in ((64, 128), (128, 64), (256, 32)):
+        flops = 2 * 8 * ch * ch * 9 * hw * hw
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            conv = torch.nn.Conv2d(ch, ch, 3, padding=1, bias=False).eval().to(memory_format=fmt)
+            x = torch.randn(8, ch, hw, hw).contiguous(memory_format=fmt)
+            with torch.no_grad():
+                t = timed(lambda: conv(x), max(2, steps))
+            tag = "cl" if fmt is torch.channels_last else "nchw"
+            out[f"conv3x3_{ch}ch_{tag}_gflops"] = flops / t / 1e9
     if native_bf16():
-        ab, bb = a.bfloat16(), b.bfloat16()
-        out["matmul_bf16_gflops"] = 2 * 2048**3 / timed(lambda: ab @ bb, steps * 3) / 1e9
+        a, b = torch.randn(2048, 2048).bfloat16(), torch.randn(2048, 2048).bfloat16()
+        out["matmul2048_bf16_gflops"] = 2 * 2048**3 / timed(lambda: a @ b, steps * 3) / 1e9
     return out
 
 
@@ -152,6 +179,8 @@ def main() -> None:
     rows = []
     for base in bases:
         candidates = {f"lesionseg_b{base}": lambda b=base: build_model(ModelConfig(base_width=b, depth=4))}
+        if base == 16:  # the bundled models: U-Net decoders on the EfficientNet-Lite0 encoder
+            candidates.update({name: lambda c=cfg: build_model(c) for name, cfg in SHIPPED.items()})
         candidates.update(monai_models(base))
         for name, make in candidates.items():
             model = make()
@@ -180,6 +209,10 @@ def main() -> None:
         return max(vals) if vals else None
 
     ratios = {}
+    for name in SHIPPED:
+        ours, theirs = best(name, "train_img_s"), best("monai_basicunet_b16", "train_img_s")
+        if ours and theirs:
+            ratios[f"train_{name}_vs_monai_basicunet_b16"] = ours / theirs
     for base in bases:
         ours = best(f"lesionseg_b{base}", "train_img_s")
         for peer in ("basicunet", "unet"):
