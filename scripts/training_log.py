@@ -7,7 +7,7 @@ params, epochs, minutes, median train img/s, and figures on the seeded 10 % spli
 train (`lesionseg evaluate`'s path, cached in RUN/eval_carved.json); official-val figures are shown only
 where RUN/eval_val/metrics.json exists (written by `lesionseg evaluate --out RUN/eval_val` for the final
 candidates). The table replaces what lies between the markers in docs/training.md; the prose around it
-is kept. The shipped model's curves go to docs/default_training_curves.png.
+is kept. `--curves RUN=NAME` plots a run's curves to docs/NAME_training_curves.png.
 """
 
 from __future__ import annotations
@@ -46,9 +46,9 @@ def recipe(run: Path) -> tuple[str, str, dict]:
     c = yaml.safe_load((run / "config.yaml").read_text())
     m, d, o = c["model"], c["data"], c["optim"]
     opts = [f"{m.get('encoder', 'plain')} b{m['base_width']} d{m['depth']}"]
-    opts += ["DS"] * bool(m["deep_supervision"]) + ["CBAM"] * (m["attention"] == "cbam")
-    opts += ["transposed"] * (m["upsample"] == "transposed")
-    opts += [f"elastic {c['augment']['elastic']}"] * bool(c["augment"].get("elastic"))
+    opts += ["DS"] * bool(m.get("deep_supervision")) + ["CBAM"] * (m.get("attention") == "cbam")
+    opts += ["transposed"] * (m.get("upsample") == "transposed")
+    opts += [f"elastic {c['augment'].get('elastic')}"] * bool(c["augment"].get("elastic"))
     return "2-core CPU", f"{' '.join(opts)}, {d['image_size']}², batch {d['batch_size']}, lr {o['lr']}", m
 
 
@@ -88,7 +88,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("runs", nargs="*", type=Path)
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "isic2017")
-    ap.add_argument("--shipped", type=Path, default=None, help="run whose curves go to docs/")
+    ap.add_argument("--curves", nargs="*", default=[], metavar="RUN=NAME",
+                    help="also plot RUN's training curves to docs/NAME_training_curves.png")
     args = ap.parse_args()
     runs = [r if r.is_absolute() else ROOT / r for r in (args.runs or map(Path, RUNS))]
     lines = [BEGIN, "",
@@ -105,10 +106,11 @@ def main() -> None:
     head, _, rest = text.partition(BEGIN)
     _, _, tail = rest.partition(END)
     write_text(DOC, head + "\n".join(lines) + tail)
-    if args.shipped:
+    for item in args.curves:
         from lesionseg.viz import training_curves
 
-        training_curves(args.shipped / "metrics.csv", ROOT / "docs" / "default_training_curves.png")
+        run, _, name = item.partition("=")
+        training_curves(Path(run) / "metrics.csv", ROOT / "docs" / f"{name}_training_curves.png")
     print(f"wrote {DOC}")
 
 
