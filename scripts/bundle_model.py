@@ -102,7 +102,10 @@ def write_model_cards() -> None:
                   f"{loaded.image_size}² (predictions resized back to each image's size)"]
         for key in ("data", "recipe", "training", "selection", "licence"):
             if key in card:
-                lines.append(f"- {key}: {card[key]}")
+                value = card[key]
+                if isinstance(value, dict):  # `lesionseg train`'s card: {'train': ..., 'n_train': ...}
+                    value = ", ".join(f"{k} {v}" for k, v in value.items())
+                lines.append(f"- {key}: {value}")
         for label, fig in (("ISIC 2017 val (150)", val), ("carved split of train (200)", carved)):
             if fig:
                 lines.append(f"- {label}: mean Jaccard {fig['mean_jaccard']:.4f}, thresholded Jaccard "

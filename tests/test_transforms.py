@@ -14,16 +14,18 @@ def test_train_transform_keeps_image_and_mask_aligned(rng):
     image = np.zeros((60, 80, 3), np.uint8)
     image[..., 0] = np.where(mask, 255, 0)
     aug = AugmentConfig(noise=0.0, blur=0.0, elastic=1.0)  # elastic too: it must warp both alike
-    t = train_transform(32, aug)
+    t = train_transform(32, aug, seed=0)  # seeded: the same 20 draws every run
     for _ in range(20):
         out = t(image=image, mask=mask.view(np.uint8))
         assert out["image"].shape == (32, 32, 3) and out["mask"].shape == (32, 32)
         red = out["image"][..., 0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]
         m = out["mask"] > 0
-        # Linear (image) and nearest (mask) resampling may disagree by a pixel or two at the edge, nowhere else.
+        # Linear (image) and nearest (mask) resampling may disagree by a pixel or two at the edge; an elastic
+        # warp can stretch that to an isolated pixel just outside the band (seen once in 300 draws). A flip or
+        # shift applied to one of them only would put hundreds of pixels out of place.
         edge = ndimage.binary_dilation(m, iterations=2) & ~ndimage.binary_erosion(m, iterations=2)
         wrong = (red > 0.5) != m
-        assert m.any() and not (wrong & ~edge).any()
+        assert m.any() and (wrong & ~edge).sum() <= 2
 
 
 def test_eval_transform_resizes_and_normalises():
