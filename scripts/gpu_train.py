@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lesionseg.config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
+from lesionseg.config import IMAGENET_MEAN, IMAGENET_STD, load_config
 from lesionseg.data.dataset import split_pairs
 from lesionseg.losses import DeepSupervisionLoss, DiceBCELoss
 from lesionseg.models import build_model, count_parameters, save_model
@@ -120,19 +120,6 @@ def mean_jaccard(model, x, y, batch: int, amp) -> float:
     return torch.cat(scores).mean().item()
 
 
-def parse_overrides(items: list[str]) -> ModelConfig:
-    fields = {f.name: f.type for f in dataclasses.fields(ModelConfig)}
-    values = {}
-    for item in items:
-        key, _, raw = item.partition("=")
-        name = key.removeprefix("model.")
-        if name not in fields:
-            raise SystemExit(f"unknown model option {key!r}")
-        default = getattr(ModelConfig(), name)
-        values[name] = (raw.lower() in ("1", "true", "yes")) if isinstance(default, bool) else type(default)(raw)
-    return ModelConfig(**values)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="training folder (images/ + masks/)")
@@ -149,7 +136,7 @@ def main() -> None:
     ap.add_argument("--report-data", help="after selection, also score the kept model on this folder "
                     "(reporting only; `lesionseg evaluate` gives the official figures)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("overrides", nargs="*", help="model options, e.g. model.base_width=64")
+    ap.add_argument("overrides", nargs="*", help="model options as in `lesionseg train`, e.g. model.base_width=64")
     args = ap.parse_args()
 
     started = time.perf_counter()
@@ -158,7 +145,7 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True
     bf16 = dev.type == "cuda" and torch.cuda.is_bf16_supported()
     amp = lambda: torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
-    cfg = parse_overrides(args.overrides)
+    cfg = load_config(overrides=args.overrides).model  # the same parsing and checks as `lesionseg train`
     (x, y), (vx, vy) = load_split(args.data, args.image_size, args.val_fraction, args.split_seed, dev)
     model = build_model(cfg).to(dev).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)

