@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
 import json
 import math
 import time
@@ -31,7 +32,9 @@ import torch.nn.functional as F
 
 from lesionseg.config import IMAGENET_MEAN, IMAGENET_STD, load_config
 from lesionseg.data.dataset import split_pairs
+from lesionseg.io import write_text
 from lesionseg.losses import DeepSupervisionLoss, DiceBCELoss
+from lesionseg.metrics import batch_jaccard_dice
 from lesionseg.models import build_model, count_parameters, save_model
 from lesionseg.pairs import discover, load_pair
 
@@ -45,7 +48,7 @@ def load_split(folder: str, size: int, val_fraction: float, seed: int, device, s
         if image.shape[:2] != (size, size):
             image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
             mask = cv2.resize(mask.view(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
-        images.append(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
+        images.append(torch.from_numpy(image.copy()).permute(2, 0, 1))  # decoded arrays may be read-only
         masks.append(torch.from_numpy(mask.view(np.uint8).copy())[None])
     x, y = torch.stack(images).to(device), torch.stack(masks).to(device)
     if not split:
@@ -105,19 +108,18 @@ def augment(x: torch.Tensor, y: torch.Tensor, scale=(0.5, 1.0), gen=None):
 
 
 @torch.no_grad()
-def mean_jaccard(model, x, y, batch: int, amp) -> float:
-    """Per-image Jaccard of (p > 0.5) averaged over images; an empty truth and empty prediction scores 1."""
+def scores(model, x, y, batch: int, amp) -> tuple[float, float]:
+    """Mean per-image Jaccard and Dice of (p > 0.5), with the metric `lesionseg train` validates with."""
     model.eval()
-    scores = []
+    jac, dice = [], []
     for i in range(0, len(x), batch):
         with amp():
             logits = model(normalise(x[i:i + batch].float() / 255).contiguous(memory_format=torch.channels_last))
-        pred, truth = logits.float() > 0, y[i:i + batch] > 0
-        inter = (pred & truth).flatten(1).sum(1).float()
-        union = (pred | truth).flatten(1).sum(1).float()
-        scores.append(torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union)))
+        j, d = batch_jaccard_dice(logits.float() > 0, y[i:i + batch] > 0)
+        jac.append(j)
+        dice.append(d)
     model.train()
-    return torch.cat(scores).mean().item()
+    return torch.cat(jac).mean().item(), torch.cat(dice).mean().item()
 
 
 def main() -> None:
@@ -184,11 +186,11 @@ def main() -> None:
         if dev.type == "cuda":
             torch.cuda.synchronize()
         train_s = time.perf_counter() - e0
-        score = mean_jaccard(model, vx, vy, 64, amp)
+        score, dice = scores(model, vx, vy, 64, amp)
         minutes = (time.perf_counter() - t0) / 60
         # The columns of `lesionseg train`'s metrics.csv, so `lesionseg plot` and the docs scripts read both.
         rows.append(dict(epoch=epoch - 1, train_loss=round(float(total) / max(1, seen // args.batch_size), 4),
-                         val_loss="", val_mean_jaccard=round(score, 4), val_dice="", lr=lr,
+                         val_loss="", val_mean_jaccard=round(score, 4), val_dice=round(dice, 4), lr=lr,
                          train_img_per_s=round(seen / train_s, 1), train_images=seen, elapsed_min=round(minutes, 3)))
         if score > best:
             best, best_epoch = score, epoch
@@ -199,13 +201,13 @@ def main() -> None:
     report = None
     if args.report_data:
         (rx, ry), _ = load_split(args.report_data, args.image_size, 0.0, args.split_seed, dev, split=False)
-        report = {"folder": args.report_data, "mean_jaccard_at_input_size": mean_jaccard(model, rx, ry, 64, amp)}
+        report = {"folder": args.report_data, "mean_jaccard_at_input_size": scores(model, rx, ry, 64, amp)[0]}
     model.float().cpu()
     train_minutes = (time.perf_counter() - t0) / 60
     card = {
         "name": f"lesionseg GPU run ({cfg.encoder} encoder, base {cfg.base_width})",
-        "data": "ISIC 2017 Part 1 training set (2000 images); selection on a seeded 10% split carved from it "
-                f"(split_seed {args.split_seed}); the official val set was not used for training or selection",
+        "data": f"{args.data} ({len(x) + len(vx)} pairs): trained on {len(x)}, selection on the seeded "
+                f"{args.val_fraction:.0%} split carved from it (split_seed {args.split_seed})",
         "recipe": f"scripts/gpu_train.py: {args.image_size}² input, batch {args.batch_size}, AdamW lr {args.lr} "
                   f"wd {args.weight_decay}, cosine over {args.minutes} min, GPU augmentation, bf16={bf16}",
         "training": f"{epoch} epochs, {train_minutes:.1f} min on {torch.cuda.get_device_name() if dev.type == 'cuda' else 'CPU'}; "
@@ -213,14 +215,15 @@ def main() -> None:
         "licence": "weights for research use only: trained on ISIC archive images (CC-BY-NC / CC-0)",
     }
     save_model(out / "model.pt", model, cfg, image_size=args.image_size, card=card, half=True)
-    with open(out / "metrics.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out / "metrics.csv", table.getvalue())
     summary = dict(config=dataclasses.asdict(cfg), args=vars(args), params=count_parameters(model), epochs=epoch,
                    best_epoch=best_epoch, carved_mean_jaccard=best, train_minutes=round(train_minutes, 2),
                    device=card["training"], report=report)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text(out / "summary.json", json.dumps(summary, indent=2))
     print(json.dumps(summary), flush=True)
 
 

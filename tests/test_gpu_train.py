@@ -69,6 +69,7 @@ def test_gpu_train_runs_on_cpu_and_writes_a_lesionseg_model(tmp_path):
     assert summary["config"]["deep_supervision"] is True and summary["epochs"] >= 1
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert len(rows) == summary["epochs"]
+    assert all(0.0 <= float(r["val_dice"]) <= 1.0 for r in rows)  # same columns as `lesionseg train`
     assert max(float(r["val_mean_jaccard"]) for r in rows) == pytest.approx(summary["carved_mean_jaccard"], abs=1e-4)
     assert 0.0 <= summary["report"]["mean_jaccard_at_input_size"] <= 1.0
     loaded = load_model(out / "model.pt")
