@@ -1,7 +1,10 @@
 """Bundle a run's model inside the package, with its measured figures on the model card.
 
-    .venv/bin/python scripts/bundle_model.py runs/gpu/lite0_b16 --as default --name "..."
-    .venv/bin/python scripts/bundle_model.py runs/lite0_160 --as cpu --name "..."
+    .venv/bin/python scripts/bundle_model.py runs/lite0_256_gpu --as default --name "..." --recipe "..." --training "..."
+    .venv/bin/python scripts/bundle_model.py --recard cpu [--recipe "..."] [--provenance "..."]
+
+The card names the model's config (configs/<recipe name>.yaml) and the command that trains it
+(scripts/train_model.sh <recipe name>); `--recard` rewrites only those card fields of a bundled model.
 
 Scores the run's model.pt with `lesionseg evaluate`'s path on the seeded 10 % split carved from ISIC 2017
 train (the selection set) and on the official validation set (reported, never used to choose), stores the
@@ -16,9 +19,12 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import torch
+
 from lesionseg.evaluation import carved_split, evaluate, load_labelled
 from lesionseg.inference import Segmenter
 from lesionseg.inference.backends import TorchBackend
+from lesionseg.io import atomic_path
 from lesionseg.models import load_model, save_model
 from lesionseg.models.registry import BUNDLED, default_model_path
 
@@ -34,13 +40,21 @@ def rounded(metrics: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("run_dir", type=Path, nargs="?")
     ap.add_argument("--as", dest="bundle_as", choices=sorted(BUNDLED), default="default")
-    ap.add_argument("--name", required=True, help="model card name")
-    ap.add_argument("--recipe", required=True, help="how to reproduce it, one line")
-    ap.add_argument("--training", required=True, help="epochs, minutes, hardware, one line")
+    ap.add_argument("--recard", choices=sorted(BUNDLED), help="only rewrite this bundled model's card fields")
+    ap.add_argument("--name", help="model card name")
+    ap.add_argument("--recipe", help="the recipe in words, one line")
+    ap.add_argument("--training", help="epochs, minutes, hardware, one line")
+    ap.add_argument("--provenance", help="how these weights were made, when not by the card's command")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "isic2017")
     args = ap.parse_args()
+    if args.recard:
+        recard(args.recard, {k: v for k, v in (("recipe", args.recipe), ("training", args.training),
+                                                ("provenance", args.provenance), ("name", args.name)) if v})
+        return
+    if not (args.run_dir and args.name and args.recipe and args.training):
+        ap.error("bundling a run needs RUN_DIR, --name, --recipe and --training")
     source = load_model(args.run_dir / "model.pt")
     carved = carved_split(args.data / "train")
     full = evaluate(Segmenter(TorchBackend(source)), carved).metrics
@@ -61,6 +75,7 @@ def main() -> None:
         "data": source.card.get("data") or source.card.get("training_data"),
         "recipe": args.recipe,
         "training": args.training,
+        **reproduction(args.bundle_as),
         "licence": LICENCE,
         "weights_storage": "fp16" if use_half else "fp32",
         "figures": {"isic2017_val": rounded(figures["isic2017_val"]),
@@ -75,6 +90,27 @@ def main() -> None:
     save_model(target, source.model, source.config, source.image_size, card, half=use_half)
     print(json.dumps(card["figures"], indent=2))
     print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB)")
+    write_model_cards()
+
+
+def reproduction(name: str) -> dict:
+    """The card fields that say how to train the bundled model `name` again."""
+    recipe = BUNDLED[name]
+    return {"config": f"configs/{recipe}.yaml",
+            "command": f"scripts/train_model.sh {recipe}  (= lesionseg train --data ../shared/data/isic2017/train "
+                       f"--config configs/{recipe}.yaml --out runs/{recipe})"}
+
+
+def recard(name: str, fields: dict) -> None:
+    path = default_model_path(name)
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    card = {**payload["card"], **fields, **reproduction(name)}
+    if isinstance(card.get("recipe_config"), str):  # a script's free-text settings; the config file says it now
+        del card["recipe_config"]
+    payload["card"] = card
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    print(f"rewrote the card of {path}")
     write_model_cards()
 
 
@@ -95,12 +131,12 @@ def write_model_cards() -> None:
         carved = card.get("figures", {}).get("carved_split_of_train", {})
         lines += [f"## `{name}` — {card.get('name', '')}", "",
                   f"- file: `src/lesionseg/assets/{path.name}` ({path.stat().st_size / 1e6:.1f} MB, "
-                  f"{card.get('weights_storage', 'fp32')}); `--weights {name}`",
+                  f"{card.get('weights_storage', 'fp32')}); `--weights {name}` or `--weights {BUNDLED[name]}`",
                   f"- architecture: U-Net, encoder `{cfg.encoder}`, decoder base width {cfg.base_width}, depth "
                   f"{cfg.depth}, {cfg.upsample} up-sampling, attention {cfg.attention}, deep supervision "
                   f"{cfg.deep_supervision}; {count_parameters(loaded.model):,} parameters; input "
                   f"{loaded.image_size}² (predictions resized back to each image's size)"]
-        for key in ("data", "recipe", "training", "selection", "licence"):
+        for key in ("config", "command", "provenance", "data", "recipe", "training", "selection", "licence"):
             if key in card:
                 value = card[key]
                 if isinstance(value, dict):  # `lesionseg train`'s card: {'train': ..., 'n_train': ...}

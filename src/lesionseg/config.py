@@ -19,6 +19,12 @@ from .errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Fixed ranges of the augmentations whose probability the augment.* keys set; both training paths
+# (albumentations per image, data/batch_augment.py per batch) read them from here.
+NOISE_STD = (0.01, 0.05)  # Gaussian noise std, fraction of the full intensity range
+BLUR_KERNEL_SIZES = (3, 5)
+BLUR_SIGMA = (0.5, 3.0)
+ELASTIC_ALPHA, ELASTIC_SIGMA = 30, 6  # pixels
 
 
 @dataclass
@@ -44,6 +50,11 @@ class DataConfig:
     cache: bool = True  # keep decoded uint8 images in memory when they fit
     cache_limit_gb: float = 4.0
     mask_threshold: int | None = None  # binarise masks with more than two levels at this value
+    # Keep the decoded training set (uint8, resized to image_size) on the training device and augment whole
+    # batches there (data/batch_augment.py). auto: only on an accelerator, and only when it fits
+    # device_memory_fraction of the accelerator's free memory. false: albumentations per image on the CPU.
+    on_device: str = "auto"
+    device_memory_fraction: float = 0.25
 
 
 @dataclass
@@ -56,6 +67,8 @@ class AugmentConfig:
     noise: float = 0.2
     blur: float = 0.2
     elastic: float = 0.0
+    color_jitter: float = 0.0  # probability of brightness, contrast and saturation jitter
+    color_jitter_strength: float = 0.2  # each factor drawn from 1 ± strength
 
 
 @dataclass
@@ -69,6 +82,11 @@ class OptimConfig:
     lr: float = 1e-4
     weight_decay: float = 1e-5
     eta_min: float = 1e-6
+    # cosine: over trainer.max_epochs, stepped per epoch. cosine_time: linear warm-up over warmup_steps
+    # batches, then cosine over the wall-clock budget trainer.max_minutes, stepped per batch, so a time
+    # budget gives a complete schedule on any machine.
+    schedule: str = "cosine"
+    warmup_steps: int = 0
 
 
 @dataclass
@@ -104,6 +122,8 @@ CHOICES = {
     "model.attention": {"none", "cbam"},
     "model.encoder": {"plain", "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"},
     "trainer.precision": {"auto", "bf16", "fp32"},
+    "data.on_device": {"auto", "true", "false"},
+    "optim.schedule": {"cosine", "cosine_time"},
     "trainer.accelerator": {"auto", "cpu", "gpu"},
 }
 
@@ -134,6 +154,8 @@ def _check_value(key: str, value: Any, annotation: Any) -> Any:
     elif annotation is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, bool):  # YAML reads `data.on_device: true` as a boolean; the choices are words
+            return "true" if value else "false"
     else:  # pragma: no cover - schema only uses the types above
         return value
     raise UserError(f"config key '{key}': expected {annotation.__name__}, got {value!r}")
@@ -172,9 +194,19 @@ def _validate(cfg: Config) -> None:
         raise UserError("config key 'data.batch_size': must be ≥ 1")
     if not 0.0 < a.crop_scale_min <= a.crop_scale_max <= 1.0:
         raise UserError("config keys 'augment.crop_scale_min/max': need 0 < min ≤ max ≤ 1")
-    for name in ("hflip", "vflip", "rot90", "noise", "blur", "elastic"):
+    for name in ("hflip", "vflip", "rot90", "noise", "blur", "elastic", "color_jitter"):
         if not 0.0 <= getattr(a, name) <= 1.0:
             raise UserError(f"config key 'augment.{name}': a probability in [0, 1]")
+    if not 0.0 <= a.color_jitter_strength < 1.0:
+        raise UserError("config key 'augment.color_jitter_strength': must be in [0, 1)")
+    if not 0.0 < d.device_memory_fraction <= 1.0:
+        raise UserError("config key 'data.device_memory_fraction': must be in (0, 1]")
+    if cfg.optim.schedule == "cosine_time" and not cfg.trainer.max_minutes:
+        raise UserError("config key 'optim.schedule': cosine_time needs a wall-clock budget, trainer.max_minutes")
+    if cfg.optim.warmup_steps < 0:
+        raise UserError("config key 'optim.warmup_steps': must be ≥ 0")
+    if cfg.trainer.max_minutes is not None and cfg.trainer.max_minutes <= 0:
+        raise UserError("config key 'trainer.max_minutes': must be > 0")
     if cfg.trainer.max_epochs < 1:
         raise UserError("config key 'trainer.max_epochs': must be ≥ 1")
 

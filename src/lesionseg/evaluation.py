@@ -8,11 +8,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import DataConfig
 from .errors import UserError
 from .inference import Segmenter
 from .io import write_text
 from .metrics import aggregate, confusion, image_scores
-from .pairs import Pair, discover, load_pair, validate
+from .pairs import Pair, discover, load_pair, split_pairs, validate
 
 PER_IMAGE_FIELDS = ["id", "jaccard", "dice", "pixel_accuracy", "sensitivity", "specificity", "lesion_fraction"]
 
@@ -36,11 +37,10 @@ def load_labelled(data: str | Path, mask_threshold: int | None = None) -> Labell
     return LabelledSet(pairs, validate(pairs, mask_threshold, keep=True), mask_threshold)
 
 
-def carved_split(train_dir: str | Path, fraction: float = 0.1, seed: int = 42) -> LabelledSet:
+def carved_split(train_dir: str | Path, fraction: float = DataConfig.val_fraction,
+                 seed: int = DataConfig.split_seed) -> LabelledSet:
     """The seeded split `lesionseg train` carves from a training folder when no --val-data is given
     (the same ids for the same folder, fraction and seed): the set that model selection may look at."""
-    from .data.dataset import split_pairs
-
     pairs = discover(train_dir)
     _, val_idx = split_pairs(pairs, fraction, seed)
     subset = [pairs[i] for i in val_idx]

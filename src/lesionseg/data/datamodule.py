@@ -1,18 +1,29 @@
-"""Lightning DataModule: discover + validate once, split, cache decoded images, build loaders."""
+"""Lightning DataModule: discover + validate once, split, cache decoded images, build loaders.
+
+Two ways to feed training, chosen by `data.on_device` once the device is known (`setup`):
+- per image: albumentations on the CPU (loader workers optional), batches transferred to the device;
+- resident: the decoded training set as uint8 tensors on the training device; the loader yields only
+  indices, and `on_after_batch_transfer` gathers the batch there and augments it as a whole
+  (`batch_augment.BatchAugment`), so a GPU is not starved by CPU-side augmentation.
+Validation always uses the evaluation pre-processing, as `lesionseg evaluate` does.
+"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
+import cv2
 import lightning as L
+import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from ..config import AugmentConfig, DataConfig
 from ..errors import UserError
-from ..pairs import discover, validate
-from .dataset import SegmentationDataset, split_pairs
-from .transforms import eval_transform, train_transform
+from ..pairs import discover, split_pairs, validate
+from .dataset import SegmentationDataset
+from .preprocess import EvalTransform
 
 
 def _sources(folder: Path, cfg: DataConfig):
@@ -25,6 +36,55 @@ def _reseed_worker(worker_id: int) -> None:
     # Each worker holds a copy of the same Compose RNG; without this they would all augment alike.
     info = torch.utils.data.get_worker_info()
     info.dataset.transform.set_random_seed(torch.initial_seed() % 2**32)
+
+
+class _Indices(Dataset):
+    """What the loader yields in resident mode: sample indices (DDP's sampler shards them as usual)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+def resident_tensors(dataset: SegmentationDataset, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every training pair decoded once, resized to size×size: images (N,3,S,S) and masks (N,1,S,S), uint8 0/1."""
+    n = len(dataset)
+    x = torch.empty((n, 3, size, size), dtype=torch.uint8)
+    y = torch.empty((n, 1, size, size), dtype=torch.uint8)
+    for i in range(n):
+        image, mask = dataset.load(i)
+        mask = mask.view(np.uint8)
+        if image.shape[:2] != (size, size):
+            shrink = image.shape[0] * image.shape[1] > size * size
+            image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+            mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+        x[i] = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        y[i, 0] = torch.from_numpy(np.ascontiguousarray(mask > 0)).to(torch.uint8)
+    return x, y
+
+
+def resident_bytes(n: int, size: int) -> int:
+    return n * 4 * size * size  # 3 image channels + 1 mask channel, uint8
+
+
+def choose_on_device(choice: str, device: torch.device, nbytes: int, fraction: float) -> tuple[bool, str]:
+    """(resident?, why) for `data.on_device` on `device`; auto = on an accelerator when it fits `fraction`."""
+    if choice == "false":
+        return False, "data.on_device=false"
+    if choice == "true":
+        return True, "data.on_device=true"
+    if device.type != "cuda":
+        return False, f"auto: training on {device.type}"
+    free, _total = torch.cuda.mem_get_info(device)
+    if nbytes > fraction * free:
+        return False, (f"auto: {nbytes / 2**30:.2f} GiB does not fit {fraction:.0%} of the "
+                       f"{free / 2**30:.1f} GiB free on {device}")
+    return True, f"auto: {nbytes / 2**30:.2f} GiB fits {fraction:.0%} of the {free / 2**30:.1f} GiB free on {device}"
 
 
 class SegmentationDataModule(L.LightningDataModule):
@@ -43,15 +103,60 @@ class SegmentationDataModule(L.LightningDataModule):
             val_pairs = [pairs[i] for i in val_idx]
             val_cache = [cache[i] for i in val_idx] if cache is not None else None
         size = cfg.image_size
+        # The training transform is chosen in setup(), once the device (and so the feeding path) is known.
         self.train_set = SegmentationDataset(
-            [pairs[i] for i in train_idx], train_transform(size, aug, seed),
+            [pairs[i] for i in train_idx], None,
             [cache[i] for i in train_idx] if cache is not None else None, cfg.mask_threshold)
-        self.val_set = SegmentationDataset(val_pairs, eval_transform(size), val_cache, cfg.mask_threshold)
+        self.val_set = SegmentationDataset(val_pairs, EvalTransform(size), val_cache, cfg.mask_threshold)
+        self.resident: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.batch_augment = None
+        self.generator: torch.Generator | None = None
+        self.feeding = "not set up"  # one line for the run's log and model card
+        self._epoch, self._rank = 0, 0
+
+    def setup(self, stage: str) -> None:
+        if stage != "fit" or self.train_set.transform is not None or self.resident is not None:
+            return
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        self._rank = self.trainer.global_rank if self.trainer is not None else 0
+        size = self.cfg.image_size
+        resident, why = choose_on_device(self.cfg.on_device, device, resident_bytes(len(self.train_set), size),
+                                         self.cfg.device_memory_fraction)
+        if resident:
+            from .batch_augment import BatchAugment
+
+            x, y = resident_tensors(self.train_set, size)
+            self.resident = (x.to(device), y.to(device))
+            self.batch_augment = BatchAugment(size, self.aug)
+            mib = resident_bytes(len(self.train_set), size) / 2**20
+            self.feeding = (f"training set resident on {device} ({mib:.0f} MiB uint8), "
+                            f"batched augmentation there ({why})")
+        else:
+            from .transforms import train_transform
+
+            self.train_set.transform = train_transform(size, self.aug, self.seed)
+            self.feeding = f"albumentations per image on the CPU, {self.cfg.num_workers} loader workers ({why})"
+        if self._rank == 0:
+            print(f"data: {self.feeding}", file=sys.stderr, flush=True)
 
     def reseed(self, epoch: int) -> None:
         """Augmentations become a function of (seed, epoch): reproducible, and a resumed run does not
         replay epoch 1's augmentations. Worker processes reseed from torch's per-worker seed instead."""
-        self.train_set.transform.set_random_seed(self.seed * 100_003 + epoch)
+        self._epoch = epoch
+        seed = self.seed * 100_003 + epoch
+        if self.resident is not None:
+            self.generator = torch.Generator(device=self.resident[0].device).manual_seed(seed * 1009 + self._rank)
+        elif self.train_set.transform is not None:
+            self.train_set.transform.set_random_seed(seed)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.resident is None or not (isinstance(batch, torch.Tensor) and batch.ndim == 1):
+            return batch  # per-image batches and validation batches arrive ready
+        x, y = self.resident
+        if self.generator is None:
+            self.reseed(self._epoch)
+        idx = batch.to(x.device)
+        return self.batch_augment(x[idx], y[idx], self.generator)
 
     def _loader(self, dataset, shuffle: bool) -> DataLoader:
         return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=shuffle,
@@ -59,6 +164,10 @@ class SegmentationDataModule(L.LightningDataModule):
                           worker_init_fn=_reseed_worker if shuffle else None)
 
     def train_dataloader(self) -> DataLoader:
+        if self.resident is not None:  # indices only: nothing for worker processes to do
+            n = len(self.train_set)
+            return DataLoader(_Indices(n), batch_size=self.cfg.batch_size, shuffle=True,
+                              drop_last=n > self.cfg.batch_size)
         return self._loader(self.train_set, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:

@@ -17,10 +17,10 @@ from .unet import UNet
 
 MODEL_FORMAT = "lesionseg-model"
 MODEL_FORMAT_VERSION = 1
-DEFAULT_MODEL = "default_model.pt"
-# Models shipped inside the package, by the name `--weights` accepts. "default" is the one selected on
-# the carved split (see MODEL_CARD.md); "cpu" is the model of configs/default.yaml, trained on 2 CPU cores.
-BUNDLED = {"default": DEFAULT_MODEL, "cpu": "cpu_model.pt"}
+# Models shipped inside the package: short name → recipe name. The recipe name is also the model's file
+# (assets/<recipe>.pt) and its config (configs/<recipe>.yaml); `--weights` takes either name. Each card
+# (docs/model_cards.md, `lesionseg info NAME`) gives the command that trains it.
+BUNDLED = {"default": "lite0_256_gpu", "cpu": "lite0_160_cpu"}
 
 
 def build_model(cfg: ModelConfig, pretrained: bool = True) -> nn.Module:
@@ -66,15 +66,20 @@ def save_model(path: str | Path, model: nn.Module, cfg: ModelConfig, image_size:
         torch.save(payload, tmp)
 
 
+def bundled_names() -> set[str]:
+    return set(BUNDLED) | set(BUNDLED.values())
+
+
 def default_model_path(name: str = "default") -> Path:
-    return Path(str(resources.files("lesionseg") / "assets" / BUNDLED[name]))
+    """The file of a bundled model, by short name (`default`, `cpu`) or recipe name (`lite0_256_gpu`, ...)."""
+    return Path(str(resources.files("lesionseg") / "assets" / f"{BUNDLED.get(name, name)}.pt"))
 
 
 def resolve_weights(weights: str | Path | None) -> Path:
-    """A model file path, or a bundled model's name (`default`, `cpu`) when no such file exists."""
+    """A model file path, or a bundled model's name when no such file exists."""
     if weights is None:
         return default_model_path()
-    if str(weights) in BUNDLED and not Path(weights).exists():
+    if str(weights) in bundled_names() and not Path(weights).exists():
         return default_model_path(str(weights))
     return Path(weights)
 

@@ -51,11 +51,12 @@ class RunRecorder(Checkpoint):
     Subclasses Checkpoint so Lightning calls it after the module's epoch-end logging.
     """
 
-    def __init__(self, run_dir: Path, cfg: Config, data_desc: dict):
-        self.run_dir, self.cfg, self.data_desc = run_dir, cfg, data_desc
+    def __init__(self, run_dir: Path, cfg: Config, data_desc: dict, command: str | None = None):
+        self.run_dir, self.cfg, self.data_desc, self.command = run_dir, cfg, data_desc, command
         self.best = -math.inf
         self.best_epoch = -1
         self.elapsed_before = 0.0  # minutes of earlier (interrupted) sessions of this run
+        self.hardware = ""
         self._start = time.perf_counter()
 
     @property
@@ -69,6 +70,10 @@ class RunRecorder(Checkpoint):
         # After a checkpoint is restored: a resumed run keeps only rows of epochs its checkpoint finished.
         if trainer.global_rank != 0:
             return
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "feeding"):
+            self.data_desc["feeding"] = datamodule.feeding
+        self.hardware = f"{trainer.world_size} × {device_name(trainer.strategy.root_device)}, {trainer.precision}"
         rows = []
         if self.csv_path.exists():
             with self.csv_path.open() as f:
@@ -112,14 +117,24 @@ class RunRecorder(Checkpoint):
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "training_data": self.data_desc,
             "recipe": self.cfg.to_dict(),
+            "command": self.command,
             "parameters": count_parameters(model),
             "best_epoch": epoch + 1,
             "selection_metric": METRIC,
             "selection_value": round(self.best, 5),
             "training_minutes": round(self.elapsed_min(), 2),
+            "hardware": self.hardware,
         }
         # channels_last weights are saved contiguous; the file does not depend on memory format.
         save_model(self.run_dir / "model.pt", model, self.cfg.model, self.cfg.data.image_size, card)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def prepare_run_dir(run_dir: Path, cfg: Config) -> Path | None:
@@ -152,8 +167,28 @@ def launcher_rank() -> int:
 
 
 def train(data: str | Path, out: str | Path, cfg: Config, val_data: str | Path | None = None,
-          devices: int | str = 1, strategy: str = "auto", num_nodes: int = 1, progress: bool | None = None) -> Path:
-    """Train (or resume) into `out`; returns the path of the best model file."""
+          devices: int | str = 1, strategy: str = "auto", num_nodes: int = 1, progress: bool | None = None,
+          command: str | None = None) -> Path:
+    """Train (or resume) into `out`; returns the path of the best model file. Problems the user can fix
+    (data, config, devices, a diverging loss) raise UserError with one line."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    known = {"auto", *StrategyRegistry.available_strategies()}
+    if strategy not in known:
+        raise UserError(f"training setup: --strategy {strategy!r} is not one of {', '.join(sorted(known)[:8])}, ...")
+    if isinstance(devices, str) and devices.isdigit():
+        devices = int(devices)
+    try:
+        return _train(data, out, cfg, val_data, devices, strategy, num_nodes, progress, command)
+    except FloatingPointError as exc:
+        raise UserError(f"{out}: {exc}; stopped; the last good checkpoint is kept in {out}/checkpoints") from None
+    except MisconfigurationException as exc:  # e.g. --devices / --strategy the machine cannot honour
+        raise UserError(f"training setup: {str(exc).splitlines()[0]}") from None
+
+
+def _train(data, out, cfg: Config, val_data, devices, strategy: str, num_nodes: int, progress: bool | None,
+           command: str | None) -> Path:
     from ..data.datamodule import SegmentationDataModule
 
     run_dir = Path(out)
@@ -163,7 +198,7 @@ def train(data: str | Path, out: str | Path, cfg: Config, val_data: str | Path |
     data_desc = {"train": str(data), "val": str(val_data) if val_data else f"{cfg.data.val_fraction:.0%} of train "
                  f"(seed {cfg.data.split_seed})", "n_train": len(datamodule.train_set), "n_val": len(datamodule.val_set)}
     module = SegmentationModule(cfg)
-    recorder = RunRecorder(run_dir, cfg, data_desc)
+    recorder = RunRecorder(run_dir, cfg, data_desc, command)
     best_ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=METRIC, mode="max",
                                 save_last=True, save_top_k=1, enable_version_counter=False)
     callbacks = [best_ckpt, EarlyStopping(monitor=METRIC, mode="max", patience=cfg.trainer.patience), recorder]
@@ -183,6 +218,7 @@ def train(data: str | Path, out: str | Path, cfg: Config, val_data: str | Path |
         limit_train_batches=t.limit_train_batches, callbacks=callbacks, logger=False,
         enable_progress_bar=progress, enable_model_summary=False, deterministic=t.deterministic,
         num_sanity_val_steps=0, default_root_dir=run_dir, sync_batchnorm=t.sync_batchnorm,
+        benchmark=None if t.deterministic else True,  # cudnn autotuning: slow first epoch, faster after
     )
     if trainer.global_rank == 0:
         print(f"training {cfg.model.arch} (base {cfg.model.base_width}, {count_parameters(module.model):,} params) "

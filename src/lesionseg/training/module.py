@@ -1,4 +1,5 @@
-"""LightningModule: the model, Dice+BCE, AdamW + cosine, per-image validation Jaccard/Dice."""
+"""LightningModule: the model, Dice+BCE, AdamW + cosine (per epoch or over a time budget), per-image
+validation Jaccard/Dice."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from ..config import Config
 from ..losses import DeepSupervisionLoss, DiceBCELoss
 from ..metrics import batch_jaccard_dice
 from ..models import build_model
+from .schedule import TimeCosine
 
 
 class SegmentationModule(L.LightningModule):
@@ -78,8 +80,18 @@ class SegmentationModule(L.LightningModule):
         for m in (self.val_loss, self.val_jaccard, self.val_dice):
             m.reset()
 
+    def elapsed_s(self) -> float:
+        """Training seconds of this run so far, resumed sessions included (Lightning's Timer)."""
+        from lightning.pytorch.callbacks import Timer
+
+        timers = [c for c in self.trainer.callbacks if isinstance(c, Timer)] if self._trainer is not None else []
+        return timers[0].time_elapsed() if timers else 0.0
+
     def configure_optimizers(self):
         o = self.cfg.optim
         opt = torch.optim.AdamW(self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        if o.schedule == "cosine_time":
+            sched = TimeCosine(opt, self.elapsed_s, self.cfg.trainer.max_minutes * 60, o.warmup_steps, o.eta_min)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.cfg.trainer.max_epochs, eta_min=o.eta_min)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Trains a model from its config, configs/NAME.yaml, into runs/NAME, then scores it on the official val set
+# with `lesionseg evaluate`. Selection uses the seeded 10% split carved from train; val is only evaluated.
+# Resumable: rerun the same command after a kill. Extra arguments are config overrides (KEY=VALUE).
+#   nohup scripts/train_model.sh lite0_160_cpu > runs/lite0_160_cpu.log 2>&1 &
+#   LESIONSEG="python3 -m lesionseg.cli" DATA=.gpu/data scripts/train_model.sh lite0_256_gpu   (no .venv)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NAME=${1:?usage: scripts/train_model.sh NAME [KEY=VALUE ...]  (NAME: a config in configs/)}
+shift
+export NO_ALBUMENTATIONS_UPDATE=1
+DATA=${DATA:-../shared/data/isic2017}
+RUN=${RUN:-runs/$NAME}
+LESIONSEG=${LESIONSEG:-.venv/bin/lesionseg}
+$LESIONSEG train --data "$DATA/train" --config "configs/$NAME.yaml" --out "$RUN" "$@"
+$LESIONSEG evaluate --data "$DATA/val" --weights "$RUN/model.pt" --out "$RUN/eval_val"

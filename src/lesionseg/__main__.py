@@ -1,0 +1,5 @@
+"""`python -m lesionseg` = the `lesionseg` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,103 @@
+"""The Python API for the whole job: train, evaluate (and `Segmenter` for prediction).
+
+The CLI calls these same functions, so a Python caller gets the same validation and the same `UserError`
+messages (one line naming the file or key and the problem) as `lesionseg train` / `lesionseg evaluate`.
+Heavy imports (torch, Lightning) happen inside the calls: `import lesionseg` stays cheap.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import UserError
+from .inference.segmenter import DEFAULT_TTA_SCALES
+
+
+def _nested_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+    """{"trainer.max_epochs": 2, "model": {"base_width": 8}} → one nested dict for config.load_config."""
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        parts = key.split(".")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"override '{key}': '{part}' is given both as a value and as a section")
+        if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+            node[parts[-1]].update(value)
+        else:
+            node[parts[-1]] = dict(value) if isinstance(value, dict) else value
+    return nested
+
+
+def train(data: str | Path, out: str | Path, /, config: str | Path | None = None,
+          val_data: str | Path | None = None, *, mask_threshold: int | None = None, devices: int | str = 1, strategy: str = "auto", num_nodes: int = 1,
+          progress: bool | None = None, command: str | None = None, **overrides: Any) -> Path:
+    """Train (or resume: call again with the same arguments) into the run folder `out`; returns its model.pt.
+
+    `config`: a YAML recipe (see configs/); `overrides`: config keys, as sections or dotted names, e.g.
+    `trainer={"max_epochs": 5}`, `data={"batch_size": 4}` or `**{"optim.lr": 1e-3}` (`data` and `out` are
+    positional, so `data=` names the config section). Without `val_data`, a seeded split of `data`
+    is carved off for validation and model selection. `command` is recorded on the model card (default: this
+    call, spelled out).
+    """
+    from .config import load_config
+    from .training.fit import train as fit
+
+    extra = _nested_overrides(overrides)
+    if mask_threshold is not None:
+        extra.setdefault("data", {})["mask_threshold"] = mask_threshold
+    cfg = load_config(config, extra)
+    if command is None:
+        args = [repr(str(data)), repr(str(out))] + [f"{k}={v!r}" for k, v in
+                                                    (("config", config), ("val_data", val_data)) if v is not None]
+        command = f"lesionseg.train({', '.join(args + [f'**{extra!r}'] if extra else args)})"
+    return fit(data, out, cfg, val_data=val_data, devices=devices, strategy=strategy, num_nodes=num_nodes,
+               progress=progress, command=command)
+
+
+def segmenter(weights: str | Path | None = None, *, backend: str = "auto", threshold: float = 0.5,
+              batch_size: int = 8, tta: bool = False, tta_scales: Sequence[float] = DEFAULT_TTA_SCALES,
+              largest_component: bool = False, fill_holes: bool = False, min_area: int = 0, crf: bool = False):
+    """A `Segmenter` with `predict`'s options (the CLI's flags by the same names)."""
+    from .inference import Segmenter
+    from .postprocess import PostprocessConfig
+
+    if min_area < 0:
+        raise UserError(f"min_area must be ≥ 0, got {min_area}")
+    if batch_size < 1:
+        raise UserError(f"batch_size must be ≥ 1, got {batch_size}")
+    post = PostprocessConfig(threshold, largest_component=largest_component, fill_holes=fill_holes,
+                             min_area=min_area, crf=crf)
+    return Segmenter.load(weights, backend=backend, threshold=threshold, batch_size=batch_size, tta=tta,
+                          tta_scales=list(tta_scales), post=post)
+
+
+def evaluate(data: str | Path, weights: str | Path | None = None, *, out: str | Path | None = None,
+             mask_threshold: int | None = None, report: bool = False, **options: Any) -> dict[str, float]:
+    """Score a model (a model file, an .onnx, or a bundled name; default: the bundled `default`) on a labelled
+    folder at each image's original size; returns the metrics (mean_jaccard, mean_dice, thresholded_jaccard,
+    pooled_iou, miou_fg_bg, pixel_accuracy, sensitivity, specificity, n_images).
+
+    `options` are `segmenter()`'s (threshold, tta, largest_component, ...). With `out`, writes metrics.json
+    and per_image.csv there (and report.html with `report=True`).
+    """
+    from .evaluation import evaluate as score, load_labelled, write_report, write_results
+
+    unknown = sorted(set(options) - set(segmenter.__kwdefaults__))
+    if unknown:
+        raise UserError(f"evaluate: unknown option(s) {', '.join(unknown)} "
+                        f"(known: {', '.join(sorted(segmenter.__kwdefaults__))})")
+    if report and out is None:
+        raise UserError("evaluate: report=True needs an out folder to write report.html into")
+    labelled = load_labelled(data, mask_threshold)  # every data problem reported before a model is loaded
+    seg = segmenter(weights, **options)
+    result = score(seg, labelled)
+    if out is not None:
+        settings = {"weights": str(seg.weights_path), "backend": seg.backend.name, "data": str(data),
+                    "tta": list(seg.tta_scales) if seg.tta else False, "postprocess": seg.post.describe()}
+        write_results(result, out, extra=settings)
+        if report:
+            write_report(result, seg, labelled, out, settings)
+    return dict(result.metrics)
