@@ -1,6 +1,6 @@
-"""Where an epoch of `lesionseg train` spends its time, for a config (default: configs/default.yaml).
+"""Where an epoch of `lesionseg train` spends its time, for a config (default: configs/lite0_160_cpu.yaml).
 
-    .venv/bin/python benchmarks/loop_profile.py [--config configs/default.yaml] [--batches 30]
+    .venv/bin/python benchmarks/loop_profile.py [--config configs/lite0_160_cpu.yaml] [--batches 30]
 
 Measures, on ISIC 2017 train (or --data), in one process and one after the other:
   loader      the training DataLoader alone (decode cache + albumentations + to-tensor), img/s
@@ -34,7 +34,7 @@ def rate(n_images: int, seconds: float) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "default.yaml")
+    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "lite0_160_cpu.yaml")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "isic2017" / "train")
     ap.add_argument("--batches", type=int, default=30)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "loop_profile.json")

@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/training_log.py [RUN ...]     # default: the runs listed in RUNS below
 
-For each run: its recipe (config.yaml of `lesionseg train`, or summary.json of scripts/gpu_train.py),
+For each run: its recipe (config.yaml of `lesionseg train`, or summary.json of the earlier GPU loop's runs),
 params, epochs, minutes, median train img/s, and figures on the seeded 10 % split carved from ISIC 2017
 train (`lesionseg evaluate`'s path, cached in RUN/eval_carved.json); official-val figures are shown only
 where RUN/eval_val/metrics.json exists (written by `lesionseg evaluate --out RUN/eval_val` for the final
@@ -42,14 +42,18 @@ def recipe(run: Path) -> tuple[str, str, dict]:
         where = s["device"].split(" on ")[-1].split(";")[0]
         return where, (f"{m['encoder']} b{m['base_width']} d{m['depth']}{' DS' if m['deep_supervision'] else ''}, "
                        f"{a['image_size']}², batch {a['batch_size']}, lr {a['lr']}, {a['minutes']} min budget "
-                       "(gpu_train.py)"), m
+                       "(earlier GPU loop)"), m
     c = yaml.safe_load((run / "config.yaml").read_text())
     m, d, o = c["model"], c["data"], c["optim"]
     opts = [f"{m.get('encoder', 'plain')} b{m['base_width']} d{m['depth']}"]
     opts += ["DS"] * bool(m.get("deep_supervision")) + ["CBAM"] * (m.get("attention") == "cbam")
     opts += ["transposed"] * (m.get("upsample") == "transposed")
     opts += [f"elastic {c['augment'].get('elastic')}"] * bool(c["augment"].get("elastic"))
-    return "2-core CPU", f"{' '.join(opts)}, {d['image_size']}², batch {d['batch_size']}, lr {o['lr']}", m
+    if o.get("schedule") == "cosine_time":
+        opts.append(f"{c['trainer']['max_minutes']} min cosine")
+    hardware = load_model(run / "model.pt").card.get("hardware") if (run / "model.pt").is_file() else None
+    where = hardware.split(",")[0] if hardware else "2-core CPU"
+    return where, f"{' '.join(opts)}, {d['image_size']}², batch {d['batch_size']}, lr {o['lr']}", m
 
 
 def carved_figures(run: Path, data: Path) -> dict | None:

@@ -88,9 +88,15 @@ def train(
 
     if out is None:
         out = Path("runs") / (config.stem if config else "seed_unet")
+    options = [("--data", data), ("--val-data", val_data), ("--config", config), ("--out", out),
+               ("--mask-threshold", mask_threshold), ("--devices", None if devices == "1" else devices),
+               ("--strategy", None if strategy == "auto" else strategy),
+               ("--num-nodes", None if num_nodes == 1 else num_nodes)]
+    command = shlex.join(["lesionseg", "train", *[str(v) for o in options if o[1] is not None for v in o],
+                          *(overrides or [])])
     model_path = run_training(data, out, config, val_data, mask_threshold=mask_threshold, devices=devices,
-                              strategy=strategy, num_nodes=num_nodes,
-                              command=shlex.join(["lesionseg", *sys.argv[1:]]), **parse_overrides(overrides or []))
+                              strategy=strategy, num_nodes=num_nodes, command=command,
+                              **parse_overrides(overrides or []))
     print(f"best model: {model_path}")
 
 

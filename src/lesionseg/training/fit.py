@@ -28,7 +28,8 @@ CSV_FIELDS = ["epoch", "train_loss", "val_loss", "val_mean_jaccard", "val_dice",
               "train_images", "elapsed_min"]
 # Changing these between a run and its resumption is allowed; anything else is a different experiment.
 # (max_epochs: the cosine schedule is re-aimed at the new last epoch, see SegmentationModule.on_train_start.)
-RESUMABLE_CHANGES = {"trainer.max_epochs", "trainer.max_minutes", "trainer.patience", "data.num_workers"}
+RESUMABLE_CHANGES = {"trainer.max_epochs", "trainer.max_minutes", "trainer.patience", "data.num_workers",
+                     "data.on_device", "data.device_memory_fraction"}
 
 
 def resolve_precision(choice: str, accelerator: str) -> str:

@@ -1,0 +1,169 @@
+"""One training loop, two ways to feed it: the bundled `default` model's own config runs end to end on the
+CPU with the training set resident and batched augmentation; the wall-clock schedule; the Python API."""
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import lesionseg
+from conftest import make_dataset
+from lesionseg.cli import app
+from lesionseg.config import load_config
+from lesionseg.errors import UserError
+from lesionseg.models import load_model
+from lesionseg.training.schedule import TimeCosine, time_cosine_lr
+
+ROOT = Path(__file__).resolve().parents[1]
+GPU_CONFIG = ROOT / "configs" / "lite0_256_gpu.yaml"
+TINY = ["model.base_width=4", "model.depth=2", "data.image_size=32", "data.batch_size=4"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def rows(run):
+    return list(csv.DictReader((run / "metrics.csv").open()))
+
+
+def test_default_model_config_trains_on_cpu_with_the_device_path(tmp_path):
+    """`lesionseg train --config <default's config> data.on_device=true`: the resident path end to end, with
+    the config's own encoder, deep supervision, augmentation keys and time schedule (only sizes shrunk)."""
+    data = make_dataset(tmp_path / "data", n=14, size=(40, 52))
+    run = tmp_path / "run"
+    result = invoke("train", "--data", data, "--out", run, "--config", GPU_CONFIG, "data.on_device=true",
+                    "data.image_size=32", "data.batch_size=4", "optim.warmup_steps=2", "trainer.max_minutes=0.08",
+                    "trainer.max_epochs=3")
+    assert result.exit_code == 0, result.output
+    cfg = load_config(run / "config.yaml")
+    assert cfg.data.on_device == "true" and cfg.optim.schedule == "cosine_time"
+    assert cfg.augment.color_jitter == 1.0 and cfg.model.encoder == "efficientnet-lite0"
+    table = rows(run)
+    assert 1 <= len(table) <= 3 and all(0 <= float(r["val_mean_jaccard"]) <= 1 for r in table)
+    assert all(float(r["train_images"]) == 12 for r in table[:-1])  # 13 training images, drop_last batches of 4
+    model = load_model(run / "model.pt")
+    assert model.config.encoder == "efficientnet-lite0" and model.config.deep_supervision
+    card = model.card
+    assert card["training_data"]["feeding"].startswith("training set resident on cpu")
+    assert "--config" in card["command"] and str(GPU_CONFIG) in card["command"]
+    assert card["hardware"].startswith("1 × CPU")
+
+
+def test_cpu_auto_keeps_albumentations(tmp_path):
+    data = make_dataset(tmp_path / "data", n=8)
+    run = tmp_path / "run"
+    result = invoke("train", "--data", data, "--out", run, *TINY, "trainer.max_epochs=1")
+    assert result.exit_code == 0, result.output
+    assert load_model(run / "model.pt").card["training_data"]["feeding"].startswith("albumentations per image")
+
+
+def test_resident_training_is_reproducible(tmp_path):
+    data = make_dataset(tmp_path / "data", n=12)
+    states = []
+    for name in ("a", "b"):
+        result = invoke("train", "--data", data, "--out", tmp_path / name, *TINY, "data.on_device=true",
+                        "augment.elastic=0.5", "augment.color_jitter=0.5", "trainer.max_epochs=2")
+        assert result.exit_code == 0, result.output
+        states.append(load_model(tmp_path / name / "model.pt").model.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_time_cosine_lr_shape():
+    f = lambda step, t: time_cosine_lr(step, t, 100.0, 10, 1e-3, 1e-6)  # noqa: E731
+    assert f(0, 0) == pytest.approx(1e-4)  # warm-up: 1/10 of the peak after the first step
+    assert f(9, 0) == pytest.approx(1e-3)
+    assert f(1000, 50) == pytest.approx(0.5e-3)
+    assert f(1000, 100) == pytest.approx(1e-6) and f(1000, 500) == pytest.approx(1e-6)
+    assert all(f(1000, t) >= f(1000, t + 1) for t in range(100))
+    assert time_cosine_lr(0, 0, 100.0, 0, 1e-3, 1e-6) == pytest.approx(1e-3)  # no warm-up
+
+
+def test_time_cosine_follows_its_clock():
+    clock = {"t": 0.0}
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sched = TimeCosine(opt, lambda: clock["t"], 10.0, 0, 0.0)
+    for t, expected in ((2.5, 0.5 * (1 + math.cos(math.pi / 4))), (5.0, 0.5), (10.0, 0.0)):
+        clock["t"] = t
+        opt.step()
+        sched.step()
+        assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 * expected, abs=1e-9)
+
+
+def test_cosine_time_completes_within_the_budget_and_resume_continues_it(tmp_path):
+    """The lr falls with elapsed time to eta_min by the end of trainer.max_minutes; a resumed run (here with a
+    longer budget, an allowed change) carries on from the elapsed time its checkpoint holds, not from zero."""
+    data = make_dataset(tmp_path / "data", n=12)
+    run = tmp_path / "run"
+    common = [*TINY, "optim.schedule=cosine_time", "optim.lr=0.01", "optim.eta_min=0.0", "trainer.max_epochs=100000",
+              "trainer.patience=100000"]
+    assert invoke("train", "--data", data, "--out", run, *common, "trainer.max_minutes=0.05").exit_code == 0
+    first = [float(r["lr"]) for r in rows(run)]
+    elapsed = float(rows(run)[-1]["elapsed_min"])
+    assert 0.04 < elapsed < 0.2 and len(first) >= 3
+    assert first[-1] < 0.1 * 0.01 and first[0] > first[-1]
+    assert invoke("train", "--data", data, "--out", run, *common, "trainer.max_minutes=0.1").exit_code == 0
+    resumed = [float(r["lr"]) for r in rows(run)][len(first):]
+    assert resumed, "the longer budget should give more epochs"
+    # Half the new budget was already spent: the schedule resumes near lr/2, not at the peak.
+    assert 0.2 * 0.01 < resumed[0] < 0.75 * 0.01
+    assert resumed[-1] < 0.1 * 0.01
+
+
+@pytest.mark.parametrize("override, message", [
+    (["optim.schedule=cosine_time"], "cosine_time needs a wall-clock budget, trainer.max_minutes"),
+    (["data.on_device=gpu"], "config key 'data.on_device': 'gpu' is not one of"),
+    (["augment.color_jitter=1.5"], "config key 'augment.color_jitter': a probability"),
+    (["data.device_memory_fraction=0"], "config key 'data.device_memory_fraction'"),
+])
+def test_new_keys_are_validated(override, message):
+    with pytest.raises(UserError, match=message):
+        load_config(overrides=override)
+
+
+def test_on_device_accepts_yaml_booleans(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  on_device: true\n")
+    assert load_config(path).data.on_device == "true"
+    assert load_config(overrides=["data.on_device=false"]).data.on_device == "false"
+
+
+def test_python_api_trains_and_evaluates_like_the_cli(tmp_path):
+    data = make_dataset(tmp_path / "data", n=12)
+    model_path = lesionseg.train(data, tmp_path / "run", model={"base_width": 4, "depth": 2},
+                                 data={"image_size": 32, "batch_size": 4}, **{"trainer.max_epochs": 1})
+    assert model_path == tmp_path / "run" / "model.pt" and model_path.is_file()
+    card = load_model(model_path).card
+    assert card["command"].startswith("lesionseg.train(") and "'max_epochs': 1" in card["command"]
+    metrics = lesionseg.evaluate(data, weights=model_path, out=tmp_path / "eval")
+    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["n_images"] == 12 and metrics["mean_jaccard"] == pytest.approx(written["mean_jaccard"])
+    result = invoke("evaluate", "--data", data, "--weights", model_path, "--out", tmp_path / "cli")
+    assert result.exit_code == 0
+    assert json.loads((tmp_path / "cli" / "metrics.json").read_text())["mean_jaccard"] == metrics["mean_jaccard"]
+
+
+def test_python_api_errors_are_the_cli_errors(tmp_path):
+    data = make_dataset(tmp_path / "data", n=4)
+    with pytest.raises(UserError, match="unknown config key 'model.base_widht'"):
+        lesionseg.train(data, tmp_path / "run", **{"model.base_widht": 4})
+    result = invoke("train", "--data", data, "--out", tmp_path / "run", "model.base_widht=4")
+    assert result.exit_code == 2 and "unknown config key 'model.base_widht'" in result.output
+    with pytest.raises(UserError, match="data folder not found"):
+        lesionseg.evaluate(tmp_path / "nowhere")
+    with pytest.raises(UserError, match="unknown option"):
+        lesionseg.evaluate(data, thresold=0.3)
+    with pytest.raises(UserError, match="--strategy 'dpp'"):
+        lesionseg.train(data, tmp_path / "run2", strategy="dpp")
+
+
+def test_info_names_the_config_and_command_of_a_bundled_model():
+    result = invoke("info", "default")
+    assert result.exit_code == 0
+    card = json.loads(result.output)
+    assert card["config"] == "configs/lite0_256_gpu.yaml"
+    assert "lesionseg train" in card["command"] and "configs/lite0_256_gpu.yaml" in card["command"]
