@@ -42,6 +42,7 @@ def main() -> None:
     cfg = load_config(args.config, [])
     torch.manual_seed(0)
     dm = SegmentationDataModule(args.data, None, cfg.data, cfg.augment, seed=0)
+    dm.setup("fit")  # no trainer: the CPU, so the per-image albumentations path unless data.on_device=true
     loader = dm.train_dataloader()
     bs, n = cfg.data.batch_size, args.batches
 
