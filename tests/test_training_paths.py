@@ -167,3 +167,18 @@ def test_info_names_the_config_and_command_of_a_bundled_model():
     card = json.loads(result.output)
     assert card["config"] == "configs/lite0_256_gpu.yaml"
     assert "lesionseg train" in card["command"] and "configs/lite0_256_gpu.yaml" in card["command"]
+
+
+def test_torch_free_helpers_stay_torch_free():
+    """The seeded split, the carved split's defaults and ImageNet statistics are importable without torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, lesionseg\n"
+            "from lesionseg.pairs import split_pairs\n"
+            "from lesionseg.evaluation import carved_split\n"
+            "from lesionseg.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig\n"
+            "assert carved_split.__defaults__ == (DataConfig.val_fraction, DataConfig.split_seed)\n"
+            "print('torch' in sys.modules, 'albumentations' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]
