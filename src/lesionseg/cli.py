@@ -239,6 +239,45 @@ def export(
 
 @app.command()
 @handle_errors
+def serve(
+    weights: Optional[Path] = WEIGHTS,
+    backend: str = BACKEND,
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 = every interface)."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535),
+    token: Optional[str] = typer.Option(None, "--token", envvar="LESIONSEG_TOKEN",
+                                        help="Require 'Authorization: Bearer TOKEN' on /v1/* (or set LESIONSEG_TOKEN)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Server processes (each loads the model)."),
+    max_batch: int = typer.Option(16, "--max-batch", min=1, help="Images per forward pass at most."),
+    max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", min=0, help="How long a batch waits for more requests."),
+    max_queue: int = typer.Option(64, "--max-queue", min=1, help="Images waiting for the model before 503."),
+    timeout: float = typer.Option(30.0, "--timeout", help="Seconds a request may take before 504."),
+    max_body_mb: float = typer.Option(50.0, "--max-body-mb", help="Largest request body (413 above)."),
+    max_pixels: int = typer.Option(50_000_000, "--max-pixels", min=1, help="Largest image in pixels (413 above)."),
+    cors_origin: Optional[List[str]] = typer.Option(None, "--cors-origin", help="Allow browser calls from this origin (repeatable); none by default."),
+):
+    """Serve the model over HTTP: POST /v1/segment, a page at /, API reference at /docs."""
+    import dataclasses
+
+    import uvicorn
+
+    from .serve.app import CONFIG_ENV, ServeConfig
+
+    cfg = ServeConfig(weights=str(weights) if weights else None, backend=backend, token=token or None,
+                      max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, timeout_s=timeout,
+                      max_body_mb=max_body_mb, max_pixels=max_pixels, cors_origins=list(cors_origin or []))
+    cfg.check()
+    from .inference.backends import open_backend
+
+    open_backend(cfg.weights, cfg.backend)  # a wrong --weights fails here, in one line, before the server starts
+    os.environ[CONFIG_ENV] = json.dumps(dataclasses.asdict(cfg))
+    print(f"lesionseg serve: http://{host}:{port}/  (API reference /docs; {workers} worker(s); "
+          f"token {'required' if cfg.token else 'off'})", file=sys.stderr, flush=True)
+    uvicorn.run("lesionseg.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+                log_level="warning", timeout_graceful_shutdown=5)
+
+
+@app.command()
+@handle_errors
 def plot(
     run_dir: Path = typer.Argument(..., help="A training run directory (holds metrics.csv)."),
     out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default RUN_DIR/training_curves.png)."),

@@ -31,20 +31,25 @@ def is_dicom(path: str | Path) -> bool:
 
 
 def read_dataset(path: str | Path):
-    import pydicom
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
+    return parse_dataset(path, path)
+
+
+def parse_dataset(source, label):
+    """A DICOM image object from a path or a file object (an upload); errors name `label`."""
+    import pydicom
+
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(source)
     except Exception as exc:  # pydicom raises InvalidDicomError, EOFError, ValueError, ...
-        raise UserError(f"{path}: not a readable DICOM file ({type(exc).__name__})") from None
+        raise UserError(f"{label}: not a readable DICOM file ({type(exc).__name__})") from None
     if "PixelData" not in ds:
-        raise UserError(f"{path}: DICOM file has no pixel data (a {getattr(ds, 'Modality', 'non-image')} object?)")
+        raise UserError(f"{label}: DICOM file has no pixel data (a {getattr(ds, 'Modality', 'non-image')} object?)")
     photometric = str(ds.get("PhotometricInterpretation", ""))
     if photometric not in SUPPORTED_PHOTOMETRIC:
-        raise UserError(f"{path}: photometric interpretation {photometric or '(missing)'} is not supported "
+        raise UserError(f"{label}: photometric interpretation {photometric or '(missing)'} is not supported "
                         f"(supported: {', '.join(sorted(SUPPORTED_PHOTOMETRIC))})")
     return ds
 
@@ -85,6 +90,13 @@ def read_frames(path: str | Path) -> tuple[object, list[np.ndarray]]:
 
 def write_seg(path: str | Path, source, masks: list[np.ndarray]) -> None:
     """A BINARY DICOM SEG referencing `source` (same rows/columns, one frame per source frame)."""
+    seg = build_seg(source, masks, path)
+    with atomic_path(path) as tmp:
+        seg.save_as(tmp)
+
+
+def build_seg(source, masks: list[np.ndarray], label):
+    """The highdicom Segmentation object of `write_seg`; errors name `label`."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
     from pydicom.uid import generate_uid
@@ -100,7 +112,7 @@ def write_seg(path: str | Path, source, masks: list[np.ndarray]) -> None:
     )
     if len(masks) > 1 and "FrameOfReferenceUID" not in source:
         # highdicom maps SEG frames to source frames through plane positions, which need a frame of reference.
-        raise UserError(f"{path}: no DICOM SEG for a multi-frame source without a frame of reference "
+        raise UserError(f"{label}: no DICOM SEG for a multi-frame source without a frame of reference "
                         "(the per-frame PNG masks were written)")
     pixels = np.stack([m.astype(np.uint8) for m in masks])
     try:
@@ -113,6 +125,5 @@ def write_seg(path: str | Path, source, masks: list[np.ndarray]) -> None:
             omit_empty_frames=False,
         )
     except (ValueError, TypeError, AttributeError) as exc:
-        raise UserError(f"{path}: cannot build a DICOM SEG for this source ({str(exc).splitlines()[0][:200]})") from None
-    with atomic_path(path) as tmp:
-        seg.save_as(tmp)
+        raise UserError(f"{label}: cannot build a DICOM SEG for this source ({str(exc).splitlines()[0][:200]})") from None
+    return seg

@@ -7,6 +7,7 @@ UserError naming the file and the problem.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
 import warnings
@@ -26,6 +27,14 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+class ImageTooLarge(UserError):
+    """More pixels than a reader accepts (decompression-bomb guard); raised before any pixel is decoded."""
+
+
+class NotAnImage(UserError):
+    """Bytes that no image reader recognises (as opposed to an image that fails half-way)."""
+
+
 def _open(path: Path) -> Image.Image:
     path = Path(path)
     if not path.exists():
@@ -34,17 +43,27 @@ def _open(path: Path) -> Image.Image:
         raise UserError(f"{path}: is a folder, expected an image file")
     if path.stat().st_size == 0:
         raise UserError(f"{path}: empty file (0 bytes)")
+    return _decode(path, path)
+
+
+def _decode(source, label, max_pixels: int = MAX_PIXELS, draft: int | None = None) -> Image.Image:
+    """Open and fully decode `source` (a path or a file object); errors name `label`."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(source)
+            if img.width * img.height > max_pixels:
+                raise ImageTooLarge(f"{label}: image too large ({img.width}x{img.height} = "
+                                    f"{img.width * img.height:,} pixels; the limit is {max_pixels:,})")
+            if draft:
+                img.draft("RGB", (draft, draft))
             img.load()  # decode now, so truncated files fail here and not later
     except UnidentifiedImageError:
-        raise UserError(f"{path}: not a readable image (unknown or corrupt format)") from None
+        raise NotAnImage(f"{label}: not a readable image (unknown or corrupt format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise UserError(f"{path}: image too large (over {MAX_PIXELS:,} pixels)") from None
+        raise ImageTooLarge(f"{label}: image too large (over {MAX_PIXELS:,} pixels)") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise UserError(f"{path}: cannot decode image ({exc})") from None
+        raise UserError(f"{label}: cannot decode image ({exc})") from None
     return img
 
 
@@ -70,7 +89,31 @@ def _rescale_to_uint8(arr: np.ndarray) -> np.ndarray:
 def read_image(path: str | Path) -> np.ndarray:
     """Any jpg/png/bmp/tif as RGB uint8 (H, W, 3), EXIF orientation applied, original size kept."""
     path = Path(path)
-    img = _open(path)
+    return _to_rgb(_open(path), path)
+
+
+def decode_image(data: bytes, label: str = "upload", max_pixels: int = MAX_PIXELS,
+                 draft: int | None = None) -> np.ndarray:
+    """`read_image` for bytes in memory (an HTTP upload): the same conversions, errors naming `label`.
+    The pixel count is checked from the header, before anything is decoded. `draft`: a JPEG may be decoded
+    at 1/2, 1/4 or 1/8 scale, down to no less than this many pixels a side (a preview; much faster)."""
+    if not data:
+        raise NotAnImage(f"{label}: empty body (0 bytes)")
+    return _to_rgb(_decode(io.BytesIO(data), label, max_pixels, draft), label)
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of an encoded image as `decode_image` returns it (EXIF rotation applied), header only."""
+    img = Image.open(io.BytesIO(data))
+    width, height = img.size
+    try:
+        turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF orientations that swap the axes
+    except Exception:
+        turned = False
+    return (height, width) if turned else (width, height)
+
+
+def _to_rgb(img: Image.Image, label) -> np.ndarray:
     try:
         img = ImageOps.exif_transpose(img)
     except Exception:  # a broken EXIF block should not make a valid picture unreadable
@@ -86,7 +129,7 @@ def read_image(path: str | Path) -> np.ndarray:
     else:
         rgb = np.asarray(img.convert("RGB"))
     if rgb.ndim != 3 or rgb.shape[0] < 1 or rgb.shape[1] < 1:
-        raise UserError(f"{path}: unsupported image layout {rgb.shape}")
+        raise UserError(f"{label}: unsupported image layout {rgb.shape}")
     return np.ascontiguousarray(rgb, dtype=np.uint8)
 
 
@@ -139,15 +182,30 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def encode_png(array: np.ndarray) -> bytes:
+    """uint8 gray or RGB (or uint16 gray) as PNG bytes: what every PNG we write or serve holds."""
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def mask_to_uint8(mask: np.ndarray) -> np.ndarray:
+    """Masks are written 0/255 (the ISIC scorer binarises at > 128)."""
+    return np.where(mask, 255, 0).astype(np.uint8)
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
 def write_png(path: str | Path, array: np.ndarray) -> None:
     """Write uint8 gray or RGB as PNG, atomically."""
-    with atomic_path(path) as tmp:
-        Image.fromarray(array).save(tmp, format="PNG")
+    write_bytes(path, encode_png(array))
 
 
 def write_mask(path: str | Path, mask: np.ndarray) -> None:
-    """Masks are written 0/255 (the ISIC scorer binarises at > 128)."""
-    write_png(path, np.where(mask, 255, 0).astype(np.uint8))
+    write_png(path, mask_to_uint8(mask))
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -1,0 +1,459 @@
+"""`lesionseg serve`: an ASGI app (Starlette) around the same `Segmenter` as `predict`.
+
+    POST /v1/segment          an image (multipart field `file`, or the raw body) → mask PNG (default),
+                              overlay PNG, probability PNG / .npy, or JSON (area, bounding box, contours)
+    POST /v1/segment/dicom    a DICOM image → a DICOM SEG
+    GET  /v1/model            the model card          GET /healthz, /readyz, /metrics (Prometheus)
+    GET  /                    the browser page        GET /docs  the API reference
+
+Every error is a JSON body {"error": ..., "status": ...} with a 4xx/5xx status, never a traceback. Uploads
+stay in memory (or in anonymous temporary files of the multipart parser); nothing is written under a name
+the client chose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import io
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+
+import cv2
+import numpy as np
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from .. import __version__, postprocess
+from ..errors import UserError
+from ..io import ImageTooLarge, NotAnImage, decode_image, encode_png, image_size, mask_to_uint8
+from .batcher import MicroBatcher, QueueFull
+from .metrics import ServiceMetrics
+
+log = logging.getLogger("lesionseg.serve")
+FORMATS = {"mask": "image/png", "overlay": "image/png", "prob": "image/png", "npy": "application/x-npy",
+           "json": "application/json"}
+ACCEPT = {"application/json": "json", "application/x-npy": "npy"}
+SEGMENT_PARAMS = {"format", "threshold", "tta", "largest_component", "fill_holes", "min_area", "max_side"}
+TOKEN_ENV = "LESIONSEG_TOKEN"
+
+
+@dataclass
+class ServeConfig:
+    weights: str | None = None  # a model file, an .onnx, or a bundled name; None = the bundled default
+    backend: str = "auto"
+    token: str | None = None  # required on /v1/* when set (Authorization: Bearer TOKEN)
+    max_batch: int = 16
+    max_wait_ms: float = 2.0
+    max_queue: int = 64
+    timeout_s: float = 30.0
+    max_body_mb: float = 50.0
+    max_pixels: int = 50_000_000
+    cors_origins: list[str] = field(default_factory=list)
+
+    def check(self) -> None:
+        for name in ("max_batch", "max_queue", "max_pixels"):
+            if getattr(self, name) < 1:
+                raise UserError(f"serve: --{name.replace('_', '-')} must be ≥ 1")
+        for name in ("timeout_s", "max_body_mb"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"serve: --{name.replace('_s', '').replace('_', '-')} must be > 0")
+        if self.max_wait_ms < 0:
+            raise UserError("serve: --max-wait-ms must be ≥ 0")
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+@dataclass
+class Options:
+    format: str = "mask"
+    threshold: float = 0.5
+    tta: bool = False
+    largest_component: bool = False
+    fill_holes: bool = False
+    min_area: int = 0
+    max_side: int | None = None  # downscale overlay / probability images (a page needs no 12 MP map)
+
+    def post(self) -> postprocess.PostprocessConfig:
+        return postprocess.PostprocessConfig(self.threshold, largest_component=self.largest_component,
+                                              fill_holes=self.fill_holes, min_area=self.min_area)
+
+
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on", ""):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise HTTPError(400, f"query parameter '{name}': expected true or false, got {raw!r}")
+
+
+def parse_options(request: Request) -> Options:
+    query = request.query_params
+    unknown = sorted(set(query) - SEGMENT_PARAMS)
+    if unknown:
+        raise HTTPError(400, f"unknown query parameter '{unknown[0]}' (known: {', '.join(sorted(SEGMENT_PARAMS))})")
+    opts = Options()
+    accept = request.headers.get("accept", "")
+    fmt = query.get("format") or next((f for mime, f in ACCEPT.items() if mime in accept), "mask")
+    if fmt not in FORMATS:
+        raise HTTPError(400, f"query parameter 'format': {fmt!r} is not one of {', '.join(FORMATS)}")
+    opts.format = fmt
+    try:
+        if "threshold" in query:
+            opts.threshold = float(query["threshold"])
+        if "min_area" in query:
+            opts.min_area = int(query["min_area"])
+        if "max_side" in query:
+            opts.max_side = int(query["max_side"])
+    except ValueError:
+        bad = next(k for k in ("threshold", "min_area", "max_side") if k in query)
+        raise HTTPError(400, f"query parameter '{bad}': not a number ({query[bad]!r})") from None
+    if not 0.0 < opts.threshold < 1.0:
+        raise HTTPError(400, f"query parameter 'threshold': must be between 0 and 1, got {opts.threshold}")
+    if opts.min_area < 0 or (opts.max_side is not None and opts.max_side < 1):
+        raise HTTPError(400, "query parameters 'min_area' ≥ 0 and 'max_side' ≥ 1")
+    for name in ("tta", "largest_component", "fill_holes"):
+        if name in query:
+            setattr(opts, name, _bool(name, query[name]))
+    return opts
+
+
+class Service:
+    """What the routes share: the model (two Segmenters over one backend: with and without TTA), the
+    batcher and the metrics. The model loads in the app's lifespan; /readyz says when."""
+
+    def __init__(self, cfg: ServeConfig, segmenter=None):
+        cfg.check()
+        self.cfg, self.metrics = cfg, ServiceMetrics()
+        self._given = segmenter
+        self.segmenter = None
+        self.batcher: MicroBatcher | None = None
+
+    def load(self) -> None:
+        from ..inference import Segmenter
+        from ..inference.backends import open_backend
+
+        if self._given is not None:
+            plain = self._given
+        else:
+            plain = Segmenter(open_backend(self.cfg.weights, self.cfg.backend))
+        with_tta = Segmenter(plain.backend, batch_size=plain.batch_size, tta=True)
+        self.segmenter = plain
+        self.batcher = MicroBatcher({False: plain, True: with_tta}, self.cfg.max_batch, self.cfg.max_wait_ms,
+                                    self.cfg.max_queue, on_batch=self.metrics.batch_done)
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+
+    @property
+    def ready(self) -> bool:
+        return self.batcher is not None
+
+    def model_name(self) -> str:
+        card = self.segmenter.card
+        return card.get("name") or str(self.segmenter.weights_path.name)
+
+    def card(self) -> dict:
+        seg = self.segmenter
+        return {"name": self.model_name(), "file": str(seg.weights_path), "backend": seg.backend.name,
+                "input_size": seg.image_size, "lesionseg_version": __version__, "card": seg.card}
+
+
+def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
+
+
+def endpoint(path: str, auth: bool = False):
+    """Wrap a route: token check, errors as JSON, latency and status in the metrics."""
+
+    def wrap(fn):
+        async def handler(request: Request) -> Response:
+            service: Service = request.app.state.service
+            start = time.perf_counter()
+            try:
+                if auth:
+                    _check_token(request, service.cfg.token)
+                response = await fn(request, service)
+            except HTTPError as exc:
+                response = _error(exc.status, exc.message, exc.headers)
+            except Exception:  # a bug, not the client's fault: one line out, details in the server log
+                log.exception("internal error on %s", path)
+                response = _error(500, "internal error (see the server log)")
+            service.metrics.request(path, response.status_code, time.perf_counter() - start)
+            return response
+
+        return handler
+
+    return wrap
+
+
+def _check_token(request: Request, token: str | None) -> None:
+    if not token:
+        return
+    given = request.headers.get("authorization", "")
+    given = given[7:] if given.lower().startswith("bearer ") else request.headers.get("x-lesionseg-token", "")
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise HTTPError(401, "missing or wrong token (send 'Authorization: Bearer TOKEN')",
+                        {"WWW-Authenticate": "Bearer"})
+
+
+async def read_upload(request: Request, limit: int) -> tuple[bytes, str]:
+    """The uploaded file's bytes and a label for messages: multipart field `file` (or the only file), or
+    the raw body. Over `limit` bytes → 413, before the rest is read."""
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit:
+        raise HTTPError(413, f"request body is {int(length):,} bytes; the limit is {limit:,}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPError(413, f"request body is over the limit of {limit:,} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    ctype = request.headers.get("content-type", "")
+    if not ctype.startswith("multipart/form-data"):  # any other type: the bytes decide (curl sends form type)
+        return body, "upload"
+
+    async def stream():
+        yield body
+
+    try:
+        form = await MultiPartParser(request.headers, stream(), max_files=4, max_fields=16).parse()
+    except MultiPartException as exc:
+        raise HTTPError(400, f"malformed multipart body ({exc.message})") from None
+    files = [v for _, v in form.multi_items() if hasattr(v, "read")]
+    chosen = form.get("file") if hasattr(form.get("file"), "read") else (files[0] if len(files) == 1 else None)
+    if chosen is None:
+        raise HTTPError(400, "multipart body has no file field 'file'")
+    data = await chosen.read()
+    label = f"upload '{os.path.basename(chosen.filename or 'file')[:80]}'"
+    await form.close()
+    return data, label
+
+
+def _decode(data: bytes, label: str, max_pixels: int, preview: int | None = None) -> tuple[np.ndarray, tuple]:
+    """The image (at most `preview` pixels a side when given) and the full image's (width, height)."""
+    try:
+        image = decode_image(data, label, max_pixels, draft=preview)
+        if preview is None:
+            return image, (image.shape[1], image.shape[0])
+        return _shrink(image, preview), image_size(data)
+    except ImageTooLarge as exc:
+        raise HTTPError(413, str(exc)) from None
+    except NotAnImage as exc:
+        raise HTTPError(415, f"{exc} (send jpg, png, bmp or tif)") from None
+    except UserError as exc:
+        raise HTTPError(400, str(exc)) from None
+
+
+async def _segment(service: Service, image: np.ndarray, tta: bool, started: float):
+    """Through the batcher, within the request's time budget."""
+    try:
+        future = service.batcher.submit(image, tta)
+    except QueueFull:
+        raise HTTPError(503, f"busy: {service.cfg.max_queue} images already wait for the model; retry shortly",
+                        {"Retry-After": "1"}) from None
+    remaining = service.cfg.timeout_s - (time.perf_counter() - started)
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(future), timeout=max(remaining, 0.001))
+    except asyncio.TimeoutError:
+        future.cancel()
+        raise HTTPError(504, f"timed out after {service.cfg.timeout_s:g} s waiting for the model") from None
+
+
+def _shrink(array: np.ndarray, max_side: int | None) -> np.ndarray:
+    h, w = array.shape[:2]
+    if max_side is None or max(h, w) <= max_side:
+        return array
+    scale = max_side / max(h, w)
+    return cv2.resize(array, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+
+
+def describe_mask(mask: np.ndarray) -> dict:
+    """Area, bounding box and outer contours (polygons of [x, y] points) of a bool mask."""
+    area = int(mask.sum())
+    h, w = mask.shape
+    out = {"area_px": area, "area_fraction": area / (h * w), "bbox": None, "contours": []}
+    if area:
+        ys, xs = np.nonzero(mask)
+        out["bbox"] = {"x": int(xs.min()), "y": int(ys.min()), "width": int(xs.max() - xs.min() + 1),
+                       "height": int(ys.max() - ys.min() + 1)}
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        out["contours"] = [c[:, 0, :].tolist() for c in sorted(contours, key=cv2.contourArea, reverse=True)]
+    return out
+
+
+def render(service: Service, image: np.ndarray, prob: np.ndarray, opts: Options, timings: dict,
+           size: tuple[int, int]) -> Response:
+    """The response body in the asked format; the mask is made exactly as `predict` makes it. `size` is the
+    uploaded image's (width, height); `image` may be a preview of it (overlay / prob with max_side)."""
+    from ..viz import overlay
+
+    start = time.perf_counter()
+    mask = postprocess.apply(prob, opts.post(), image)
+    headers = {"X-Lesionseg-Model": service.model_name(), "X-Image-Size": f"{size[0]}x{size[1]}",
+               "X-Area-Fraction": f"{mask.mean():.6f}"}
+    if opts.format == "mask":
+        body = encode_png(mask_to_uint8(mask))
+    elif opts.format == "overlay":
+        body = encode_png(overlay(image, pred=mask))
+    elif opts.format == "prob":
+        body = encode_png(np.round(prob * 255).astype(np.uint8))
+    elif opts.format == "npy":
+        buf = io.BytesIO()
+        np.save(buf, prob.astype(np.float32))
+        body = buf.getvalue()
+    timings["post_ms"] = (time.perf_counter() - start) * 1000
+    headers["Server-Timing"] = ", ".join(f"{k[:-3]};dur={v:.1f}" for k, v in timings.items())
+    if opts.format == "json":
+        payload = {"model": service.model_name(), "image": {"width": size[0], "height": size[1]},
+                   "options": {k: v for k, v in asdict(opts).items() if k not in ("format", "max_side")},
+                   **describe_mask(mask), "timings_ms": {k: round(v, 2) for k, v in timings.items()}}
+        return JSONResponse(payload, headers=headers)
+    return Response(body, media_type=FORMATS[opts.format], headers=headers)
+
+
+@endpoint("/v1/segment", auth=True)
+async def segment(request: Request, service: Service) -> Response:
+    started = time.perf_counter()
+    opts = parse_options(request)
+    data, label = await read_upload(request, int(service.cfg.max_body_mb * 2**20))
+    t = time.perf_counter()
+    # A picture to look at (overlay / prob with max_side) is computed at that size: the network sees its
+    # fixed input size either way, and decoding and resizing 12-megapixel photos dominate otherwise.
+    preview = opts.max_side if opts.format in ("overlay", "prob") else None
+    image, size = await run_in_threadpool(_decode, data, label, service.cfg.max_pixels, preview)
+    timings = {"decode_ms": (time.perf_counter() - t) * 1000}
+    result = await _segment(service, image, opts.tta, started)
+    timings.update(queue_ms=result.queue_ms, infer_ms=result.infer_ms)
+    return await run_in_threadpool(render, service, image, result.prob, opts, timings, size)
+
+
+@endpoint("/v1/segment/dicom", auth=True)
+async def segment_dicom(request: Request, service: Service) -> Response:
+    from ..dicom import build_seg, frames_from_dataset, parse_dataset
+
+    started = time.perf_counter()
+    opts = parse_options(request)
+    if opts.format != "mask" and "format" in request.query_params:
+        raise HTTPError(400, "query parameter 'format': /v1/segment/dicom answers with a DICOM SEG only")
+    data, label = await read_upload(request, int(service.cfg.max_body_mb * 2**20))
+
+    def read():
+        try:
+            ds = parse_dataset(io.BytesIO(data), label)
+            return ds, frames_from_dataset(ds, label)
+        except UserError as exc:
+            raise HTTPError(415 if "not a readable DICOM" in str(exc) else 400, str(exc)) from None
+
+    ds, frames = await run_in_threadpool(read)
+    if sum(f.shape[0] * f.shape[1] for f in frames) > service.cfg.max_pixels:
+        raise HTTPError(413, f"{label}: {len(frames)} frames over the limit of {service.cfg.max_pixels:,} pixels")
+    results = [await _segment(service, frame, opts.tta, started) for frame in frames]
+
+    def build() -> bytes:
+        masks = [postprocess.apply(r.prob, opts.post(), f) for r, f in zip(results, frames)]
+        try:
+            seg = build_seg(ds, masks, label)
+        except UserError as exc:
+            raise HTTPError(400, str(exc)) from None
+        buf = io.BytesIO()
+        seg.save_as(buf)
+        return buf.getvalue()
+
+    body = await run_in_threadpool(build)
+    return Response(body, media_type="application/dicom", headers={"X-Lesionseg-Model": service.model_name()})
+
+
+@endpoint("/v1/model", auth=True)
+async def model_card(request: Request, service: Service) -> Response:
+    return JSONResponse(json.loads(json.dumps(service.card(), default=str)))
+
+
+@endpoint("/healthz")
+async def healthz(request: Request, service: Service) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+@endpoint("/readyz")
+async def readyz(request: Request, service: Service) -> Response:
+    if not service.ready:
+        raise HTTPError(503, "model not loaded yet", {"Retry-After": "1"})
+    return JSONResponse({"status": "ready", "model": service.model_name()})
+
+
+@endpoint("/metrics")
+async def metrics(request: Request, service: Service) -> Response:
+    depth = service.batcher.depth() if service.batcher else 0
+    return PlainTextResponse(service.metrics.render(depth), media_type="text/plain; version=0.0.4")
+
+
+def _static(name: str, media_type: str):
+    @endpoint(f"/{name}")
+    async def page(request: Request, service: Service) -> Response:
+        text = resources.files("lesionseg.serve").joinpath("static", name).read_text(encoding="utf-8")
+        return Response(text, media_type=media_type, headers={"Cache-Control": "no-cache"})
+
+    return page
+
+
+async def no_route(request: Request, exc) -> Response:
+    status = getattr(exc, "status_code", 404)
+    what = "no route" if status == 404 else "method not allowed:"
+    return _error(status, f"{what} {request.method} {request.url.path} (see /docs)")
+
+
+def create_app(cfg: ServeConfig | None = None, segmenter=None) -> Starlette:
+    """The service; `segmenter` (optional) replaces loading `cfg.weights`, for tests and embedding."""
+    cfg = cfg or ServeConfig()
+    service = Service(cfg, segmenter)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        await run_in_threadpool(service.load)
+        try:
+            yield
+        finally:
+            service.close()
+
+    routes = [
+        Route("/", _static("index.html", "text/html; charset=utf-8")),
+        Route("/app.js", _static("app.js", "text/javascript; charset=utf-8")),
+        Route("/style.css", _static("style.css", "text/css; charset=utf-8")),
+        Route("/docs", _static("docs.html", "text/html; charset=utf-8")),
+        Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics),
+        Route("/v1/model", model_card),
+        Route("/v1/segment", segment, methods=["POST"]),
+        Route("/v1/segment/dicom", segment_dicom, methods=["POST"]),
+    ]
+    middleware = [Middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST"],
+                             allow_headers=["Authorization", "Content-Type"])] if cfg.cors_origins else []
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
+                    exception_handlers={404: no_route, 405: no_route})
+    app.state.service = service
+    return app
+
+
+CONFIG_ENV = "LESIONSEG_SERVE_CONFIG"
+
+
+def app_from_env() -> Starlette:
+    """The factory uvicorn's worker processes call (`--workers N`): the config travels as JSON."""
+    return create_app(ServeConfig(**json.loads(os.environ[CONFIG_ENV])))

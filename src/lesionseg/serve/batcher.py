@@ -1,0 +1,107 @@
+"""Micro-batching: requests that arrive together go through the model as one batch.
+
+One inference thread owns the model (torch or ONNX Runtime use every core inside one call); request handlers
+decode, post-process and encode in their own threads and only hand decoded images to this queue. The queue
+is bounded: when it is full, `submit` refuses at once (the service answers 503 with Retry-After) instead of
+letting latency grow without limit.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class QueueFull(Exception):
+    pass
+
+
+@dataclass
+class Job:
+    image: np.ndarray
+    tta: bool
+    future: Future = field(default_factory=Future)
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class Result:
+    prob: np.ndarray
+    queue_ms: float  # waiting for the model
+    infer_ms: float  # the batch's forward pass(es), shared by its images
+    batch_size: int
+
+
+class MicroBatcher:
+    """`segmenters[tta]` is the Segmenter used for jobs with that TTA setting (they share one backend)."""
+
+    def __init__(self, segmenters: dict[bool, object], max_batch: int = 16, max_wait_ms: float = 2.0,
+                 max_queue: int = 64, on_batch=None):
+        self.segmenters, self.max_batch, self.max_wait = segmenters, max_batch, max_wait_ms / 1000
+        self.queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
+        self.on_batch = on_batch  # callback(n_images) for the metrics
+        self._thread = threading.Thread(target=self._run, name="lesionseg-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, image: np.ndarray, tta: bool = False) -> Future:
+        job = Job(image, tta)
+        try:
+            self.queue.put_nowait(job)
+        except queue.Full:
+            raise QueueFull from None
+        return job.future
+
+    def depth(self) -> int:
+        return self.queue.qsize()
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self._thread.join(timeout=10)
+
+    def _collect(self, first: Job) -> tuple[list[Job], bool]:
+        """`first` plus whatever arrives within max_wait, up to max_batch; and whether to stop afterwards."""
+        batch, deadline = [first], time.perf_counter() + self.max_wait
+        while len(batch) < self.max_batch:
+            try:
+                job = self.queue.get_nowait() if self.queue.qsize() else \
+                    self.queue.get(timeout=max(0.0, deadline - time.perf_counter()))
+            except queue.Empty:
+                break
+            if job is None:
+                return batch, True
+            batch.append(job)
+        return batch, False
+
+    def _run(self) -> None:
+        while True:
+            first = self.queue.get()
+            if first is None:
+                return
+            batch, stop = self._collect(first)
+            # Requests that timed out while waiting were cancelled by their handler: skip them.
+            batch = [j for j in batch if j.future.set_running_or_notify_cancel()]
+            for tta in (False, True):
+                group = [j for j in batch if j.tta == tta]
+                if group:
+                    self._infer(group)
+            if stop:
+                return
+
+    def _infer(self, group: list[Job]) -> None:
+        start = time.perf_counter()
+        try:
+            probs = self.segmenters[group[0].tta].predict_batch([j.image for j in group])
+        except Exception as exc:  # the handler turns it into a 500 with one line; the thread lives on
+            for j in group:
+                j.future.set_exception(exc)
+            return
+        infer_ms = (time.perf_counter() - start) * 1000
+        if self.on_batch is not None:
+            self.on_batch(len(group))
+        for j, prob in zip(group, probs):
+            j.future.set_result(Result(prob, (start - j.enqueued) * 1000, infer_ms, len(group)))

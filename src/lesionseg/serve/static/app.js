@@ -1,0 +1,117 @@
+// The lesionseg page: upload an image, show the model's probability map as an overlay, and re-threshold it
+// here, without another request. The server returns the probability map (8-bit PNG, at most MAX_SIDE px on a
+// side); area figures are scaled to the original image size.
+"use strict";
+const MAX_SIDE = 1024;
+const $ = (id) => document.getElementById(id);
+const state = { file: null, photo: null, prob: null, width: 0, height: 0, origW: 0, origH: 0 };
+
+function authHeaders() {
+  const token = $("token").value.trim();
+  return token ? { Authorization: "Bearer " + token } : {};
+}
+
+function setStatus(text, isError = false) {
+  $("status").textContent = text;
+  $("status").className = isError ? "error" : "";
+}
+
+async function errorText(resp) {
+  try { return (await resp.json()).error; } catch (e) { return resp.status + " " + resp.statusText; }
+}
+
+async function post(file, query) {
+  const headers = { ...authHeaders(), "Content-Type": file.type || "application/octet-stream" };
+  return fetch("/v1/segment?" + new URLSearchParams(query), { method: "POST", body: file, headers });
+}
+
+async function upload(file) {
+  state.file = file;
+  $("download").disabled = true;
+  setStatus("segmenting " + file.name + " …");
+  const started = performance.now();
+  const resp = await post(file, { format: "prob", max_side: MAX_SIDE });
+  if (!resp.ok) { setStatus(await errorText(resp), true); return; }
+  const [origW, origH] = (resp.headers.get("X-Image-Size") || "0x0").split("x").map(Number);
+  const server = resp.headers.get("Server-Timing") || "";
+  const probBitmap = await createImageBitmap(await resp.blob());
+  let photo = null;
+  try { photo = await createImageBitmap(file); } catch (e) { photo = null; }  // e.g. TIFF: no preview
+  Object.assign(state, { photo, origW, origH, width: probBitmap.width, height: probBitmap.height });
+  const scratch = document.createElement("canvas");
+  scratch.width = state.width; scratch.height = state.height;
+  const ctx = scratch.getContext("2d", { willReadFrequently: true });
+  ctx.drawImage(probBitmap, 0, 0);
+  const rgba = ctx.getImageData(0, 0, state.width, state.height).data;
+  state.prob = new Uint8Array(state.width * state.height);
+  for (let i = 0; i < state.prob.length; i++) state.prob[i] = rgba[4 * i];
+  const total = performance.now() - started;
+  const serverMs = server.split(",").reduce((sum, part) => sum + Number((part.split("dur=")[1] || 0)), 0);
+  $("timing").textContent = `${total.toFixed(0)} ms (server ${serverMs.toFixed(0)} ms)`;
+  $("size").textContent = `${origW} × ${origH}`;
+  $("download").disabled = false;
+  setStatus(file.name);
+  render();
+}
+
+function render() {
+  if (!state.prob) return;
+  const threshold = Number($("threshold").value), opacity = Number($("opacity").value);
+  $("threshold-value").textContent = threshold.toFixed(2);
+  $("opacity-value").textContent = opacity.toFixed(2);
+  const { width: w, height: h, prob } = state;
+  const canvas = $("view");
+  canvas.width = w; canvas.height = h;
+  const ctx = canvas.getContext("2d");
+  if (state.photo) ctx.drawImage(state.photo, 0, 0, w, h);
+  else { ctx.fillStyle = "#888"; ctx.fillRect(0, 0, w, h); }
+  const img = ctx.getImageData(0, 0, w, h), px = img.data;
+  const cut = threshold * 255;  // the server's rule: probability > threshold
+  const inside = (i) => prob[i] > cut;
+  let count = 0;
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      const i = y * w + x;
+      if (!inside(i)) continue;
+      count++;
+      const edge = x === 0 || y === 0 || x === w - 1 || y === h - 1 ||
+        !inside(i - 1) || !inside(i + 1) || !inside(i - w) || !inside(i + w);
+      const a = edge ? 1 : opacity, p = 4 * i;
+      px[p] = (1 - a) * px[p] + a * 230; px[p + 1] = (1 - a) * px[p + 1] + a * 40; px[p + 2] = (1 - a) * px[p + 2] + a * 40;
+    }
+  }
+  ctx.putImageData(img, 0, 0);
+  const fraction = count / (w * h);
+  const areaPx = Math.round(fraction * state.origW * state.origH);
+  $("area").textContent = `${(100 * fraction).toFixed(1)} % (≈ ${areaPx.toLocaleString("en")} px)`;
+}
+
+async function download() {
+  if (!state.file) return;
+  const resp = await post(state.file, { format: "mask", threshold: $("threshold").value });
+  if (!resp.ok) { setStatus(await errorText(resp), true); return; }
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(await resp.blob());
+  link.download = state.file.name.replace(/\.[^.]+$/, "") + "_mask.png";
+  link.click();
+  URL.revokeObjectURL(link.href);
+}
+
+async function showModel() {
+  const resp = await fetch("/v1/model", { headers: authHeaders() });
+  $("model").textContent = resp.ok ? "model: " + (await resp.json()).name : "model: (token needed)";
+}
+
+$("file").addEventListener("change", (e) => e.target.files[0] && upload(e.target.files[0]));
+$("threshold").addEventListener("input", render);
+$("opacity").addEventListener("input", render);
+$("download").addEventListener("click", download);
+$("token").addEventListener("change", showModel);
+const drop = $("drop");
+drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (e) => {
+  e.preventDefault(); drop.classList.remove("over");
+  if (e.dataTransfer.files[0]) upload(e.dataTransfer.files[0]);
+});
+showModel();
