@@ -139,7 +139,7 @@ def test_multipart_upload(client, photo):
     raw = segment(client, body).content
     assert client.post("/v1/segment", files={"file": ("photo.jpg", body, "image/jpeg")}).content == raw
     assert client.post("/v1/segment", files={"image": ("x.jpg", body, "image/jpeg")}).content == raw  # the only file
-    assert_json_error(client.post("/v1/segment", data={"note": "no file"}, files={}), 415, "not a readable image")
+    assert_json_error(client.post("/v1/segment", files={"note": (None, "no file here")}), 400, "no file field 'file'")
 
 
 @pytest.mark.parametrize("query, fragment", [
@@ -318,3 +318,13 @@ def test_config_file_json_round_trip():
     from dataclasses import asdict
 
     assert ServeConfig(**json.loads(json.dumps(asdict(cfg)))) == cfg
+
+
+def test_no_cors_unless_asked(client, tiny_model_file, photo):
+    origin = {"Origin": "http://elsewhere.example"}
+    assert "access-control-allow-origin" not in segment(client, photo[1], headers=origin).headers
+    cfg = ServeConfig(weights=str(tiny_model_file), cors_origins=["http://elsewhere.example"])
+    with TestClient(create_app(cfg)) as c:
+        resp = c.options("/v1/segment", headers={**origin, "Access-Control-Request-Method": "POST"})
+        assert resp.headers["access-control-allow-origin"] == "http://elsewhere.example"
+        assert segment(c, photo[1], headers=origin).headers["access-control-allow-origin"] == "http://elsewhere.example"
