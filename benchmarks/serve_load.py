@@ -6,7 +6,7 @@
 For each (model, backend, workers): starts a real `lesionseg serve` process on a free 127.0.0.1 port, sends
 ISIC-sized (256²) JPEG uploads from --concurrency clients as fast as they are answered for --seconds, checks
 every mask against `lesionseg predict`'s for the same image (once per distinct image), and reports
-requests/s, p50/p95/p99 latency and errors. Memory: the server's RSS after 100 and after 2,000 requests
+requests/s, p50/p95/p99 latency and errors. Memory: the server's RSS after 100, 2,000 and more requests
 (--memory-requests) on the first setting. JSON to benchmarks/results/serve_load.json, a table on stdout.
 """
 
@@ -164,7 +164,8 @@ def main() -> None:
     ap.add_argument("--workers", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=20)
-    ap.add_argument("--memory-requests", type=int, default=2000)
+    ap.add_argument("--memory-requests", nargs="*", type=int, default=[2000, 6000, 10000],
+                    help="server RSS after 100 requests and after each of these totals (none: skip)")
     ap.add_argument("--max-batch", nargs="+", type=int, default=[16], help="`serve --max-batch` settings to try")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve_load.json")
     args = ap.parse_args()
@@ -181,13 +182,12 @@ def main() -> None:
                     try:
                         asyncio.run(load(server.url, bodies, 2, requests=8))  # warm-up
                         if memory is None and args.memory_requests:
-                            asyncio.run(load(server.url, bodies, args.concurrency, requests=100))
-                            after_100 = rss_mb(server.proc.pid)
-                            asyncio.run(load(server.url, bodies, args.concurrency,
-                                             requests=args.memory_requests - 100))
-                            memory = {"setting": f"{model}/{backend}/workers {workers}/max batch {max_batch}",
-                                      "rss_mb_after_100": round(after_100, 1),
-                                      f"rss_mb_after_{args.memory_requests}": round(rss_mb(server.proc.pid), 1)}
+                            memory = {"setting": f"{model}/{backend}/workers {workers}/max batch {max_batch}"}
+                            done = 0
+                            for mark in sorted({100, 2000, *args.memory_requests}):
+                                asyncio.run(load(server.url, bodies, args.concurrency, requests=mark - done))
+                                done = mark
+                                memory[f"rss_mb_after_{mark}"] = round(rss_mb(server.proc.pid), 1)
                         result = asyncio.run(load(server.url, bodies, args.concurrency, seconds=args.seconds))
                     finally:
                         server.stop()

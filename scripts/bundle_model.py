@@ -29,6 +29,7 @@ from lesionseg.models import load_model, save_model
 from lesionseg.models.registry import BUNDLED, default_model_path
 
 ROOT = Path(__file__).resolve().parents[1]
+ISIC = ROOT.parent / "shared" / "data" / "isic2017"
 LICENCE = ("Weights for research use only: trained on ISIC Archive images released under CC-BY-NC or CC-0 "
            "(cite Codella et al., ISBI 2017 challenge); encoder initialised from EfficientNet-Lite0 ImageNet "
            "weights (Apache-2.0) where the architecture says so. Code: Apache-2.0.")
@@ -47,11 +48,14 @@ def main() -> None:
     ap.add_argument("--recipe", help="the recipe in words, one line")
     ap.add_argument("--training", help="epochs, minutes, hardware, one line")
     ap.add_argument("--provenance", help="how these weights were made, when not by the card's command")
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "isic2017")
+    ap.add_argument("--label", help="what the model segments, shown by predict, reports and the service (lesion, polyp)")
+    ap.add_argument("--data", type=Path, default=ISIC, help="a dataset root with train/ and val/")
+    ap.add_argument("--licence", default=LICENCE)
     args = ap.parse_args()
     if args.recard:
         recard(args.recard, {k: v for k, v in (("recipe", args.recipe), ("training", args.training),
-                                                ("provenance", args.provenance), ("name", args.name)) if v})
+                                                ("provenance", args.provenance), ("name", args.name),
+                                                ("label", args.label)) if v})
         return
     if not (args.run_dir and args.name and args.recipe and args.training):
         ap.error("bundling a run needs RUN_DIR, --name, --recipe and --training")
@@ -65,7 +69,7 @@ def main() -> None:
         use_half = abs(half["mean_jaccard"] - full["mean_jaccard"]) < 5e-4
         stored = Segmenter(TorchBackend(half_path if use_half else source))
         figures = {"carved_split": half if use_half else full,
-                   "isic2017_val": evaluate(stored, load_labelled(args.data / "val")).metrics}
+                   f"{args.data.name}_val": evaluate(stored, load_labelled(args.data / "val")).metrics}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     card = {
@@ -75,14 +79,16 @@ def main() -> None:
         "data": source.card.get("data") or source.card.get("training_data"),
         "recipe": args.recipe,
         "training": args.training,
-        **reproduction(args.bundle_as),
-        "licence": LICENCE,
+        **({"label": args.label} if args.label else {}),
+        **reproduction(args.bundle_as, args.data),
+        "licence": args.licence,
         "weights_storage": "fp16" if use_half else "fp32",
-        "figures": {"isic2017_val": rounded(figures["isic2017_val"]),
+        "figures": {f"{args.data.name}_val": rounded(figures[f"{args.data.name}_val"]),
                     "carved_split_of_train": rounded(figures["carved_split"]),
                     "fp32_carved_split_mean_jaccard": round(full["mean_jaccard"], 4),
                     "evaluated_with": "lesionseg evaluate (threshold 0.5, no TTA, no post-processing); carved "
-                                      "split = seeded 10% of ISIC 2017 train (200 images), used for selection",
+                                      f"split = seeded 10% of {args.data.name} train ({len(carved.pairs)} images), "
+                                      "used for selection",
                     "source_run": str(args.run_dir),
                     "commit": commit},
     }
@@ -93,18 +99,22 @@ def main() -> None:
     write_model_cards()
 
 
-def reproduction(name: str) -> dict:
+def reproduction(name: str, data: Path = ISIC) -> dict:
     """The card fields that say how to train the bundled model `name` again."""
     recipe = BUNDLED[name]
+    root = f"../shared/data/{data.name}"
+    prefix = "" if data.name == ISIC.name else f"DATA={root} "
     return {"config": f"configs/{recipe}.yaml",
-            "command": f"scripts/train_model.sh {recipe}  (= lesionseg train --data ../shared/data/isic2017/train "
+            "command": f"{prefix}scripts/train_model.sh {recipe}  (= lesionseg train --data {root}/train "
                        f"--config configs/{recipe}.yaml --out runs/{recipe})"}
 
 
 def recard(name: str, fields: dict) -> None:
     path = default_model_path(name)
     payload = torch.load(path, map_location="cpu", weights_only=True)
-    card = {**payload["card"], **fields, **reproduction(name)}
+    data = next((ROOT.parent / "shared" / "data" / k[:-4] for k in payload["card"].get("figures", {})
+                 if k.endswith("_val")), ISIC)
+    card = {**payload["card"], **fields, **reproduction(name, data)}
     if isinstance(card.get("recipe_config"), str):  # a script's free-text settings; the config file says it now
         del card["recipe_config"]
     payload["card"] = card
@@ -127,8 +137,11 @@ def write_model_cards() -> None:
             continue
         loaded = load_model(path)
         card, cfg = loaded.card, loaded.config
-        val = card.get("figures", {}).get("isic2017_val", {})
-        carved = card.get("figures", {}).get("carved_split_of_train", {})
+        figures = card.get("figures", {})
+        shown = [(f"{k[:-4]} val ({v.get('n_images', '?')})", v) for k, v in figures.items() if k.endswith("_val")]
+        if "carved_split_of_train" in figures:
+            carved = figures["carved_split_of_train"]
+            shown.append((f"carved split of train ({carved.get('n_images', '?')})", carved))
         lines += [f"## `{name}` — {card.get('name', '')}", "",
                   f"- file: `src/lesionseg/assets/{path.name}` ({path.stat().st_size / 1e6:.1f} MB, "
                   f"{card.get('weights_storage', 'fp32')}); `--weights {name}` or `--weights {BUNDLED[name]}`",
@@ -136,14 +149,14 @@ def write_model_cards() -> None:
                   f"{cfg.depth}, {cfg.upsample} up-sampling, attention {cfg.attention}, deep supervision "
                   f"{cfg.deep_supervision}; {count_parameters(loaded.model):,} parameters; input "
                   f"{loaded.image_size}² (predictions resized back to each image's size)"]
-        for key in ("config", "command", "provenance", "data", "recipe", "training", "selection", "licence"):
+        for key in ("label", "config", "command", "provenance", "data", "recipe", "training", "selection", "licence"):
             if key in card:
                 value = card[key]
                 if isinstance(value, dict):  # `lesionseg train`'s card: {'train': ..., 'n_train': ...}
                     value = ", ".join(f"{k} {v}" for k, v in value.items())
                 lines.append(f"- {key}: {value}")
-        for label, fig in (("ISIC 2017 val (150)", val), ("carved split of train (200)", carved)):
-            if fig:
+        for label, fig in shown:
+            if isinstance(fig, dict) and "mean_jaccard" in fig:
                 lines.append(f"- {label}: mean Jaccard {fig['mean_jaccard']:.4f}, thresholded Jaccard "
                              f"{fig['thresholded_jaccard']:.4f}, Dice {fig['mean_dice']:.4f}, sensitivity "
                              f"{fig['sensitivity']:.4f}, specificity {fig['specificity']:.4f}")

@@ -76,17 +76,27 @@ def test_large_photo_predicts_under_2_gb(tmp_path, tiny_model_file):
     assert Image.open(tmp_path / "o" / "big_mask.png").size == (4000, 3000)
 
 
-def test_jpeg_masks_need_a_threshold(tmp_path, tiny_model_file):
+def test_jpeg_masks_are_binarised_and_reported(tmp_path, tiny_model_file):
+    """JPEG masks as datasets ship them (grey levels from compression around 0 and 255) are binarised at 127
+    with one line saying so; the same pixels as --mask-threshold 127. A soft JPEG mask is still refused."""
     data = make_dataset(tmp_path / "d", n=4)
     for m in (data / "masks").iterdir():
         Image.open(m).save(m.with_suffix(".jpg"), quality=70)
         m.unlink()
+    auto = runner.invoke(app, ["evaluate", "--data", str(data), "--weights", str(tiny_model_file),
+                               "--out", str(tmp_path / "auto")])
+    assert auto.exit_code == 0, auto.output
+    assert "4 JPEG mask(s) with compression grey levels" in auto.stderr and "binarised at 127" in auto.stderr
+    chosen = runner.invoke(app, ["evaluate", "--data", str(data), "--weights", str(tiny_model_file),
+                                 "--out", str(tmp_path / "chosen"), "--mask-threshold", "127"])
+    assert chosen.exit_code == 0 and "JPEG mask" not in chosen.stderr
+    assert (tmp_path / "auto" / "per_image.csv").read_text() == (tmp_path / "chosen" / "per_image.csv").read_text()
+    soft = np.tile(np.linspace(0, 255, 48).astype(np.uint8), (48, 1))  # a probability map saved as JPEG
+    mask = next((data / "masks").iterdir())
+    Image.fromarray(soft).resize(Image.open(mask).size).save(mask, quality=90)
     refused = runner.invoke(app, ["evaluate", "--data", str(data), "--weights", str(tiny_model_file),
                                   "--out", str(tmp_path / "e")])
     assert refused.exit_code == 2 and "--mask-threshold" in refused.stderr
-    accepted = runner.invoke(app, ["evaluate", "--data", str(data), "--weights", str(tiny_model_file),
-                                   "--out", str(tmp_path / "e"), "--mask-threshold", "128"])
-    assert accepted.exit_code == 0, accepted.output
 
 
 def test_checkpoint_given_as_weights(tmp_path):

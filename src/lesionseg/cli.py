@@ -20,7 +20,7 @@ from . import __version__  # noqa: E402
 from .errors import UserError, ValidationError  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Skin-lesion segmentation with U-Net: train, evaluate, predict, export.")
+                  help="2-D medical image segmentation with U-Net (skin lesions, polyps, your data): train, evaluate, predict, serve.")
 _state = {"debug": False}
 
 
@@ -103,10 +103,10 @@ def train(
 # Options shared by evaluate and predict: both build the same Segmenter.
 WEIGHTS = typer.Option(None, "--weights", help="Model file: .pt (torch) or .onnx (ONNX Runtime), or a bundled model: default, cpu. Default: default.")
 BACKEND = typer.Option("auto", "--backend", help="auto (by file type) | torch | onnx.")
-THRESHOLD = typer.Option(0.5, "--threshold", help="Probability threshold for the lesion.")
+THRESHOLD = typer.Option(0.5, "--threshold", help="Probability threshold for the foreground.")
 TTA = typer.Option(False, "--tta", help="Test-time augmentation: scales x {none, h-flip, v-flip}, averaged.")
 TTA_SCALES = typer.Option("0.75,1.0,1.25", "--tta-scales", help="Comma-separated scales for --tta.")
-LARGEST = typer.Option(False, "--largest-component", help="Keep only the largest connected lesion.")
+LARGEST = typer.Option(False, "--largest-component", help="Keep only the largest connected region.")
 FILL = typer.Option(False, "--fill-holes", help="Fill holes inside lesions.")
 MIN_AREA = typer.Option(0, "--min-area", min=0, help="Remove objects smaller than this many pixels.")
 CRF = typer.Option(False, "--crf", help="Refine probabilities with a dense CRF (pydensecrf2) before thresholding.")
@@ -264,7 +264,8 @@ def serve(
 
     cfg = ServeConfig(weights=str(weights) if weights else None, backend=backend, token=token or None,
                       max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, timeout_s=timeout,
-                      max_body_mb=max_body_mb, max_pixels=max_pixels, cors_origins=list(cors_origin or []))
+                      max_body_mb=max_body_mb, max_pixels=max_pixels, cors_origins=list(cors_origin or []),
+                      threads=max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None)
     cfg.check()
     from .inference.backends import open_backend
 

@@ -88,22 +88,23 @@ def read_frames(path: str | Path) -> tuple[object, list[np.ndarray]]:
     return ds, frames_from_dataset(ds, path)
 
 
-def write_seg(path: str | Path, source, masks: list[np.ndarray]) -> None:
+def write_seg(path: str | Path, source, masks: list[np.ndarray], segment_label: str = "lesion") -> None:
     """A BINARY DICOM SEG referencing `source` (same rows/columns, one frame per source frame)."""
-    seg = build_seg(source, masks, path)
+    seg = build_seg(source, masks, path, segment_label)
     with atomic_path(path) as tmp:
         seg.save_as(tmp)
 
 
-def build_seg(source, masks: list[np.ndarray], label):
-    """The highdicom Segmentation object of `write_seg`; errors name `label`."""
+def build_seg(source, masks: list[np.ndarray], label, segment_label: str = "lesion"):
+    """The highdicom Segmentation object of `write_seg`; errors name `label`. The segment is coded as a
+    morphologically abnormal structure / lesion (SNOMED CT), named `segment_label` (the model's label)."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
     from pydicom.uid import generate_uid
 
     description = hd.seg.SegmentDescription(
         segment_number=1,
-        segment_label="lesion",
+        segment_label=segment_label,
         segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
         segmented_property_type=codes.SCT.Lesion,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,

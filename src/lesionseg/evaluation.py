@@ -15,7 +15,7 @@ from .io import write_text
 from .metrics import aggregate, confusion, image_scores
 from .pairs import Pair, discover, load_pair, split_pairs, validate
 
-PER_IMAGE_FIELDS = ["id", "jaccard", "dice", "pixel_accuracy", "sensitivity", "specificity", "lesion_fraction"]
+PER_IMAGE_FIELDS = ["id", "jaccard", "dice", "pixel_accuracy", "sensitivity", "specificity", "foreground_fraction"]
 
 
 @dataclass
@@ -59,7 +59,7 @@ def evaluate(segmenter: Segmenter, data: LabelledSet | str | Path) -> Evaluation
         for pair, (_, truth), pred in zip(chunk, loaded, masks):
             c = confusion(pred, truth)
             counts.append(c)
-            rows.append({"id": pair.id, **image_scores(c), "lesion_fraction": truth.mean()})
+            rows.append({"id": pair.id, **image_scores(c), "foreground_fraction": truth.mean()})
     rows.sort(key=lambda r: r["jaccard"])
     return EvaluationResult(aggregate(counts), rows)
 

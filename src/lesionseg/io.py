@@ -35,7 +35,7 @@ class NotAnImage(UserError):
     """Bytes that no image reader recognises (as opposed to an image that fails half-way)."""
 
 
-def _open(path: Path) -> Image.Image:
+def _check_file(path: Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: file not found")
@@ -43,7 +43,45 @@ def _open(path: Path) -> Image.Image:
         raise UserError(f"{path}: is a folder, expected an image file")
     if path.stat().st_size == 0:
         raise UserError(f"{path}: empty file (0 bytes)")
-    return _decode(path, path)
+    return path
+
+
+def _open(path: Path) -> Image.Image:
+    return _decode(_check_file(path), path)
+
+
+def _read_rgb(source, label, max_pixels: int = MAX_PIXELS, draft: int | None = None) -> np.ndarray:
+    """Pillow first; TIFFs and 16-bit colour PNGs that Pillow narrows or cannot read go to readers.py."""
+    from . import readers
+
+    try:
+        img = _decode(source, label, max_pixels, draft)
+    except ImageTooLarge:
+        raise
+    except UserError as exc:
+        if not readers.is_tiff(source):
+            raise
+        return _second_reader(source, label, max_pixels, exc)
+    if readers.needs_tifffile(img) or readers.is_high_depth_png(source):
+        return _second_reader(source, label, max_pixels, None)
+    return _to_rgb(img, label)
+
+
+def _second_reader(source, label, max_pixels: int, first: UserError | None) -> np.ndarray:
+    from . import readers
+
+    tries = [readers.read_tiff, readers.read_opencv] if readers.is_tiff(source) else [readers.read_opencv]
+    reasons = []
+    for read in tries:
+        try:
+            return read(source, max_pixels)
+        except OverflowError as exc:
+            raise ImageTooLarge(f"{label}: image too large ({exc}; the limit is {max_pixels:,} pixels)") from None
+        except Exception as exc:  # a second reader's own failure: try the next, then report the first
+            reasons.append(f"{read.__name__.removeprefix('read_')}: {str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__}")
+    if first is not None:
+        raise UserError(f"{first} (also tried {'; '.join(reasons)})") from None
+    raise UserError(f"{label}: cannot decode image ({'; '.join(reasons)})")
 
 
 def _decode(source, label, max_pixels: int = MAX_PIXELS, draft: int | None = None) -> Image.Image:
@@ -88,8 +126,8 @@ def _rescale_to_uint8(arr: np.ndarray) -> np.ndarray:
 
 def read_image(path: str | Path) -> np.ndarray:
     """Any jpg/png/bmp/tif as RGB uint8 (H, W, 3), EXIF orientation applied, original size kept."""
-    path = Path(path)
-    return _to_rgb(_open(path), path)
+    path = _check_file(Path(path))
+    return _read_rgb(path, path)
 
 
 def decode_image(data: bytes, label: str = "upload", max_pixels: int = MAX_PIXELS,
@@ -99,7 +137,7 @@ def decode_image(data: bytes, label: str = "upload", max_pixels: int = MAX_PIXEL
     at 1/2, 1/4 or 1/8 scale, down to no less than this many pixels a side (a preview; much faster)."""
     if not data:
         raise NotAnImage(f"{label}: empty body (0 bytes)")
-    return _to_rgb(_decode(io.BytesIO(data), label, max_pixels, draft), label)
+    return _read_rgb(io.BytesIO(data), label, max_pixels, draft)
 
 
 def image_size(data: bytes) -> tuple[int, int]:
@@ -133,11 +171,19 @@ def _to_rgb(img: Image.Image, label) -> np.ndarray:
     return np.ascontiguousarray(rgb, dtype=np.uint8)
 
 
-def read_mask(path: str | Path, threshold: int | None = None) -> np.ndarray:
+# JPEG masks as datasets ship them (Kvasir-SEG...): compression leaves grey levels, but nearly every pixel
+# stays within this distance of 0 or 255. Such masks are binarised at the middle without being asked.
+JPEG_MASK_NOISE = 48
+JPEG_MASK_THRESHOLD = 127
+
+
+def read_mask(path: str | Path, threshold: int | None = None, on_auto=None) -> np.ndarray:
     """A binary mask as bool (H, W).
 
-    Accepted as-is: two levels {0, v} (0/255, 0/1, 0/65535) or a single level. More levels (a JPEG mask,
-    a soft mask) are refused unless `threshold` is given, then foreground is `value > threshold`.
+    Accepted as-is: two levels {0, v} (0/255, 0/1, 0/65535) or a single level. A JPEG whose grey levels are
+    compression noise around 0 and 255 (≥ 99.5 % of pixels within JPEG_MASK_NOISE of either) is binarised
+    at 127, and `on_auto(path)` is called so that the caller can say so. Other masks with more levels (soft
+    masks) are refused unless `threshold` is given, then foreground is `value > threshold`.
     """
     path = Path(path)
     img = _open(path)
@@ -156,6 +202,12 @@ def read_mask(path: str | Path, threshold: int | None = None) -> np.ndarray:
     if threshold is not None:
         return arr > threshold
     levels = np.unique(arr)
+    if len(levels) > 2 and img.format == "JPEG" and arr.dtype == np.uint8:
+        near = (arr <= JPEG_MASK_NOISE) | (arr >= 255 - JPEG_MASK_NOISE)
+        if near.mean() >= 0.995:
+            if on_auto is not None:
+                on_auto(path)
+            return arr > JPEG_MASK_THRESHOLD
     if len(levels) > 2 or (len(levels) == 2 and levels[0] != 0):
         shown = ", ".join(str(v) for v in levels[:6]) + (", ..." if len(levels) > 6 else "")
         raise UserError(

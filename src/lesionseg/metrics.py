@@ -3,11 +3,11 @@
 - mean_jaccard: mean over images of per-image Jaccard (the seed's "MIoU"; ISIC 2017's ranking metric)
 - thresholded_jaccard: ISIC 2018 rule, per-image Jaccard below 0.65 counts as 0, then the mean
 - pooled_iou: one IoU over all pixels of the set (several lightweight-model papers)
-- miou_fg_bg: mean of lesion IoU and background IoU over all pixels (semantic-segmentation convention)
+- miou_fg_bg: mean of foreground IoU and background IoU over all pixels (semantic-segmentation convention)
 - mean_dice, pixel_accuracy, sensitivity, specificity: means over images
 
 Empty prediction against empty truth is a perfect score (1) for Jaccard, Dice, sensitivity and
-specificity alike, so images without a lesion are not punished for being right.
+specificity alike, so images without foreground are not punished for being right.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ A data folder holds `images/` and `masks/`. A mask pairs with an image by id: `I
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -13,7 +14,7 @@ from typing import Iterable
 import numpy as np
 
 from .errors import UserError, ValidationError
-from .io import IMAGE_EXTENSIONS, read_image, read_mask
+from .io import IMAGE_EXTENSIONS, JPEG_MASK_THRESHOLD, read_image, read_mask
 
 MASK_SUFFIX = "_segmentation"
 
@@ -69,9 +70,9 @@ def discover(folder: str | Path) -> list[Pair]:
     return [Pair(i, images[i], masks[i]) for i in sorted(images)]
 
 
-def load_pair(pair: Pair, mask_threshold: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_pair(pair: Pair, mask_threshold: int | None = None, on_auto=None) -> tuple[np.ndarray, np.ndarray]:
     image = read_image(pair.image_path)
-    mask = read_mask(pair.mask_path, threshold=mask_threshold)
+    mask = read_mask(pair.mask_path, threshold=mask_threshold, on_auto=on_auto)
     if image.shape[:2] != mask.shape:
         raise UserError(
             f"{pair.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
@@ -90,9 +91,10 @@ def validate(pairs: list[Pair], mask_threshold: int | None = None, keep: bool = 
     problems: list[str] = []
     kept: list[tuple[np.ndarray, np.ndarray]] | None = [] if keep else None
     used = 0
+    auto: list[Path] = []
     for pair in pairs:
         try:
-            image, mask = load_pair(pair, mask_threshold)
+            image, mask = load_pair(pair, mask_threshold, on_auto=auto.append)
         except UserError as exc:
             problems.append(str(exc))
             continue
@@ -104,6 +106,9 @@ def validate(pairs: list[Pair], mask_threshold: int | None = None, keep: bool = 
                 kept.append((image, mask))
     if problems:
         raise ValidationError(problems, what="data check")
+    if auto:
+        print(f"data: {len(auto)} JPEG mask(s) with compression grey levels around 0 and 255 (e.g. {auto[0].name}) "
+              f"binarised at {JPEG_MASK_THRESHOLD}; pass --mask-threshold T to choose", file=sys.stderr, flush=True)
     return kept
 
 

@@ -60,7 +60,7 @@ def remove_small(mask: np.ndarray, min_area: int) -> np.ndarray:
 
 
 def dense_crf(prob: np.ndarray, image: np.ndarray, cfg: PostprocessConfig) -> np.ndarray:
-    """Refined lesion probability from a fully connected CRF over the image (pydensecrf2)."""
+    """Refined foreground probability from a fully connected CRF over the image (pydensecrf2)."""
     try:
         import pydensecrf.densecrf as dcrf
     except ImportError:

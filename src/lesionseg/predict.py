@@ -99,11 +99,12 @@ def run_predict(inputs, out: str | Path, segmenter_factory: Callable[[], Segment
                 write_mask(out / mask_name, mask)
                 write_png(out / overlay_name, overlay(image, pred=mask))
                 rows.append({"id": image_id, "source": str(f), "size": f"{image.shape[1]}x{image.shape[0]}",
-                             "lesion_fraction": float(mask.mean()), "overlay": overlay_name, "mask": mask_name})
-                print(f"{f} -> {out / mask_name} ({image.shape[1]}x{image.shape[0]}, lesion {mask.mean():.1%})")
+                             "foreground_fraction": float(mask.mean()), "overlay": overlay_name, "mask": mask_name})
+                print(f"{f} -> {out / mask_name} ({image.shape[1]}x{image.shape[0]}, {segmenter.label} "
+                      f"{mask.mean():.1%})")
             if ds is not None:
                 try:
-                    write_seg(out / f"{f.stem}_seg.dcm", ds, file_masks)
+                    write_seg(out / f"{f.stem}_seg.dcm", ds, file_masks, segmenter.label)
                     print(f"{f} -> {out / (f.stem + '_seg.dcm')} (DICOM SEG)")
                 except UserError as exc:
                     failures.append(str(exc))
@@ -121,7 +122,7 @@ def run_predict(inputs, out: str | Path, segmenter_factory: Callable[[], Segment
     if report and rows:
         from .report import write_predict_report
 
-        write_predict_report(out / "report.html", rows, {
+        write_predict_report(out / "report.html", rows, segmenter.label, {
             "model": segmenter.weights_path, "backend": segmenter.backend.name,
             "test-time augmentation": f"scales {list(segmenter.tta_scales)} x flips" if segmenter.tta else "off",
             "post-processing": segmenter.post.describe(), "inputs": ", ".join(str(i) for i in inputs)})

@@ -22,14 +22,15 @@ def _table(rows: dict) -> str:
     return "<table>" + "".join(f"<tr><th>{esc(str(k))}</th><td>{esc(str(v))}</td></tr>" for k, v in rows.items()) + "</table>"
 
 
-def write_predict_report(path: str | Path, rows: list[dict], settings: dict) -> None:
-    """rows: {"id", "size", "lesion_fraction", "overlay", "mask"} with file names relative to the page."""
+def write_predict_report(path: str | Path, rows: list[dict], label: str, settings: dict) -> None:
+    """rows: {"id", "size", "foreground_fraction", "overlay", "mask"} with file names relative to the page;
+    `label`: what the model segments (its card's label, else "foreground")."""
     esc = html.escape
     cards = "\n".join(
         f'<figure class="card"><img src="{esc(r["overlay"])}" alt="overlay {esc(r["id"])}"><figcaption>'
-        f'<b>{esc(r["id"])}</b> {esc(r["size"])} · lesion {r["lesion_fraction"]:.1%} · '
+        f'<b>{esc(r["id"])}</b> {esc(r["size"])} · {esc(label)} {r["foreground_fraction"]:.1%} · '
         f'<a href="{esc(r["mask"])}">mask</a></figcaption></figure>' for r in rows)
-    body = f"<p>{len(rows)} image(s). Red: predicted lesion.</p>{_table(settings)}<div>{cards}</div>"
+    body = f"<p>{len(rows)} image(s). Red: predicted {esc(label)}.</p>{_table(settings)}<div>{cards}</div>"
     write_text(path, _page("lesionseg predictions", body))
 
 

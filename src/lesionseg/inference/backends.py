@@ -18,10 +18,13 @@ from ..errors import UserError
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, weights=None):
-        """`weights`: a model file path, None for the bundled model, or an already loaded LoadedModel."""
+    def __init__(self, weights=None, threads: int | None = None):
+        """`weights`: a model file path, None for the bundled model, or an already loaded LoadedModel.
+        `threads`: intra-op threads (process-wide in torch); None keeps torch's default (every core)."""
         import torch
 
+        if threads:
+            torch.set_num_threads(threads)
         from ..models import LoadedModel, load_model
 
         self._torch = torch
@@ -40,7 +43,7 @@ class TorchBackend:
 class OnnxBackend:
     name = "onnx"
 
-    def __init__(self, path: str | Path | None):
+    def __init__(self, path: str | Path | None, threads: int | None = None):
         import onnxruntime as ort
 
         if path is None:
@@ -49,7 +52,10 @@ class OnnxBackend:
         if not self.path.is_file():
             raise UserError(f"{self.path}: ONNX model file not found")
         try:
-            self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+            options = ort.SessionOptions()
+            if threads:
+                options.intra_op_num_threads = threads
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise UserError(f"{self.path}: not a loadable ONNX model ({str(exc).splitlines()[0][:200]})") from None
         meta: dict[str, Any] = self.session.get_modelmeta().custom_metadata_map
@@ -66,7 +72,7 @@ class OnnxBackend:
 BACKENDS = {"torch": TorchBackend, "onnx": OnnxBackend}
 
 
-def open_backend(weights: str | Path | None, backend: str = "auto"):
+def open_backend(weights: str | Path | None, backend: str = "auto", threads: int | None = None):
     """`auto` picks ONNX Runtime for .onnx files and torch otherwise."""
     if backend == "auto":
         backend = "onnx" if weights is not None and str(weights).lower().endswith(".onnx") else "torch"
@@ -74,4 +80,4 @@ def open_backend(weights: str | Path | None, backend: str = "auto"):
         raise UserError(f"backend {backend!r} is not one of {sorted(BACKENDS)}")
     if backend == "torch" and weights is not None and str(weights).lower().endswith(".onnx"):
         raise UserError(f"{weights}: an ONNX file needs --backend onnx")
-    return BACKENDS[backend](weights)
+    return BACKENDS[backend](weights, threads)

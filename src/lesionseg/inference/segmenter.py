@@ -17,7 +17,7 @@ DEFAULT_TTA_SCALES = (0.75, 1.0, 1.25)
 
 
 class Segmenter:
-    """Image (RGB uint8, any size) → lesion probability map at the image's original size.
+    """Image (RGB uint8, any size) → foreground probability map at the image's original size.
 
     The network sees the image resized to its training size; logits are resized back (bilinear) before
     the sigmoid, which keeps boundaries sharper than resizing probabilities.
@@ -50,6 +50,11 @@ class Segmenter:
     @property
     def card(self) -> dict:
         return self.backend.card
+
+    @property
+    def label(self) -> str:
+        """What the model segments, from its card ("lesion", "polyp"); "foreground" when the card says nothing."""
+        return str(self.card.get("label") or "foreground")
 
     @property
     def weights_path(self) -> Path:

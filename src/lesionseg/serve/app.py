@@ -61,6 +61,7 @@ class ServeConfig:
     max_body_mb: float = 50.0
     max_pixels: int = 50_000_000
     cors_origins: list[str] = field(default_factory=list)
+    threads: int | None = None  # the model's intra-op threads; None = every core (--workers N sets cores/N)
 
     def check(self) -> None:
         for name in ("max_batch", "max_queue", "max_pixels"):
@@ -152,7 +153,7 @@ class Service:
         if self._given is not None:
             plain = self._given
         else:
-            plain = Segmenter(open_backend(self.cfg.weights, self.cfg.backend))
+            plain = Segmenter(open_backend(self.cfg.weights, self.cfg.backend, self.cfg.threads))
         with_tta = Segmenter(plain.backend, batch_size=plain.batch_size, tta=True)
         self.segmenter = plain
         self.batcher = MicroBatcher({False: plain, True: with_tta}, self.cfg.max_batch, self.cfg.max_wait_ms,
@@ -371,7 +372,7 @@ async def segment_dicom(request: Request, service: Service) -> Response:
     def build() -> bytes:
         masks = [postprocess.apply(r.prob, opts.post(), f) for r, f in zip(results, frames)]
         try:
-            seg = build_seg(ds, masks, label)
+            seg = build_seg(ds, masks, label, service.segmenter.label)
         except UserError as exc:
             raise HTTPError(400, str(exc)) from None
         buf = io.BytesIO()
