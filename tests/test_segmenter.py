@@ -76,3 +76,18 @@ def test_onnx_predict_does_not_import_torch(tiny_model_file, tmp_path, rng):
                            "--weights", str(onnx_path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("ok") and (tmp_path / "o" / "x_mask.png").is_file()
+
+
+def test_onnx_backend_exports_a_model_file_once_into_the_cache(tiny_model_file, tmp_path, monkeypatch):
+    from lesionseg.inference.backends import open_backend
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    image = np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    via_onnx = Segmenter(open_backend(tiny_model_file, "onnx"))
+    assert via_onnx.backend.name == "onnx"
+    cached = list((tmp_path / "cache" / "lesionseg").glob("tiny-*.onnx"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    np.testing.assert_allclose(via_onnx.predict(image), Segmenter.load(tiny_model_file).predict(image), atol=1e-4)
+    Segmenter(open_backend(tiny_model_file, "onnx"))  # the second time: the cached file, not a new export
+    assert cached[0].stat().st_mtime_ns == stamp

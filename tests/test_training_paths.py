@@ -96,22 +96,29 @@ def test_time_cosine_follows_its_clock():
 
 def test_cosine_time_completes_within_the_budget_and_resume_continues_it(tmp_path):
     """The lr falls with elapsed time to eta_min by the end of trainer.max_minutes; a resumed run (here with a
-    longer budget, an allowed change) carries on from the elapsed time its checkpoint holds, not from zero."""
+    longer budget, an allowed change) carries on from the elapsed time its checkpoint holds, not from zero.
+    Judged against the logged elapsed minutes, so a slow or busy machine does not change the verdict."""
     data = make_dataset(tmp_path / "data", n=12)
     run = tmp_path / "run"
-    common = [*TINY, "optim.schedule=cosine_time", "optim.lr=0.01", "optim.eta_min=0.0", "trainer.max_epochs=100000",
-              "trainer.patience=100000"]
+    peak = 0.01
+    common = [*TINY, "optim.schedule=cosine_time", f"optim.lr={peak}", "optim.eta_min=0.0",
+              "trainer.max_epochs=100000", "trainer.patience=100000"]
     assert invoke("train", "--data", data, "--out", run, *common, "trainer.max_minutes=0.05").exit_code == 0
-    first = [float(r["lr"]) for r in rows(run)]
-    elapsed = float(rows(run)[-1]["elapsed_min"])
-    assert 0.04 < elapsed < 0.2 and len(first) >= 3
-    assert first[-1] < 0.1 * 0.01 and first[0] > first[-1]
+    first = rows(run)
+    assert len(first) >= 2 and float(first[-1]["lr"]) < 0.1 * peak < float(first[0]["lr"])
+    spent = float(first[-1]["elapsed_min"])
     assert invoke("train", "--data", data, "--out", run, *common, "trainer.max_minutes=0.1").exit_code == 0
-    resumed = [float(r["lr"]) for r in rows(run)][len(first):]
+    resumed = rows(run)[len(first):]
     assert resumed, "the longer budget should give more epochs"
-    # Half the new budget was already spent: the schedule resumes near lr/2, not at the peak.
-    assert 0.2 * 0.01 < resumed[0] < 0.75 * 0.01
-    assert resumed[-1] < 0.1 * 0.01
+
+    def expected(minutes):
+        return time_cosine_lr(10**6, minutes * 60, 0.1 * 60, 0, peak, 0.0)
+
+    for row in resumed:
+        lr, total = float(row["lr"]), float(row["elapsed_min"])
+        continued, restarted = abs(lr - expected(total)), abs(lr - expected(total - spent))
+        assert continued < 0.15 * peak and continued < restarted, (row, spent)
+    assert float(resumed[-1]["lr"]) < 0.1 * peak
 
 
 @pytest.mark.parametrize("override, message", [

@@ -73,11 +73,43 @@ BACKENDS = {"torch": TorchBackend, "onnx": OnnxBackend}
 
 
 def open_backend(weights: str | Path | None, backend: str = "auto", threads: int | None = None):
-    """`auto` picks ONNX Runtime for .onnx files and torch otherwise."""
+    """`auto` picks ONNX Runtime for .onnx files and torch otherwise. `onnx` with a lesionseg model file (or a
+    bundled name) exports it once to the user's cache and runs that (ONNX Runtime is ~1.5-2x torch on CPUs)."""
+    is_onnx = weights is not None and str(weights).lower().endswith(".onnx")
     if backend == "auto":
-        backend = "onnx" if weights is not None and str(weights).lower().endswith(".onnx") else "torch"
+        backend = "onnx" if is_onnx else "torch"
     if backend not in BACKENDS:
         raise UserError(f"backend {backend!r} is not one of {sorted(BACKENDS)}")
-    if backend == "torch" and weights is not None and str(weights).lower().endswith(".onnx"):
+    if backend == "torch" and is_onnx:
         raise UserError(f"{weights}: an ONNX file needs --backend onnx")
+    if backend == "onnx" and not is_onnx:
+        weights = cached_onnx(weights)
     return BACKENDS[backend](weights, threads)
+
+
+def cached_onnx(weights: str | Path | None) -> Path:
+    """The ONNX export of a model file, made on first use under $XDG_CACHE_HOME/lesionseg (~/.cache), named
+    by a hash of the model file's bytes, so a changed model is exported again."""
+    import hashlib
+    import os
+    import sys
+
+    from ..models.registry import resolve_weights
+
+    source = resolve_weights(weights)
+    if not source.is_file():
+        raise UserError(f"{source}: model file not found")
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lesionseg"
+    target = cache / f"{source.stem}-{digest}.onnx"
+    if not target.is_file():
+        from ..export import export_onnx
+
+        print(f"lesionseg: exporting {source.name} to ONNX once ({target}); this takes a while", file=sys.stderr,
+              flush=True)
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"{cache}: cannot create the ONNX cache ({exc.strerror})") from None
+        export_onnx(source, target)
+    return target
