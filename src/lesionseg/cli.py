@@ -179,15 +179,35 @@ def predict(
     backend: str = BACKEND, threshold: float = THRESHOLD, tta: bool = TTA, tta_scales: str = TTA_SCALES,
     largest_component: bool = LARGEST, fill_holes: bool = FILL, min_area: int = MIN_AREA, crf: bool = CRF,
     batch_size: int = BATCH,
+    workers: int = typer.Option(2, "--workers", min=1, help="Threads reading and writing while the model runs."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="K/N: only this machine's part of the inputs (stable by id)."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Resume: skip inputs whose mask is already in --out."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="Write a CSV: id, mask, status, foreground fraction."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="One line per image written."),
 ):
-    """Segment images; masks are 0/255 PNGs at each input's original size."""
+    """Segment images; masks are 0/255 PNGs at each input's original size. A progress bar on a terminal."""
     from .predict import run_predict
 
     make = _segmenter_factory(weights, backend, threshold, batch_size, tta, tta_scales, largest_component,
                               fill_holes, min_area, crf)
-    failures = run_predict(inputs, out, make, overwrite=overwrite, strict=strict, report=report, on_failure=_err)
+    failures = run_predict(inputs, out, make, overwrite=overwrite, strict=strict, report=report, on_failure=_err,
+                           shard=shard, skip_existing=skip_existing, manifest=manifest, workers=workers,
+                           verbose=verbose)
     if failures:
         raise typer.Exit(1)
+
+
+@app.command("merge-manifests")
+@handle_errors
+def merge_manifests(
+    manifests: List[Path] = typer.Argument(..., help="The shards' manifest CSVs."),
+    out: Path = typer.Option(..., "--out", help="The merged manifest CSV."),
+):
+    """Merge the manifests of `predict --shard K/N` runs into one (an id in two shards is an error)."""
+    from .predict import merge_manifests as merge
+
+    counts = merge(manifests, out)
+    print(f"wrote {out}: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
 
 
 @app.command()
