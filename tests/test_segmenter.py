@@ -91,3 +91,30 @@ def test_onnx_backend_exports_a_model_file_once_into_the_cache(tiny_model_file, 
     np.testing.assert_allclose(via_onnx.predict(image), Segmenter.load(tiny_model_file).predict(image), atol=1e-4)
     Segmenter(open_backend(tiny_model_file, "onnx"))  # the second time: the cached file, not a new export
     assert cached[0].stat().st_mtime_ns == stamp
+
+
+def test_int8_export_runs_like_any_onnx_and_records_its_settings(tiny_model_file, tmp_path, rng):
+    import json
+
+    import onnx
+    from typer.testing import CliRunner
+
+    from conftest import make_dataset
+    from lesionseg.cli import app
+
+    calibration = make_dataset(tmp_path / "cal", n=6) / "images"
+    out = tmp_path / "m_int8.onnx"
+    runner = CliRunner()
+    result = runner.invoke(app, ["export", "--weights", str(tiny_model_file), "--out", str(out), "--int8",
+                                 "--calibration", str(calibration)])
+    assert result.exit_code == 0, result.output
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    settings = json.loads(meta["quantization"])
+    assert settings["format"] == "QDQ" and settings["calibration_images"] == 6 and meta["image_size"] == "32"
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(out)).graph.node)
+    image = rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    int8, fp32 = Segmenter.load(out), Segmenter.load(tiny_model_file)
+    assert int8.backend.name == "onnx"
+    assert np.abs(int8.predict(image) - fp32.predict(image)).mean() < 0.05
+    refused = runner.invoke(app, ["export", "--weights", str(tiny_model_file), "--out", str(out), "--int8"])
+    assert refused.exit_code == 2 and "--int8 needs --calibration" in refused.stderr

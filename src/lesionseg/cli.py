@@ -238,10 +238,20 @@ def export(
     opset: int = typer.Option(18, "--opset", help="ONNX opset (≥ 17)."),
     check: bool = typer.Option(False, "--check", help="Compare ONNX Runtime with torch (max prob diff ≤ 1e-4)."),
     check_images: Optional[Path] = typer.Option(None, "--check-images", help="Folder of real images for --check."),
+    int8: bool = typer.Option(False, "--int8", help="Statically quantized (QDQ int8) for CPUs; needs --calibration."),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help="Folder of training images to calibrate --int8 on."),
+    calibration_images: int = typer.Option(64, "--calibration-images", min=1, help="How many of them."),
 ):
-    """Export to ONNX: dynamic batch, height and width, one self-contained file."""
-    from .export import check_onnx, export_onnx
+    """Export to ONNX: dynamic batch, height and width, one self-contained file (fp32, or --int8)."""
+    from .export import check_onnx, export_int8, export_onnx
 
+    if int8:
+        if calibration is None:
+            raise UserError("--int8 needs --calibration DIR (training images; 64 are used by default)")
+        settings = export_int8(weights, out, calibration, calibration_images, opset=opset)
+        print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, int8 QDQ, calibrated on "
+              f"{settings['calibration_images']} images of {calibration})")
+        return
     path = export_onnx(weights, out, opset=opset)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, opset {opset}, dynamic batch/height/width)")
     if check or check_images:

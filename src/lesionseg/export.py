@@ -72,3 +72,63 @@ def check_onnx(onnx_path: str | Path, weights: str | Path | None, images: list[n
         p_onnx = 1 / (1 + np.exp(-ort_backend(x)))
         worst = max(worst, float(np.abs(p_torch - p_onnx).max()))
     return {"max_prob_diff": worst, "inputs": [list(b.shape) for b in batches]}
+
+
+INT8_DEFAULTS = {"format": "QDQ", "activations": "QUInt8", "weights": "QInt8", "per_channel": True,
+                 "calibration": "MinMax", "calibration_images": 64}
+
+
+def export_int8(weights: str | Path | None, out: str | Path, calibration: str | Path, n_images: int = 64,
+                opset: int = DEFAULT_OPSET, exclude: list[str] | None = None) -> dict:
+    """A statically quantized ONNX model (ONNX Runtime, QDQ, per-channel int8 weights, uint8 activations)
+    calibrated on up to `n_images` images of `calibration` through the model's own pre-processing. The
+    settings go into the model's metadata (`quantization`), next to the fp32 export's. Returns them."""
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from .data.preprocess import EvalTransform
+    from .io import read_image
+    from .pairs import list_images
+
+    if n_images < 1:
+        raise UserError(f"--calibration-images must be ≥ 1, got {n_images}")
+    folder = Path(calibration)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: calibration folder not found")
+    files = list_images([folder])[:n_images]
+    out = Path(out)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_onnx(weights, Path(tmp) / "fp32.onnx", opset)
+        meta = {p.key: p.value for p in onnx.load(str(fp32)).metadata_props}
+        transform = EvalTransform(int(meta["image_size"]), json.loads(meta["mean"]), json.loads(meta["std"]))
+
+        class Images(CalibrationDataReader):
+            def __init__(self):
+                self.files = iter(files)
+
+            def get_next(self):
+                f = next(self.files, None)
+                return None if f is None else {"image": transform.batch([read_image(f)])}
+
+        prepared = Path(tmp) / "prepared.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+            settings = {**INT8_DEFAULTS, "calibration_images": len(files), "calibration_folder": str(folder),
+                        "excluded_nodes": list(exclude or [])}
+            quantized = Path(tmp) / "int8.onnx"
+            quantize_static(str(prepared), str(quantized), Images(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude or None)
+        proto = onnx.load(str(quantized))
+        del proto.metadata_props[:]
+        for key, value in {**meta, "quantization": json.dumps(settings)}.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        with atomic_path(out) as target:
+            onnx.save_model(proto, str(target), save_as_external_data=False)
+    return settings
