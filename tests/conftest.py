@@ -65,6 +65,11 @@ def tiny_model_file(tmp_path_factory) -> Path:
 
 
 def isic_or_skip() -> Path:
-    if not (SHARED_ISIC / "train" / "images").is_dir():
-        pytest.skip(f"ISIC 2017 data not found at {SHARED_ISIC} (only present on the project's machines)")
-    return SHARED_ISIC
+    return shared_or_skip("isic2017")
+
+
+def shared_or_skip(name: str) -> Path:
+    root = SHARED_ISIC.parent / name
+    if not (root / "train" / "images").is_dir():
+        pytest.skip(f"{name} data not found at {root} (only present on the project's machines)")
+    return root

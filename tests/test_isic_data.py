@@ -1,8 +1,8 @@
-"""Checks over the real ISIC 2017 copy in ../shared (skipped, with the reason, where it is absent)."""
+"""Checks over the real ISIC 2017 and Kvasir-SEG copies in ../shared (skipped, with the reason, where absent)."""
 
 import pytest
 
-from conftest import isic_or_skip
+from conftest import isic_or_skip, shared_or_skip
 from lesionseg.pairs import discover, validate
 
 pytestmark = pytest.mark.data
@@ -18,21 +18,34 @@ def test_all_2150_pairs_validate():
     assert counts == {"train": 2000, "val": 150}
 
 
-@pytest.mark.parametrize("name", ["default", "cpu"])
-def test_bundled_model_on_isic_val_holds_its_card_figure(name):
-    """Regression guard: each shipped model scores on the official val set what its card says."""
+def test_every_kvasir_file_reads_as_distributed(capsys):
+    """1000 JPEG frames of mixed sizes, JPEG masks with grey levels: all pair, all binarise (said once)."""
+    root = shared_or_skip("kvasir_seg")
+    counts = {}
+    for split in ("train", "val"):
+        pairs = discover(root / split)
+        assert validate(pairs) is None
+        counts[split] = len(pairs)
+        assert f"{len(pairs)} JPEG mask(s) with compression grey levels" in capsys.readouterr().err
+    assert counts == {"train": 900, "val": 100}
+
+
+@pytest.mark.parametrize("name, dataset, n", [("default", "isic2017", 150), ("cpu", "isic2017", 150),
+                                               ("polyp", "kvasir_seg", 100)])
+def test_bundled_model_on_val_holds_its_card_figure(name, dataset, n):
+    """Regression guard: each shipped model scores on its dataset's val split what its card says."""
     import lesionseg
     from lesionseg.evaluation import evaluate
     from lesionseg.models.registry import default_model_path
 
-    root = isic_or_skip()
+    root = shared_or_skip(dataset)
     if not default_model_path(name).is_file():
         pytest.skip(f"no bundled model {name!r}")
     segmenter = lesionseg.Segmenter.load(name)
     card = segmenter.card
     result = evaluate(segmenter, root / "val")
-    assert result.metrics["n_images"] == 150
-    claimed = card.get("figures", {}).get("isic2017_val", {}).get("mean_jaccard")
+    assert result.metrics["n_images"] == n
+    claimed = card.get("figures", {}).get(f"{dataset}_val", {}).get("mean_jaccard")
     if claimed is None:
-        pytest.skip("bundled model card states no ISIC 2017 val figure")
+        pytest.skip(f"bundled model card states no {dataset} val figure")
     assert result.metrics["mean_jaccard"] == pytest.approx(claimed, abs=2e-3)

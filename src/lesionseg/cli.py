@@ -101,7 +101,7 @@ def train(
 
 
 # Options shared by evaluate and predict: both build the same Segmenter.
-WEIGHTS = typer.Option(None, "--weights", help="Model file: .pt (torch) or .onnx (ONNX Runtime), or a bundled model: default, cpu. Default: default.")
+WEIGHTS = typer.Option(None, "--weights", help="Model file: .pt (torch) or .onnx (ONNX Runtime), or a bundled model: default, cpu, polyp. Default: default.")
 BACKEND = typer.Option("auto", "--backend", help="auto (by file type) | torch | onnx.")
 THRESHOLD = typer.Option(0.5, "--threshold", help="Probability threshold for the foreground.")
 TTA = typer.Option(False, "--tta", help="Test-time augmentation: scales x {none, h-flip, v-flip}, averaged.")
@@ -212,7 +212,7 @@ def merge_manifests(
 
 @app.command()
 @handle_errors
-def info(weights: Optional[Path] = typer.Argument(None, help="Model file or bundled name (default, cpu).")):
+def info(weights: Optional[Path] = typer.Argument(None, help="Model file or bundled name (default, cpu, polyp).")):
     """Show a model file's card: architecture, parameters, training data, recipe, figures."""
     from .models import count_parameters, load_model
     from .models.registry import BUNDLED, default_model_path
@@ -233,7 +233,7 @@ def info(weights: Optional[Path] = typer.Argument(None, help="Model file or bund
 @app.command()
 @handle_errors
 def export(
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Model file or bundled name (default, cpu)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Model file or bundled name (default, cpu, polyp)."),
     out: Path = typer.Option(Path("model.onnx"), "--out", help="The .onnx file to write."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset (≥ 17)."),
     check: bool = typer.Option(False, "--check", help="Compare ONNX Runtime with torch (max prob diff ≤ 1e-4)."),

@@ -1,0 +1,74 @@
+"""INT8 vs fp32 vs torch for the bundled models: accuracy on each dataset's val split and end-to-end latency.
+
+    .venv/bin/python benchmarks/int8.py [--models cpu default] [--data ../shared/data]
+
+For each model: `lesionseg export` (fp32) and `lesionseg export --int8` calibrated on 64 images of the
+model's own training set (ISIC 2017 train; Kvasir-SEG train for `polyp`), then `lesionseg.evaluate` with each
+backend on every dataset's val split, and `Segmenter.predict` on one 256² image (median of 20 after warm-up).
+JSON to benchmarks/results/int8.json and a table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lesionseg
+from lesionseg.io import read_image
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_DATA = {"cpu": "isic2017", "default": "isic2017", "polyp": "kvasir_seg"}
+
+
+def latency_ms(weights: str, image) -> float:
+    seg = lesionseg.Segmenter.load(weights)
+    for _ in range(3):
+        seg.predict(image)
+    times = []
+    for _ in range(20):
+        t = time.perf_counter()
+        seg.predict(image)
+        times.append((time.perf_counter() - t) * 1000)
+    return round(statistics.median(times), 2)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", nargs="+", default=["cpu", "default"])
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "int8.json")
+    args = ap.parse_args()
+    image = read_image(ROOT / "src" / "lesionseg" / "assets" / "samples" / "ISIC_0012204.jpg")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in args.models:
+            fp32, int8 = Path(tmp) / f"{model}.onnx", Path(tmp) / f"{model}_int8.onnx"
+            lesionseg_cli = [sys.executable, "-m", "lesionseg", "export", "--weights", model]
+            subprocess.run([*lesionseg_cli, "--out", str(fp32)], check=True, capture_output=True)
+            calibration = args.data / TRAIN_DATA[model] / "train" / "images"
+            subprocess.run([*lesionseg_cli, "--out", str(int8), "--int8", "--calibration", str(calibration)],
+                           check=True, capture_output=True)
+            row = {"model": model, "latency_ms": {name: latency_ms(w, image) for name, w in
+                                                  (("torch", model), ("ort_fp32", str(fp32)), ("ort_int8", str(int8)))}}
+            for dataset in sorted({*TRAIN_DATA.values()}):
+                val = args.data / dataset / "val"
+                if val.is_dir():
+                    row[dataset] = {name: round(lesionseg.evaluate(val, weights=w)["mean_jaccard"], 4)
+                                    for name, w in (("ort_fp32", str(fp32)), ("ort_int8", str(int8)))}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+    args.out.write_text(json.dumps({"machine": machine, "image": "256x256 JPEG, end to end through Segmenter.predict",
+                                    "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
