@@ -101,6 +101,8 @@ class TrainerConfig:
     accelerator: str = "auto"
     deterministic: bool = False
     sync_batchnorm: bool = False  # multi-GPU: BatchNorm statistics over the global batch (GPU only)
+    compile: bool = False  # torch.compile the model for training and validation (saved weights are the same)
+    compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
 
 
 @dataclass
@@ -124,6 +126,7 @@ CHOICES = {
     "trainer.precision": {"auto", "bf16", "fp32"},
     "data.on_device": {"auto", "true", "false"},
     "optim.schedule": {"cosine", "cosine_time"},
+    "trainer.compile_mode": {"default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"},
     "trainer.accelerator": {"auto", "cpu", "gpu"},
 }
 

@@ -24,13 +24,18 @@ class SegmentationModule(L.LightningModule):
         self.loss = DeepSupervisionLoss(DiceBCELoss(cfg.loss.dice_weight, cfg.loss.bce_weight))
         self.memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
+        # The compiled wrapper is kept outside the module tree, so checkpoints and model.pt hold the plain
+        # model's keys whether or not it was compiled.
+        compiled = torch.compile(self.model, mode=cfg.trainer.compile_mode) if cfg.trainer.compile else None
+        object.__setattr__(self, "_compiled", compiled)
         # MeanMetric reduces across processes, so DDP ranks report one figure.
         self.val_loss, self.val_jaccard, self.val_dice = MeanMetric(), MeanMetric(), MeanMetric()
         self.train_loss = MeanMetric()
         self._epoch_images, self._epoch_start = 0, 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x.contiguous(memory_format=self.memory_format))
+        model = self.model if self._compiled is None else self._compiled
+        return model(x.contiguous(memory_format=self.memory_format))
 
     def on_train_start(self) -> None:
         # A resumed run may have a new max_epochs: the cosine schedule then continues smoothly from the
