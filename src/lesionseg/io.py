@@ -112,18 +112,6 @@ def _to_float_gray_or_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img)
 
 
-def _rescale_to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Stretch high-depth data to 0..255. Min-max per image: 12-bit data stored in 16-bit is common."""
-    arr = arr.astype(np.float64)
-    finite = np.isfinite(arr)
-    if not finite.all():
-        arr = np.where(finite, arr, 0.0)
-    lo, hi = float(arr.min()), float(arr.max())
-    if hi <= lo:
-        return np.zeros(arr.shape, np.uint8)
-    return np.round((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
-
-
 def read_image(path: str | Path) -> np.ndarray:
     """Any jpg/png/bmp/tif as RGB uint8 (H, W, 3), EXIF orientation applied, original size kept."""
     path = _check_file(Path(path))
@@ -157,7 +145,9 @@ def _to_rgb(img: Image.Image, label) -> np.ndarray:
     except Exception:  # a broken EXIF block should not make a valid picture unreadable
         pass
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        gray = _rescale_to_uint8(_to_float_gray_or_rgb(img))
+        from .readers import stretch
+
+        gray = stretch(_to_float_gray_or_rgb(img))
         rgb = np.repeat(gray[..., None], 3, axis=2)
     elif img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         # Composite on white: a transparent background reads as skin-free background, not black.
