@@ -128,7 +128,8 @@ def run_predict(inputs, out: str | Path, segmenter_factory: Callable[[], Segment
     done_ids = {_result_id(n) for n in (p.name for p in out.iterdir())} if out.is_dir() else set()
     skipped = [f for f in files if f.stem in done_ids and (out / output_names(f.stem)[0]).exists()] \
         if skip_existing else []
-    files = [f for f in files if f not in set(skipped)]
+    done = set(skipped)
+    files = [f for f in files if f not in done]
     if not overwrite and not skip_existing:
         taken = sorted(f.stem for f in files if f.stem in done_ids)
         if taken:
