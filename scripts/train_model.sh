@@ -4,6 +4,8 @@
 # Resumable: rerun the same command after a kill. Extra arguments are config overrides (KEY=VALUE).
 #   nohup scripts/train_model.sh lite0_160_cpu > runs/lite0_160_cpu.log 2>&1 &
 #   LESIONSEG="python3 -m lesionseg.cli" DATA=.gpu/data scripts/train_model.sh lite0_256_gpu   (no .venv)
+# EXTRA_DATA (space-separated folders, e.g. `lesionseg pseudo-label` output) adds training pairs; the carved
+# validation split still comes from $DATA/train alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NAME=${1:?usage: scripts/train_model.sh NAME [KEY=VALUE ...]  (NAME: a config in configs/)}
@@ -12,5 +14,7 @@ export NO_ALBUMENTATIONS_UPDATE=1
 DATA=${DATA:-../shared/data/isic2017}
 RUN=${RUN:-runs/$NAME}
 LESIONSEG=${LESIONSEG:-.venv/bin/lesionseg}
-$LESIONSEG train --data "$DATA/train" --config "configs/$NAME.yaml" --out "$RUN" "$@"
+EXTRA=()
+for folder in ${EXTRA_DATA:-}; do EXTRA+=(--data "$folder"); done
+$LESIONSEG train --data "$DATA/train" "${EXTRA[@]}" --config "configs/$NAME.yaml" --out "$RUN" "$@"
 $LESIONSEG evaluate --data "$DATA/val" --weights "$RUN/model.pt" --out "$RUN/eval_val"

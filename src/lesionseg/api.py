@@ -31,7 +31,7 @@ def _nested_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def train(data: str | Path, out: str | Path, /, config: str | Path | None = None,
+def train(data: str | Path | Sequence[str | Path], out: str | Path, /, config: str | Path | None = None,
           val_data: str | Path | None = None, *, mask_threshold: int | None = None, devices: int | str = 1, strategy: str = "auto", num_nodes: int = 1,
           progress: bool | None = None, command: str | None = None, **overrides: Any) -> Path:
     """Train (or resume: call again with the same arguments) into the run folder `out`; returns its model.pt.
@@ -39,7 +39,8 @@ def train(data: str | Path, out: str | Path, /, config: str | Path | None = None
     `config`: a YAML recipe (see configs/); `overrides`: config keys, as sections or dotted names, e.g.
     `trainer={"max_epochs": 5}`, `data={"batch_size": 4}` or `**{"optim.lr": 1e-3}` (`data` and `out` are
     positional, so `data=` names the config section). Without `val_data`, a seeded split of `data`
-    is carved off for validation and model selection. `command` is recorded on the model card (default: this
+    is carved off for validation and model selection. `data` may be a list of folders: the split is carved
+    from the first, the others add training pairs only (e.g. `lesionseg pseudo-label` output). `command` is recorded on the model card (default: this
     call, spelled out).
     """
     from .config import load_config
@@ -50,7 +51,8 @@ def train(data: str | Path, out: str | Path, /, config: str | Path | None = None
         extra.setdefault("data", {})["mask_threshold"] = mask_threshold
     cfg = load_config(config, extra)
     if command is None:
-        args = [repr(str(data)), repr(str(out))] + [f"{k}={v!r}" for k, v in
+        shown = [str(d) for d in data] if isinstance(data, (list, tuple)) else str(data)
+        args = [repr(shown), repr(str(out))] + [f"{k}={v!r}" for k, v in
                                                     (("config", config), ("val_data", val_data)) if v is not None]
         command = f"lesionseg.train({', '.join(args + [f'**{extra!r}'] if extra else args)})"
     return fit(data, out, cfg, val_data=val_data, devices=devices, strategy=strategy, num_nodes=num_nodes,

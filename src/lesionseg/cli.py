@@ -70,7 +70,8 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show Python traceba
 @app.command(context_settings={"allow_extra_args": False})
 @handle_errors
 def train(
-    data: Path = typer.Option(..., "--data", help="Folder with images/ and masks/."),
+    data: List[Path] = typer.Option(..., "--data", help="Folder with images/ and masks/; repeat to add more "
+                                    "training folders (e.g. pseudo-labels): validation is carved from the first only."),
     overrides: Optional[List[str]] = typer.Argument(None, help="Config overrides KEY=VALUE, e.g. trainer.max_epochs=5"),
     val_data: Optional[Path] = typer.Option(None, "--val-data", help="Validation folder (else a seeded split of --data)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML config (see configs/)."),
@@ -88,13 +89,13 @@ def train(
 
     if out is None:
         out = Path("runs") / (config.stem if config else "seed_unet")
-    options = [("--data", data), ("--val-data", val_data), ("--config", config), ("--out", out),
+    options = [*[("--data", d) for d in data], ("--val-data", val_data), ("--config", config), ("--out", out),
                ("--mask-threshold", mask_threshold), ("--devices", None if devices == "1" else devices),
                ("--strategy", None if strategy == "auto" else strategy),
                ("--num-nodes", None if num_nodes == 1 else num_nodes)]
     command = shlex.join(["lesionseg", "train", *[str(v) for o in options if o[1] is not None for v in o],
                           *(overrides or [])])
-    model_path = run_training(data, out, config, val_data, mask_threshold=mask_threshold, devices=devices,
+    model_path = run_training(data[0] if len(data) == 1 else data, out, config, val_data, mask_threshold=mask_threshold, devices=devices,
                               strategy=strategy, num_nodes=num_nodes, command=command,
                               **parse_overrides(overrides or []))
     print(f"best model: {model_path}")
@@ -133,7 +134,8 @@ def _segmenter_options(backend, threshold, batch_size, tta, tta_scales, largest,
 @app.command()
 @handle_errors
 def evaluate(
-    data: Path = typer.Option(..., "--data", help="Folder with images/ and masks/."),
+    data: List[Path] = typer.Option(..., "--data", help="Folder with images/ and masks/; repeat to add more "
+                                    "training folders (e.g. pseudo-labels): validation is carved from the first only."),
     weights: Optional[Path] = WEIGHTS,
     out: Path = typer.Option(Path("out/evaluate"), "--out", help="Where metrics.json and per_image.csv go."),
     mask_threshold: Optional[int] = typer.Option(None, "--mask-threshold", help="Binarise masks with >2 levels at this value."),
@@ -193,6 +195,37 @@ def predict(
     failures = run_predict(inputs, out, make, overwrite=overwrite, strict=strict, report=report, on_failure=_err,
                            shard=shard, skip_existing=skip_existing, manifest=manifest, workers=workers,
                            verbose=verbose)
+    if failures:
+        raise typer.Exit(1)
+
+
+@app.command("pseudo-label")
+@handle_errors
+def pseudo_label(
+    data: Path = typer.Option(..., "--data", help="Unlabelled images: a folder of images, or one with images/."),
+    out: Path = typer.Option(..., "--out", help="Output folder: images/, masks/ and pseudo_labels.csv."),
+    weights: Optional[Path] = WEIGHTS,
+    min_confidence: float = typer.Option(0.85, "--min-confidence",
+                                         help="Keep images whose |p>0.7| / |p>0.3| is at least this."),
+    backend: str = BACKEND, threshold: float = THRESHOLD,
+    tta: bool = typer.Option(True, "--tta/--no-tta", help="Teacher with test-time augmentation (default on)."),
+    tta_scales: str = TTA_SCALES, largest_component: bool = LARGEST, fill_holes: bool = FILL,
+    min_area: int = MIN_AREA, batch_size: int = BATCH,
+):
+    """Label unlabelled images with a teacher model and keep its confident masks, for `train --data A --data OUT`."""
+    from .pseudo_label import pseudo_label as run
+
+    make = _segmenter_factory(weights, backend, threshold, batch_size, tta, tta_scales, largest_component,
+                              fill_holes, min_area, False)
+    failures: list[str] = []
+
+    def failed(line: str) -> None:
+        failures.append(line)
+        _err(line)
+
+    summary = run(make(), data, out, min_confidence, on_failure=failed)
+    print(f"wrote {summary.out}: kept {summary.kept} of {summary.total} images "
+          f"(confidence ≥ {min_confidence}); list in {summary.out / 'pseudo_labels.csv'}")
     if failures:
         raise typer.Exit(1)
 

@@ -87,6 +87,10 @@ class OptimConfig:
     # budget gives a complete schedule on any machine.
     schedule: str = "cosine"
     warmup_steps: int = 0
+    # Exponential moving average of the weights (BatchNorm statistics included), updated every batch; 0 = off.
+    # When on, validation scores both the EMA and the raw weights (val_mean_jaccard_raw in metrics.csv), and
+    # selection and model.pt use the EMA weights. 0.998 averages over roughly the last 500 batches.
+    ema_decay: float = 0.0
 
 
 @dataclass
@@ -206,6 +210,8 @@ def _validate(cfg: Config) -> None:
         raise UserError("config key 'data.device_memory_fraction': must be in (0, 1]")
     if cfg.optim.schedule == "cosine_time" and not cfg.trainer.max_minutes:
         raise UserError("config key 'optim.schedule': cosine_time needs a wall-clock budget, trainer.max_minutes")
+    if not 0.0 <= cfg.optim.ema_decay < 1.0:
+        raise UserError("config key 'optim.ema_decay': must be in [0, 1) (0 = no weight averaging)")
     if cfg.optim.warmup_steps < 0:
         raise UserError("config key 'optim.warmup_steps': must be ≥ 0")
     if cfg.trainer.max_minutes is not None and cfg.trainer.max_minutes <= 0:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import lightning as L
@@ -88,25 +89,35 @@ def choose_on_device(choice: str, device: torch.device, nbytes: int, fraction: f
 
 
 class SegmentationDataModule(L.LightningDataModule):
-    def __init__(self, data: str | Path, val_data: str | Path | None, cfg: DataConfig, aug: AugmentConfig,
-                 seed: int = 0):
+    def __init__(self, data: str | Path | Sequence[str | Path], val_data: str | Path | None, cfg: DataConfig,
+                 aug: AugmentConfig, seed: int = 0):
+        """`data`: one folder or several; without `val_data`, validation is carved from the first folder only,
+        and the others (e.g. pseudo-labelled images) only add training pairs, so the carved split, and
+        with it every score that selection sees, is the same whatever is added."""
         super().__init__()
         self.cfg, self.aug, self.seed = cfg, aug, seed
-        pairs, cache = _sources(Path(data), cfg)
+        folders = [Path(data)] if isinstance(data, (str, Path)) else [Path(d) for d in data]
+        if not folders:
+            raise UserError("training data: give at least one --data folder")
+        pairs, cache = _sources(folders[0], cfg)
         if val_data is not None:
             val_pairs, val_cache = _sources(Path(val_data), cfg)
             train_idx = list(range(len(pairs)))
         else:
             if len(pairs) < 2:
-                raise UserError(f"{data}: need at least 2 image/mask pairs to split off validation data")
+                raise UserError(f"{folders[0]}: need at least 2 image/mask pairs to split off validation data")
             train_idx, val_idx = split_pairs(pairs, cfg.val_fraction, cfg.split_seed)
             val_pairs = [pairs[i] for i in val_idx]
             val_cache = [cache[i] for i in val_idx] if cache is not None else None
+        train_pairs = [pairs[i] for i in train_idx]
+        train_cache = [cache[i] for i in train_idx] if cache is not None else None
+        for folder in folders[1:]:
+            more, more_cache = _sources(folder, cfg)
+            train_pairs += more
+            train_cache = train_cache + more_cache if train_cache is not None and more_cache is not None else None
         size = cfg.image_size
         # The training transform is chosen in setup(), once the device (and so the feeding path) is known.
-        self.train_set = SegmentationDataset(
-            [pairs[i] for i in train_idx], None,
-            [cache[i] for i in train_idx] if cache is not None else None, cfg.mask_threshold)
+        self.train_set = SegmentationDataset(train_pairs, None, train_cache, cfg.mask_threshold)
         self.val_set = SegmentationDataset(val_pairs, EvalTransform(size), val_cache, cfg.mask_threshold)
         self.resident: tuple[torch.Tensor, torch.Tensor] | None = None
         self.batch_augment = None

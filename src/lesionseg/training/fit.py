@@ -11,6 +11,7 @@ import time
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Sequence
 
 import lightning as L
 import torch
@@ -25,7 +26,7 @@ from .module import SegmentationModule
 
 METRIC = "val_mean_jaccard"
 CSV_FIELDS = ["epoch", "train_loss", "val_loss", "val_mean_jaccard", "val_dice", "lr", "train_img_per_s",
-              "train_images", "elapsed_min"]
+              "train_images", "val_mean_jaccard_raw", "elapsed_min"]
 # Changing these between a run and its resumption is allowed; anything else is a different experiment.
 # (max_epochs: the cosine schedule is re-aimed at the new last epoch, see SegmentationModule.on_train_start.)
 RESUMABLE_CHANGES = {"trainer.max_epochs", "trainer.max_minutes", "trainer.patience", "data.num_workers",
@@ -106,10 +107,11 @@ class RunRecorder(Checkpoint):
         improved = score > self.best
         if improved:
             self.best, self.best_epoch = score, trainer.current_epoch
-            self.save_best(pl_module.model, trainer.current_epoch)
+            self.save_best(pl_module.selected_model(), trainer.current_epoch)
         print(f"epoch {trainer.current_epoch + 1}/{self.cfg.trainer.max_epochs}  "
               f"train_loss {m.get('train_loss', float('nan')):.4f}  val_loss {m.get('val_loss', float('nan')):.4f}  "
               f"val_mean_jaccard {score:.4f}{' *' if improved else ''}  "
+              + (f"(raw weights {m['val_mean_jaccard_raw']:.4f})  " if "val_mean_jaccard_raw" in m else "") +
               f"{m.get('train_img_per_s', 0):.1f} img/s  {self.elapsed_min():.1f} min", file=sys.stderr, flush=True)
 
     def save_best(self, model, epoch: int):
@@ -167,7 +169,7 @@ def launcher_rank() -> int:
     return int(os.environ.get("NODE_RANK", "0")) * 1000 + int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def train(data: str | Path, out: str | Path, cfg: Config, val_data: str | Path | None = None,
+def train(data: str | Path | Sequence[str | Path], out: str | Path, cfg: Config, val_data: str | Path | None = None,
           devices: int | str = 1, strategy: str = "auto", num_nodes: int = 1, progress: bool | None = None,
           command: str | None = None) -> Path:
     """Train (or resume) into `out`; returns the path of the best model file. Problems the user can fix
@@ -196,7 +198,8 @@ def _train(data, out, cfg: Config, val_data, devices, strategy: str, num_nodes: 
     resume = prepare_run_dir(run_dir, cfg)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     datamodule = SegmentationDataModule(data, val_data, cfg.data, cfg.augment, seed=cfg.trainer.seed)
-    data_desc = {"train": str(data), "val": str(val_data) if val_data else f"{cfg.data.val_fraction:.0%} of train "
+    folders = [str(data)] if isinstance(data, (str, Path)) else [str(d) for d in data]
+    data_desc = {"train": folders[0] if len(folders) == 1 else folders, "val": str(val_data) if val_data else f"{cfg.data.val_fraction:.0%} of train "
                  f"(seed {cfg.data.split_seed})", "n_train": len(datamodule.train_set), "n_val": len(datamodule.val_set)}
     module = SegmentationModule(cfg)
     recorder = RunRecorder(run_dir, cfg, data_desc, command)
@@ -237,5 +240,5 @@ def _train(data, out, cfg: Config, val_data, devices, strategy: str, num_nodes: 
         state = torch.load(best_ckpt.best_model_path, map_location="cpu", weights_only=False)
         recorder.best = float(best_ckpt.best_model_score)
         module.load_state_dict(state["state_dict"])
-        recorder.save_best(module.model, state["epoch"])
+        recorder.save_best(module.selected_model(), state["epoch"])
     return run_dir / "model.pt"

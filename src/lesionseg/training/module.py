@@ -1,5 +1,5 @@
-"""LightningModule: the model, Dice+BCE, AdamW + cosine (per epoch or over a time budget), per-image
-validation Jaccard/Dice."""
+"""LightningModule: the model, Dice+BCE, AdamW + cosine (per epoch or over a time budget), an optional
+weight EMA, per-image validation Jaccard/Dice."""
 
 from __future__ import annotations
 
@@ -28,6 +28,15 @@ class SegmentationModule(L.LightningModule):
         # model's keys whether or not it was compiled.
         compiled = torch.compile(self.model, mode=cfg.trainer.compile_mode) if cfg.trainer.compile else None
         object.__setattr__(self, "_compiled", compiled)
+        # The EMA copy lives in the module tree, so checkpoints carry it and a resumed run continues it.
+        self.ema = None
+        if cfg.optim.ema_decay > 0:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema_decay),
+                                     use_buffers=True)
+            self.ema.requires_grad_(False)  # not trained: DDP must not wait for its gradients
+            self.val_jaccard_raw = MeanMetric()
         # MeanMetric reduces across processes, so DDP ranks report one figure.
         self.val_loss, self.val_jaccard, self.val_dice = MeanMetric(), MeanMetric(), MeanMetric()
         self.train_loss = MeanMetric()
@@ -36,6 +45,14 @@ class SegmentationModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         model = self.model if self._compiled is None else self._compiled
         return model(x.contiguous(memory_format=self.memory_format))
+
+    def selected_model(self) -> torch.nn.Module:
+        """The weights that are validated, selected and saved: the EMA when it is on."""
+        return self.model if self.ema is None else self.ema.module
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
 
     def on_train_start(self) -> None:
         # A resumed run may have a new max_epochs: the cosine schedule then continues smoothly from the
@@ -72,7 +89,12 @@ class SegmentationModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        logits = self(x)
+        if self.ema is not None:
+            raw, _ = batch_jaccard_dice(self(x) > 0, y > 0.5)
+            self.val_jaccard_raw.update(raw.float())
+            logits = self.ema.module(x.contiguous(memory_format=self.memory_format))
+        else:
+            logits = self(x)
         self.val_loss.update(self.loss(logits, y).detach(), weight=x.shape[0])
         jac, dice = batch_jaccard_dice(logits > 0, y > 0.5)
         self.val_jaccard.update(jac.float())
@@ -84,6 +106,9 @@ class SegmentationModule(L.LightningModule):
         self.log("val_dice", self.val_dice.compute())
         for m in (self.val_loss, self.val_jaccard, self.val_dice):
             m.reset()
+        if self.ema is not None:
+            self.log("val_mean_jaccard_raw", self.val_jaccard_raw.compute())
+            self.val_jaccard_raw.reset()
 
     def elapsed_s(self) -> float:
         """Training seconds of this run so far, resumed sessions included (Lightning's Timer)."""

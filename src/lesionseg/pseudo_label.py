@@ -1,0 +1,118 @@
+"""Pseudo-labels for self-training: a teacher model's confident masks on unlabelled images.
+
+`lesionseg pseudo-label --weights W --data UNLABELLED --out DIR` writes DIR/images (the kept images, copied),
+DIR/masks (their masks, 0/255 PNG, `<id>_segmentation.png`) and DIR/pseudo_labels.csv (every image: its
+confidence, foreground fraction and whether it was kept), so `lesionseg train --data TRAIN --data DIR`
+trains a student on both. DIR is built beside itself and renamed into place at the end: a run cut short
+leaves no half-written folder behind.
+
+Confidence is the mask's stability under the threshold: |p > 0.7| / |p > 0.3|, the Jaccard index between
+the masks the teacher gives at thresholds 0.7 and 0.3 (1 = every pixel is confidently in or out; 0 = nothing
+confidently foreground). docs/self_training.md measures how it ranks the teacher's real errors.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import UserError
+from .inference import Segmenter
+from .io import read_image, write_mask, write_text
+from .pairs import MASK_SUFFIX, list_images
+
+CSV_FIELDS = ["id", "source", "confidence", "foreground_fraction", "kept"]
+LOW, HIGH = 0.3, 0.7
+
+
+def confidence(prob: np.ndarray) -> float:
+    """|p > 0.7| / |p > 0.3|: how little the mask moves between a strict and a lenient threshold."""
+    lenient = int((prob > LOW).sum())
+    return float((prob > HIGH).sum()) / lenient if lenient else 0.0
+
+
+@dataclass
+class PseudoLabelSummary:
+    total: int
+    kept: int
+    failed: int
+    out: Path
+
+
+def _input_folder(data: Path) -> Path:
+    """An unlabelled folder is either a folder of images or one with an images/ sub-folder."""
+    if not data.is_dir():
+        raise UserError(f"{data}: folder not found")
+    return data / "images" if (data / "images").is_dir() else data
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "pseudo_labels.csv").is_file():
+        raise UserError(f"{out}: folder is not empty and holds no pseudo-labels (pseudo_labels.csv missing); "
+                        "choose another --out")
+
+
+def pseudo_label(segmenter: Segmenter, data: str | Path, out: str | Path, min_confidence: float = 0.85,
+                 on_failure: Callable[[str], None] | None = None) -> PseudoLabelSummary:
+    """Label every image in `data` with `segmenter`; keep those with confidence ≥ `min_confidence`.
+
+    An unreadable image is reported (one line, through `on_failure`) and skipped. An earlier output in `out`
+    (recognised by its pseudo_labels.csv) is replaced as a whole.
+    """
+    if not 0.0 <= min_confidence <= 1.0:
+        raise UserError(f"--min-confidence must be between 0 and 1, got {min_confidence}")
+    data, out = Path(data), Path(out)
+    files = list_images([_input_folder(data)])
+    seen: dict[str, Path] = {}
+    for f in files:
+        if f.stem in seen:
+            raise UserError(f"{f}: duplicate image id '{f.stem}' (also {seen[f.stem].name})")
+        seen[f.stem] = f
+    _check_out(out)
+    staging = out.with_name(out.name + ".part")
+    if staging.exists():
+        shutil.rmtree(staging)
+    (staging / "images").mkdir(parents=True)
+    (staging / "masks").mkdir()
+    rows, failed = [], 0
+    report = on_failure or (lambda line: print(line, file=sys.stderr))
+    try:
+        for start in range(0, len(files), segmenter.batch_size):
+            chunk, images = [], []
+            for path in files[start:start + segmenter.batch_size]:
+                try:
+                    images.append(read_image(path))
+                    chunk.append(path)
+                except UserError as exc:
+                    report(str(exc))
+                    failed += 1
+            for path, image, prob in zip(chunk, images, segmenter.predict_batch(images)):
+                score = confidence(prob)
+                mask = segmenter.to_mask(prob, image)
+                kept = score >= min_confidence and bool(mask.any())
+                if kept:
+                    shutil.copyfile(path, staging / "images" / path.name)
+                    write_mask(staging / "masks" / f"{path.stem}{MASK_SUFFIX}.png", mask)
+                rows.append({"id": path.stem, "source": str(path), "confidence": f"{score:.4f}",
+                             "foreground_fraction": f"{mask.mean():.4f}", "kept": int(kept)})
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(staging / "pseudo_labels.csv", buf.getvalue())
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    return PseudoLabelSummary(len(files), sum(r["kept"] for r in rows), failed, out)
