@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/bundle_model.py runs/lite0_256_gpu --as default --name "..." --recipe "..." --training "..."
     .venv/bin/python scripts/bundle_model.py --recard cpu [--recipe "..."] [--provenance "..."]
+    --tta-scales 1.0: TTA (scales x flips) becomes the model's default if it wins on the carved split.
 
 The card names the model's config (configs/<recipe name>.yaml) and the command that trains it
 (scripts/train_model.sh <recipe name>); `--recard` rewrites only those card fields of a bundled model.
@@ -35,6 +36,9 @@ LICENCE = ("Weights for research use only: trained on ISIC Archive images releas
            "weights (Apache-2.0) where the architecture says so. Code: Apache-2.0.")
 
 
+TTA_SUFFIX = "_val_with_model_default_tta"
+
+
 def rounded(metrics: dict) -> dict:
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
 
@@ -51,6 +55,8 @@ def main() -> None:
     ap.add_argument("--label", help="what the model segments, shown by predict, reports and the service (lesion, polyp)")
     ap.add_argument("--data", type=Path, default=ISIC, help="a dataset root with train/ and val/")
     ap.add_argument("--licence", default=LICENCE)
+    ap.add_argument("--tta-scales", type=float, nargs="+",
+                    help="make TTA at these scales (x flips) the model's default if it beats no TTA on the carved split")
     args = ap.parse_args()
     if args.recard:
         recard(args.recard, {k: v for k, v in (("recipe", args.recipe), ("training", args.training),
@@ -70,6 +76,13 @@ def main() -> None:
         stored = Segmenter(TorchBackend(half_path if use_half else source))
         figures = {"carved_split": half if use_half else full,
                    f"{args.data.name}_val": evaluate(stored, load_labelled(args.data / "val")).metrics}
+        inference = {}
+        if args.tta_scales:
+            inference = choose_tta(stored, carved, figures["carved_split"]["mean_jaccard"], args.tta_scales)
+            if inference.get("tta_scales"):
+                tta = Segmenter(stored.backend, tta=True, tta_scales=args.tta_scales)
+                figures[f"{args.data.name}{TTA_SUFFIX}"] = evaluate(
+                    tta, load_labelled(args.data / "val")).metrics
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     card = {
@@ -83,7 +96,8 @@ def main() -> None:
         **reproduction(args.bundle_as, args.data),
         "licence": args.licence,
         "weights_storage": "fp16" if use_half else "fp32",
-        "figures": {f"{args.data.name}_val": rounded(figures[f"{args.data.name}_val"]),
+        **({"inference": inference} if inference else {}),
+        "figures": {**{k: rounded(v) for k, v in figures.items() if k.startswith(f"{args.data.name}_val")},
                     "carved_split_of_train": rounded(figures["carved_split"]),
                     "fp32_carved_split_mean_jaccard": round(full["mean_jaccard"], 4),
                     "evaluated_with": "lesionseg evaluate (threshold 0.5, no TTA, no post-processing); carved "
@@ -97,6 +111,20 @@ def main() -> None:
     print(json.dumps(card["figures"], indent=2))
     print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB)")
     write_model_cards()
+
+
+def choose_tta(segmenter: Segmenter, carved, plain_jaccard: float, scales: list[float]) -> dict:
+    """The card's `inference` entry: TTA at `scales` becomes the model's default only if it beats no TTA on
+    the carved split (the selection set); either way the entry records both scores and the cost."""
+    with_tta = evaluate(Segmenter(segmenter.backend, tta=True, tta_scales=scales), carved).metrics["mean_jaccard"]
+    views = 3 * len(set(scales))
+    wins = with_tta > plain_jaccard
+    print(f"carved split mean Jaccard: no TTA {plain_jaccard:.4f}, TTA {scales} x flips {with_tta:.4f} "
+          f"({'default on' if wins else 'stays off'})")
+    return {**({"tta_scales": list(scales)} if wins else {}),
+            "tta_checked": {"scales": list(scales), "views_per_image": views,
+                            "carved_split_mean_jaccard": {"without": round(plain_jaccard, 4), "with": round(with_tta, 4)},
+                            "cost": f"{views} forward passes per image instead of 1"}}
 
 
 def reproduction(name: str, data: Path = ISIC) -> dict:
@@ -139,6 +167,8 @@ def write_model_cards() -> None:
         card, cfg = loaded.card, loaded.config
         figures = card.get("figures", {})
         shown = [(f"{k[:-4]} val ({v.get('n_images', '?')})", v) for k, v in figures.items() if k.endswith("_val")]
+        shown += [(f"{k[:-len(TTA_SUFFIX)]} val ({v.get('n_images', '?')}) with the model's default TTA", v)
+                  for k, v in figures.items() if k.endswith(TTA_SUFFIX)]
         if "carved_split_of_train" in figures:
             carved = figures["carved_split_of_train"]
             shown.append((f"carved split of train ({carved.get('n_images', '?')})", carved))
@@ -155,6 +185,13 @@ def write_model_cards() -> None:
                 if isinstance(value, dict):  # `lesionseg train`'s card: {'train': ..., 'n_train': ...}
                     value = ", ".join(f"{k} {v}" for k, v in value.items())
                 lines.append(f"- {key}: {value}")
+        checked = (card.get("inference") or {}).get("tta_checked")
+        if checked:
+            scores = checked["carved_split_mean_jaccard"]
+            state = (f"on by default, scales {card['inference']['tta_scales']} x flips" if card["inference"].get("tta_scales")
+                     else "off by default")
+            lines.append(f"- test-time augmentation: {state} ({checked['cost']}; carved split mean Jaccard "
+                         f"{scores['without']:.4f} without, {scores['with']:.4f} with; `--no-tta` turns it off)")
         for label, fig in shown:
             if isinstance(fig, dict) and "mean_jaccard" in fig:
                 lines.append(f"- {label}: mean Jaccard {fig['mean_jaccard']:.4f}, thresholded Jaccard "

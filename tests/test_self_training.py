@@ -151,3 +151,37 @@ def test_ema_weights_are_validated_selected_and_saved(tmp_path):
 def test_ema_decay_is_validated():
     with pytest.raises(UserError, match="optim.ema_decay"):
         load_config(None, ["optim.ema_decay=1.0"])
+
+
+def test_a_model_file_can_ask_for_tta_by_default(tmp_path, tiny_model_file):
+    """The card's `inference` entry turns TTA on for predict, evaluate, the API and the service; flags win."""
+    from lesionseg.api import segmenter
+    from lesionseg.models import save_model
+    from lesionseg.serve.app import Options, Service, ServeConfig
+
+    loaded = load_model(tiny_model_file)
+    with_default = tmp_path / "tta_default.pt"
+    save_model(with_default, loaded.model, loaded.config, loaded.image_size,
+               {**loaded.card, "inference": {"tta_scales": [1.0]}})
+    seg = segmenter(with_default)
+    assert seg.tta and seg.tta_scales == (1.0,) and len(seg._views()) == 3
+    assert not segmenter(with_default, tta=False).tta
+    assert segmenter(with_default, tta_scales=[0.5, 1.0]).tta_scales == (0.5, 1.0)
+    plain = segmenter(tiny_model_file)
+    assert not plain.tta and segmenter(tiny_model_file, tta=True).tta_scales == (0.75, 1.0, 1.25)
+    service = Service(ServeConfig(weights=str(with_default)))
+    service.load()
+    try:
+        assert service.tta(Options()) is True and service.tta(Options(tta=False)) is False
+        assert service.batcher.segmenters[True].tta_scales == (1.0,)
+    finally:
+        service.close()
+    # The CLI reads the same default: --tta/--no-tta override it.
+    data = make_dataset(tmp_path / "data", n=3)
+    for flag, expected in ((None, True), ("--no-tta", False)):
+        out = tmp_path / f"eval_{flag}"
+        args = ["evaluate", "--data", data, "--weights", with_default, "--out", out] + ([flag] if flag else [])
+        assert invoke(*args).exit_code == 0
+        import json
+
+        assert bool(json.loads((out / "metrics.json").read_text())["tta"]) is expected

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import UserError
-from .inference.segmenter import DEFAULT_TTA_SCALES
 
 
 def _nested_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
@@ -60,9 +59,10 @@ def train(data: str | Path | Sequence[str | Path], out: str | Path, /, config: s
 
 
 def segmenter(weights: str | Path | None = None, *, backend: str = "auto", threshold: float = 0.5,
-              batch_size: int = 8, tta: bool = False, tta_scales: Sequence[float] = DEFAULT_TTA_SCALES,
+              batch_size: int = 8, tta: bool | None = None, tta_scales: Sequence[float] | None = None,
               largest_component: bool = False, fill_holes: bool = False, min_area: int = 0, crf: bool = False):
-    """A `Segmenter` with `predict`'s options (the CLI's flags by the same names)."""
+    """A `Segmenter` with `predict`'s options (the CLI's flags by the same names). `tta`/`tta_scales` None:
+    what the model file asks for (TTA is off unless its card's `inference` entry turns it on)."""
     from .inference import Segmenter
     from .postprocess import PostprocessConfig
 
@@ -73,7 +73,7 @@ def segmenter(weights: str | Path | None = None, *, backend: str = "auto", thres
     post = PostprocessConfig(threshold, largest_component=largest_component, fill_holes=fill_holes,
                              min_area=min_area, crf=crf)
     return Segmenter.load(weights, backend=backend, threshold=threshold, batch_size=batch_size, tta=tta,
-                          tta_scales=list(tta_scales), post=post)
+                          tta_scales=None if tta_scales is None else list(tta_scales), post=post)
 
 
 def evaluate(data: str | Path, weights: str | Path | None = None, *, out: str | Path | None = None,

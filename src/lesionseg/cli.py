@@ -105,8 +105,9 @@ def train(
 WEIGHTS = typer.Option(None, "--weights", help="Model file: .pt (torch) or .onnx (ONNX Runtime), or a bundled model: default, cpu, polyp. Default: default.")
 BACKEND = typer.Option("auto", "--backend", help="auto (by file type) | torch | onnx.")
 THRESHOLD = typer.Option(0.5, "--threshold", help="Probability threshold for the foreground.")
-TTA = typer.Option(False, "--tta", help="Test-time augmentation: scales x {none, h-flip, v-flip}, averaged.")
-TTA_SCALES = typer.Option("0.75,1.0,1.25", "--tta-scales", help="Comma-separated scales for --tta.")
+TTA = typer.Option(None, "--tta/--no-tta", help="Test-time augmentation: scales x {none, h-flip, v-flip}, averaged. "
+                   "Default: the model's own setting (`lesionseg info` shows it; off unless its card turns it on).")
+TTA_SCALES = typer.Option(None, "--tta-scales", help="Comma-separated scales for TTA (default: the model's, else 0.75,1.0,1.25).")
 LARGEST = typer.Option(False, "--largest-component", help="Keep only the largest connected region.")
 FILL = typer.Option(False, "--fill-holes", help="Fill holes inside lesions.")
 MIN_AREA = typer.Option(0, "--min-area", min=0, help="Remove objects smaller than this many pixels.")
@@ -123,10 +124,12 @@ def _segmenter_factory(weights, backend, threshold, batch_size, tta, tta_scales,
 
 
 def _segmenter_options(backend, threshold, batch_size, tta, tta_scales, largest, fill, min_area, crf) -> dict:
-    try:
-        scales = [float(s) for s in tta_scales.split(",") if s.strip()]
-    except ValueError:
-        raise UserError(f"--tta-scales: expected numbers like 0.75,1.0,1.25, got {tta_scales!r}") from None
+    scales = None
+    if tta_scales is not None:
+        try:
+            scales = [float(s) for s in tta_scales.split(",") if s.strip()]
+        except ValueError:
+            raise UserError(f"--tta-scales: expected numbers like 0.75,1.0,1.25, got {tta_scales!r}") from None
     return dict(backend=backend, threshold=threshold, batch_size=batch_size, tta=tta, tta_scales=scales,
                 largest_component=largest, fill_holes=fill, min_area=min_area, crf=crf)
 
@@ -134,8 +137,7 @@ def _segmenter_options(backend, threshold, batch_size, tta, tta_scales, largest,
 @app.command()
 @handle_errors
 def evaluate(
-    data: List[Path] = typer.Option(..., "--data", help="Folder with images/ and masks/; repeat to add more "
-                                    "training folders (e.g. pseudo-labels): validation is carved from the first only."),
+    data: Path = typer.Option(..., "--data", help="Folder with images/ and masks/."),
     weights: Optional[Path] = WEIGHTS,
     out: Path = typer.Option(Path("out/evaluate"), "--out", help="Where metrics.json and per_image.csv go."),
     mask_threshold: Optional[int] = typer.Option(None, "--mask-threshold", help="Binarise masks with >2 levels at this value."),

@@ -16,6 +16,13 @@ from .backends import open_backend
 DEFAULT_TTA_SCALES = (0.75, 1.0, 1.25)
 
 
+def model_tta_defaults(card: dict) -> tuple[bool, tuple[float, ...]]:
+    """(TTA on?, scales) that a model file asks for by default: its card's `inference` entry, written when
+    TTA won on the model's carved split (scripts/bundle_model.py --tta-scales); else off, DEFAULT_TTA_SCALES."""
+    scales = (card.get("inference") or {}).get("tta_scales")
+    return (True, tuple(float(s) for s in scales)) if scales else (False, DEFAULT_TTA_SCALES)
+
+
 class Segmenter:
     """Image (RGB uint8, any size) → foreground probability map at the image's original size.
 
@@ -62,10 +69,14 @@ class Segmenter:
 
     @classmethod
     def load(cls, weights: str | Path | None = None, backend: str = "auto", threshold: float = 0.5,
-             batch_size: int = 8, tta: bool = False, tta_scales: Sequence[float] = DEFAULT_TTA_SCALES,
+             batch_size: int = 8, tta: bool | None = None, tta_scales: Sequence[float] | None = None,
              post: postprocess.PostprocessConfig | None = None) -> "Segmenter":
-        return cls(open_backend(weights, backend), threshold=threshold, batch_size=batch_size, tta=tta,
-                   tta_scales=tta_scales, post=post)
+        """`tta` / `tta_scales` None: the model's own defaults (`model_tta_defaults`)."""
+        opened = open_backend(weights, backend)
+        default_tta, default_scales = model_tta_defaults(opened.card)
+        return cls(opened, threshold=threshold, batch_size=batch_size,
+                   tta=default_tta if tta is None else tta,
+                   tta_scales=default_scales if tta_scales is None else tta_scales, post=post)
 
     def _views(self) -> list[tuple[int, int | None]]:
         """(input size, flip axis) pairs; flip axis is numpy's on HWC (1 = horizontal, 0 = vertical)."""

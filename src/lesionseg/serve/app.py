@@ -84,7 +84,7 @@ class HTTPError(Exception):
 class Options:
     format: str = "mask"
     threshold: float = 0.5
-    tta: bool = False
+    tta: bool | None = None  # None: the model's own default (its card's `inference` entry)
     largest_component: bool = False
     fill_holes: bool = False
     min_area: int = 0
@@ -149,15 +149,20 @@ class Service:
     def load(self) -> None:
         from ..inference import Segmenter
         from ..inference.backends import open_backend
+        from ..inference.segmenter import model_tta_defaults
 
         if self._given is not None:
             plain = self._given
         else:
             plain = Segmenter(open_backend(self.cfg.weights, self.cfg.backend, self.cfg.threads))
-        with_tta = Segmenter(plain.backend, batch_size=plain.batch_size, tta=True)
+        self.default_tta, scales = model_tta_defaults(plain.card)
+        with_tta = Segmenter(plain.backend, batch_size=plain.batch_size, tta=True, tta_scales=scales)
         self.segmenter = plain
         self.batcher = MicroBatcher({False: plain, True: with_tta}, self.cfg.max_batch, self.cfg.max_wait_ms,
                                     self.cfg.max_queue, on_batch=self.metrics.batch_done)
+
+    def tta(self, opts: Options) -> bool:
+        return self.default_tta if opts.tta is None else opts.tta
 
     def close(self) -> None:
         if self.batcher is not None:
@@ -174,7 +179,8 @@ class Service:
     def card(self) -> dict:
         seg = self.segmenter
         return {"name": self.model_name(), "file": str(seg.weights_path), "backend": seg.backend.name,
-                "input_size": seg.image_size, "lesionseg_version": __version__, "card": seg.card}
+                "input_size": seg.image_size, "default_tta": self.default_tta, "lesionseg_version": __version__,
+                "card": seg.card}
 
 
 def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -342,7 +348,7 @@ async def segment(request: Request, service: Service) -> Response:
     preview = opts.max_side if opts.format in ("overlay", "prob") else None
     image, size = await run_in_threadpool(_decode, data, label, service.cfg.max_pixels, preview)
     timings = {"decode_ms": (time.perf_counter() - t) * 1000}
-    result = await _segment(service, image, opts.tta, started)
+    result = await _segment(service, image, service.tta(opts), started)
     timings.update(queue_ms=result.queue_ms, infer_ms=result.infer_ms)
     return await run_in_threadpool(render, service, image, result.prob, opts, timings, size)
 
@@ -367,7 +373,7 @@ async def segment_dicom(request: Request, service: Service) -> Response:
     ds, frames = await run_in_threadpool(read)
     if sum(f.shape[0] * f.shape[1] for f in frames) > service.cfg.max_pixels:
         raise HTTPError(413, f"{label}: {len(frames)} frames over the limit of {service.cfg.max_pixels:,} pixels")
-    results = [await _segment(service, frame, opts.tta, started) for frame in frames]
+    results = [await _segment(service, frame, service.tta(opts), started) for frame in frames]
 
     def build() -> bytes:
         masks = [postprocess.apply(r.prob, opts.post(), f) for r, f in zip(results, frames)]
