@@ -21,10 +21,14 @@ demo: venv
 	$(VENV)/bin/lesionseg predict src/lesionseg/assets/samples --out out/demo --overwrite --report
 	@echo "masks, overlays and report.html written under out/demo/"
 
-# Peers (MONAI) are an optional extra, installed without touching the pinned torch.
+# Peers (MONAI) are an optional extra, installed without touching the pinned torch. Every script writes JSON
+# under benchmarks/results/ with the machine's description; docs/performance.md reads them.
 bench: venv
 	$(PY) -m pip install -q --no-deps monai==1.6.1
 	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/int8.py
+	$(PY) benchmarks/predict_throughput.py
+	$(PY) benchmarks/serve_load.py --seconds 10 --workers 1
 
 test: venv
 	$(PY) -m pytest -q

@@ -1,0 +1,117 @@
+"""The accuracy study's table (docs/accuracy.md) from run directories and bundled models.
+
+    .venv/bin/python scripts/accuracy_table.py runs/lite0_160_ema_cpu runs/lite0_160_ema_cpu_selftrain \
+        --bundled cpu default [--data ../shared/data/isic2017] [--out docs/accuracy.md]
+
+For every model: `lesionseg evaluate`'s path (each image at its own size, threshold 0.5) on the seeded 10 %
+split carved from ISIC 2017 train — the selection set — without and with flip TTA (3 views), then on the
+official validation set, which is reported and never used to choose. For runs with a weight EMA, the
+per-epoch scores in metrics.csv (carved split at the network's input size) give EMA vs raw weights at the
+selected epoch and at the end. Cached per model file in <run>/accuracy.json, so rerunning only adds rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TTA_SCALES = [1.0]
+
+
+def file_key(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()[:12]
+
+
+def measure(model: Path, data: Path, cache: Path) -> dict:
+    from lesionseg.evaluation import carved_split, evaluate, load_labelled
+    from lesionseg.inference import Segmenter
+
+    key = file_key(model)
+    if cache.is_file():
+        stored = json.loads(cache.read_text())
+        if stored.get("key") == key:
+            return stored
+    carved, val = carved_split(data / "train"), load_labelled(data / "val")
+    out = {"key": key}
+    for name, tta in (("plain", False), ("flip_tta", True)):
+        seg = Segmenter.load(model, tta=tta, tta_scales=TTA_SCALES)
+        for split, labelled in (("carved", carved), ("val", val)):
+            m = evaluate(seg, labelled).metrics
+            out[f"{split}_{name}"] = {k: round(m[k], 4) for k in ("mean_jaccard", "thresholded_jaccard", "mean_dice")}
+            print(f"{model}: {split} {name} mean J {m['mean_jaccard']:.4f}", file=sys.stderr, flush=True)
+    cache.write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
+def ema_columns(run: Path) -> dict:
+    path = run / "metrics.csv"
+    if not path.is_file():
+        return {}
+    rows = [r for r in csv.DictReader(path.open()) if r.get("val_mean_jaccard_raw")]
+    if not rows:
+        return {}
+    best = max(rows, key=lambda r: float(r["val_mean_jaccard"]))
+    return {"ema_best": float(best["val_mean_jaccard"]), "raw_at_best": float(best["val_mean_jaccard_raw"]),
+            "raw_best": max(float(r["val_mean_jaccard_raw"]) for r in rows),
+            "ema_last": float(rows[-1]["val_mean_jaccard"]), "raw_last": float(rows[-1]["val_mean_jaccard_raw"]),
+            "epochs": len(rows), "minutes": float(rows[-1]["elapsed_min"])}
+
+
+def describe(card: dict) -> str:
+    data = card.get("training_data") or card.get("data") or {}
+    train = data.get("train") if isinstance(data, dict) else None
+    n = data.get("n_train") if isinstance(data, dict) else None
+    extra = f" + {', '.join(Path(t).name for t in train[1:])}" if isinstance(train, list) else ""
+    return f"{n} images{extra}" if n else "—"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("runs", type=Path, nargs="*")
+    ap.add_argument("--bundled", nargs="*", default=[])
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "isic2017")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "accuracy.md")
+    args = ap.parse_args()
+    from lesionseg.models import load_model
+    from lesionseg.models.registry import default_model_path
+
+    entries = [(name, default_model_path(name), None) for name in args.bundled]
+    entries += [(run.name, run / "model.pt", run) for run in args.runs]
+    lines = ["| model | trained on | minutes | carved J | carved J, flip TTA | val J | val J, flip TTA | "
+             "val thresholded J | EMA vs raw (carved, per epoch: best EMA / raw then / best raw / last EMA / last raw) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, model, run in entries:
+        if not model.is_file():
+            print(f"{model}: no model file, skipped", file=sys.stderr)
+            continue
+        cache = run / "accuracy.json" if run else ROOT / "runs" / f"accuracy_{name}.json"
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        m = measure(model, args.data, cache)
+        card = load_model(model).card
+        ema = ema_columns(run) if run else {}
+        minutes = ema.get("minutes") or card.get("training_minutes") or "—"
+        ema_text = (f"{ema['ema_best']:.4f} / {ema['raw_at_best']:.4f} / {ema['raw_best']:.4f} / "
+                    f"{ema['ema_last']:.4f} / {ema['raw_last']:.4f}") if ema else "—"
+        label = f"`{name}` (bundled)" if run is None else f"`{name}`"
+        lines.append(f"| {label} | {describe(card)} | {minutes if isinstance(minutes, str) else f'{minutes:.0f}'} | "
+                     f"{m['carved_plain']['mean_jaccard']:.4f} | {m['carved_flip_tta']['mean_jaccard']:.4f} | "
+                     f"{m['val_plain']['mean_jaccard']:.4f} | {m['val_flip_tta']['mean_jaccard']:.4f} | "
+                     f"{m['val_plain']['thresholded_jaccard']:.4f} | {ema_text} |")
+    table = "\n".join(lines) + "\n"
+    text = args.out.read_text() if args.out.is_file() else ""
+    begin, end = "<!-- accuracy table: begin -->", "<!-- accuracy table: end -->"
+    if begin in text and end in text:
+        text = text[: text.index(begin) + len(begin)] + "\n" + table + text[text.index(end):]
+    else:
+        text = text + f"\n{begin}\n{table}{end}\n"
+    args.out.write_text(text)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
