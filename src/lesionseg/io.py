@@ -224,10 +224,16 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def encode_png(array: np.ndarray) -> bytes:
+# zlib level for pictures meant to be looked at (overlays): level 1 encodes a 1.4 MP RGB overlay ~4x faster than
+# Pillow's default 6 for ~20 % more bytes; at full-size photos the default made PNG encoding the slowest
+# step of `predict`, slower than the network. Masks keep the default (small files, byte-stable).
+FAST_PNG = 1
+
+
+def encode_png(array: np.ndarray, compress_level: int = 6) -> bytes:
     """uint8 gray or RGB (or uint16 gray) as PNG bytes: what every PNG we write or serve holds."""
     buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
+    Image.fromarray(array).save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
 
 
@@ -241,9 +247,9 @@ def write_bytes(path: str | Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def write_png(path: str | Path, array: np.ndarray) -> None:
+def write_png(path: str | Path, array: np.ndarray, compress_level: int = 6) -> None:
     """Write uint8 gray or RGB as PNG, atomically."""
-    write_bytes(path, encode_png(array))
+    write_bytes(path, encode_png(array, compress_level))
 
 
 def write_mask(path: str | Path, mask: np.ndarray) -> None:

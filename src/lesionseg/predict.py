@@ -25,7 +25,7 @@ import numpy as np
 from .dicom import is_dicom, read_frames, write_seg
 from .errors import UserError
 from .inference import Segmenter
-from .io import read_image, write_mask, write_png, write_text
+from .io import FAST_PNG, read_image, write_mask, write_png, write_text
 from .pairs import list_images
 from .viz import overlay
 
@@ -180,7 +180,7 @@ def run_predict(inputs, out: str | Path, segmenter_factory: Callable[[], Segment
             for (image_id, image), mask in zip(items, masks):
                 mask_name, overlay_name = output_names(image_id)
                 write_mask(out / mask_name, mask)
-                write_png(out / overlay_name, overlay(image, pred=mask))
+                write_png(out / overlay_name, overlay(image, pred=mask), FAST_PNG)
                 file_rows.append({"id": image_id, "source": str(f), "size": f"{image.shape[1]}x{image.shape[0]}",
                                   "foreground_fraction": float(mask.mean()), "overlay": overlay_name,
                                   "mask": mask_name, "width": image.shape[1], "height": image.shape[0]})

@@ -37,7 +37,7 @@ from starlette.routing import Route
 
 from .. import __version__, postprocess
 from ..errors import UserError
-from ..io import ImageTooLarge, NotAnImage, decode_image, encode_png, image_size, mask_to_uint8
+from ..io import FAST_PNG, ImageTooLarge, NotAnImage, decode_image, encode_png, image_size, mask_to_uint8
 from .batcher import MicroBatcher, QueueFull
 from .metrics import ServiceMetrics
 
@@ -320,7 +320,7 @@ def render(service: Service, image: np.ndarray, prob: np.ndarray, opts: Options,
     if opts.format == "mask":
         body = encode_png(mask_to_uint8(mask))
     elif opts.format == "overlay":
-        body = encode_png(overlay(image, pred=mask))
+        body = encode_png(overlay(image, pred=mask), FAST_PNG)
     elif opts.format == "prob":
         body = encode_png(np.round(prob * 255).astype(np.uint8))
     elif opts.format == "npy":
