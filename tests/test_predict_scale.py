@@ -104,3 +104,15 @@ def test_skip_existing_resumes_and_the_manifest_says_so(folder, tmp_path, tiny_m
     assert list(status.values()).count("skipped") == 5 and list(status.values()).count("ok") == 7
     assert status["broken"] == "failed"
     assert len(list(out.glob("*_mask.png"))) == 12
+
+
+def test_no_overlays_writes_the_same_masks_only(folder, tmp_path, tiny_model_file):
+    assert predict(folder, "--out", tmp_path / "a", "--weights", tiny_model_file).exit_code == 0
+    assert predict(folder, "--out", tmp_path / "b", "--weights", tiny_model_file, "--no-overlays").exit_code == 0
+    masks = sorted(p.name for p in (tmp_path / "b").iterdir())
+    assert len(masks) == 12 and all(n.endswith("_mask.png") for n in masks)
+    for name in masks:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    result = predict(folder, "--out", tmp_path / "c", "--weights", tiny_model_file, "--no-overlays", "--report")
+    assert result.exit_code == 2 and "--report shows the overlays" in result.output
+    assert not (tmp_path / "c").exists()

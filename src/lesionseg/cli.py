@@ -188,6 +188,7 @@ def predict(
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Resume: skip inputs whose mask is already in --out."),
     manifest: Optional[Path] = typer.Option(None, "--manifest", help="Write a CSV: id, mask, status, foreground fraction."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="One line per image written."),
+    overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Also write <id>_overlay.png (default on)."),
 ):
     """Segment images; masks are 0/255 PNGs at each input's original size. A progress bar on a terminal."""
     from .predict import run_predict
@@ -196,7 +197,7 @@ def predict(
                               fill_holes, min_area, crf)
     failures = run_predict(inputs, out, make, overwrite=overwrite, strict=strict, report=report, on_failure=_err,
                            shard=shard, skip_existing=skip_existing, manifest=manifest, workers=workers,
-                           verbose=verbose)
+                           verbose=verbose, overlays=overlays)
     if failures:
         raise typer.Exit(1)
 

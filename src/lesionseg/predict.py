@@ -107,8 +107,10 @@ class Progress:
 def run_predict(inputs, out: str | Path, segmenter_factory: Callable[[], Segmenter], overwrite: bool = False,
                 strict: bool = False, report: bool = False, on_failure: Callable[[str], None] = print,
                 shard: str | None = None, skip_existing: bool = False, manifest: str | Path | None = None,
-                workers: int = 2, progress: bool | None = None, verbose: bool = False) -> list[str]:
-    """Returns the failure lines (one per input that could not be processed).
+                workers: int = 2, progress: bool | None = None, verbose: bool = False,
+                overlays: bool = True) -> list[str]:
+    """Returns the failure lines (one per input that could not be processed). `overlays=False` writes masks
+    only (on full-size photos the overlay PNG costs more than the network).
 
     DICOM inputs also get `<id>_seg.dcm`, a DICOM SEG referencing the source; multi-frame objects get one
     mask and overlay per frame (`<id>_frameNNN_mask.png`).
@@ -116,6 +118,8 @@ def run_predict(inputs, out: str | Path, segmenter_factory: Callable[[], Segment
     out = Path(out)
     if workers < 1:
         raise UserError(f"--workers must be ≥ 1, got {workers}")
+    if report and not overlays:
+        raise UserError("--report shows the overlays: drop --no-overlays or --report")
     files = list_images(inputs)
     ids: dict[str, Path] = {}
     for f in files:
@@ -180,7 +184,8 @@ def run_predict(inputs, out: str | Path, segmenter_factory: Callable[[], Segment
             for (image_id, image), mask in zip(items, masks):
                 mask_name, overlay_name = output_names(image_id)
                 write_mask(out / mask_name, mask)
-                write_png(out / overlay_name, overlay(image, pred=mask), FAST_PNG)
+                if overlays:
+                    write_png(out / overlay_name, overlay(image, pred=mask), FAST_PNG)
                 file_rows.append({"id": image_id, "source": str(f), "size": f"{image.shape[1]}x{image.shape[0]}",
                                   "foreground_fraction": float(mask.mean()), "overlay": overlay_name,
                                   "mask": mask_name, "width": image.shape[1], "height": image.shape[0]})
