@@ -56,3 +56,31 @@ def test_cbam_guards_narrow_widths_and_gates():
     x = torch.randn(2, 8, 9, 11)
     y = CBAM(8)(x)
     assert y.shape == x.shape and (y.abs() <= x.abs() + 1e-6).all()  # sigmoid gates only scale down
+
+
+def test_lovasz_hinge_equals_twice_the_jaccard_loss_at_unit_margins():
+    from lesionseg.metrics import batch_jaccard_dice
+    from lesionseg.losses import lovasz_hinge
+
+    torch.manual_seed(1)
+    target = (torch.rand(3, 1, 12, 12) > 0.6).float()
+    pred = target.clone()
+    pred[0, 0, :4] = 1 - pred[0, 0, :4]  # some wrong pixels in image 0, image 1 fully right
+    pred[2] = (torch.rand(1, 12, 12) > 0.5).float()
+    logits = pred * 2 - 1  # exactly ±1: hinge errors 0 (right) or 2 (wrong)
+    jaccard, _ = batch_jaccard_dice(pred > 0.5, target > 0.5)
+    assert torch.isclose(lovasz_hinge(logits, target), (2 * (1 - jaccard.float())).mean(), atol=1e-6)
+    assert lovasz_hinge(target * 40 - 20, target) == 0  # confident and right: no loss
+
+
+def test_lovasz_is_added_with_its_weight_and_has_gradients():
+    from lesionseg.losses import lovasz_hinge
+
+    torch.manual_seed(2)
+    logits = torch.randn(2, 1, 8, 8, requires_grad=True)
+    target = (torch.rand(2, 1, 8, 8) > 0.5).float()
+    base = DiceBCELoss()(logits, target)
+    both = DiceBCELoss(lovasz_weight=0.5)(logits, target)
+    assert torch.isclose(both, base + 0.5 * lovasz_hinge(logits, target))
+    both.backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0

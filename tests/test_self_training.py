@@ -185,3 +185,24 @@ def test_a_model_file_can_ask_for_tta_by_default(tmp_path, tiny_model_file):
         import json
 
         assert bool(json.loads((out / "metrics.json").read_text())["tta"]) is expected
+
+
+def test_init_from_starts_from_a_model_file_and_refuses_another_architecture(tmp_path):
+    data = make_dataset(tmp_path / "data", n=8)
+    first = tmp_path / "first"
+    assert invoke("train", "--data", data, "--out", first, *TINY, "trainer.max_epochs=1").exit_code == 0
+    from lesionseg.config import load_config as config
+    from lesionseg.training.module import SegmentationModule
+
+    source = load_model(first / "model.pt").model.state_dict()
+    module = SegmentationModule(config(None, [*TINY, f"trainer.init_from={first / 'model.pt'}"]))
+    for key, value in module.model.state_dict().items():
+        assert torch.equal(value, source[key]), key
+    result = invoke("train", "--data", data, "--out", tmp_path / "other", *TINY, "model.base_width=8",
+                    f"trainer.init_from={first / 'model.pt'}")
+    assert result.exit_code == 2 and "another architecture: model.base_width (4 there, 8 here)" in result.output
+    tuned = tmp_path / "tuned"
+    result = invoke("train", "--data", data, "--out", tuned, *TINY, "trainer.max_epochs=1", "loss.lovasz_weight=0.5",
+                    f"trainer.init_from={first / 'model.pt'}")
+    assert result.exit_code == 0, result.output
+    assert load_model(tuned / "model.pt").card["recipe"]["trainer"]["init_from"] == str(first / "model.pt")

@@ -75,6 +75,7 @@ class AugmentConfig:
 class LossConfig:
     dice_weight: float = 1.0
     bce_weight: float = 1.0
+    lovasz_weight: float = 0.0  # Lovász hinge (a surrogate of per-image 1 − Jaccard) added to Dice + BCE
 
 
 @dataclass
@@ -106,6 +107,8 @@ class TrainerConfig:
     deterministic: bool = False
     sync_batchnorm: bool = False  # multi-GPU: BatchNorm statistics over the global batch (GPU only)
     compile: bool = False  # torch.compile the model for training and validation (saved weights are the same)
+    # Start from the weights of a model file or bundled model (fine-tuning); its architecture must be model.*.
+    init_from: str | None = None
     compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
 
 
@@ -212,6 +215,8 @@ def _validate(cfg: Config) -> None:
         raise UserError("config key 'optim.schedule': cosine_time needs a wall-clock budget, trainer.max_minutes")
     if not 0.0 <= cfg.optim.ema_decay < 1.0:
         raise UserError("config key 'optim.ema_decay': must be in [0, 1) (0 = no weight averaging)")
+    if min(cfg.loss.dice_weight, cfg.loss.bce_weight, cfg.loss.lovasz_weight) < 0:
+        raise UserError("config keys 'loss.*_weight': must be ≥ 0")
     if cfg.optim.warmup_steps < 0:
         raise UserError("config key 'optim.warmup_steps': must be ≥ 0")
     if cfg.trainer.max_minutes is not None and cfg.trainer.max_minutes <= 0:

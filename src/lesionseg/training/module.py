@@ -16,12 +16,36 @@ from ..models import build_model
 from .schedule import TimeCosine
 
 
+def load_initial_weights(model: torch.nn.Module, cfg: Config) -> None:
+    """`trainer.init_from`: copy a model file's (or bundled model's) weights into `model`; the architecture must
+    match, or a UserError names the keys that differ."""
+    import dataclasses
+
+    from ..errors import UserError
+    from ..models import load_model
+
+    source = load_model(cfg.trainer.init_from)
+    theirs, ours = dataclasses.asdict(source.config), dataclasses.asdict(cfg.model)
+    differ = [f"model.{k} ({theirs[k]!r} there, {ours[k]!r} here)" for k in ours if theirs.get(k) != ours[k]
+              and k not in ("deep_supervision",)]
+    if differ:
+        raise UserError(f"trainer.init_from {cfg.trainer.init_from}: another architecture: {', '.join(differ)}")
+    # Deep-supervision heads may be absent in the source (they are dropped at inference): strict otherwise.
+    missing, unexpected = model.load_state_dict(source.model.state_dict(), strict=False)
+    misfits = [k for k in missing + unexpected if not k.startswith("aux_heads.")]
+    if misfits:
+        raise UserError(f"trainer.init_from {cfg.trainer.init_from}: weights do not fit ({misfits[0]})")
+
+
 class SegmentationModule(L.LightningModule):
     def __init__(self, cfg: Config):
         super().__init__()
         self.cfg = cfg
-        self.model = build_model(cfg.model)
-        self.loss = DeepSupervisionLoss(DiceBCELoss(cfg.loss.dice_weight, cfg.loss.bce_weight))
+        self.model = build_model(cfg.model, pretrained=cfg.trainer.init_from is None)
+        if cfg.trainer.init_from is not None:
+            load_initial_weights(self.model, cfg)
+        self.loss = DeepSupervisionLoss(DiceBCELoss(cfg.loss.dice_weight, cfg.loss.bce_weight,
+                                                          lovasz_weight=cfg.loss.lovasz_weight))
         self.memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         # The compiled wrapper is kept outside the module tree, so checkpoints and model.pt hold the plain
