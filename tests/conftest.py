@@ -27,15 +27,15 @@ def synthetic_case(rng: np.random.Generator, height: int, width: int) -> tuple[n
 
 
 def make_dataset(root: Path, n: int = 12, size: tuple[int, int] = (48, 64), seed: int = 0,
-                 image_ext: str = ".png", mask_suffix: str = "_segmentation") -> Path:
-    """root/images/case_XXX<ext> + root/masks/case_XXX<suffix>.png (0/255)."""
+                 image_ext: str = ".png", mask_suffix: str = "_segmentation", prefix: str = "case") -> Path:
+    """root/images/<prefix>_XXX<ext> + root/masks/<prefix>_XXX<suffix>.png (0/255)."""
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
     for i in range(n):
         img, mask = synthetic_case(rng, *size)
-        Image.fromarray(img).save(root / "images" / f"case_{i:03d}{image_ext}")
-        Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(root / "masks" / f"case_{i:03d}{mask_suffix}.png")
+        Image.fromarray(img).save(root / "images" / f"{prefix}_{i:03d}{image_ext}")
+        Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(root / "masks" / f"{prefix}_{i:03d}{mask_suffix}.png")
     return root
 
 

@@ -105,21 +105,30 @@ def test_pseudo_label_cli_end_to_end_with_errors(tmp_path, tiny_model_file):
 
 def test_extra_data_folders_only_add_training_pairs(tmp_path):
     first = make_dataset(tmp_path / "a", n=10, seed=1)
-    extra = make_dataset(tmp_path / "b", n=5, seed=2)
+    extra = make_dataset(tmp_path / "b", n=5, seed=2, prefix="extra")
     cfg = load_config(None, TINY)
     alone = SegmentationDataModule(first, None, cfg.data, cfg.augment)
     both = SegmentationDataModule([first, extra], None, cfg.data, cfg.augment)
     assert [p.id for p in both.val_set.pairs] == [p.id for p in alone.val_set.pairs]  # same carved split
     assert len(both.train_set) == len(alone.train_set) + 5
     assert {p.image_path.parent.parent for p in both.train_set.pairs} == {first, extra}
+    leak = tmp_path / "leak"
+    held = alone.val_set.pairs[0]
+    for sub, src in (("images", held.image_path), ("masks", held.mask_path)):
+        (leak / sub).mkdir(parents=True)
+        shutil.copy(src, leak / sub / src.name)
+    with pytest.raises(UserError, match=f"id '{held.id}' is also in the validation set"):
+        SegmentationDataModule([first, leak], None, cfg.data, cfg.augment)
+    with pytest.raises(UserError, match=f"also in {extra}"):
+        SegmentationDataModule([first, extra, extra], None, cfg.data, cfg.augment)
     with pytest.raises(UserError, match=f"pairing in {extra}"):  # extra folders are checked like the first
-        (extra / "masks" / "case_000_segmentation.png").unlink()
+        (extra / "masks" / "extra_000_segmentation.png").unlink()
         SegmentationDataModule([first, extra], None, cfg.data, cfg.augment)
 
 
 def test_train_with_two_data_folders_records_both(tmp_path):
     first = make_dataset(tmp_path / "a", n=10, seed=1)
-    extra = make_dataset(tmp_path / "b", n=6, seed=2)
+    extra = make_dataset(tmp_path / "b", n=6, seed=2, prefix="extra")
     run = tmp_path / "run"
     result = invoke("train", "--data", first, "--data", extra, "--out", run, *TINY, "trainer.max_epochs=1")
     assert result.exit_code == 0, result.output

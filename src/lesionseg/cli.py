@@ -95,8 +95,9 @@ def train(
                ("--num-nodes", None if num_nodes == 1 else num_nodes)]
     command = shlex.join(["lesionseg", "train", *[str(v) for o in options if o[1] is not None for v in o],
                           *(overrides or [])])
-    model_path = run_training(data[0] if len(data) == 1 else data, out, config, val_data, mask_threshold=mask_threshold, devices=devices,
-                              strategy=strategy, num_nodes=num_nodes, command=command,
+    model_path = run_training(data[0] if len(data) == 1 else data, out, config, val_data,
+                              mask_threshold=mask_threshold, devices=devices, strategy=strategy, num_nodes=num_nodes,
+                              command=command,
                               **parse_overrides(overrides or []))
     print(f"best model: {model_path}")
 

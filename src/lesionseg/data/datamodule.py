@@ -111,8 +111,16 @@ class SegmentationDataModule(L.LightningDataModule):
             val_cache = [cache[i] for i in val_idx] if cache is not None else None
         train_pairs = [pairs[i] for i in train_idx]
         train_cache = [cache[i] for i in train_idx] if cache is not None else None
+        held_out = {p.id: "validation" for p in val_pairs}
+        seen = {p.id: str(folders[0]) for p in train_pairs}
         for folder in folders[1:]:
             more, more_cache = _sources(folder, cfg)
+            for pair in more:  # an image twice would be weighted twice, or leak into the validation scores
+                if pair.id in held_out or pair.id in seen:
+                    where = "the validation set" if pair.id in held_out else seen[pair.id]
+                    raise UserError(f"{pair.image_path}: id '{pair.id}' is also in {where}; "
+                                    "training folders must not overlap each other or the validation data")
+                seen[pair.id] = str(folder)
             train_pairs += more
             train_cache = train_cache + more_cache if train_cache is not None and more_cache is not None else None
         size = cfg.image_size

@@ -45,7 +45,7 @@ class SegmentationModule(L.LightningModule):
         if cfg.trainer.init_from is not None:
             load_initial_weights(self.model, cfg)
         self.loss = DeepSupervisionLoss(DiceBCELoss(cfg.loss.dice_weight, cfg.loss.bce_weight,
-                                                          lovasz_weight=cfg.loss.lovasz_weight))
+                                                    lovasz_weight=cfg.loss.lovasz_weight))
         self.memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         # The compiled wrapper is kept outside the module tree, so checkpoints and model.pt hold the plain
