@@ -66,7 +66,7 @@ def describe(card: dict) -> str:
     data = card.get("training_data") or card.get("data") or {}
     train = data.get("train") if isinstance(data, dict) else None
     n = data.get("n_train") if isinstance(data, dict) else None
-    extra = f" + {', '.join(Path(t).name for t in train[1:])}" if isinstance(train, list) else ""
+    extra = f" (with {', '.join(Path(t).name for t in train[1:])})" if isinstance(train, list) else ""
     return f"{n} images{extra}" if n else "—"
 
 

@@ -59,9 +59,11 @@ def main() -> None:
                     help="make TTA at these scales (x flips) the model's default if it beats no TTA on the carved split")
     args = ap.parse_args()
     if args.recard:
-        recard(args.recard, {k: v for k, v in (("recipe", args.recipe), ("training", args.training),
-                                                ("provenance", args.provenance), ("name", args.name),
-                                                ("label", args.label)) if v})
+        fields = {k: v for k, v in (("recipe", args.recipe), ("training", args.training),
+                                    ("provenance", args.provenance), ("name", args.name), ("label", args.label)) if v}
+        if args.tta_scales:
+            fields.update(tta_fields(args.recard, args.data, args.tta_scales))
+        recard(args.recard, fields)
         return
     if not (args.run_dir and args.name and args.recipe and args.training):
         ap.error("bundling a run needs RUN_DIR, --name, --recipe and --training")
@@ -127,6 +129,20 @@ def choose_tta(segmenter: Segmenter, carved, plain_jaccard: float, scales: list[
                             "cost": f"{views} forward passes per image instead of 1"}}
 
 
+def tta_fields(name: str, data: Path, scales: list[float]) -> dict:
+    """`inference` (and the val figure with the chosen default) for a bundled model already in place."""
+    payload = torch.load(default_model_path(name), map_location="cpu", weights_only=True)
+    plain = Segmenter(TorchBackend(default_model_path(name)))
+    carved = carved_split(data / "train")
+    inference = choose_tta(plain, carved, evaluate(plain, carved).metrics["mean_jaccard"], scales)
+    figures = dict(payload["card"].get("figures", {}))
+    figures.pop(f"{data.name}{TTA_SUFFIX}", None)
+    if inference.get("tta_scales"):
+        tta = Segmenter(plain.backend, tta=True, tta_scales=scales)
+        figures[f"{data.name}{TTA_SUFFIX}"] = rounded(evaluate(tta, load_labelled(data / "val")).metrics)
+    return {"inference": inference, "figures": figures}
+
+
 def reproduction(name: str, data: Path = ISIC) -> dict:
     """The card fields that say how to train the bundled model `name` again."""
     recipe = BUNDLED[name]
@@ -190,8 +206,10 @@ def write_model_cards() -> None:
             scores = checked["carved_split_mean_jaccard"]
             state = (f"on by default, scales {card['inference']['tta_scales']} x flips" if card["inference"].get("tta_scales")
                      else "off by default")
-            lines.append(f"- test-time augmentation: {state} ({checked['cost']}; carved split mean Jaccard "
-                         f"{scores['without']:.4f} without, {scores['with']:.4f} with; `--no-tta` turns it off)")
+            switch = "`--no-tta` turns it off" if card["inference"].get("tta_scales") else "`--tta` turns it on"
+            lines.append(f"- test-time augmentation: {state} (checked at scales {checked['scales']} x flips, "
+                         f"{checked['cost']}; carved split mean Jaccard {scores['without']:.4f} without, "
+                         f"{scores['with']:.4f} with; {switch})")
         for label, fig in shown:
             if isinstance(fig, dict) and "mean_jaccard" in fig:
                 lines.append(f"- {label}: mean Jaccard {fig['mean_jaccard']:.4f}, thresholded Jaccard "

@@ -2,7 +2,7 @@
 # Trains a model from its config, configs/NAME.yaml, into runs/NAME, then scores it on the official val set
 # with `lesionseg evaluate`. Selection uses the seeded 10% split carved from train; val is only evaluated.
 # Resumable: rerun the same command after a kill. Extra arguments are config overrides (KEY=VALUE).
-#   nohup scripts/train_model.sh lite0_160_cpu > runs/lite0_160_cpu.log 2>&1 &
+#   nohup scripts/train_model.sh lite0_160_ema_cpu > runs/lite0_160_ema_cpu.log 2>&1 &
 #   LESIONSEG="python3 -m lesionseg.cli" DATA=.gpu/data scripts/train_model.sh lite0_256_gpu   (no .venv)
 # EXTRA_DATA (space-separated folders, e.g. `lesionseg pseudo-label` output) adds training pairs; the carved
 # validation split still comes from $DATA/train alone.

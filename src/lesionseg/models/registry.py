@@ -20,7 +20,7 @@ MODEL_FORMAT_VERSION = 1
 # Models shipped inside the package: short name → recipe name. The recipe name is also the model's file
 # (assets/<recipe>.pt) and its config (configs/<recipe>.yaml); `--weights` takes either name. Each card
 # (docs/model_cards.md, `lesionseg info NAME`) gives the command that trains it.
-BUNDLED = {"default": "lite0_256_gpu", "cpu": "lite0_160_cpu", "polyp": "lite0_192_polyp_cpu"}
+BUNDLED = {"default": "lite0_256_gpu", "cpu": "lite0_160_ema_cpu", "polyp": "lite0_192_polyp_cpu"}
 
 
 def build_model(cfg: ModelConfig, pretrained: bool = True) -> nn.Module:
