@@ -328,3 +328,20 @@ def test_no_cors_unless_asked(client, tiny_model_file, photo):
         resp = c.options("/v1/segment", headers={**origin, "Access-Control-Request-Method": "POST"})
         assert resp.headers["access-control-allow-origin"] == "http://elsewhere.example"
         assert segment(c, photo[1], headers=origin).headers["access-control-allow-origin"] == "http://elsewhere.example"
+
+
+def test_any_model_name_travels_in_the_header(tiny_model_file, photo, tmp_path):
+    """Header values are ASCII: a card name with '—' and '²' is percent-encoded (RFC 8187 style), not a 500."""
+    from urllib.parse import unquote
+
+    from lesionseg.models import load_model, save_model
+
+    loaded = load_model(tiny_model_file)
+    named = tmp_path / "named.pt"
+    name = "U-Net (b8), 160² — lésion"
+    save_model(named, loaded.model, loaded.config, loaded.image_size, {**loaded.card, "name": name})
+    with TestClient(create_app(ServeConfig(weights=str(named)))) as c:
+        resp = segment(c, photo[1])
+        assert resp.status_code == 200
+        assert unquote(resp.headers["X-Lesionseg-Model"]) == name
+        assert c.get("/readyz").json()["model"] == name

@@ -108,7 +108,7 @@ def test_page_in_a_real_browser(server):
     try:
         browser.get(server + "/")
         wait = WebDriverWait(browser, 60)
-        wait.until(lambda b: b.find_element(By.ID, "model").text.startswith("model: lesionseg"))
+        wait.until(lambda b: b.find_element(By.ID, "model").text.startswith("model: lesionseg cpu"))
         sample = SAMPLES[0]
         browser.find_element(By.ID, "file").send_keys(str(sample))
         wait.until(lambda b: b.find_element(By.ID, "area").text not in ("", "–"))

@@ -183,6 +183,14 @@ class Service:
                 "card": seg.card}
 
 
+def header_value(text: str) -> str:
+    """HTTP header values are ASCII: other characters (a model named "…, 160² — …") are percent-encoded
+    UTF-8, as in RFC 8187, so any model name can be sent."""
+    from urllib.parse import quote
+
+    return quote(text, safe=" !\"#$&'()*+,-./:;<=>?@[]^_`{|}~")
+
+
 def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
 
@@ -315,7 +323,7 @@ def render(service: Service, image: np.ndarray, prob: np.ndarray, opts: Options,
 
     start = time.perf_counter()
     mask = postprocess.apply(prob, opts.post(), image)
-    headers = {"X-Lesionseg-Model": service.model_name(), "X-Image-Size": f"{size[0]}x{size[1]}",
+    headers = {"X-Lesionseg-Model": header_value(service.model_name()), "X-Image-Size": f"{size[0]}x{size[1]}",
                "X-Area-Fraction": f"{mask.mean():.6f}"}
     if opts.format == "mask":
         body = encode_png(mask_to_uint8(mask))
@@ -386,7 +394,8 @@ async def segment_dicom(request: Request, service: Service) -> Response:
         return buf.getvalue()
 
     body = await run_in_threadpool(build)
-    return Response(body, media_type="application/dicom", headers={"X-Lesionseg-Model": service.model_name()})
+    return Response(body, media_type="application/dicom",
+                    headers={"X-Lesionseg-Model": header_value(service.model_name())})
 
 
 @endpoint("/v1/model", auth=True)
