@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +9,7 @@ from pathlib import Path
 from .config import DataConfig
 from .errors import UserError
 from .inference import Segmenter
-from .io import write_text
+from .io import write_csv, write_text
 from .metrics import aggregate, confusion, image_scores
 from .pairs import Pair, discover, load_pair, split_pairs, validate
 
@@ -72,12 +70,8 @@ def write_results(result: EvaluationResult, out: str | Path, extra: dict | None 
         raise UserError(f"{out}: cannot create output folder ({exc.strerror})") from None
     payload = {**result.metrics, **(extra or {})}
     write_text(out / "metrics.json", json.dumps(payload, indent=2) + "\n")
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=PER_IMAGE_FIELDS)
-    writer.writeheader()
-    for row in result.per_image:
-        writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
-    write_text(out / "per_image.csv", buf.getvalue())
+    write_csv(out / "per_image.csv", PER_IMAGE_FIELDS,
+              [{k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()} for row in result.per_image])
 
 
 def write_report(result: EvaluationResult, segmenter: Segmenter, labelled: LabelledSet, out: str | Path,

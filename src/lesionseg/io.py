@@ -256,6 +256,17 @@ def write_mask(path: str | Path, mask: np.ndarray) -> None:
     write_png(path, mask_to_uint8(mask))
 
 
+def write_csv(path: str | Path, fieldnames: list[str], rows: list[dict]) -> None:
+    """A CSV with a header row, written atomically like every other result file."""
+    import csv
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fieldnames)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

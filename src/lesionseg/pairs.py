@@ -129,6 +129,16 @@ def list_images(inputs: Iterable[str | Path]) -> list[Path]:
     return out
 
 
+def check_unique_ids(files: list[Path]) -> list[Path]:
+    """`files`, refused with a UserError if two share an id (file stem): their outputs would collide."""
+    ids: dict[str, Path] = {}
+    for f in files:
+        if f.stem in ids:
+            raise UserError(f"{f}: same id '{f.stem}' as {ids[f.stem]}; outputs would collide")
+        ids[f.stem] = f
+    return files
+
+
 def split_pairs(pairs: list[Pair], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Seeded split of indices; the same seed and ids always give the same split."""
     order = np.random.default_rng(seed).permutation(len(pairs))

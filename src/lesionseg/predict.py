@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import os
 import sys
 import time
@@ -25,8 +24,8 @@ import numpy as np
 from .dicom import is_dicom, read_frames, write_seg
 from .errors import UserError
 from .inference import Segmenter
-from .io import FAST_PNG, read_image, write_mask, write_png, write_text
-from .pairs import list_images
+from .io import FAST_PNG, read_image, write_csv, write_mask, write_png
+from .pairs import check_unique_ids, list_images
 from .viz import overlay
 
 RESULT_SUFFIXES = ("_mask.png", "_overlay.png", "_seg.dcm")
@@ -120,12 +119,7 @@ def run_predict(inputs, out: str | Path, segmenter_factory: Callable[[], Segment
         raise UserError(f"--workers must be ≥ 1, got {workers}")
     if report and not overlays:
         raise UserError("--report shows the overlays: drop --no-overlays or --report")
-    files = list_images(inputs)
-    ids: dict[str, Path] = {}
-    for f in files:
-        if f.stem in ids:
-            raise UserError(f"{f}: same id '{f.stem}' as {ids[f.stem]}; outputs would collide")
-        ids[f.stem] = f
+    files = check_unique_ids(list_images(inputs))
     part = parse_shard(shard)
     if part is not None:
         files = [f for f in files if shard_of(f.stem, part[1]) == part[0]]
@@ -272,11 +266,7 @@ def _prefetch(pool: ThreadPoolExecutor, fn, items: list, ahead: int):
 
 
 def write_manifest(path: str | Path, records: list[dict]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS)
-    writer.writeheader()
-    writer.writerows(sorted(records, key=lambda r: r["id"]))
-    write_text(path, buf.getvalue())
+    write_csv(path, MANIFEST_FIELDS, sorted(records, key=lambda r: r["id"]))
 
 
 def merge_manifests(paths: list[str | Path], out: str | Path) -> dict:

@@ -8,13 +8,11 @@ leaves no half-written folder behind.
 
 Confidence is the mask's stability under the threshold: |p > 0.7| / |p > 0.3|, the Jaccard index between
 the masks the teacher gives at thresholds 0.7 and 0.3 (1 = every pixel is confidently in or out; 0 = nothing
-confidently foreground). docs/self_training.md measures how it ranks the teacher's real errors.
+confidently foreground). docs/accuracy.md measures how it ranks the teacher's real errors.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import shutil
 import sys
 from dataclasses import dataclass
@@ -25,8 +23,8 @@ import numpy as np
 
 from .errors import UserError
 from .inference import Segmenter
-from .io import read_image, write_mask, write_text
-from .pairs import MASK_SUFFIX, list_images
+from .io import read_image, write_csv, write_mask
+from .pairs import MASK_SUFFIX, check_unique_ids, list_images
 
 CSV_FIELDS = ["id", "source", "confidence", "foreground_fraction", "kept"]
 LOW, HIGH = 0.3, 0.7
@@ -71,12 +69,7 @@ def pseudo_label(segmenter: Segmenter, data: str | Path, out: str | Path, min_co
     if not 0.0 <= min_confidence <= 1.0:
         raise UserError(f"--min-confidence must be between 0 and 1, got {min_confidence}")
     data, out = Path(data), Path(out)
-    files = list_images([_input_folder(data)])
-    seen: dict[str, Path] = {}
-    for f in files:
-        if f.stem in seen:
-            raise UserError(f"{f}: duplicate image id '{f.stem}' (also {seen[f.stem].name})")
-        seen[f.stem] = f
+    files = check_unique_ids(list_images([_input_folder(data)]))
     _check_out(out)
     staging = out.with_name(out.name + ".part")
     if staging.exists():
@@ -104,11 +97,7 @@ def pseudo_label(segmenter: Segmenter, data: str | Path, out: str | Path, min_co
                     write_mask(staging / "masks" / f"{path.stem}{MASK_SUFFIX}.png", mask)
                 rows.append({"id": path.stem, "source": str(path), "confidence": f"{score:.4f}",
                              "foreground_fraction": f"{mask.mean():.4f}", "kept": int(kept)})
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-        write_text(staging / "pseudo_labels.csv", buf.getvalue())
+        write_csv(staging / "pseudo_labels.csv", CSV_FIELDS, rows)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
