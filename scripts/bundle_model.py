@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=ISIC, help="a dataset root with train/ and val/")
     ap.add_argument("--licence", default=LICENCE)
     ap.add_argument("--tta-scales", type=float, nargs="+",
-                    help="make TTA at these scales (x flips) the model's default if it beats no TTA on the carved split")
+                    help="make TTA at these scales (x flips) the model's default if it wins on the carved split")
     args = ap.parse_args()
     if args.recard:
         fields = {k: v for k, v in (("recipe", args.recipe), ("training", args.training),
@@ -76,15 +76,14 @@ def main() -> None:
         half = evaluate(Segmenter(TorchBackend(half_path)), carved).metrics
         use_half = abs(half["mean_jaccard"] - full["mean_jaccard"]) < 5e-4
         stored = Segmenter(TorchBackend(half_path if use_half else source))
-        figures = {"carved_split": half if use_half else full,
-                   f"{args.data.name}_val": evaluate(stored, load_labelled(args.data / "val")).metrics}
+        val = load_labelled(args.data / "val")
+        figures = {"carved_split": half if use_half else full, f"{args.data.name}_val": evaluate(stored, val).metrics}
         inference = {}
         if args.tta_scales:
-            inference = choose_tta(stored, carved, figures["carved_split"]["mean_jaccard"], args.tta_scales)
-            if inference.get("tta_scales"):
-                tta = Segmenter(stored.backend, tta=True, tta_scales=args.tta_scales)
-                figures[f"{args.data.name}{TTA_SUFFIX}"] = evaluate(
-                    tta, load_labelled(args.data / "val")).metrics
+            inference, with_tta = choose_tta(stored, carved, figures["carved_split"]["mean_jaccard"],
+                                             args.tta_scales, val)
+            if with_tta:
+                figures[f"{args.data.name}{TTA_SUFFIX}"] = with_tta
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     card = {
@@ -115,18 +114,23 @@ def main() -> None:
     write_model_cards()
 
 
-def choose_tta(segmenter: Segmenter, carved, plain_jaccard: float, scales: list[float]) -> dict:
-    """The card's `inference` entry: TTA at `scales` becomes the model's default only if it beats no TTA on
-    the carved split (the selection set); either way the entry records both scores and the cost."""
-    with_tta = evaluate(Segmenter(segmenter.backend, tta=True, tta_scales=scales), carved).metrics["mean_jaccard"]
+def choose_tta(segmenter: Segmenter, carved, plain_jaccard: float, scales: list[float],
+               val) -> tuple[dict, dict | None]:
+    """The card's `inference` entry, and the val metrics with TTA when it wins. TTA at `scales` becomes the
+    model's default only if it beats no TTA on the carved split (the selection set); either way the entry
+    records both scores and the cost."""
+    tta = Segmenter(segmenter.backend, tta=True, tta_scales=scales)
+    with_tta = evaluate(tta, carved).metrics["mean_jaccard"]
     views = 3 * len(set(scales))
     wins = with_tta > plain_jaccard
     print(f"carved split mean Jaccard: no TTA {plain_jaccard:.4f}, TTA {scales} x flips {with_tta:.4f} "
           f"({'default on' if wins else 'stays off'})")
-    return {**({"tta_scales": list(scales)} if wins else {}),
-            "tta_checked": {"scales": list(scales), "views_per_image": views,
-                            "carved_split_mean_jaccard": {"without": round(plain_jaccard, 4), "with": round(with_tta, 4)},
-                            "cost": f"{views} forward passes per image instead of 1"}}
+    inference = {**({"tta_scales": list(scales)} if wins else {}),
+                 "tta_checked": {"scales": list(scales), "views_per_image": views,
+                                 "carved_split_mean_jaccard": {"without": round(plain_jaccard, 4),
+                                                               "with": round(with_tta, 4)},
+                                 "cost": f"{views} forward passes per image instead of 1"}}
+    return inference, rounded(evaluate(tta, val).metrics) if wins else None
 
 
 def tta_fields(name: str, data: Path, scales: list[float]) -> dict:
@@ -134,12 +138,12 @@ def tta_fields(name: str, data: Path, scales: list[float]) -> dict:
     payload = torch.load(default_model_path(name), map_location="cpu", weights_only=True)
     plain = Segmenter(TorchBackend(default_model_path(name)))
     carved = carved_split(data / "train")
-    inference = choose_tta(plain, carved, evaluate(plain, carved).metrics["mean_jaccard"], scales)
+    inference, with_tta = choose_tta(plain, carved, evaluate(plain, carved).metrics["mean_jaccard"], scales,
+                                     load_labelled(data / "val"))
     figures = dict(payload["card"].get("figures", {}))
     figures.pop(f"{data.name}{TTA_SUFFIX}", None)
-    if inference.get("tta_scales"):
-        tta = Segmenter(plain.backend, tta=True, tta_scales=scales)
-        figures[f"{data.name}{TTA_SUFFIX}"] = rounded(evaluate(tta, load_labelled(data / "val")).metrics)
+    if with_tta:
+        figures[f"{data.name}{TTA_SUFFIX}"] = with_tta
     return {"inference": inference, "figures": figures}
 
 
@@ -204,9 +208,9 @@ def write_model_cards() -> None:
         checked = (card.get("inference") or {}).get("tta_checked")
         if checked:
             scores = checked["carved_split_mean_jaccard"]
-            state = (f"on by default, scales {card['inference']['tta_scales']} x flips" if card["inference"].get("tta_scales")
-                     else "off by default")
-            switch = "`--no-tta` turns it off" if card["inference"].get("tta_scales") else "`--tta` turns it on"
+            scales = card["inference"].get("tta_scales")
+            state = f"on by default, scales {scales} x flips" if scales else "off by default"
+            switch = "`--no-tta` turns it off" if scales else "`--tta` turns it on"
             lines.append(f"- test-time augmentation: {state} (checked at scales {checked['scales']} x flips, "
                          f"{checked['cost']}; carved split mean Jaccard {scores['without']:.4f} without, "
                          f"{scores['with']:.4f} with; {switch})")

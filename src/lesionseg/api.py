@@ -39,8 +39,8 @@ def train(data: str | Path | Sequence[str | Path], out: str | Path, /, config: s
     `trainer={"max_epochs": 5}`, `data={"batch_size": 4}` or `**{"optim.lr": 1e-3}` (`data` and `out` are
     positional, so `data=` names the config section). Without `val_data`, a seeded split of `data`
     is carved off for validation and model selection. `data` may be a list of folders: the split is carved
-    from the first, the others add training pairs only (e.g. `lesionseg pseudo-label` output). `command` is recorded on the model card (default: this
-    call, spelled out).
+    from the first, the others add training pairs only (e.g. `lesionseg pseudo-label` output). `command` is
+    recorded on the model card (default: this call, spelled out).
     """
     from .config import load_config
     from .training.fit import train as fit
