@@ -96,7 +96,7 @@ class SegmentationDataModule(L.LightningDataModule):
         with it every score that selection sees, is the same whatever is added."""
         super().__init__()
         self.cfg, self.aug, self.seed = cfg, aug, seed
-        folders = [Path(data)] if isinstance(data, (str, Path)) else [Path(d) for d in data]
+        self.folders = folders = [Path(data)] if isinstance(data, (str, Path)) else [Path(d) for d in data]
         if not folders:
             raise UserError("training data: give at least one --data folder")
         pairs, cache = _sources(folders[0], cfg)

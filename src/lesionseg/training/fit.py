@@ -198,8 +198,9 @@ def _train(data, out, cfg: Config, val_data, devices, strategy: str, num_nodes: 
     resume = prepare_run_dir(run_dir, cfg)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     datamodule = SegmentationDataModule(data, val_data, cfg.data, cfg.augment, seed=cfg.trainer.seed)
-    folders = [str(data)] if isinstance(data, (str, Path)) else [str(d) for d in data]
-    data_desc = {"train": folders[0] if len(folders) == 1 else folders, "val": str(val_data) if val_data else f"{cfg.data.val_fraction:.0%} of train "
+    folders = [str(f) for f in datamodule.folders]
+    data_desc = {"train": folders[0] if len(folders) == 1 else folders,
+                 "val": str(val_data) if val_data else f"{cfg.data.val_fraction:.0%} of train "
                  f"(seed {cfg.data.split_seed})", "n_train": len(datamodule.train_set), "n_val": len(datamodule.val_set)}
     module = SegmentationModule(cfg)
     recorder = RunRecorder(run_dir, cfg, data_desc, command)
