@@ -72,7 +72,8 @@ def main() -> None:
     full = evaluate(Segmenter(TorchBackend(source)), carved).metrics
     with tempfile.TemporaryDirectory() as tmp:
         half_path = Path(tmp) / "half.pt"
-        save_model(half_path, source.model, source.config, source.image_size, source.card, half=True)
+        save_model(half_path, source.model, source.config, source.image_size, source.card, half=True,
+                   color_constancy=source.color_constancy)
         half = evaluate(Segmenter(TorchBackend(half_path)), carved).metrics
         use_half = abs(half["mean_jaccard"] - full["mean_jaccard"]) < 5e-4
         stored = Segmenter(TorchBackend(half_path if use_half else source))
@@ -108,7 +109,8 @@ def main() -> None:
                     "commit": commit},
     }
     target = default_model_path(args.bundle_as)
-    save_model(target, source.model, source.config, source.image_size, card, half=use_half)
+    save_model(target, source.model, source.config, source.image_size, card, half=use_half,
+               color_constancy=source.color_constancy)
     print(json.dumps(card["figures"], indent=2))
     print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB)")
     write_model_cards()

@@ -260,6 +260,7 @@ def info(weights: Optional[Path] = typer.Argument(None, help="Model file or bund
         "file": str(loaded.path),
         "architecture": {**loaded.config.__dict__, "parameters": count_parameters(loaded.model)},
         "input_size": loaded.image_size,
+        "color_constancy": loaded.color_constancy,
         **card,
         "bundled_models": {name: str(default_model_path(name)) for name in BUNDLED
                            if default_model_path(name).is_file()},

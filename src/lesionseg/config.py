@@ -55,6 +55,9 @@ class DataConfig:
     # device_memory_fraction of the accelerator's free memory. false: albumentations per image on the CPU.
     on_device: str = "auto"
     device_memory_fraction: float = 0.25
+    # Colour constancy applied to every image before augmentation and normalisation, recorded in the model
+    # file so that evaluate/predict/serve apply it too: none, or shades_of_grey (data/preprocess.py).
+    color_constancy: str = "none"
 
 
 @dataclass
@@ -132,6 +135,7 @@ CHOICES = {
     "model.encoder": {"plain", "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"},
     "trainer.precision": {"auto", "bf16", "fp32"},
     "data.on_device": {"auto", "true", "false"},
+    "data.color_constancy": {"none", "shades_of_grey"},
     "optim.schedule": {"cosine", "cosine_time"},
     "trainer.compile_mode": {"default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"},
     "trainer.accelerator": {"auto", "cpu", "gpu"},

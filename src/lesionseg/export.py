@@ -40,7 +40,8 @@ def export_onnx(weights: str | Path | None, out: str | Path, opset: int = DEFAUL
                                     external_data=False, verbose=False)
         proto = program.model_proto
         meta = {"image_size": str(size), "mean": json.dumps(list(loaded.mean)), "std": json.dumps(list(loaded.std)),
-                "card": json.dumps(loaded.card, default=str), "producer": "lesionseg"}
+                "card": json.dumps(loaded.card, default=str), "producer": "lesionseg",
+                "color_constancy": loaded.color_constancy}
         for key, value in meta.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
@@ -64,7 +65,7 @@ def check_onnx(onnx_path: str | Path, weights: str | Path | None, images: list[n
     if images:
         from .data.preprocess import EvalTransform
 
-        batches.append(EvalTransform(s, torch_backend.mean, torch_backend.std).batch(images))
+        batches.append(EvalTransform(s, torch_backend.mean, torch_backend.std, torch_backend.color_constancy).batch(images))
     worst = 0.0
     for x in batches:
         with torch.inference_mode():
@@ -104,7 +105,8 @@ def export_int8(weights: str | Path | None, out: str | Path, calibration: str | 
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export_onnx(weights, Path(tmp) / "fp32.onnx", opset)
         meta = {p.key: p.value for p in onnx.load(str(fp32)).metadata_props}
-        transform = EvalTransform(int(meta["image_size"]), json.loads(meta["mean"]), json.loads(meta["std"]))
+        transform = EvalTransform(int(meta["image_size"]), json.loads(meta["mean"]), json.loads(meta["std"]),
+                                  meta.get("color_constancy", "none"))
 
         class Images(CalibrationDataReader):
             def __init__(self):

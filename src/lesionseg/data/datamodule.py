@@ -125,8 +125,9 @@ class SegmentationDataModule(L.LightningDataModule):
             train_cache = train_cache + more_cache if train_cache is not None and more_cache is not None else None
         size = cfg.image_size
         # The training transform is chosen in setup(), once the device (and so the feeding path) is known.
-        self.train_set = SegmentationDataset(train_pairs, None, train_cache, cfg.mask_threshold)
-        self.val_set = SegmentationDataset(val_pairs, EvalTransform(size), val_cache, cfg.mask_threshold)
+        self.train_set = SegmentationDataset(train_pairs, None, train_cache, cfg.mask_threshold, cfg.color_constancy)
+        self.val_set = SegmentationDataset(val_pairs, EvalTransform(size, color_constancy=cfg.color_constancy),
+                                           val_cache, cfg.mask_threshold)
         self.resident: tuple[torch.Tensor, torch.Tensor] | None = None
         self.batch_augment = None
         self.generator: torch.Generator | None = None

@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..pairs import Pair, load_pair
+from .preprocess import color_constancy_fn
 
 
 def to_tensors(image: np.ndarray, mask: np.ndarray | None = None):
@@ -19,18 +20,22 @@ def to_tensors(image: np.ndarray, mask: np.ndarray | None = None):
 
 class SegmentationDataset(Dataset):
     def __init__(self, pairs: list[Pair], transform, cache: list[tuple[np.ndarray, np.ndarray]] | None = None,
-                 mask_threshold: int | None = None):
+                 mask_threshold: int | None = None, color_constancy: str = "none"):
+        """`color_constancy` is applied to the whole decoded image, before the (training) transform crops it;
+        evaluation transforms apply it themselves instead."""
         if cache is not None and len(cache) != len(pairs):
             raise ValueError("cache and pairs differ in length")
         self.pairs, self.transform, self.cache, self.mask_threshold = pairs, transform, cache, mask_threshold
+        self.color_constancy = color_constancy_fn(color_constancy)
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        if self.cache is not None:
-            return self.cache[i]
-        return load_pair(self.pairs[i], self.mask_threshold)
+        image, mask = self.cache[i] if self.cache is not None else load_pair(self.pairs[i], self.mask_threshold)
+        if self.color_constancy is not None:
+            image = self.color_constancy(image)
+        return image, mask
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.load(i)

@@ -9,13 +9,48 @@ import cv2
 import numpy as np
 
 from ..config import IMAGENET_MEAN, IMAGENET_STD
+from ..errors import UserError
+
+
+COLOR_CONSTANCY = ("none", "shades_of_grey")
+SHADES_OF_GREY_POWER = 6  # Finlayson & Trezzi's p; the value used for dermoscopy (Barata et al. 2015)
+ILLUMINANT_SIDE = 128  # the illuminant is estimated on a copy this small: cheap, and the same for any input size
+MAX_GAIN = 4.0  # a nearly empty channel (a saturated red photo) must not be amplified into noise
+
+
+def shades_of_grey(image: np.ndarray, power: int = SHADES_OF_GREY_POWER) -> np.ndarray:
+    """Colour constancy for a uint8 RGB image: estimate the illuminant as each channel's p-norm mean and
+    scale the channels so that it becomes grey (gains normalised to keep the overall brightness)."""
+    h, w = image.shape[:2]
+    small = image
+    if max(h, w) > ILLUMINANT_SIDE:
+        f = ILLUMINANT_SIDE / max(h, w)
+        small = cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+    x = small.reshape(-1, 3).astype(np.float32) / 255.0
+    illuminant = np.power(np.mean(np.power(x, power), axis=0), 1.0 / power)
+    gains = np.linalg.norm(illuminant) / (np.sqrt(3.0) * np.maximum(illuminant, 1e-6))
+    gains = np.clip(gains, 1.0 / MAX_GAIN, MAX_GAIN).astype(np.float32)
+    return np.clip(image.astype(np.float32) * gains + 0.5, 0, 255).astype(np.uint8)
+
+
+def color_constancy_fn(name: str):
+    """The step a model's inputs go through before normalisation, by the name its model file records."""
+    if name == "none":
+        return None
+    if name == "shades_of_grey":
+        return shades_of_grey
+    raise UserError(f"unknown colour constancy {name!r} (choose from {', '.join(COLOR_CONSTANCY)}; "
+                    "a model from a newer lesionseg?)")
 
 
 class EvalTransform:
-    """Resize to size×size (bilinear image, nearest mask) and normalise; albumentations-style call."""
+    """Resize to size×size (bilinear image, nearest mask), apply the model's colour constancy (on the resized
+    image, so a 4000×3000 photo costs no more than a small one) and normalise; albumentations-style call."""
 
-    def __init__(self, size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+    def __init__(self, size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 color_constancy: str = "none"):
         self.size = int(size)
+        self.color_constancy = color_constancy_fn(color_constancy)
         self.scale = (1.0 / (255.0 * np.asarray(std, np.float32))).astype(np.float32)
         self.offset = (np.asarray(mean, np.float32) / np.asarray(std, np.float32)).astype(np.float32)
 
@@ -29,7 +64,10 @@ class EvalTransform:
         return image.astype(np.float32) * self.scale - self.offset
 
     def __call__(self, image: np.ndarray, mask: np.ndarray | None = None, size: int | None = None) -> dict:
-        out = {"image": self.normalize(self.resize(image, size))}
+        image = self.resize(image, size)
+        if self.color_constancy is not None:
+            image = self.color_constancy(image)
+        out = {"image": self.normalize(image)}
         if mask is not None:
             s = size or self.size
             out["mask"] = mask if mask.shape == (s, s) else cv2.resize(mask, (s, s), interpolation=cv2.INTER_NEAREST)

@@ -31,6 +31,7 @@ class TorchBackend:
         self.loaded = weights if isinstance(weights, LoadedModel) else load_model(weights)
         self.model = self.loaded.model.eval().to(memory_format=torch.channels_last)
         self.image_size, self.mean, self.std = self.loaded.image_size, self.loaded.mean, self.loaded.std
+        self.color_constancy = self.loaded.color_constancy
         self.card, self.path = self.loaded.card, self.loaded.path
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -62,6 +63,7 @@ class OnnxBackend:
         self.image_size = int(meta.get("image_size", 256))
         self.mean = tuple(json.loads(meta["mean"])) if "mean" in meta else IMAGENET_MEAN
         self.std = tuple(json.loads(meta["std"])) if "std" in meta else IMAGENET_STD
+        self.color_constancy = meta.get("color_constancy", "none")
         self.card = json.loads(meta.get("card", "{}"))
         self.input_name = self.session.get_inputs()[0].name
 

@@ -44,7 +44,7 @@ class Segmenter:
         self.tta_scales = tuple(tta_scales)
         # A copy: the caller's PostprocessConfig is not changed behind its back.
         self.post = dataclasses.replace(post or postprocess.PostprocessConfig(), threshold=threshold)
-        self.transform = EvalTransform(backend.image_size, backend.mean, backend.std)
+        self.transform = EvalTransform(backend.image_size, backend.mean, backend.std, backend.color_constancy)
 
     @property
     def threshold(self) -> float:

@@ -16,7 +16,7 @@ from ..io import atomic_path
 from .unet import UNet
 
 MODEL_FORMAT = "lesionseg-model"
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT_VERSION = 2  # 2: preprocess may name a colour constancy step (files without one are written as 1)
 # Models shipped inside the package: short name → recipe name. The recipe name is also the model's file
 # (assets/<recipe>.pt) and its config (configs/<recipe>.yaml); `--weights` takes either name. Each card
 # (docs/model_cards.md, `lesionseg info NAME`) gives the command that trains it.
@@ -47,18 +47,23 @@ class LoadedModel:
     std: tuple[float, float, float]
     card: dict[str, Any]
     path: Path | None
+    color_constancy: str = "none"
 
 
 def save_model(path: str | Path, model: nn.Module, cfg: ModelConfig, image_size: int,
-               card: dict[str, Any] | None = None, half: bool = False) -> None:
-    """Write a self-contained model file atomically. `half` stores weights in fp16 (loaded as fp32)."""
+               card: dict[str, Any] | None = None, half: bool = False, color_constancy: str = "none") -> None:
+    """Write a self-contained model file atomically. `half` stores weights in fp16 (loaded as fp32).
+    `color_constancy` names the step every input goes through before normalisation (preprocess.py)."""
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in model.state_dict().items()}
+    preprocess = {"image_size": image_size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    if color_constancy != "none":  # only then do older readers, which would skip the step, need refusing
+        preprocess["color_constancy"] = color_constancy
     payload = {
         "format": MODEL_FORMAT,
-        "format_version": MODEL_FORMAT_VERSION,
+        "format_version": MODEL_FORMAT_VERSION if color_constancy != "none" else 1,
         "model": dataclasses.asdict(cfg),
-        "preprocess": {"image_size": image_size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "preprocess": preprocess,
         "card": card or {},
         "state_dict": state,
     }
@@ -124,4 +129,5 @@ def load_model(weights: str | Path | None = None, device: str | torch.device = "
         std=tuple(pre.get("std", IMAGENET_STD)),
         card=payload.get("card", {}),
         path=path,
+        color_constancy=str(pre.get("color_constancy", "none")),
     )

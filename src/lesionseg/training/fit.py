@@ -129,7 +129,8 @@ class RunRecorder(Checkpoint):
             "hardware": self.hardware,
         }
         # channels_last weights are saved contiguous; the file does not depend on memory format.
-        save_model(self.run_dir / "model.pt", model, self.cfg.model, self.cfg.data.image_size, card)
+        save_model(self.run_dir / "model.pt", model, self.cfg.model, self.cfg.data.image_size, card,
+                   color_constancy=self.cfg.data.color_constancy)
 
 
 def device_name(device: torch.device) -> str:
