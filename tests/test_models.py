@@ -22,6 +22,10 @@ VARIANTS = {
     "lite0": ModelConfig(encoder="efficientnet-lite0", base_width=2, depth=5),
     "lite0_d3_cbam_ds_transposed": ModelConfig(encoder="efficientnet-lite0", base_width=4, depth=3,
                                                attention="cbam", deep_supervision=True, upsample="transposed"),
+    # ... without the full-resolution decoder stage (half-resolution logits upsampled).
+    "lite0_half_res_decoder_cbam_ds": ModelConfig(encoder="efficientnet-lite0", base_width=4, depth=3,
+                                                  attention="cbam", deep_supervision=True,
+                                                  full_resolution_decoder=False),
 }
 
 
@@ -51,7 +55,8 @@ def test_training_outputs_and_gradients_reach_every_parameter(variant):
     cfg, model = variant
     model.train()
     outputs = outputs_of(model(torch.randn(2, cfg.in_channels, 35, 29)))
-    assert len(outputs) == (cfg.depth if cfg.deep_supervision else 1)
+    stages = cfg.depth - (0 if cfg.full_resolution_decoder else 1)
+    assert len(outputs) == (stages if cfg.deep_supervision else 1)
     assert all(o.shape == (2, cfg.out_channels, 35, 29) for o in outputs)
     sum(o.square().mean() for o in outputs).backward()
     unreached = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]

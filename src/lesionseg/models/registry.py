@@ -28,6 +28,7 @@ def build_model(cfg: ModelConfig, pretrained: bool = True) -> nn.Module:
     if cfg.arch == "unet":
         return UNet(cfg.in_channels, cfg.out_channels, cfg.base_width, cfg.depth, cfg.upsample,
                     attention=cfg.attention, deep_supervision=cfg.deep_supervision, encoder=cfg.encoder,
+                    full_resolution_decoder=cfg.full_resolution_decoder,
                     pretrained=pretrained)
     raise UserError(f"config key 'model.arch': unknown architecture {cfg.arch!r}")
 

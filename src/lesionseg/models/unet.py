@@ -28,14 +28,18 @@ class UNet(nn.Module):
     `encoder="efficientnet-lite0"` (lite1, lite2) replaces the DoubleConv/Down encoder by an ImageNet-
     pretrained EfficientNet-Lite (`pretrained=False` skips reading its weights, e.g. before loading a saved
     model); the decoder stays the same Up stages, its widths `base_width * 2**level`, and the input image
-    itself is the full-resolution skip.
+    itself is the full-resolution skip. `full_resolution_decoder=False` (encoders only) drops that stage: the
+    decoder ends at 1/2 resolution and its logits are upsampled ×2 to the input size.
     """
 
     def __init__(self, in_channels: int = 3, out_channels: int = 1, base_width: int = 64, depth: int = 4,
                  upsample: str = "bilinear", attention: str = "none", deep_supervision: bool = False,
-                 encoder: str = "plain", pretrained: bool = True):
+                 encoder: str = "plain", pretrained: bool = True, full_resolution_decoder: bool = True):
         super().__init__()
+        if not full_resolution_decoder and (encoder == "plain" or depth < 2):
+            raise UserError("full_resolution_decoder=False needs an EfficientNet encoder and depth ≥ 2")
         self.depth = depth
+        self.top = 0 if full_resolution_decoder else 1  # the finest decoder level
         widths = [base_width * 2**i for i in range(depth + 1)]  # decoder width per level
         if encoder == "plain":
             self.inc = DoubleConv(in_channels, widths[0])
@@ -49,16 +53,16 @@ class UNet(nn.Module):
         below = [skip_channels[depth]] + widths[depth - 1:0:-1]  # what comes up into each Up, coarse first
         self.ups = nn.ModuleList(
             Up(below[j], skip_channels[i], widths[i], mode=upsample)
-            for j, i in enumerate(reversed(range(depth)))
+            for j, i in enumerate(reversed(range(self.top, depth)))
         )
         # Skip i (full resolution first) gets its own attention block; Identity keeps the plain U-Net.
         self.skip_attention = nn.ModuleList(
-            CBAM(skip_channels[i]) if attention == "cbam" else nn.Identity() for i in range(depth)
+            CBAM(skip_channels[i]) if attention == "cbam" and i >= self.top else nn.Identity() for i in range(depth)
         )
-        self.head = nn.Conv2d(widths[0], out_channels, kernel_size=1)
-        # Auxiliary heads for decoder stages at 1/2**depth-1 ... 1/2 resolution (coarse to fine).
+        self.head = nn.Conv2d(widths[self.top], out_channels, kernel_size=1)
+        # Auxiliary heads for the coarser decoder stages, down to 1/2**depth-1 (coarse to fine).
         self.aux_heads = nn.ModuleList(
-            nn.Conv2d(widths[i], out_channels, kernel_size=1) for i in reversed(range(1, depth))
+            nn.Conv2d(widths[i], out_channels, kernel_size=1) for i in reversed(range(self.top + 1, depth))
         ) if deep_supervision else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
@@ -74,15 +78,19 @@ class UNet(nn.Module):
             for down in self.downs:
                 skips.append(down(skips[-1]))
         y = skips.pop()
+        skips = skips[self.top:]
         stages = []
         for up in self.ups:
             skip = skips.pop()
-            y = up(y, self.skip_attention[len(skips)](skip))
+            y = up(y, self.skip_attention[self.top + len(skips)](skip))
             stages.append(y)
-        main = self.head(y)[..., :h, :w]
+        size = x.shape[-2:]
+        main = self.head(y)
+        if self.top:
+            main = F.interpolate(main, size=size, mode="bilinear", align_corners=False)
+        main = main[..., :h, :w]
         if self.aux_heads is None or not self.training:
             return main
-        size = x.shape[-2:]
         aux = [F.interpolate(head(stage), size=size, mode="bilinear", align_corners=False)[..., :h, :w]
                for head, stage in zip(self.aux_heads, stages[:-1])]
         return [main, *reversed(aux)]  # full resolution, then 1/2, 1/4, ...
