@@ -24,6 +24,9 @@ from pathlib import Path
 import lesionseg
 from lesionseg.io import read_image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from augment_throughput import cpu_flags  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_DATA = {"cpu": "isic2017", "default": "isic2017", "polyp": "kvasir_seg"}
 
@@ -65,7 +68,7 @@ def main() -> None:
                                     for name, w in (("ort_fp32", str(fp32)), ("ort_int8", str(int8)))}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "cpu_flags": cpu_flags()}
     args.out.write_text(json.dumps({"machine": machine, "image": "256x256 JPEG, end to end through Segmenter.predict",
                                     "rows": rows}, indent=2) + "\n")
 

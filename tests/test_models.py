@@ -222,3 +222,37 @@ def test_every_bundled_model_is_made_by_its_config(name):
     assert cfg.model == loaded.config
     assert cfg.data.image_size == loaded.image_size
     assert default_model_path(recipe).is_file()
+
+
+def test_dropping_the_full_resolution_stage_keeps_the_half_resolution_head(tmp_path):
+    """The derived model's output is exactly the trained model's 1/2-resolution deep-supervision head,
+    upsampled, and its remaining auxiliary head is the old 1/4 one; a model without the stage is refused."""
+    from lesionseg.models import drop_full_resolution_stage
+
+    def heads(model, x):
+        """Every head's output (training mode returns them) with eval-mode BatchNorm statistics."""
+        model.train()
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eval()
+        with torch.no_grad():
+            return model(x)
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(encoder="efficientnet-lite0", base_width=4, depth=3, deep_supervision=True, attention="cbam")
+    path = tmp_path / "m.pt"
+    save_model(path, build_model(cfg, pretrained=False), cfg, image_size=32)
+    loaded = load_model(path)
+    model, new_cfg = drop_full_resolution_stage(loaded)
+    assert new_cfg.full_resolution_decoder is False and new_cfg.encoder == cfg.encoder
+    x = torch.randn(2, 3, 32, 32)
+    full, half, quarter = heads(loaded.model, x)
+    new_main, new_quarter = heads(model, x)
+    torch.testing.assert_close(new_main, half, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(new_quarter, quarter, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), half, atol=1e-5, rtol=1e-5)
+    save_model(tmp_path / "fast.pt", model, new_cfg, image_size=32)
+    assert load_model(tmp_path / "fast.pt").config.full_resolution_decoder is False
+    with pytest.raises(UserError, match="needs an EfficientNet-encoder model with deep supervision"):
+        drop_full_resolution_stage(load_model(tmp_path / "fast.pt"))

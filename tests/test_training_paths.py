@@ -126,6 +126,8 @@ def test_cosine_time_completes_within_the_budget_and_resume_continues_it(tmp_pat
     (["data.on_device=gpu"], "config key 'data.on_device': 'gpu' is not one of"),
     (["augment.color_jitter=1.5"], "config key 'augment.color_jitter': a probability"),
     (["data.device_memory_fraction=0"], "config key 'data.device_memory_fraction'"),
+    (["model.full_resolution_decoder=false"], "'model.full_resolution_decoder': false needs an EfficientNet"),
+    (["data.color_constancy=retinex"], "config key 'data.color_constancy': 'retinex' is not one of"),
 ])
 def test_new_keys_are_validated(override, message):
     with pytest.raises(UserError, match=message):
