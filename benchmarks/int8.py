@@ -1,6 +1,7 @@
 """INT8 vs fp32 vs torch for the bundled models: accuracy on each dataset's val split and end-to-end latency.
 
     .venv/bin/python benchmarks/int8.py [--models cpu default] [--data ../shared/data]
+        [--also cpu_half=runs/cpu_without_full_resolution_stage/model.pt --also-data isic2017]
 
 For each model: `lesionseg export` (fp32) and `lesionseg export --int8` calibrated on 64 images of the
 model's own training set (ISIC 2017 train; Kvasir-SEG train for `polyp`), then `lesionseg.evaluate` with each
@@ -46,26 +47,31 @@ def latency_ms(weights: str, image) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="+", default=["cpu", "default", "polyp"])
+    ap.add_argument("--also", nargs="*", default=[], metavar="LABEL=MODEL_FILE",
+                    help="more model files in the same run (e.g. a variant of a bundled model), scored on --also-data")
+    ap.add_argument("--also-data", default="isic2017", choices=sorted(set(TRAIN_DATA.values())))
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "int8.json")
     args = ap.parse_args()
     image = read_image(ROOT / "src" / "lesionseg" / "assets" / "samples" / "ISIC_0012204.jpg")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for model in args.models:
+        entries = [(model, model, TRAIN_DATA[model]) for model in args.models]
+        entries += [(*item.split("=", 1), args.also_data) for item in args.also]
+        for model, weights, dataset in entries:
             fp32, int8 = Path(tmp) / f"{model}.onnx", Path(tmp) / f"{model}_int8.onnx"
-            lesionseg_cli = [sys.executable, "-m", "lesionseg", "export", "--weights", model]
+            lesionseg_cli = [sys.executable, "-m", "lesionseg", "export", "--weights", weights]
             subprocess.run([*lesionseg_cli, "--out", str(fp32)], check=True, capture_output=True)
-            calibration = args.data / TRAIN_DATA[model] / "train" / "images"
+            calibration = args.data / dataset / "train" / "images"
             subprocess.run([*lesionseg_cli, "--out", str(int8), "--int8", "--calibration", str(calibration)],
                            check=True, capture_output=True)
-            row = {"model": model, "latency_ms": {name: latency_ms(w, image) for name, w in
-                                                  (("torch", model), ("ort_fp32", str(fp32)), ("ort_int8", str(int8)))}}
-            for dataset in [TRAIN_DATA[model]]:  # the model's own dataset
-                val = args.data / dataset / "val"
-                if val.is_dir():
-                    row[dataset] = {name: round(lesionseg.evaluate(val, weights=w, tta=False)["mean_jaccard"], 4)
-                                    for name, w in (("ort_fp32", str(fp32)), ("ort_int8", str(int8)))}
+            row = {"model": model, "weights": weights,
+                   "latency_ms": {name: latency_ms(w, image) for name, w in
+                                  (("torch", weights), ("ort_fp32", str(fp32)), ("ort_int8", str(int8)))}}
+            val = args.data / dataset / "val"  # the model's own dataset
+            if val.is_dir():
+                row[dataset] = {name: round(lesionseg.evaluate(val, weights=w, tta=False)["mean_jaccard"], 4)
+                                for name, w in (("ort_fp32", str(fp32)), ("ort_int8", str(int8)))}
             rows.append(row)
             print(json.dumps(row), flush=True)
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "cpu_flags": cpu_flags()}
