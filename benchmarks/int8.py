@@ -32,16 +32,44 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN_DATA = {"cpu": "isic2017", "default": "isic2017", "polyp": "kvasir_seg"}
 
 
-def latency_ms(weights: str, image) -> float:
-    seg = lesionseg.Segmenter.load(weights, tta=False)  # one forward pass, whatever the model's TTA default
+def median_ms(fn, repeats: int = 20) -> float:
     for _ in range(3):
-        seg.predict(image)
+        fn()
     times = []
-    for _ in range(20):
+    for _ in range(repeats):
         t = time.perf_counter()
-        seg.predict(image)
+        fn()
         times.append((time.perf_counter() - t) * 1000)
     return round(statistics.median(times), 2)
+
+
+def latency_ms(weights: str, image) -> float:
+    seg = lesionseg.Segmenter.load(weights, tta=False)  # one forward pass, whatever the model's TTA default
+    return median_ms(lambda: seg.predict(image))
+
+
+def peer_latency_ms() -> dict:
+    """Peers' networks alone (no pre- or post-processing, so a lower bound for them), torch fp32, one 256² image:
+    the seed's U-Net (milesial/Pytorch-UNet's architecture, widths 64→1024) and MONAI BasicUNet when installed."""
+    import torch
+
+    from lesionseg.config import ModelConfig
+    from lesionseg.models import build_model
+
+    peers = {"milesial U-Net (seed widths 64-1024)": lambda: build_model(ModelConfig(base_width=64, depth=4))}
+    try:
+        from monai.networks.nets import BasicUNet
+
+        peers["MONAI BasicUNet (default features)"] = lambda: BasicUNet(spatial_dims=2, in_channels=3, out_channels=1)
+    except ImportError:
+        pass
+    x = torch.randn(1, 3, 256, 256)
+    out = {}
+    for name, make in peers.items():
+        model = make().eval()
+        with torch.inference_mode():
+            out[name] = median_ms(lambda: model(x), repeats=10)
+    return out
 
 
 def main() -> None:
@@ -75,8 +103,10 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "cpu_flags": cpu_flags()}
+    peers = peer_latency_ms()
+    print(json.dumps({"peers_model_only_ms": peers}), flush=True)
     args.out.write_text(json.dumps({"machine": machine, "image": "256x256 JPEG, end to end through Segmenter.predict",
-                                    "rows": rows}, indent=2) + "\n")
+                                    "rows": rows, "peers_model_only_ms": peers}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
