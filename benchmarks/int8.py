@@ -1,7 +1,7 @@
 """INT8 vs fp32 vs torch for the bundled models: accuracy on each dataset's val split and end-to-end latency.
 
     .venv/bin/python benchmarks/int8.py [--models cpu default] [--data ../shared/data]
-        [--also cpu_half=runs/cpu_without_full_resolution_stage/model.pt --also-data isic2017]
+        [--also cpu_half=runs/cpu_without_full_resolution_stage/model.pt polyp_half=runs/x/model.pt@kvasir_seg]
 
 For each model: `lesionseg export` (fp32) and `lesionseg export --int8` calibrated on 64 images of the
 model's own training set (ISIC 2017 train; Kvasir-SEG train for `polyp`), then `lesionseg.evaluate` with each
@@ -75,9 +75,9 @@ def peer_latency_ms() -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="+", default=["cpu", "default", "polyp"])
-    ap.add_argument("--also", nargs="*", default=[], metavar="LABEL=MODEL_FILE",
-                    help="more model files in the same run (e.g. a variant of a bundled model), scored on --also-data")
-    ap.add_argument("--also-data", default="isic2017", choices=sorted(set(TRAIN_DATA.values())))
+    ap.add_argument("--also", nargs="*", default=[], metavar="LABEL=MODEL_FILE[@DATASET]",
+                    help="more model files in the same run (e.g. a variant of a bundled model), scored on DATASET "
+                         "(isic2017 unless named)")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "int8.json")
     args = ap.parse_args()
@@ -85,7 +85,10 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         entries = [(model, model, TRAIN_DATA[model]) for model in args.models]
-        entries += [(*item.split("=", 1), args.also_data) for item in args.also]
+        for item in args.also:
+            label, _, weights = item.partition("=")
+            weights, _, dataset = weights.partition("@")
+            entries.append((label, weights, dataset or "isic2017"))
         for model, weights, dataset in entries:
             fp32, int8 = Path(tmp) / f"{model}.onnx", Path(tmp) / f"{model}_int8.onnx"
             lesionseg_cli = [sys.executable, "-m", "lesionseg", "export", "--weights", weights]
