@@ -1,6 +1,6 @@
 """Write a trained model without its full-resolution decoder stage (no retraining): the deep-supervision head of
 its half-resolution stage becomes the output head. For the accuracy and latency studies (docs/accuracy.md,
-docs/performance.md); a model to ship is trained with `model.full_resolution_decoder: false` instead.
+docs/performance.md); in a recipe, `trainer.drop_full_resolution_stage: true` does the same at the end of training.
 
     .venv/bin/python scripts/drop_full_resolution_stage.py cpu --out runs/cpu_without_full_resolution_stage/model.pt
 """
@@ -19,7 +19,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     loaded = load_model(args.weights)
-    model, cfg = drop_full_resolution_stage(loaded)
+    model, cfg = drop_full_resolution_stage(loaded.model, loaded.config)
     card = {**loaded.card, "name": f"{loaded.card.get('name', args.weights)} without its full-resolution stage",
             "derived_from": str(loaded.path),
             "derivation": "full-resolution decoder stage dropped; the 1/2-resolution deep-supervision head is the "

@@ -218,3 +218,19 @@ def test_trainer_compile_runs_the_compiled_model_and_saves_plain_weights(tmp_pat
     assert keys and not any("_orig_mod" in k for k in keys)
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert not any("_orig_mod" in k or "_compiled" in k for k in ckpt["state_dict"])
+
+
+def test_drop_full_resolution_stage_writes_the_derived_model(tmp_path):
+    """trainer.drop_full_resolution_stage: training keeps the stage, model.pt is the 1/2-head model (that it
+    equals the trained 1/2 head exactly is tests/test_models.py's)."""
+    data = make_dataset(tmp_path / "data", n=8)
+    run = tmp_path / "run"
+    result = invoke("train", "--data", data, "--out", run, "model.encoder=efficientnet-lite0", "model.base_width=4",
+                    "model.depth=3", "model.deep_supervision=true", "data.image_size=32", "data.batch_size=4",
+                    "trainer.max_epochs=1", "trainer.drop_full_resolution_stage=true")
+    assert result.exit_code == 0, result.output
+    loaded = load_model(run / "model.pt")
+    assert loaded.config.full_resolution_decoder is False and "derivation" in loaded.card
+    assert load_config(run / "config.yaml").model.full_resolution_decoder is True
+    with pytest.raises(UserError, match="trainer.drop_full_resolution_stage"):
+        load_config(overrides=["trainer.drop_full_resolution_stage=true"])  # plain encoder, no deep supervision

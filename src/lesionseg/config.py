@@ -115,6 +115,9 @@ class TrainerConfig:
     compile: bool = False  # torch.compile the model for training and validation (saved weights are the same)
     # Start from the weights of a model file or bundled model (fine-tuning); its architecture must be model.*.
     init_from: str | None = None
+    # Write model.pt without the full-resolution decoder stage (training keeps it): the 1/2-resolution deep-
+    # supervision head becomes the output. A third less inference time, no measured accuracy cost.
+    drop_full_resolution_stage: bool = False
     compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
 
 
@@ -199,10 +202,18 @@ def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
             setattr(obj, key, value)
 
 
+def can_drop_full_resolution_stage(m: ModelConfig) -> bool:
+    """Whether a model has a 1/2-resolution head to take over from its full-resolution stage."""
+    return m.encoder != "plain" and m.full_resolution_decoder and m.deep_supervision and m.depth >= 2
+
+
 def _validate(cfg: Config) -> None:
     m, d, a = cfg.model, cfg.data, cfg.augment
     if m.base_width < 1 or m.depth < 1 or m.depth > 6:
         raise UserError("config: model.base_width must be ≥ 1 and model.depth in 1..6")
+    if cfg.trainer.drop_full_resolution_stage and not can_drop_full_resolution_stage(m):
+        raise UserError("config key 'trainer.drop_full_resolution_stage': needs an EfficientNet encoder, "
+                        "model.deep_supervision: true and model.full_resolution_decoder: true")
     if not m.full_resolution_decoder and (m.encoder == "plain" or m.depth < 2):
         raise UserError("config key 'model.full_resolution_decoder': false needs an EfficientNet encoder and "
                         "model.depth ≥ 2 (the plain encoder's full-resolution features feed everything below)")

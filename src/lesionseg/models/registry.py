@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
+from ..config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, can_drop_full_resolution_stage
 from ..errors import UserError
 from ..io import atomic_path
 from .unet import UNet
@@ -134,19 +134,19 @@ def load_model(weights: str | Path | None = None, device: str | torch.device = "
     )
 
 
-def drop_full_resolution_stage(loaded: LoadedModel) -> tuple[nn.Module, ModelConfig]:
+def drop_full_resolution_stage(trained: nn.Module, cfg: ModelConfig) -> tuple[nn.Module, ModelConfig]:
     """The same trained model without its full-resolution decoder stage: the deep-supervision head of the
     half-resolution stage, trained alongside, becomes the output head (its logits upsampled ×2), and the
-    remaining auxiliary heads move up one place. No retraining; measure the result before shipping it."""
-    cfg = loaded.config
-    if cfg.encoder == "plain" or not cfg.full_resolution_decoder or not cfg.deep_supervision or cfg.depth < 2:
-        raise UserError(f"{loaded.path}: dropping the full-resolution stage needs an EfficientNet-encoder model "
-                        "with deep supervision that still has that stage")
+    remaining auxiliary heads move up one place. No retraining (`trainer.drop_full_resolution_stage` does it
+    to the selected model; docs/accuracy.md measures it)."""
+    if not can_drop_full_resolution_stage(cfg):
+        raise UserError("dropping the full-resolution stage needs an EfficientNet-encoder model with deep "
+                        "supervision that still has that stage")
     new_cfg = dataclasses.replace(cfg, full_resolution_decoder=False)
     model = build_model(new_cfg, pretrained=False)
     last_up, n_aux = f"ups.{cfg.depth - 1}.", cfg.depth - 1  # aux heads run coarse → fine: the last is 1/2
     state = {}
-    for key, value in loaded.model.state_dict().items():
+    for key, value in trained.state_dict().items():
         if key.startswith(last_up) or key.startswith("head.") or key.startswith("skip_attention.0."):
             continue
         if key.startswith("aux_heads."):

@@ -21,7 +21,7 @@ from .. import __version__
 from ..config import Config, diff_configs, dump_config, load_config
 from ..errors import UserError
 from ..io import write_text
-from ..models import count_parameters, save_model
+from ..models import count_parameters, drop_full_resolution_stage, save_model
 from .module import SegmentationModule
 
 METRIC = "val_mean_jaccard"
@@ -128,8 +128,13 @@ class RunRecorder(Checkpoint):
             "training_minutes": round(self.elapsed_min(), 2),
             "hardware": self.hardware,
         }
+        model_cfg = self.cfg.model
+        if self.cfg.trainer.drop_full_resolution_stage:
+            model, model_cfg = drop_full_resolution_stage(model, model_cfg)
+            card["derivation"] = ("full-resolution decoder stage dropped after training "
+                                  "(trainer.drop_full_resolution_stage); the 1/2-resolution head is the output")
         # channels_last weights are saved contiguous; the file does not depend on memory format.
-        save_model(self.run_dir / "model.pt", model, self.cfg.model, self.cfg.data.image_size, card,
+        save_model(self.run_dir / "model.pt", model, model_cfg, self.cfg.data.image_size, card,
                    color_constancy=self.cfg.data.color_constancy)
 
 
