@@ -5,7 +5,7 @@
 
 For each model: `lesionseg export` (fp32) and `lesionseg export --int8` calibrated on 64 images of the
 model's own training set (ISIC 2017 train; Kvasir-SEG train for `polyp`), then `lesionseg.evaluate` with each
-backend on that dataset's val split, and `Segmenter.predict` on one 256² image (median of 20 after warm-up).
+backend on that dataset's val split, and `Segmenter.predict` on one 256² image (median of ≥ 20 calls over ≥ 3 s).
 JSON to benchmarks/results/int8.json and a table on stdout.
 """
 
@@ -32,11 +32,14 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN_DATA = {"cpu": "isic2017", "default": "isic2017", "polyp": "kvasir_seg"}
 
 
-def median_ms(fn, repeats: int = 20) -> float:
+def median_ms(fn, repeats: int = 20, min_seconds: float = 3.0) -> float:
+    """Median of at least `repeats` calls spread over at least `min_seconds`, so that a few milliseconds'
+    latency is not decided by one burst of other work on the machine."""
     for _ in range(3):
         fn()
     times = []
-    for _ in range(repeats):
+    start = time.perf_counter()
+    while len(times) < repeats or time.perf_counter() - start < min_seconds:
         t = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t) * 1000)

@@ -89,7 +89,9 @@ def main() -> None:
                             text=True).stdout.strip()
     card = {
         **{k: v for k, v in source.card.items() if k not in ("figures", "weights_storage", "recipe", "training")},
-        "recipe_config": source.card.get("recipe"),
+        # A run's card holds the config as "recipe"; a bundled model's (re-bundled, e.g. derived) as "recipe_config".
+        "recipe_config": source.card["recipe"] if isinstance(source.card.get("recipe"), dict)
+        else source.card.get("recipe_config"),
         "name": args.name,
         "data": source.card.get("data") or source.card.get("training_data"),
         "recipe": args.recipe,
