@@ -131,8 +131,10 @@ class RunRecorder(Checkpoint):
         model_cfg = self.cfg.model
         if self.cfg.trainer.drop_full_resolution_stage:
             model, model_cfg = drop_full_resolution_stage(model, model_cfg)
+            card["parameters"] = count_parameters(model)
             card["derivation"] = ("full-resolution decoder stage dropped after training "
-                                  "(trainer.drop_full_resolution_stage); the 1/2-resolution head is the output")
+                                  "(trainer.drop_full_resolution_stage); the 1/2-resolution head is the output; "
+                                  "selection_value and metrics.csv score the model with the stage")
         # channels_last weights are saved contiguous; the file does not depend on memory format.
         save_model(self.run_dir / "model.pt", model, model_cfg, self.cfg.data.image_size, card,
                    color_constancy=self.cfg.data.color_constancy)
