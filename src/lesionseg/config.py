@@ -134,6 +134,8 @@ class Config:
         return dataclasses.asdict(self)
 
 
+COLOR_CONSTANCY = ("none", "shades_of_grey")  # implemented in data/preprocess.py
+
 CHOICES = {
     "model.arch": {"unet"},
     "model.upsample": {"bilinear", "transposed"},
@@ -141,7 +143,7 @@ CHOICES = {
     "model.encoder": {"plain", "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"},
     "trainer.precision": {"auto", "bf16", "fp32"},
     "data.on_device": {"auto", "true", "false"},
-    "data.color_constancy": {"none", "shades_of_grey"},
+    "data.color_constancy": set(COLOR_CONSTANCY),
     "optim.schedule": {"cosine", "cosine_time"},
     "trainer.compile_mode": {"default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"},
     "trainer.accelerator": {"auto", "cpu", "gpu"},

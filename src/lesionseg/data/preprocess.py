@@ -8,11 +8,10 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from ..config import IMAGENET_MEAN, IMAGENET_STD
+from ..config import COLOR_CONSTANCY, IMAGENET_MEAN, IMAGENET_STD
 from ..errors import UserError
 
 
-COLOR_CONSTANCY = ("none", "shades_of_grey")
 SHADES_OF_GREY_POWER = 6  # Finlayson & Trezzi's p; the value used for dermoscopy (Barata et al. 2015)
 ILLUMINANT_SIDE = 128  # the illuminant is estimated on a copy this small: cheap, and the same for any input size
 MAX_GAIN = 4.0  # a nearly empty channel (a saturated red photo) must not be amplified into noise
