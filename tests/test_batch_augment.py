@@ -10,7 +10,7 @@ import torch
 from lesionseg.config import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig
 from lesionseg.data.batch_augment import BatchAugment
 
-KEYS = ["hflip", "vflip", "rot90", "noise", "blur", "elastic", "color_jitter"]
+KEYS = ["hflip", "vflip", "rot90", "noise", "blur", "elastic", "color_jitter", "hair", "ink"]
 OFF = AugmentConfig(crop_scale_min=1.0, crop_scale_max=1.0, hflip=0, vflip=0, rot90=0, noise=0, blur=0,
                     elastic=0, color_jitter=0)
 
@@ -136,11 +136,13 @@ def test_albumentations_path_has_the_same_keys():
     """Every augment.* key has a counterpart in the per-image path (colour jitter included)."""
     from lesionseg.data.transforms import train_transform
 
-    names = [type(t).__name__ for t in train_transform(32, AugmentConfig(elastic=0.3, color_jitter=0.4)).transforms]
-    for name in ("RandomResizedCrop", "HorizontalFlip", "VerticalFlip", "RandomRotate90", "ColorJitter",
+    aug = AugmentConfig(elastic=0.3, color_jitter=0.4, hair=0.5, ink=0.5)
+    names = [type(t).__name__ for t in train_transform(32, aug).transforms]
+    for name in ("SkinArtifacts", "RandomResizedCrop", "HorizontalFlip", "VerticalFlip", "RandomRotate90", "ColorJitter",
                  "GaussNoise", "GaussianBlur", "ElasticTransform"):
         assert name in names
-    assert "ColorJitter" not in [type(t).__name__ for t in train_transform(32, AugmentConfig()).transforms]
+    plain = [type(t).__name__ for t in train_transform(32, AugmentConfig()).transforms]
+    assert "ColorJitter" not in plain and "SkinArtifacts" not in plain
 
 
 def test_resident_tensors_resize_and_keep_masks_binary(tmp_path):

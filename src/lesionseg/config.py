@@ -75,6 +75,10 @@ class AugmentConfig:
     elastic: float = 0.0
     color_jitter: float = 0.0  # probability of brightness, contrast and saturation jitter
     color_jitter_strength: float = 0.2  # each factor drawn from 1 ± strength
+    # Synthetic artefacts on the image only (data/artifacts.py): probability of 4–16 hairs, and of a
+    # hand-drawn marker ring around the lesion.
+    hair: float = 0.0
+    ink: float = 0.0
 
 
 @dataclass
@@ -227,7 +231,7 @@ def _validate(cfg: Config) -> None:
         raise UserError("config key 'data.batch_size': must be ≥ 1")
     if not 0.0 < a.crop_scale_min <= a.crop_scale_max <= 1.0:
         raise UserError("config keys 'augment.crop_scale_min/max': need 0 < min ≤ max ≤ 1")
-    for name in ("hflip", "vflip", "rot90", "noise", "blur", "elastic", "color_jitter"):
+    for name in ("hflip", "vflip", "rot90", "noise", "blur", "elastic", "color_jitter", "hair", "ink"):
         if not 0.0 <= getattr(a, name) <= 1.0:
             raise UserError(f"config key 'augment.{name}': a probability in [0, 1]")
     if not 0.0 <= a.color_jitter_strength < 1.0:

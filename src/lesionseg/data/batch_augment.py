@@ -3,7 +3,8 @@
 Used when the training set is resident on the training device (`data.on_device`): one affine (+ elastic)
 resample per batch instead of per-image albumentations calls on the CPU, so a GPU is not starved. The keys
 and their distributions follow `transforms.train_transform` (same probabilities, same ranges); the order is
-geometric (random resized crop, flips, rot90, elastic — one resample) → colour jitter → noise → blur.
+artefacts (hair, ink, artifacts.py) → geometric (random resized crop, flips, rot90, elastic — one resample) →
+colour jitter → noise → blur.
 Every draw comes from the generator passed in, so a seeded generator gives the same batch on the same device.
 """
 
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 
 from ..config import (BLUR_KERNEL_SIZES, BLUR_SIGMA, ELASTIC_ALPHA, ELASTIC_SIGMA, IMAGENET_MEAN, IMAGENET_STD,
                       NOISE_STD, AugmentConfig)
+from .artifacts import draw_artifacts
 
 ASPECT = (3 / 4, 4 / 3)  # RandomResizedCrop's default aspect-ratio range
 CROP_TRIES = 10  # RandomResizedCrop draws up to 10 crops before falling back to the whole image
@@ -61,6 +63,8 @@ class BatchAugment:
 
         x = x.float() / 255
         y = y.float()
+        if a.hair > 0 or a.ink > 0:
+            x = draw_artifacts(x, y, a.hair, a.ink, u)
         w, h = self._crop_size(b, u)
         cx, cy = (1 - w) * (2 * u(b) - 1), (1 - h) * (2 * u(b) - 1)
         # Flips and a rot90 (k uniform in 0..3 when applied), folded into the same affine map.

@@ -8,15 +8,42 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check on import
 
 import albumentations as A  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from ..config import (BLUR_KERNEL_SIZES, BLUR_SIGMA, ELASTIC_ALPHA, ELASTIC_SIGMA, IMAGENET_MEAN,  # noqa: E402
                       IMAGENET_STD, NOISE_STD, AugmentConfig)
+from .artifacts import draw_artifacts  # noqa: E402
 from .preprocess import EvalTransform  # noqa: E402
+
+
+class SkinArtifacts(A.ImageOnlyTransform):
+    """`artifacts.draw_artifacts` as an albumentations step: the same drawing as the batch path, its uniforms
+    from a torch generator seeded by the pipeline's own RNG (so `Compose(seed=...)` repeats it)."""
+
+    def __init__(self, hair: float, ink: float):
+        super().__init__(p=1.0)  # the hair and ink chances are drawn inside, as in the batch path
+        self.hair, self.ink = hair, ink
+
+    def get_params_dependent_on_data(self, params, data):
+        return {"seed": int(self.random_generator.integers(2**62)), "lesion": data.get("mask")}
+
+    def apply(self, img: np.ndarray, seed: int = 0, lesion: np.ndarray | None = None, **params) -> np.ndarray:
+        g = torch.Generator().manual_seed(seed)
+        scale = 255.0 if img.dtype == np.uint8 else 1.0
+        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / scale
+        m = np.zeros(img.shape[:2], np.float32) if lesion is None else lesion.astype(np.float32)
+        out = draw_artifacts(x, torch.from_numpy(m)[None, None], self.hair, self.ink,
+                             lambda *shape: torch.rand(*shape, generator=g))
+        out = (out[0].permute(1, 2, 0) * scale).numpy()
+        return out.round().astype(np.uint8) if img.dtype == np.uint8 else out.astype(img.dtype)
 
 
 def train_transform(size: int, aug: AugmentConfig, seed: int | None = None) -> A.Compose:
     """The seed's recipe. Crop scale stays ≤ 1.0: the seed's 1.2 is not a valid crop fraction."""
-    steps = [
+    # Artefacts first, at the source resolution, where real hair and ink are.
+    steps = [SkinArtifacts(aug.hair, aug.ink)] if aug.hair > 0 or aug.ink > 0 else []
+    steps += [
         A.RandomResizedCrop(size=(size, size), scale=(aug.crop_scale_min, aug.crop_scale_max)),
         A.HorizontalFlip(p=aug.hflip),
         A.VerticalFlip(p=aug.vflip),
