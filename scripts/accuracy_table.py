@@ -8,6 +8,8 @@ split carved from ISIC 2017 train — the selection set — without and with fli
 official validation set, which is reported and never used to choose. For runs with a weight EMA, the
 per-epoch scores in metrics.csv (carved split at the network's input size) give EMA vs raw weights at the
 selected epoch and at the end. Cached per model file in <run>/accuracy.json, so rerunning only adds rows.
+Runs of one recipe that differ only in `trainer.seed` (and train on the same data) are also summarised over
+seeds: mean ± half the range, the honest unit for differences under ~0.01.
 """
 
 from __future__ import annotations
@@ -70,6 +72,37 @@ def describe(card: dict) -> str:
     return f"{n} images{extra}" if n else "—"
 
 
+def recipe_and_seed(run: Path, card: dict) -> tuple[str, int] | None:
+    """The run's config without its training seed, plus its data (equal = one recipe), and that seed."""
+    from lesionseg.config import dump_config, load_config
+
+    path = run / "config.yaml"
+    if not path.is_file():
+        return None
+    cfg = load_config(path)
+    seed, cfg.trainer.seed = cfg.trainer.seed, 0
+    return dump_config(cfg) + describe(card), seed
+
+
+def seed_summary(groups: dict[str, list[tuple[str, int, dict]]]) -> list[str]:
+    lines = ["", "Over seeds (mean ± half the range):", "",
+             "| recipe (runs) | seeds | carved J | val J | val J, flip TTA | val thresholded J |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+
+        def stat(split: str, metric: str = "mean_jaccard") -> str:
+            v = [m[split][metric] for _, _, m in members]
+            return f"{sum(v) / len(v):.4f} ± {(max(v) - min(v)) / 2:.4f}"
+
+        names = ", ".join(f"`{n}`" for n, _, _ in members)
+        seeds = ", ".join(str(s) for _, s, _ in members)
+        lines.append(f"| {names} | {seeds} | {stat('carved_plain')} | {stat('val_plain')} | "
+                     f"{stat('val_flip_tta')} | {stat('val_plain', 'thresholded_jaccard')} |")
+    return lines if len(lines) > 5 else []
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("runs", type=Path, nargs="*")
@@ -85,6 +118,7 @@ def main() -> None:
     lines = ["| model | trained on | minutes | carved J | carved J, flip TTA | val J | val J, flip TTA | "
              "val thresholded J | EMA vs raw (carved, per epoch: best EMA / raw then / best raw / last EMA / last raw) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    groups: dict[str, list[tuple[str, int, dict]]] = {}
     for name, model, run in entries:
         if not model.is_file():
             print(f"{model}: no model file, skipped", file=sys.stderr)
@@ -102,7 +136,10 @@ def main() -> None:
                      f"{m['carved_plain']['mean_jaccard']:.4f} | {m['carved_flip_tta']['mean_jaccard']:.4f} | "
                      f"{m['val_plain']['mean_jaccard']:.4f} | {m['val_flip_tta']['mean_jaccard']:.4f} | "
                      f"{m['val_plain']['thresholded_jaccard']:.4f} | {ema_text} |")
-    table = "\n".join(lines) + "\n"
+        recipe = recipe_and_seed(run, card) if run else None
+        if recipe is not None:
+            groups.setdefault(recipe[0], []).append((name, recipe[1], m))
+    table = "\n".join(lines + seed_summary(groups)) + "\n"
     text = args.out.read_text() if args.out.is_file() else ""
     begin, end = "<!-- accuracy table: begin -->", "<!-- accuracy table: end -->"
     if begin in text and end in text:
