@@ -2,6 +2,7 @@
 both feeding paths, repeatable from a seed, and sized for the image."""
 
 import dataclasses
+import warnings
 
 import numpy as np
 import pytest
@@ -105,7 +106,10 @@ def test_both_feeding_paths_leave_the_mask_alone_and_draw_the_same_artefacts():
     assert np.abs(out["image"] - train_transform(96, OFF, seed=4)(image=image, mask=mask)["image"]).max() > 0.1
     # One drawing: the albumentations step is draw_artifacts on the uint8 image, given the step's seed.
     step = SkinArtifacts(1.0, 1.0)
-    drawn = step.apply(image, seed=11, lesion=mask)
+    image.setflags(write=False)  # as the decoded-image cache hands them out
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        drawn = step.apply(image, seed=11, lesion=mask)
     ref = draw_artifacts(img.float() / 255, m, 1.0, 1.0, uniforms(11))[0].permute(1, 2, 0).numpy() * 255
     np.testing.assert_array_equal(drawn, ref.round().astype(np.uint8))
 
