@@ -22,6 +22,16 @@ def test_shipped_configs_load():
     assert fast.model.base_width == 16 and fast.data.image_size == 128
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_config_loads_and_recipes_name_their_command(path):
+    """Every config validates; a recipe trained by scripts/train_model.sh names itself in that command."""
+    cfg = load_config(path)
+    assert cfg.data.image_size % 2**cfg.model.depth == 0
+    text = path.read_text()
+    if "train_model.sh" in text:
+        assert f"train_model.sh {path.stem}" in text
+
+
 def test_overrides_parse_types_and_nest():
     cfg = load_config(overrides=["model.base_width=32", "trainer.max_epochs=5", "optim.lr=3e-4",
                                  "trainer.max_minutes=null", "model.upsample=transposed", "data.cache=false"])
