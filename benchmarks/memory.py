@@ -23,14 +23,15 @@ ROOT = Path(__file__).resolve().parents[1]
 BATCH, SIZE = 8, 256
 
 TRAIN = r"""
-import resource, sys, json, torch
+import sys, json, torch
 sys.path.insert(0, {src!r})
 torch.set_num_threads(2)
 from lesionseg.config import ModelConfig
 from lesionseg.losses import DeepSupervisionLoss, DiceBCELoss
+from lesionseg.memory import peak_rss_mb
 from lesionseg.models import build_model, count_parameters
 kind, args = {kind!r}, {args!r}
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = peak_rss_mb()
 if kind == "lesionseg":
     model = build_model(ModelConfig(**args))
 else:
@@ -46,18 +47,19 @@ for _ in range(2):
     opt.zero_grad(set_to_none=True)
     loss_fn(model(x), y).backward()
     opt.step()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps(dict(params=count_parameters(model), peak_mb=peak / 1024, added_mb=(peak - base) / 1024)))
+peak = peak_rss_mb()
+print(json.dumps(dict(params=count_parameters(model), peak_mb=peak, added_mb=peak - base)))
 """
 
 PREDICT = r"""
-import resource, sys
+import sys
 from lesionseg.cli import app
+from lesionseg.memory import peak_rss_mb
 try:
     app(sys.argv[1:])
 except SystemExit as e:
     assert e.code == 0, e.code
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(peak_rss_mb())
 """
 
 MODELS = [
@@ -101,7 +103,7 @@ def main() -> None:
         peak = float(run_python(PREDICT, "predict", str(Path(tmp) / "big.jpg"), "--out", str(Path(tmp) / "o")))
         rows.append({"row": "predict: 4000×3000 JPEG, bundled default model", "peak_mb": peak})
     result = {"setting": f"training: batch {BATCH}, {SIZE}², fp32 channels_last, AdamW, 2 steps; peak RSS "
-                         "(ru_maxrss) of a fresh process", "rows": rows}
+                         "(VmHWM, the process's own) of a fresh process", "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print("| row | params | peak RSS (MB) | added by training (MB) |\n| --- | --- | --- | --- |")

@@ -9,8 +9,13 @@ import pytest
 import torch
 
 from lesionseg.config import AugmentConfig, load_config
+from lesionseg.data.artifacts import (
+    HAIR_WIDTH,
+    INK_WIDTH,
+    draw_artifacts,
+    max_filter_radius,
+)
 from lesionseg.errors import UserError
-from lesionseg.data.artifacts import HAIR_WIDTH, INK_WIDTH, draw_artifacts, max_filter_radius
 
 OFF = AugmentConfig(crop_scale_min=1.0, crop_scale_max=1.0, hflip=0, vflip=0, rot90=0, noise=0, blur=0,
                     elastic=0, color_jitter=0)
@@ -97,7 +102,7 @@ def test_both_feeding_paths_leave_the_mask_alone_and_draw_the_same_artefacts():
     aug = dataclasses.replace(OFF, hair=1.0, ink=1.0)
     m = disc(1, 96, 12, (48, 40))
     img = (torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(0)) * 255).round().to(torch.uint8)
-    xa, ya = BatchAugment(96, aug)(img, m.to(torch.uint8), torch.Generator().manual_seed(4))
+    _, ya = BatchAugment(96, aug)(img, m.to(torch.uint8), torch.Generator().manual_seed(4))
     assert torch.equal(ya, m)
     image = img[0].permute(1, 2, 0).numpy().copy()
     mask = m[0, 0].numpy().astype(np.uint8)

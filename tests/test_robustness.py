@@ -66,17 +66,12 @@ def test_large_photo_predicts_under_2_gb(tmp_path, tiny_model_file):
     img = np.zeros((3000, 4000, 3), np.uint8)
     img[1000:2000, 1500:2500] = 120
     Image.fromarray(img).save(tmp_path / "big.jpg", quality=90)
-    # The child's own peak: /proc's VmHWM (kB). ru_maxrss would be at least the pytest parent's RSS at
-    # fork time (Linux carries it across exec), so it grows with whatever ran before this test.
-    code = ("import resource, sys\nfrom pathlib import Path\nfrom lesionseg.cli import app\ntry:\n    app(sys.argv[1:])\n"
-            "except SystemExit as e:\n    assert e.code == 0, e.code\nstatus = Path('/proc/self/status')\n"
-            "hwm = [l.split()[1] for l in status.read_text().splitlines() if l.startswith('VmHWM')] "
-            "if status.exists() else []\n"
-            "print(hwm[0] if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    code = ("import sys\nfrom lesionseg.cli import app\nfrom lesionseg.memory import peak_rss_mb\ntry:\n"
+            "    app(sys.argv[1:])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\nprint(peak_rss_mb())")
     proc = subprocess.run([sys.executable, "-c", code, "predict", str(tmp_path / "big.jpg"), "--out",
                            str(tmp_path / "o"), "--weights", str(tiny_model_file)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    peak_mb = int(proc.stdout.strip().splitlines()[-1]) / 1024
+    peak_mb = float(proc.stdout.strip().splitlines()[-1])  # the child's own peak, not its parent's (memory.py)
     assert peak_mb < 2048, f"peak RSS {peak_mb:.0f} MB"
     assert Image.open(tmp_path / "o" / "big_mask.png").size == (4000, 3000)
 

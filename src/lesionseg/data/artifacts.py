@@ -14,7 +14,7 @@ filter; widths are given for a 256-pixel side and scale with the image.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
