@@ -31,7 +31,8 @@ class SkinArtifacts(A.ImageOnlyTransform):
     def apply(self, img: np.ndarray, seed: int = 0, lesion: np.ndarray | None = None, **params) -> np.ndarray:
         g = torch.Generator().manual_seed(seed)
         scale = 255.0 if img.dtype == np.uint8 else 1.0
-        x = torch.from_numpy(img.astype(np.float32)).permute(2, 0, 1)[None] / scale  # a copy: cached images are read-only
+        # astype copies: cached images are read-only, and torch warns on those
+        x = torch.from_numpy(img.astype(np.float32)).permute(2, 0, 1)[None] / scale
         m = np.zeros(img.shape[:2], np.float32) if lesion is None else lesion.astype(np.float32)
         out = draw_artifacts(x, torch.from_numpy(m)[None, None], self.hair, self.ink,
                              lambda *shape: torch.rand(*shape, generator=g))
