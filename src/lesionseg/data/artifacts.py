@@ -24,6 +24,7 @@ HAIR_LENGTH = (0.2, 0.7)  # fraction of the image side
 HAIR_BEND = 0.3  # control point offset, fraction of the hair's length
 HAIR_WIDTH = (1, 3)  # px at 256²: 1 px wide hairs, or 3 px for a quarter of the images
 HAIR_OPACITY = (0.5, 0.9)
+HAIR_DARKNESS = (0.02, 0.25)  # black to dark brown
 INK_SCALE = (1.3, 1.8)  # ring radii as multiples of the lesion's (2 standard deviations of its mask)
 INK_ARC = (0.6, 1.0)  # fraction of a full turn: hand-drawn rings are often open
 INK_WIDTH = (3, 5)  # px at 256²
@@ -85,8 +86,8 @@ def _hairs(x: torch.Tensor, on: torch.Tensor, u: Callable) -> torch.Tensor:
     hit = _splat(curve, valid[..., None].expand(b, n, steps), h, w)
     alpha = _thicken(hit, max_filter_radius(u(b) < 0.25, HAIR_WIDTH, max(h, w)))
     alpha = alpha * _lerp(HAIR_OPACITY, u(b)).view(b, 1, 1, 1)
-    darkness = _lerp((0.02, 0.25), u(b))[:, None]
-    colour = darkness * torch.tensor([1.0, 0.8, 0.65], device=x.device)  # black to dark brown
+    darkness = _lerp(HAIR_DARKNESS, u(b))[:, None]
+    colour = darkness * torch.tensor([1.0, 0.8, 0.65], device=x.device)  # a brown tint
     return _blend(x, alpha, colour)
 
 
@@ -136,4 +137,3 @@ def draw_artifacts(x: torch.Tensor, y: torch.Tensor, hair: float, ink: float, u:
     if ink > 0:
         x = _ink_rings(x, y, u(b) < ink, u)
     return x.clamp(0, 1)
-
