@@ -92,7 +92,7 @@ def seed_summary(groups: dict[str, list[tuple[str, int, dict]]]) -> list[str]:
         if len(members) < 2:
             continue
 
-        def stat(split: str, metric: str = "mean_jaccard") -> str:
+        def stat(split: str, metric: str = "mean_jaccard", members=members) -> str:
             v = [m[split][metric] for _, _, m in members]
             return f"{sum(v) / len(v):.4f} ± {(max(v) - min(v)) / 2:.4f}"
 
@@ -115,8 +115,8 @@ def main() -> None:
 
     entries = [(name, default_model_path(name), None) for name in args.bundled]
     entries += [(run.name, run / "model.pt", run) for run in args.runs]
-    lines = ["| model | trained on | minutes | carved J | carved J, flip TTA | val J | val J, flip TTA | "
-             "val thresholded J | EMA vs raw (carved, per epoch: best EMA / raw then / best raw / last EMA / last raw) |",
+    lines = [("| model | trained on | minutes (epochs) | carved J | carved J, flip TTA | val J | val J, flip TTA | "
+              "val thresholded J | EMA vs raw (carved, per epoch: best EMA / raw then / best raw / last EMA / last raw) |"),
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     groups: dict[str, list[tuple[str, int, dict]]] = {}
     for name, model, run in entries:
@@ -129,10 +129,13 @@ def main() -> None:
         card = load_model(model).card
         ema = ema_columns(run) if run else {}
         minutes = ema.get("minutes") or card.get("training_minutes") or "—"
+        minutes = minutes if isinstance(minutes, str) else f"{minutes:.0f}"
+        if ema:  # runs on shared cores get fewer epochs in the same minutes
+            minutes += f" ({ema['epochs']})"
         ema_text = (f"{ema['ema_best']:.4f} / {ema['raw_at_best']:.4f} / {ema['raw_best']:.4f} / "
                     f"{ema['ema_last']:.4f} / {ema['raw_last']:.4f}") if ema else "—"
         label = f"`{name}` (bundled)" if run is None else f"`{name}`"
-        lines.append(f"| {label} | {describe(card)} | {minutes if isinstance(minutes, str) else f'{minutes:.0f}'} | "
+        lines.append(f"| {label} | {describe(card)} | {minutes} | "
                      f"{m['carved_plain']['mean_jaccard']:.4f} | {m['carved_flip_tta']['mean_jaccard']:.4f} | "
                      f"{m['val_plain']['mean_jaccard']:.4f} | {m['val_flip_tta']['mean_jaccard']:.4f} | "
                      f"{m['val_plain']['thresholded_jaccard']:.4f} | {ema_text} |")
