@@ -9,7 +9,8 @@ official validation set, which is reported and never used to choose. For runs wi
 per-epoch scores in metrics.csv (carved split at the network's input size) give EMA vs raw weights at the
 selected epoch and at the end. Cached per model file in <run>/accuracy.json, so rerunning only adds rows.
 Runs of one recipe that differ only in `trainer.seed` (and train on the same data) are also summarised over
-seeds: mean ± half the range, the honest unit for differences under ~0.01.
+seeds: mean ± half the range, the honest unit for differences under ~0.01. Last, flip TTA minus one view per
+model (paired), averaged over every row.
 """
 
 from __future__ import annotations
@@ -103,6 +104,18 @@ def seed_summary(groups: dict[str, list[tuple[str, int, dict]]]) -> list[str]:
     return lines if len(lines) > 5 else []
 
 
+def tta_summary(measured: list[dict]) -> list[str]:
+    """Flip TTA minus one view, per model (a paired difference: same weights, same images), over all rows."""
+    if len(measured) < 2:
+        return []
+    parts = []
+    for split in ("carved", "val"):
+        d = [m[f"{split}_flip_tta"]["mean_jaccard"] - m[f"{split}_plain"]["mean_jaccard"] for m in measured]
+        parts.append(f"{split} {sum(d) / len(d):+.4f} on average ({sum(x > 0 for x in d)} of {len(d)} higher, "
+                     f"{min(d):+.4f} to {max(d):+.4f})")
+    return ["", f"Flip TTA minus one view, paired, over the {len(measured)} models above: {'; '.join(parts)}."]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("runs", type=Path, nargs="*")
@@ -119,6 +132,7 @@ def main() -> None:
               "val thresholded J | EMA vs raw (carved, per epoch: best EMA / raw then / best raw / last EMA / last raw) |"),
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     groups: dict[str, list[tuple[str, int, dict]]] = {}
+    measured: list[dict] = []
     for name, model, run in entries:
         if not model.is_file():
             print(f"{model}: no model file, skipped", file=sys.stderr)
@@ -126,6 +140,7 @@ def main() -> None:
         cache = run / "accuracy.json" if run else ROOT / "runs" / f"accuracy_{name}.json"
         cache.parent.mkdir(parents=True, exist_ok=True)
         m = measure(model, args.data, cache)
+        measured.append(m)
         card = load_model(model).card
         ema = ema_columns(run) if run else {}
         minutes = ema.get("minutes") or card.get("training_minutes") or "—"
@@ -142,7 +157,7 @@ def main() -> None:
         recipe = recipe_and_seed(run, card) if run else None
         if recipe is not None:
             groups.setdefault(recipe[0], []).append((name, recipe[1], m))
-    table = "\n".join(lines + seed_summary(groups)) + "\n"
+    table = "\n".join(lines + seed_summary(groups) + tta_summary(measured)) + "\n"
     text = args.out.read_text() if args.out.is_file() else ""
     begin, end = "<!-- accuracy table: begin -->", "<!-- accuracy table: end -->"
     if begin in text and end in text:
