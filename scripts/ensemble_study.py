@@ -6,7 +6,8 @@ probabilities of several trained models, and running one model at another input 
 
 Every probability map comes from `Segmenter.predict_batch` (the path of `lesionseg evaluate`: each image at its
 own size, threshold 0.5) on the carved split of ISIC 2017 train (the selection set) and on the official val set
-(reported, never used to choose); maps are cached under --cache, so adding a model only computes that model.
+(reported, never used to choose); maps are cached under --cache by model file, so adding a model only computes
+that model.
 Prints markdown: each model alone, then the --top combinations best on the carved split; with --sizes, the first
 model at each input size (one view, no flips).
 """
@@ -18,6 +19,9 @@ import itertools
 from pathlib import Path
 
 import numpy as np
+
+# scripts/ is on sys.path when a script in it runs
+from accuracy_table import TTA_SCALES, file_key
 
 from lesionseg.evaluation import carved_split, load_labelled
 from lesionseg.inference import Segmenter
@@ -63,9 +67,10 @@ def main() -> None:
 
     probs = {}
     for name, weights in models.items():
-        segmenter = Segmenter.load(weights, tta=args.tta, tta_scales=[1.0])
+        segmenter = Segmenter.load(weights, tta=args.tta, tta_scales=TTA_SCALES)
+        key = file_key(segmenter.weights_path)  # a retrained model under the same name is not read from cache
         for s in SPLITS:
-            probs[name, s] = probabilities(segmenter, images[s], args.cache / f"{name}_{s}_{mode}.npy")
+            probs[name, s] = probabilities(segmenter, images[s], args.cache / f"{name}_{key}_{s}_{mode}.npy")
     rows = []
     for k in range(1, len(models) + 1):
         for combo in itertools.combinations(models, k):
@@ -87,7 +92,8 @@ def main() -> None:
             backend = open_backend(weights, "torch")
             backend.image_size = size  # the Segmenter resizes every image to its backend's size
             segmenter = Segmenter(backend)
-            results = {s: scores(probabilities(segmenter, images[s], args.cache / f"{name}_{s}_size{size}.npy"),
+            key = file_key(segmenter.weights_path)
+            results = {s: scores(probabilities(segmenter, images[s], args.cache / f"{name}_{key}_{s}_size{size}.npy"),
                                  truths[s]) for s in SPLITS}
             print(row(f"{size}²", results))
 
