@@ -1,3 +1,4 @@
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,23 @@ def test_every_config_loads_and_recipes_name_their_command(path):
     text = path.read_text()
     if "train_model.sh" in text:
         assert f"train_model.sh {path.stem}" in text
+    if "gpu_run.sh" in text:
+        assert f"gpu_run.sh {path.stem}" in text or path.stem == "lite0_256_gpu"  # the script's default
+
+
+def test_gpu_run_refuses_an_unknown_recipe_before_touching_anything(tmp_path):
+    """Checked before .gpu/ is cleared or filled (the script cds to the project root, so it runs from anywhere)."""
+    gpu = ROOT / ".gpu"
+
+    def listing():
+        return sorted(str(p.relative_to(gpu)) for p in gpu.rglob("*")) if gpu.exists() else None
+
+    before = listing()
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_run.sh"), "prepare", "no_such_recipe"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "configs/no_such_recipe.yaml: no such recipe"
+    assert listing() == before
 
 
 def test_overrides_parse_types_and_nest():
