@@ -88,11 +88,11 @@ def main() -> None:
         name, weights = next(iter(models.items()))
         print(f"\n`{name}` at other input sizes (one view):\n")
         print("| input size | carved J | val J | val thresholded J |\n| --- | --- | --- | --- |")
+        backend = open_backend(weights, "torch")
+        key = file_key(backend.path)
         for size in args.sizes:
-            backend = open_backend(weights, "torch")
-            backend.image_size = size  # the Segmenter resizes every image to its backend's size
+            backend.image_size = size  # a Segmenter resizes every image to its backend's size, read when it is built
             segmenter = Segmenter(backend)
-            key = file_key(segmenter.weights_path)
             results = {s: scores(probabilities(segmenter, images[s], args.cache / f"{name}_{key}_{s}_size{size}.npy"),
                                  truths[s]) for s in SPLITS}
             print(row(f"{size}²", results))
