@@ -31,6 +31,7 @@ bench: venv
 	$(PY) benchmarks/serve_load.py --seconds 10 --workers 1
 
 test: venv
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 clean:

@@ -6,7 +6,8 @@
   batched     data/batch_augment.py on this machine's CPU tensors (the data.on_device path), img/s, gather
               from the resident uint8 set included
 Both use the config's augment.* keys, input size and batch size, on ISIC 2017 train images (or --data).
-A GPU-side figure needs a GPU: run it there with --device cuda. Writes benchmarks/results/augment_throughput.json
+A GPU-side figure needs a GPU: run it there with --device cuda. Writes
+benchmarks/results/augment_throughput.json
 with the machine's description (CPU flags included).
 """
 
@@ -52,7 +53,9 @@ def main() -> None:
     args = ap.parse_args()
     cfg = load_config(args.config)
     size, bs = cfg.data.image_size, cfg.data.batch_size
-    dataset = SegmentationDataset(discover(args.data)[: args.images], train_transform(size, cfg.augment, seed=0))
+    dataset = SegmentationDataset(
+        discover(args.data)[: args.images], train_transform(size, cfg.augment, seed=0)
+    )
     x, y = resident_tensors(dataset, size)  # decodes once; both paths then start from decoded pixels
     decoded = [(x[i].permute(1, 2, 0).numpy(), y[i, 0].numpy()) for i in range(len(x))]
 
@@ -80,12 +83,16 @@ def main() -> None:
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                "threads": torch.get_num_threads(), "cpu_flags": cpu_flags(), "torch": torch.__version__,
                "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"}
-    result = {"machine": machine, "config": str(args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT)
-                                                 else args.config),
-              "image_size": size, "batch_size": bs, "images": len(decoded),
-              "per_image_albumentations_img_per_s_one_core": round(per_image, 1),
-              f"batched_{dev.type}_img_per_s": round(batched, 1),
-              "ratio_batched_vs_per_image": round(batched / per_image, 2)}
+    result = {
+        "machine": machine,
+        "config": str(args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config),
+        "image_size": size,
+        "batch_size": bs,
+        "images": len(decoded),
+        "per_image_albumentations_img_per_s_one_core": round(per_image, 1),
+        f"batched_{dev.type}_img_per_s": round(batched, 1),
+        "ratio_batched_vs_per_image": round(batched / per_image, 2),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -73,9 +73,18 @@ def main() -> None:
     for mode in args.modes:
         rows.append(measure(cfg, device, mode, args.steps))
         rows[-1]["vs_eager"] = round(rows[-1]["img_per_s"] / rows[0]["img_per_s"], 2)
-    name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
-    result = {"device": name, "torch": torch.__version__, "config": str(args.config), "overrides": args.overrides,
-              "batch": cfg.data.batch_size, "size": cfg.data.image_size, "rows": rows}
+    name = (
+        torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
+    )
+    result = {
+        "device": name,
+        "torch": torch.__version__,
+        "config": str(args.config),
+        "overrides": args.overrides,
+        "batch": cfg.data.batch_size,
+        "size": cfg.data.image_size,
+        "rows": rows,
+    }
     out = ROOT / "benchmarks" / "results" / f"compile_training_{device.type}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -49,7 +49,15 @@ def main() -> None:
                     rows.append({"backend": backend, "batch": batch, "tta": tta, "img_s": n / secs})
                     print(json.dumps(rows[-1]), flush=True)
             start = time.perf_counter()
-            cmd = [sys.executable, "-m", "lesionseg.cli", "predict", str(files[0]), "--out", str(Path(tmp) / backend)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "lesionseg.cli",
+                "predict",
+                str(files[0]),
+                "--out",
+                str(Path(tmp) / backend),
+            ]
             if backend == "onnx":
                 cmd += ["--weights", str(onnx_path)]
             elif args.weights:
@@ -62,7 +70,9 @@ def main() -> None:
     print("\n| backend | batch | TTA | img/s |\n| --- | --- | --- | --- |")
     for r in rows:
         if "img_s" in r:
-            print(f"| {r['backend']} | {r['batch']} | {'9 views' if r['tta'] else 'off'} | {r['img_s']:.1f} |")
+            print(
+                f"| {r['backend']} | {r['batch']} | {'9 views' if r['tta'] else 'off'} | {r['img_s']:.1f} |"
+            )
     for r in rows:
         if "cold_start_one_image_s" in r:
             print(f"cold start + 1 image, {r['backend']}: {r['cold_start_one_image_s']:.2f} s")

@@ -1,11 +1,13 @@
 """INT8 vs fp32 vs torch for the bundled models: accuracy on each dataset's val split and end-to-end latency.
 
     .venv/bin/python benchmarks/int8.py [--models cpu default] [--data ../shared/data]
-        [--also cpu_half=runs/cpu_without_full_resolution_stage/model.pt polyp_half=runs/x/model.pt@kvasir_seg]
+        [--also cpu_half=runs/cpu_without_full_resolution_stage/model.pt
+        polyp_half=runs/x/model.pt@kvasir_seg]
 
 For each model: `lesionseg export` (fp32) and `lesionseg export --int8` calibrated on 64 images of the
 model's own training set (ISIC 2017 train; Kvasir-SEG train for `polyp`), then `lesionseg.evaluate` with each
-backend on that dataset's val split, and `Segmenter.predict` on one 256² image (median of ≥ 20 calls over ≥ 3 s).
+backend on that dataset's val split, and `Segmenter.predict` on one 256² image (median of ≥ 20 calls over ≥ 3
+s).
 JSON to benchmarks/results/int8.json and a table on stdout.
 """
 
@@ -52,8 +54,9 @@ def latency_ms(weights: str, image) -> float:
 
 
 def peer_latency_ms() -> dict:
-    """Peers' networks alone (no pre- or post-processing, so a lower bound for them), torch fp32, one 256² image:
-    the seed's U-Net (milesial/Pytorch-UNet's architecture, widths 64→1024) and MONAI BasicUNet when installed."""
+    """Peers' networks alone (no pre- or post-processing, so a lower bound for them), torch fp32, one 256²
+    image: the seed's U-Net (milesial/Pytorch-UNet's architecture, widths 64→1024) and MONAI BasicUNet when
+    installed."""
     import torch
 
     from lesionseg.config import ModelConfig
@@ -63,7 +66,9 @@ def peer_latency_ms() -> dict:
     try:
         from monai.networks.nets import BasicUNet
 
-        peers["MONAI BasicUNet (default features)"] = lambda: BasicUNet(spatial_dims=2, in_channels=3, out_channels=1)
+        peers["MONAI BasicUNet (default features)"] = lambda: BasicUNet(
+            spatial_dims=2, in_channels=3, out_channels=1
+        )
     except ImportError:
         pass
     x = torch.randn(1, 3, 256, 256)
@@ -78,9 +83,14 @@ def peer_latency_ms() -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="+", default=["cpu", "default", "polyp"])
-    ap.add_argument("--also", nargs="*", default=[], metavar="LABEL=MODEL_FILE[@DATASET]",
-                    help="more model files in the same run (e.g. a variant of a bundled model), scored on DATASET "
-                         "(isic2017 unless named)")
+    ap.add_argument(
+        "--also",
+        nargs="*",
+        default=[],
+        metavar="LABEL=MODEL_FILE[@DATASET]",
+        help="more model files in the same run (e.g. a variant of a bundled model), scored on DATASET "
+        "(isic2017 unless named)",
+    )
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "int8.json")
     args = ap.parse_args()
@@ -108,11 +118,25 @@ def main() -> None:
                                 for name, w in (("ort_fp32", str(fp32)), ("ort_int8", str(int8)))}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "cpu_flags": cpu_flags()}
+    machine = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "cpu_flags": cpu_flags(),
+    }
     peers = peer_latency_ms()
     print(json.dumps({"peers_model_only_ms": peers}), flush=True)
-    args.out.write_text(json.dumps({"machine": machine, "image": "256x256 JPEG, end to end through Segmenter.predict",
-                                    "rows": rows, "peers_model_only_ms": peers}, indent=2) + "\n")
+    args.out.write_text(
+        json.dumps(
+            {
+                "machine": machine,
+                "image": "256x256 JPEG, end to end through Segmenter.predict",
+                "rows": rows,
+                "peers_model_only_ms": peers,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

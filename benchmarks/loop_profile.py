@@ -81,10 +81,17 @@ def main() -> None:
         for xb, yb in batches[:5]:
             step(xb, yb.float())
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
-    result = {"config": str(args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config),
-              "batch": bs, "image_size": cfg.data.image_size, "batches": n, "threads": torch.get_num_threads(),
-              "loader_img_s": rate(n * bs, loader_s), "model_step_img_s": rate(n * bs, model_s),
-              "loop_img_s": rate(n * bs, loop_s), "profiler_top_ops": table.splitlines()}
+    result = {
+        "config": str(args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config),
+        "batch": bs,
+        "image_size": cfg.data.image_size,
+        "batches": n,
+        "threads": torch.get_num_threads(),
+        "loader_img_s": rate(n * bs, loader_s),
+        "model_step_img_s": rate(n * bs, model_s),
+        "loop_img_s": rate(n * bs, loop_s),
+        "profiler_top_ops": table.splitlines(),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(table)

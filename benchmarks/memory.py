@@ -63,11 +63,21 @@ print(peak_rss_mb())
 """
 
 MODELS = [
-    ("lesionseg default (lite0 encoder, b16, DS)", "lesionseg",
-     dict(encoder="efficientnet-lite0", base_width=16, depth=5, deep_supervision=True)),
-    ("lesionseg cpu (lite0 encoder, b8, DS)", "lesionseg",
-     dict(encoder="efficientnet-lite0", base_width=8, depth=5, deep_supervision=True)),
-    ("lesionseg plain U-Net b16 (cpu_fast)", "lesionseg", dict(base_width=16, depth=4, deep_supervision=True)),
+    (
+        "lesionseg default (lite0 encoder, b16, DS)",
+        "lesionseg",
+        dict(encoder="efficientnet-lite0", base_width=16, depth=5, deep_supervision=True),
+    ),
+    (
+        "lesionseg cpu (lite0 encoder, b8, DS)",
+        "lesionseg",
+        dict(encoder="efficientnet-lite0", base_width=8, depth=5, deep_supervision=True),
+    ),
+    (
+        "lesionseg plain U-Net b16 (cpu_fast)",
+        "lesionseg",
+        dict(base_width=16, depth=4, deep_supervision=True),
+    ),
     ("lesionseg seed U-Net b64", "lesionseg", dict(base_width=64, depth=4)),
     ("MONAI BasicUNet b16", "monai", dict(base_width=16)),
     ("MONAI BasicUNet b64", "monai", dict(base_width=64)),
@@ -100,7 +110,9 @@ def main() -> None:
         img = np.zeros((3000, 4000, 3), np.uint8)
         img[1000:2000, 1500:2500] = 120
         Image.fromarray(img).save(Path(tmp) / "big.jpg", quality=90)
-        peak = float(run_python(PREDICT, "predict", str(Path(tmp) / "big.jpg"), "--out", str(Path(tmp) / "o")))
+        peak = float(
+            run_python(PREDICT, "predict", str(Path(tmp) / "big.jpg"), "--out", str(Path(tmp) / "o"))
+        )
         rows.append({"row": "predict: 4000×3000 JPEG, bundled default model", "peak_mb": peak})
     result = {"setting": f"training: batch {BATCH}, {SIZE}², fp32 channels_last, AdamW, 2 steps; peak RSS "
                          "(VmHWM, the process's own) of a fresh process", "rows": rows}

@@ -1,10 +1,12 @@
 """Where a model's ONNX Runtime inference time goes: per operator type and the costliest nodes.
 
-    .venv/bin/python benchmarks/onnx_profile.py --weights cpu runs/cpu_without_full_resolution_stage/model.pt \
+    .venv/bin/python benchmarks/onnx_profile.py --weights cpu runs/cpu_without_full_resolution_stage/model.pt
+    \
         [--int8-calibration ../shared/data/isic2017/train/images] [--threads 1]
 
 Exports each model (fp32, and int8 when a calibration folder is given) with `lesionseg export`'s functions,
-runs one network-sized image 50 times under ORT's profiler and sums kernel time per operator type; convolutions
+runs one network-sized image 50 times under ORT's profiler and sums kernel time per operator type;
+convolutions
 are split into depthwise and dense. JSON to benchmarks/results/onnx_profile.json, a summary on stdout.
 """
 
@@ -33,7 +35,8 @@ RUNS = 50
 def profile(onnx_path: Path, threads: int, workdir: Path) -> dict:
     options = ort.SessionOptions()
     options.enable_profiling = True
-    options.log_severity_level = 3  # the "optimized model is hardware specific" warning: known, it is only read here
+    # the "optimized model is hardware specific" warning: known, it is only read here
+    options.log_severity_level = 3
     options.profile_file_prefix = str(workdir / "profile")
     options.intra_op_num_threads = threads
     optimized = workdir / f"{onnx_path.stem}_optimized.onnx"
@@ -67,7 +70,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--weights", nargs="+", default=["cpu"])
     ap.add_argument("--int8-calibration", type=Path)
-    ap.add_argument("--threads", type=int, default=1, help="1 makes the shares independent of thread scheduling")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="1 makes the shares independent of thread scheduling"
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "onnx_profile.json")
     args = ap.parse_args()
     rows = []
@@ -82,9 +87,13 @@ def main() -> None:
                 row = {"weights": weights, "onnx": kind, **profile(path, args.threads, tmp)}
                 rows.append(row)
                 top = ", ".join(f"{op} {share:.0%}" for op, share in list(row["share_by_op"].items())[:5])
-                print(f"{weights} {kind}: {row['network_ms']} ms/run ({args.threads} thread): {top}", flush=True)
-    args.out.write_text(json.dumps({"machine": {"cpu_flags": cpu_flags()}, "runs_per_model": RUNS, "rows": rows},
-                                   indent=2) + "\n")
+                print(
+                    f"{weights} {kind}: {row['network_ms']} ms/run ({args.threads} thread): {top}", flush=True
+                )
+    args.out.write_text(
+        json.dumps({"machine": {"cpu_flags": cpu_flags()}, "runs_per_model": RUNS, "rows": rows}, indent=2)
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -33,17 +33,22 @@ def full_size_samples(folder: Path, n: int) -> Path:
     samples = sorted((ROOT / "src" / "lesionseg" / "assets" / "samples").glob("*.jpg"))
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        Image.open(samples[i % len(samples)]).convert("RGB").resize((1920, 1080)).save(folder / f"photo_{i:04d}.jpg",
-                                                                                       quality=90)
+        Image.open(samples[i % len(samples)]).convert("RGB").resize((1920, 1080)).save(
+            folder / f"photo_{i:04d}.jpg", quality=90
+        )
     return folder
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "data" / "kvasir_seg" / "val" / "images")
+    ap.add_argument(
+        "--images", type=Path, default=ROOT.parent / "shared" / "data" / "kvasir_seg" / "val" / "images"
+    )
     ap.add_argument("--weights", default="cpu")
     ap.add_argument("--workers", nargs="+", type=int, default=[1, 2, 4])
-    ap.add_argument("--limit", type=int, default=100, help="at most this many photos (linked into a temp folder)")
+    ap.add_argument(
+        "--limit", type=int, default=100, help="at most this many photos (linked into a temp folder)"
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "predict_throughput.json")
     args = ap.parse_args()
     rows = []
@@ -73,10 +78,20 @@ def main() -> None:
                          "masks_identical_to_first": masks == reference})
             print(json.dumps(rows[-1]), flush=True)
     best = max(rows, key=lambda r: r["img_per_s"])
-    result = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                          "cpu_flags": cpu_flags()},
-              "images": source, "n_images": n, "weights": args.weights, "rows": rows,
-              "best_vs_workers_1": round(best["img_per_s"] / rows[0]["img_per_s"], 2) if rows[0]["workers"] == 1 else None}
+    result = {
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "cpu_flags": cpu_flags(),
+        },
+        "images": source,
+        "n_images": n,
+        "weights": args.weights,
+        "rows": rows,
+        "best_vs_workers_1": round(best["img_per_s"] / rows[0]["img_per_s"], 2)
+        if rows[0]["workers"] == 1
+        else None,
+    }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 
 

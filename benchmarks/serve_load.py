@@ -137,10 +137,14 @@ async def load(url: str, bodies: list[bytes], concurrency: int, seconds: float |
     await asyncio.gather(*(client() for _ in range(concurrency)))
     wall = time.perf_counter() - start
     lat = np.array(latencies) * 1000
-    return {"requests": len(latencies), "errors": errors, "seconds": round(wall, 2),
-            "requests_per_s": round(len(latencies) / wall, 1),
-            **{f"p{q}_ms": round(float(np.percentile(lat, q)), 1) if len(lat) else None for q in (50, 95, 99)},
-            "_masks": masks}
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "seconds": round(wall, 2),
+        "requests_per_s": round(len(latencies) / wall, 1),
+        **{f"p{q}_ms": round(float(np.percentile(lat, q)), 1) if len(lat) else None for q in (50, 95, 99)},
+        "_masks": masks,
+    }
 
 
 def predict_masks(weights: str, files: list[Path]) -> list[bytes]:
@@ -166,7 +170,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--memory-requests", nargs="*", type=int, default=[2000, 6000, 10000],
                     help="server RSS after 100 requests and after each of these totals (none: skip)")
-    ap.add_argument("--max-batch", nargs="+", type=int, default=[16], help="`serve --max-batch` settings to try")
+    ap.add_argument(
+        "--max-batch", nargs="+", type=int, default=[16], help="`serve --max-batch` settings to try"
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve_load.json")
     args = ap.parse_args()
     files = sorted(SAMPLES.glob("*.jpg"))
@@ -193,8 +199,17 @@ def main() -> None:
                         server.stop()
                     got = result.pop("_masks")
                     wrong = sum(got[i] != expected[i] for i in got)
-                    rows.append({"model": model, "backend": backend, "workers": workers, "max_batch": max_batch,
-                                 "concurrency": args.concurrency, **result, "masks_differing_from_predict": wrong})
+                    rows.append(
+                        {
+                            "model": model,
+                            "backend": backend,
+                            "workers": workers,
+                            "max_batch": max_batch,
+                            "concurrency": args.concurrency,
+                            **result,
+                            "masks_differing_from_predict": wrong,
+                        }
+                    )
                     print(json.dumps(rows[-1]), flush=True)
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                "python": platform.python_version()}
@@ -204,8 +219,11 @@ def main() -> None:
     print("| model | backend | workers | max batch | requests/s | p50 ms | p95 ms | p99 ms | errors |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['model']} | {r['backend']} | {r['workers']} | {r['max_batch']} | {r['requests_per_s']} | {r['p50_ms']} | "
-              f"{r['p95_ms']} | {r['p99_ms']} | {r['errors']} |")
+        print(
+            f"| {r['model']} | {r['backend']} | {r['workers']} | {r['max_batch']} | {r['requests_per_s']} | "
+            f"{r['p50_ms']} | "
+            f"{r['p95_ms']} | {r['p99_ms']} | {r['errors']} |"
+        )
     print(f"memory: {memory}")
 
 

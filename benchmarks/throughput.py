@@ -136,8 +136,16 @@ def bench_onnx(model, steps: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.onnx"
         batch = torch.export.Dim("batch", min=1, max=64)
-        torch.onnx.export(model, (torch.randn(2, 3, SIZE, SIZE),), str(path), dynamo=True, input_names=["image"],
-                          dynamic_shapes=({0: batch},), external_data=False, verbose=False)
+        torch.onnx.export(
+            model,
+            (torch.randn(2, 3, SIZE, SIZE),),
+            str(path),
+            dynamo=True,
+            input_names=["image"],
+            dynamic_shapes=({0: batch},),
+            external_data=False,
+            verbose=False,
+        )
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         x = np.random.default_rng(0).standard_normal((BATCH, 3, SIZE, SIZE), dtype=np.float32)
         t = timed(lambda: session.run(None, {"image": x}), steps)
@@ -162,7 +170,9 @@ def monai_models(base: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results") / f"{platform.node() or 'machine'}.json")
+    ap.add_argument(
+        "--out", type=Path, default=Path("benchmarks/results") / f"{platform.node() or 'machine'}.json"
+    )
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="only the default width (base 16)")
     ap.add_argument("--all", action="store_true", help="also time emulated bf16")
@@ -186,16 +196,34 @@ def main() -> None:
             train_flops, infer_flops = count_flops(model, True), count_flops(model, False)
             for mode in modes:
                 r = bench_torch(make(), mode, args.steps)
-                rows.append({"model": name, "base": base, "params": count_parameters(model), "runtime": "torch",
-                             "mode": mode, **r, "train_gflop_per_img": train_flops / 1e9,
-                             "infer_gflop_per_img": infer_flops / 1e9,
-                             "train_gflops": r["train_img_s"] * train_flops / 1e9,
-                             "infer_gflops": r["infer_img_s"] * infer_flops / 1e9})
+                rows.append(
+                    {
+                        "model": name,
+                        "base": base,
+                        "params": count_parameters(model),
+                        "runtime": "torch",
+                        "mode": mode,
+                        **r,
+                        "train_gflop_per_img": train_flops / 1e9,
+                        "infer_gflop_per_img": infer_flops / 1e9,
+                        "train_gflops": r["train_img_s"] * train_flops / 1e9,
+                        "infer_gflops": r["infer_img_s"] * infer_flops / 1e9,
+                    }
+                )
                 print(json.dumps(rows[-1]), flush=True)
             if name.startswith("lesionseg"):
                 r = bench_onnx(make(), args.steps)
-                rows.append({"model": name, "base": base, "params": count_parameters(model), "runtime": "onnxruntime",
-                             "mode": "fp32", **r, "infer_gflops": r["infer_img_s"] * infer_flops / 1e9})
+                rows.append(
+                    {
+                        "model": name,
+                        "base": base,
+                        "params": count_parameters(model),
+                        "runtime": "onnxruntime",
+                        "mode": "fp32",
+                        **r,
+                        "infer_gflops": r["infer_img_s"] * infer_flops / 1e9,
+                    }
+                )
                 print(json.dumps(rows[-1]), flush=True)
     peak_conv = max(peak.values())
     for r in rows:
@@ -218,14 +246,29 @@ def main() -> None:
             theirs = best(f"monai_{peer}_b{base}", "train_img_s")
             if ours and theirs:
                 ratios[f"train_vs_monai_{peer}_same_width_b{base}"] = ours / theirs
-        fp32 = next((r["train_img_s"] for r in rows if r["model"] == f"lesionseg_b{base}" and r["mode"] == "fp32"), None)
+        fp32 = next(
+            (r["train_img_s"] for r in rows if r["model"] == f"lesionseg_b{base}" and r["mode"] == "fp32"),
+            None,
+        )
         if fp32:
             ratios[f"train_best_vs_fp32_nchw_b{base}"] = ours / fp32
-    result = {"machine": machine, "peaks_gflops": peak, "size": SIZE, "batch": BATCH, "rows": rows, "ratios": ratios,
-              "notes": [] if bf16_ok else ["bf16 rows skipped: this CPU has no native bf16 (emulated runs ~10x slower)"]}
+    result = {
+        "machine": machine,
+        "peaks_gflops": peak,
+        "size": SIZE,
+        "batch": BATCH,
+        "rows": rows,
+        "ratios": ratios,
+        "notes": []
+        if bf16_ok
+        else ["bf16 rows skipped: this CPU has no native bf16 (emulated runs ~10x slower)"],
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n{'model':24} {'runtime':12} {'mode':8} {'train img/s':>11} {'infer img/s':>11} {'train GF/s':>10} {'% peak':>7}")
+    print(
+        f"\n{'model':24} {'runtime':12} {'mode':8} {'train img/s':>11} {'infer img/s':>11} "
+        f"{'train GF/s':>10} {'% peak':>7}"
+    )
     for r in rows:
         print(f"{r['model']:24} {r['runtime']:12} {r['mode']:8} {r.get('train_img_s', float('nan')):11.2f} "
               f"{r['infer_img_s']:11.2f} {r.get('train_gflops', float('nan')):10.1f} "

@@ -37,8 +37,19 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     if args.train:
-        cmd = [sys.executable, "-m", "lesionseg.cli", "train", "--data", str(args.data), "--config", str(args.config),
-               "--out", str(args.run), *args.overrides]
+        cmd = [
+            sys.executable,
+            "-m",
+            "lesionseg.cli",
+            "train",
+            "--data",
+            str(args.data),
+            "--config",
+            str(args.config),
+            "--out",
+            str(args.run),
+            *args.overrides,
+        ]
         subprocess.run(cmd, check=True)
     sys.path.insert(0, str(ROOT / "src"))
     from lesionseg.viz import _pyplot, _save, read_metrics_csv

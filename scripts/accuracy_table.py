@@ -45,7 +45,9 @@ def measure(model: Path, data: Path, cache: Path) -> dict:
         seg = Segmenter.load(model, tta=tta, tta_scales=TTA_SCALES)
         for split, labelled in (("carved", carved), ("val", val)):
             m = evaluate(seg, labelled).metrics
-            out[f"{split}_{name}"] = {k: round(m[k], 4) for k in ("mean_jaccard", "thresholded_jaccard", "mean_dice")}
+            out[f"{split}_{name}"] = {
+                k: round(m[k], 4) for k in ("mean_jaccard", "thresholded_jaccard", "mean_dice")
+            }
             print(f"{model}: {split} {name} mean J {m['mean_jaccard']:.4f}", file=sys.stderr, flush=True)
     cache.write_text(json.dumps(out, indent=2) + "\n")
     return out
@@ -59,10 +61,15 @@ def ema_columns(run: Path) -> dict:
     if not rows:
         return {}
     best = max(rows, key=lambda r: float(r["val_mean_jaccard"]))
-    return {"ema_best": float(best["val_mean_jaccard"]), "raw_at_best": float(best["val_mean_jaccard_raw"]),
-            "raw_best": max(float(r["val_mean_jaccard_raw"]) for r in rows),
-            "ema_last": float(rows[-1]["val_mean_jaccard"]), "raw_last": float(rows[-1]["val_mean_jaccard_raw"]),
-            "epochs": len(rows), "minutes": float(rows[-1]["elapsed_min"])}
+    return {
+        "ema_best": float(best["val_mean_jaccard"]),
+        "raw_at_best": float(best["val_mean_jaccard_raw"]),
+        "raw_best": max(float(r["val_mean_jaccard_raw"]) for r in rows),
+        "ema_last": float(rows[-1]["val_mean_jaccard"]),
+        "raw_last": float(rows[-1]["val_mean_jaccard_raw"]),
+        "epochs": len(rows),
+        "minutes": float(rows[-1]["elapsed_min"]),
+    }
 
 
 def describe(card: dict) -> str:
@@ -111,9 +118,14 @@ def tta_summary(measured: list[dict]) -> list[str]:
     parts = []
     for split in ("carved", "val"):
         d = [m[f"{split}_flip_tta"]["mean_jaccard"] - m[f"{split}_plain"]["mean_jaccard"] for m in measured]
-        parts.append(f"{split} {sum(d) / len(d):+.4f} on average ({sum(x > 0 for x in d)} of {len(d)} higher, "
-                     f"{min(d):+.4f} to {max(d):+.4f})")
-    return ["", f"Flip TTA minus one view, paired, over the {len(measured)} models above: {'; '.join(parts)}."]
+        parts.append(
+            f"{split} {sum(d) / len(d):+.4f} on average ({sum(x > 0 for x in d)} of {len(d)} higher, "
+            f"{min(d):+.4f} to {max(d):+.4f})"
+        )
+    return [
+        "",
+        f"Flip TTA minus one view, paired, over the {len(measured)} models above: {'; '.join(parts)}.",
+    ]
 
 
 def main() -> None:
@@ -128,9 +140,15 @@ def main() -> None:
 
     entries = [(name, default_model_path(name), None) for name in args.bundled]
     entries += [(run.name, run / "model.pt", run) for run in args.runs]
-    lines = [("| model | trained on | minutes (epochs) | carved J | carved J, flip TTA | val J | val J, flip TTA | "
-              "val thresholded J | EMA vs raw (carved, per epoch: best EMA / raw then / best raw / last EMA / last raw) |"),
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        (
+            "| model | trained on | minutes (epochs) | carved J | carved J, flip TTA | val J | val J, flip "
+            "TTA | "
+            "val thresholded J | EMA vs raw (carved, per epoch: best EMA / raw then / best raw / last EMA / "
+            "last raw) |"
+        ),
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     groups: dict[str, list[tuple[str, int, dict]]] = {}
     measured: list[dict] = []
     for name, model, run in entries:
@@ -150,10 +168,12 @@ def main() -> None:
         ema_text = (f"{ema['ema_best']:.4f} / {ema['raw_at_best']:.4f} / {ema['raw_best']:.4f} / "
                     f"{ema['ema_last']:.4f} / {ema['raw_last']:.4f}") if ema else "—"
         label = f"`{name}` (bundled)" if run is None else f"`{name}`"
-        lines.append(f"| {label} | {describe(card)} | {minutes} | "
-                     f"{m['carved_plain']['mean_jaccard']:.4f} | {m['carved_flip_tta']['mean_jaccard']:.4f} | "
-                     f"{m['val_plain']['mean_jaccard']:.4f} | {m['val_flip_tta']['mean_jaccard']:.4f} | "
-                     f"{m['val_plain']['thresholded_jaccard']:.4f} | {ema_text} |")
+        lines.append(
+            f"| {label} | {describe(card)} | {minutes} | "
+            f"{m['carved_plain']['mean_jaccard']:.4f} | {m['carved_flip_tta']['mean_jaccard']:.4f} | "
+            f"{m['val_plain']['mean_jaccard']:.4f} | {m['val_flip_tta']['mean_jaccard']:.4f} | "
+            f"{m['val_plain']['thresholded_jaccard']:.4f} | {ema_text} |"
+        )
         recipe = recipe_and_seed(run, card) if run else None
         if recipe is not None:
             groups.setdefault(recipe[0], []).append((name, recipe[1], m))

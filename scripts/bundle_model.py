@@ -1,6 +1,7 @@
 """Bundle a run's model inside the package, with its measured figures on the model card.
 
-    .venv/bin/python scripts/bundle_model.py runs/lite0_256_gpu --as default --name "..." --recipe "..." --training "..."
+    .venv/bin/python scripts/bundle_model.py runs/lite0_256_gpu --as default --name "..." --recipe "..."
+    --training "..."
     .venv/bin/python scripts/bundle_model.py --recard cpu [--recipe "..."] [--provenance "..."]
     --tta-scales 1.0: TTA (scales x flips) becomes the model's default if it wins on the carved split.
 
@@ -52,15 +53,30 @@ def main() -> None:
     ap.add_argument("--recipe", help="the recipe in words, one line")
     ap.add_argument("--training", help="epochs, minutes, hardware, one line")
     ap.add_argument("--provenance", help="how these weights were made, when not by the card's command")
-    ap.add_argument("--label", help="what the model segments, shown by predict, reports and the service (lesion, polyp)")
+    ap.add_argument(
+        "--label", help="what the model segments, shown by predict, reports and the service (lesion, polyp)"
+    )
     ap.add_argument("--data", type=Path, default=ISIC, help="a dataset root with train/ and val/")
     ap.add_argument("--licence", default=LICENCE)
-    ap.add_argument("--tta-scales", type=float, nargs="+",
-                    help="make TTA at these scales (x flips) the model's default if it wins on the carved split")
+    ap.add_argument(
+        "--tta-scales",
+        type=float,
+        nargs="+",
+        help="make TTA at these scales (x flips) the model's default if it wins on the carved split",
+    )
     args = ap.parse_args()
     if args.recard:
-        fields = {k: v for k, v in (("recipe", args.recipe), ("training", args.training),
-                                    ("provenance", args.provenance), ("name", args.name), ("label", args.label)) if v}
+        fields = {
+            k: v
+            for k, v in (
+                ("recipe", args.recipe),
+                ("training", args.training),
+                ("provenance", args.provenance),
+                ("name", args.name),
+                ("label", args.label),
+            )
+            if v
+        }
         if args.tta_scales:
             fields.update(tta_fields(args.recard, args.data, args.tta_scales))
         recard(args.recard, fields)
@@ -78,7 +94,10 @@ def main() -> None:
         use_half = abs(half["mean_jaccard"] - full["mean_jaccard"]) < 5e-4
         stored = Segmenter(TorchBackend(half_path if use_half else source))
         val = load_labelled(args.data / "val")
-        figures = {"carved_split": half if use_half else full, f"{args.data.name}_val": evaluate(stored, val).metrics}
+        figures = {
+            "carved_split": half if use_half else full,
+            f"{args.data.name}_val": evaluate(stored, val).metrics,
+        }
         inference = {}
         if args.tta_scales:
             inference, with_tta = choose_tta(stored, carved, figures["carved_split"]["mean_jaccard"],
@@ -88,9 +107,15 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     card = {
-        **{k: v for k, v in source.card.items() if k not in ("figures", "weights_storage", "recipe", "training")},
-        # A run's card holds the config as "recipe"; a bundled model's (re-bundled, e.g. derived) as "recipe_config".
-        "recipe_config": source.card["recipe"] if isinstance(source.card.get("recipe"), dict)
+        **{
+            k: v
+            for k, v in source.card.items()
+            if k not in ("figures", "weights_storage", "recipe", "training")
+        },
+        # A run's card holds the config as "recipe";
+        # a bundled model's (re-bundled, e.g. derived) as "recipe_config".
+        "recipe_config": source.card["recipe"]
+        if isinstance(source.card.get("recipe"), dict)
         else source.card.get("recipe_config"),
         "name": args.name,
         "data": source.card.get("data") or source.card.get("training_data"),
@@ -101,14 +126,16 @@ def main() -> None:
         "licence": args.licence,
         "weights_storage": "fp16" if use_half else "fp32",
         **({"inference": inference} if inference else {}),
-        "figures": {**{k: rounded(v) for k, v in figures.items() if k.startswith(f"{args.data.name}_val")},
-                    "carved_split_of_train": rounded(figures["carved_split"]),
-                    "fp32_carved_split_mean_jaccard": round(full["mean_jaccard"], 4),
-                    "evaluated_with": "lesionseg evaluate (threshold 0.5, no TTA, no post-processing); carved "
-                                      f"split = seeded 10% of {args.data.name} train ({len(carved.pairs)} images), "
-                                      "used for selection",
-                    "source_run": str(args.run_dir),
-                    "commit": commit},
+        "figures": {
+            **{k: rounded(v) for k, v in figures.items() if k.startswith(f"{args.data.name}_val")},
+            "carved_split_of_train": rounded(figures["carved_split"]),
+            "fp32_carved_split_mean_jaccard": round(full["mean_jaccard"], 4),
+            "evaluated_with": "lesionseg evaluate (threshold 0.5, no TTA, no post-processing); carved "
+            f"split = seeded 10% of {args.data.name} train ({len(carved.pairs)} images), "
+            "used for selection",
+            "source_run": str(args.run_dir),
+            "commit": commit,
+        },
     }
     target = default_model_path(args.bundle_as)
     save_model(target, source.model, source.config, source.image_size, card, half=use_half,
@@ -167,7 +194,8 @@ def recard(name: str, fields: dict) -> None:
     data = next((ROOT.parent / "shared" / "data" / k[:-4] for k in payload["card"].get("figures", {})
                  if k.endswith("_val")), ISIC)
     card = {**payload["card"], **fields, **reproduction(name, data)}
-    if isinstance(card.get("recipe_config"), str):  # a script's free-text settings; the config file says it now
+    # a script's free-text settings; the config file says it now
+    if isinstance(card.get("recipe_config"), str):
         del card["recipe_config"]
     payload["card"] = card
     with atomic_path(path) as tmp:
@@ -190,20 +218,35 @@ def write_model_cards() -> None:
         loaded = load_model(path)
         card, cfg = loaded.card, loaded.config
         figures = card.get("figures", {})
-        shown = [(f"{k[:-4]} val ({v.get('n_images', '?')})", v) for k, v in figures.items() if k.endswith("_val")]
+        shown = [
+            (f"{k[:-4]} val ({v.get('n_images', '?')})", v) for k, v in figures.items() if k.endswith("_val")
+        ]
         shown += [(f"{k[:-len(TTA_SUFFIX)]} val ({v.get('n_images', '?')}) with the model's default TTA", v)
                   for k, v in figures.items() if k.endswith(TTA_SUFFIX)]
         if "carved_split_of_train" in figures:
             carved = figures["carved_split_of_train"]
             shown.append((f"carved split of train ({carved.get('n_images', '?')})", carved))
-        lines += [f"## `{name}` — {card.get('name', '')}", "",
-                  f"- file: `src/lesionseg/assets/{path.name}` ({path.stat().st_size / 1e6:.1f} MB, "
-                  f"{card.get('weights_storage', 'fp32')}); `--weights {name}` or `--weights {BUNDLED[name]}`",
-                  f"- architecture: U-Net, encoder `{cfg.encoder}`, decoder base width {cfg.base_width}, depth "
-                  f"{cfg.depth}, {cfg.upsample} up-sampling, attention {cfg.attention}, deep supervision "
-                  f"{cfg.deep_supervision}; {count_parameters(loaded.model):,} parameters; input "
-                  f"{loaded.image_size}² (predictions resized back to each image's size)"]
-        for key in ("label", "config", "command", "provenance", "data", "recipe", "training", "selection", "licence"):
+        lines += [
+            f"## `{name}` — {card.get('name', '')}",
+            "",
+            f"- file: `src/lesionseg/assets/{path.name}` ({path.stat().st_size / 1e6:.1f} MB, "
+            f"{card.get('weights_storage', 'fp32')}); `--weights {name}` or `--weights {BUNDLED[name]}`",
+            f"- architecture: U-Net, encoder `{cfg.encoder}`, decoder base width {cfg.base_width}, depth "
+            f"{cfg.depth}, {cfg.upsample} up-sampling, attention {cfg.attention}, deep supervision "
+            f"{cfg.deep_supervision}; {count_parameters(loaded.model):,} parameters; input "
+            f"{loaded.image_size}² (predictions resized back to each image's size)",
+        ]
+        for key in (
+            "label",
+            "config",
+            "command",
+            "provenance",
+            "data",
+            "recipe",
+            "training",
+            "selection",
+            "licence",
+        ):
             if key in card:
                 value = card[key]
                 if isinstance(value, dict):  # `lesionseg train`'s card: {'train': ..., 'n_train': ...}

@@ -4,11 +4,14 @@ probabilities of several trained models, and running one model at another input 
     .venv/bin/python scripts/ensemble_study.py control=runs/lite0_160_ema_cpu/model.pt \
         lite2=runs/lite2_160_ema_cpu/model.pt default=default [--sizes 128 160 192 224] [--tta]
 
-Every probability map comes from `Segmenter.predict_batch` (the path of `lesionseg evaluate`: each image at its
-own size, threshold 0.5) on the carved split of ISIC 2017 train (the selection set) and on the official val set
+Every probability map comes from `Segmenter.predict_batch` (the path of `lesionseg evaluate`: each image at
+its
+own size, threshold 0.5) on the carved split of ISIC 2017 train (the selection set) and on the official val
+set
 (reported, never used to choose); maps are cached under --cache by model file, so adding a model only computes
 that model.
-Prints markdown: each model alone, then the --top combinations best on the carved split; with --sizes, the first
+Prints markdown: each model alone, then the --top combinations best on the carved split; with --sizes, the
+first
 model at each input size (one view, no flips).
 """
 
@@ -22,7 +25,6 @@ import numpy as np
 
 # scripts/ is on sys.path when a script in it runs
 from accuracy_table import TTA_SCALES, file_key
-
 from lesionseg.evaluation import carved_split, load_labelled
 from lesionseg.inference import Segmenter
 from lesionseg.inference.backends import open_backend
@@ -51,7 +53,9 @@ def row(label: str, results: dict[str, dict[str, float]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("models", nargs="+", help="NAME=WEIGHTS (a model file or a bundled name)")
     parser.add_argument("--data", type=Path, default=Path("../shared/data/isic2017"))
     parser.add_argument("--sizes", type=int, nargs="*", default=[], help="input sizes for the first model")
@@ -76,11 +80,16 @@ def main() -> None:
         for combo in itertools.combinations(models, k):
             results = {s: scores([sum(ps) / k for ps in zip(*(probs[n, s] for n in combo))], truths[s])
                        for s in SPLITS}
-            rows.append((k, results["carved"]["mean_jaccard"], row(" + ".join(f"`{n}`" for n in combo), results)))
+            rows.append(
+                (k, results["carved"]["mean_jaccard"], row(" + ".join(f"`{n}`" for n in combo), results))
+            )
     rows.sort(key=lambda r: -r[1])
     shown = [r for r in rows if r[0] == 1] + [r for r in rows if r[0] > 1][:args.top]
-    print(f"Mean of probabilities ({'flip TTA' if args.tta else 'one view'} per model): each model alone, then the "
-          f"{args.top} combinations best on the carved split:\n")
+    print(
+        f"Mean of probabilities ({'flip TTA' if args.tta else 'one view'} per model): each model alone, then "
+        "the "
+        f"{args.top} combinations best on the carved split:\n"
+    )
     print("| models | carved J | val J | val thresholded J |\n| --- | --- | --- | --- |")
     print("\n".join(r for _, _, r in shown))
 
@@ -91,10 +100,16 @@ def main() -> None:
         backend = open_backend(weights, "torch")
         key = file_key(backend.path)
         for size in args.sizes:
-            backend.image_size = size  # a Segmenter resizes every image to its backend's size, read when it is built
+            # a Segmenter resizes every image to its backend's size, read when it is built
+            backend.image_size = size
             segmenter = Segmenter(backend)
-            results = {s: scores(probabilities(segmenter, images[s], args.cache / f"{name}_{key}_{s}_size{size}.npy"),
-                                 truths[s]) for s in SPLITS}
+            results = {
+                s: scores(
+                    probabilities(segmenter, images[s], args.cache / f"{name}_{key}_{s}_size{size}.npy"),
+                    truths[s],
+                )
+                for s in SPLITS
+            }
             print(row(f"{size}²", results))
 
 

@@ -63,9 +63,13 @@ def main() -> None:
         for label, cfg in STEPS:
             m = {name: score(probs[name], labelled, cfg) for name, labelled in sets.items()}
             carved, val = m["carved split of train (200)"], m["official val (150)"]
-            row = (f"| {'TTA (0.75/1/1.25 × flips)' if tta else 'plain'} | {label} | {carved['mean_jaccard']:.4f} | "
-                   f"{carved['thresholded_jaccard']:.4f} | {val['mean_jaccard']:.4f} | {val['thresholded_jaccard']:.4f} | "
-                   f"{secs['official val (150)']:.3f} |")
+            row = (
+                f"| {'TTA (0.75/1/1.25 × flips)' if tta else 'plain'} | {label} | "
+                f"{carved['mean_jaccard']:.4f} | "
+                f"{carved['thresholded_jaccard']:.4f} | {val['mean_jaccard']:.4f} | "
+                f"{val['thresholded_jaccard']:.4f} | "
+                f"{secs['official val (150)']:.3f} |"
+            )
             lines.append(row)
             print(row, flush=True)
     write_text(args.out, "\n".join(lines) + "\n")

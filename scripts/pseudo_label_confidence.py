@@ -45,9 +45,15 @@ def main() -> None:
         for name, rule in CANDIDATES.items():
             scores[name].append(rule(prob))
     j = np.asarray(jaccard)
-    print(f"Teacher `{args.weights}` with TTA on the carved split ({len(j)} images): mean Jaccard {j.mean():.4f}, "
-          f"{(j < 0.5).sum()} images below 0.5.\n")
-    print("| confidence | Spearman vs Jaccard | keep-threshold | kept | mean J kept | mean J dropped | J < 0.5 kept |")
+    print(
+        f"Teacher `{args.weights}` with TTA on the carved split ({len(j)} images): mean Jaccard "
+        f"{j.mean():.4f}, "
+        f"{(j < 0.5).sum()} images below 0.5.\n"
+    )
+    print(
+        "| confidence | Spearman vs Jaccard | keep-threshold | kept | mean J kept | mean J dropped | J < 0.5 "
+        "kept |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, values in scores.items():
         rule = CANDIDATES[name]

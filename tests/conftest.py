@@ -35,7 +35,9 @@ def make_dataset(root: Path, n: int = 12, size: tuple[int, int] = (48, 64), seed
     for i in range(n):
         img, mask = synthetic_case(rng, *size)
         Image.fromarray(img).save(root / "images" / f"{prefix}_{i:03d}{image_ext}")
-        Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(root / "masks" / f"{prefix}_{i:03d}{mask_suffix}.png")
+        Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(
+            root / "masks" / f"{prefix}_{i:03d}{mask_suffix}.png"
+        )
     return root
 
 

@@ -64,7 +64,9 @@ def test_ink_ring_follows_the_lesion_and_needs_none():
     changed = (out - 0.8).abs().amax(1) > 0.05
     yy, xx = torch.nonzero(changed.any(0), as_tuple=True)
     assert abs(yy.float().mean() - 30) < 12 and abs(xx.float().mean() - 90) < 12
-    empty = draw_artifacts(torch.full((8, 3, 128, 128), 0.8), torch.zeros(8, 1, 128, 128), 0.0, 1.0, uniforms(2))
+    empty = draw_artifacts(
+        torch.full((8, 3, 128, 128), 0.8), torch.zeros(8, 1, 128, 128), 0.0, 1.0, uniforms(2)
+    )
     assert ((empty - 0.8).abs().amax(1) > 0.05).flatten(1).any(1).all()  # a ring somewhere, no crash
 
 
@@ -81,7 +83,10 @@ def test_widths_scale_with_the_image():
     """Widths are given for 256² and scale, so a full-size photo (per-image path) and a resident 160² batch
     get the same look."""
     thin, thick = torch.tensor([False]), torch.tensor([True])
-    assert max_filter_radius(thin, HAIR_WIDTH, 256).item() == 0 and max_filter_radius(thick, HAIR_WIDTH, 256) == 1
+    assert (
+        max_filter_radius(thin, HAIR_WIDTH, 256).item() == 0
+        and max_filter_radius(thick, HAIR_WIDTH, 256) == 1
+    )
     assert max_filter_radius(thin, HAIR_WIDTH, 1024).item() == 2  # 1 px at 256² is 4 px here: 5 drawn
     assert max_filter_radius(thick, INK_WIDTH, 1024).item() == 10  # 5 px → 20: 21 drawn
 
@@ -108,7 +113,9 @@ def test_both_feeding_paths_leave_the_mask_alone_and_draw_the_same_artefacts():
     mask = m[0, 0].numpy().astype(np.uint8)
     out = train_transform(96, aug, seed=4)(image=image, mask=mask)
     np.testing.assert_array_equal(out["mask"], mask)
-    assert np.abs(out["image"] - train_transform(96, OFF, seed=4)(image=image, mask=mask)["image"]).max() > 0.1
+    assert (
+        np.abs(out["image"] - train_transform(96, OFF, seed=4)(image=image, mask=mask)["image"]).max() > 0.1
+    )
     # One drawing: the albumentations step is draw_artifacts on the uint8 image, given the step's seed.
     step = SkinArtifacts(1.0, 1.0)
     image.setflags(write=False)  # as the decoded-image cache hands them out

@@ -138,8 +138,17 @@ def test_albumentations_path_has_the_same_keys():
 
     aug = AugmentConfig(elastic=0.3, color_jitter=0.4, hair=0.5, ink=0.5)
     names = [type(t).__name__ for t in train_transform(32, aug).transforms]
-    for name in ("SkinArtifacts", "RandomResizedCrop", "HorizontalFlip", "VerticalFlip", "RandomRotate90", "ColorJitter",
-                 "GaussNoise", "GaussianBlur", "ElasticTransform"):
+    for name in (
+        "SkinArtifacts",
+        "RandomResizedCrop",
+        "HorizontalFlip",
+        "VerticalFlip",
+        "RandomRotate90",
+        "ColorJitter",
+        "GaussNoise",
+        "GaussianBlur",
+        "ElasticTransform",
+    ):
         assert name in names
     plain = [type(t).__name__ for t in train_transform(32, AugmentConfig()).transforms]
     assert "ColorJitter" not in plain and "SkinArtifacts" not in plain

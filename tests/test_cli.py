@@ -17,8 +17,14 @@ from lesionseg.io import read_mask
 from lesionseg.metrics import aggregate, confusion
 
 runner = CliRunner()
-TINY = ["model.base_width=4", "model.depth=2", "data.image_size=32", "data.batch_size=4", "data.val_fraction=0.25",
-        "optim.lr=0.01"]
+TINY = [
+    "model.base_width=4",
+    "model.depth=2",
+    "data.image_size=32",
+    "data.batch_size=4",
+    "data.val_fraction=0.25",
+    "optim.lr=0.01",
+]
 
 
 def invoke(*args):
@@ -26,7 +32,8 @@ def invoke(*args):
 
 
 def crash_after_first_epoch(monkeypatch, args):
-    """Run `lesionseg train ARGS` until it dies after its first epoch (checkpoint written), as a kill would."""
+    """Run `lesionseg train ARGS` until it dies after its first epoch (checkpoint written), as a kill
+    would."""
     from lesionseg.training import fit
 
     original = fit.RunRecorder.on_train_epoch_end
@@ -87,7 +94,8 @@ def test_resume_after_a_crash(tmp_path, monkeypatch):
     assert "resuming from" in result.output
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["0", "1", "2"]
-    # Cosine schedule continued, not restarted: lr after epoch k is eta_min + (lr0-eta_min)(1+cos(pi(k+1)/3))/2.
+    # Cosine schedule continued, not restarted:
+    # lr after epoch k is eta_min + (lr0-eta_min)(1+cos(pi(k+1)/3))/2.
     for k, r in enumerate(rows):
         expected = 1e-6 + (0.01 - 1e-6) * (1 + math.cos(math.pi * (k + 1) / 3)) / 2
         assert float(r["lr"]) == pytest.approx(expected, rel=1e-3)
@@ -163,25 +171,35 @@ def test_predict_partial_failure_exit_1(trained, tmp_path, rng):
     assert (out / "good_mask.png").is_file() and not (out / "broken_mask.png").exists()
 
     strict_out = tmp_path / "strict"
-    result = runner.invoke(app, ["predict", str(src), "--out", str(strict_out), "--weights", str(run / "model.pt"),
-                                 "--strict"])
+    result = runner.invoke(
+        app, ["predict", str(src), "--out", str(strict_out), "--weights", str(run / "model.pt"), "--strict"]
+    )
     assert result.exit_code == 2 and "nothing written" in result.stderr
     assert not any(strict_out.glob("*.png"))
 
 
-@pytest.mark.parametrize("args, message", [
-    (["train", "--data", "{tmp}/missing"], "data folder not found"),
-    (["evaluate", "--data", "{tmp}/missing"], "data folder not found"),
-    (["predict", "{tmp}/missing.png", "--out", "{tmp}/o"], "no such file or folder"),
-    (["train", "--data", "{tmp}", "model.widht=3"], "unknown config key 'model.widht'"),
-    (["info", "{tmp}/nope.pt"], "model file not found"),
-    (["train", "--data", "{tmp}/d", "--strategy", "warp_drive"], "training setup:"),
-    (["export", "--weights", "{tmp}/nope.pt", "--out", "{tmp}/m.onnx"], "model file not found"),
-    (["export", "--opset", "13", "--out", "{tmp}/m.onnx"], "opset ≥ 17"),
-    (["predict", "{tmp}/x.png", "--out", "{tmp}/o", "--weights", "{tmp}/nope.onnx"], "ONNX model file not found"),
-    (["predict", "{tmp}/x.png", "--out", "{tmp}/o", "--tta-scales", "a,b"], "--tta-scales"),
-    (["predict", "{tmp}/x.png", "--out", "{tmp}/o", "--threshold", "1.5"], "--threshold must be between 0 and 1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--data", "{tmp}/missing"], "data folder not found"),
+        (["evaluate", "--data", "{tmp}/missing"], "data folder not found"),
+        (["predict", "{tmp}/missing.png", "--out", "{tmp}/o"], "no such file or folder"),
+        (["train", "--data", "{tmp}", "model.widht=3"], "unknown config key 'model.widht'"),
+        (["info", "{tmp}/nope.pt"], "model file not found"),
+        (["train", "--data", "{tmp}/d", "--strategy", "warp_drive"], "training setup:"),
+        (["export", "--weights", "{tmp}/nope.pt", "--out", "{tmp}/m.onnx"], "model file not found"),
+        (["export", "--opset", "13", "--out", "{tmp}/m.onnx"], "opset ≥ 17"),
+        (
+            ["predict", "{tmp}/x.png", "--out", "{tmp}/o", "--weights", "{tmp}/nope.onnx"],
+            "ONNX model file not found",
+        ),
+        (["predict", "{tmp}/x.png", "--out", "{tmp}/o", "--tta-scales", "a,b"], "--tta-scales"),
+        (
+            ["predict", "{tmp}/x.png", "--out", "{tmp}/o", "--threshold", "1.5"],
+            "--threshold must be between 0 and 1",
+        ),
+    ],
+)
 def test_user_errors_are_one_line_exit_2(tmp_path, args, message):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "x.png")
     make_dataset(tmp_path / "d", n=4)
@@ -212,7 +230,9 @@ def test_resume_with_fewer_epochs_reaims_the_schedule(tmp_path, monkeypatch):
     """Shortening an interrupted run: the cosine schedule continues from its lr and ends at eta_min."""
     data = make_dataset(tmp_path / "data", n=12)
     run = tmp_path / "run"
-    crash_after_first_epoch(monkeypatch, ["train", "--data", data, "--out", run, *TINY, "trainer.max_epochs=6"])
+    crash_after_first_epoch(
+        monkeypatch, ["train", "--data", data, "--out", run, *TINY, "trainer.max_epochs=6"]
+    )
     result = invoke("train", "--data", data, "--out", run, *TINY, "trainer.max_epochs=3")
     assert result.exit_code == 0, result.output
     lrs = [float(r["lr"]) for r in csv.DictReader((run / "metrics.csv").open())]
@@ -258,8 +278,19 @@ def test_model_options_train_end_to_end(tmp_path):
 
     data = make_dataset(tmp_path / "data", n=8)
     run = tmp_path / "run"
-    result = invoke("train", "--data", data, "--out", run, *TINY, "trainer.max_epochs=1", "model.attention=cbam",
-                    "model.deep_supervision=true", "model.upsample=transposed", "augment.elastic=0.5")
+    result = invoke(
+        "train",
+        "--data",
+        data,
+        "--out",
+        run,
+        *TINY,
+        "trainer.max_epochs=1",
+        "model.attention=cbam",
+        "model.deep_supervision=true",
+        "model.upsample=transposed",
+        "augment.elastic=0.5",
+    )
     assert result.exit_code == 0, result.output
     loaded = load_model(run / "model.pt")
     assert loaded.config.attention == "cbam" and loaded.config.deep_supervision

@@ -23,7 +23,9 @@ CAST = np.array([1.25, 0.9, 0.65], np.float32)  # a warm illuminant
 def skin(rng):
     """A smooth, unsaturated (≤ 180, so a cast does not clip) image with a darker 'lesion'."""
     yy, xx = np.mgrid[0:120, 0:160]
-    base = np.stack([140 + 20 * np.sin(xx / 17), 120 + 15 * np.cos(yy / 13), 110 + 10 * np.sin((xx + yy) / 23)], -1)
+    base = np.stack(
+        [140 + 20 * np.sin(xx / 17), 120 + 15 * np.cos(yy / 13), 110 + 10 * np.sin((xx + yy) / 23)], -1
+    )
     base[(yy - 60) ** 2 + (xx - 80) ** 2 < 35**2] *= 0.55
     return np.clip(base + rng.normal(0, 3, base.shape), 0, 180).astype(np.uint8)
 

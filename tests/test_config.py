@@ -36,7 +36,8 @@ def test_every_config_loads_and_recipes_name_their_command(path):
 
 
 def test_gpu_run_refuses_an_unknown_recipe_before_touching_anything(tmp_path):
-    """Checked before .gpu/ is cleared or filled (the script cds to the project root, so it runs from anywhere)."""
+    """Checked before .gpu/ is cleared or filled (the script cds to the project root, so it runs from
+    anywhere)."""
     gpu = ROOT / ".gpu"
 
     def listing():

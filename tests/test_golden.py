@@ -94,8 +94,9 @@ def test_evaluate_gives_the_recorded_metrics(tmp_path):
     for model in ("cpu", "polyp"):
         for label, options in OPTION_SETS.items():
             out = tmp_path / f"{model}_{label}"
-            result = runner.invoke(app, ["evaluate", "--data", str(data), "--weights", model, "--out", str(out),
-                                         *options])
+            result = runner.invoke(
+                app, ["evaluate", "--data", str(data), "--weights", model, "--out", str(out), *options]
+            )
             assert result.exit_code == 0, result.output
             metrics = json.loads((out / "metrics.json").read_text())
             observed.update({f"{model}/{label}/{k}": v for k, v in metrics.items()
@@ -160,5 +161,7 @@ def test_model_files_of_earlier_versions_load_and_predict_the_same(path, inputs)
     observed = {"tta": bool(seg.tta), "image_size": seg.image_size}
     for image_path in sorted(inputs.glob("*.jpg")) + sorted(inputs.glob("*.tif")):
         prob = seg.predict(read_image(image_path))
-        observed[image_path.name] = hashlib.sha256(np.round(prob * 255).astype(np.uint8).tobytes()).hexdigest()
+        observed[image_path.name] = hashlib.sha256(
+            np.round(prob * 255).astype(np.uint8).tobytes()
+        ).hexdigest()
     check_or_write(f"model_{path.stem}.json", observed)

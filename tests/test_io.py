@@ -115,7 +115,9 @@ def test_multi_level_mask_refused_unless_threshold(tmp_path):
     Image.fromarray(arr).save(tmp_path / "m.png")
     with pytest.raises(UserError, match="mask has 4 levels .*--mask-threshold"):
         read_mask(tmp_path / "m.png")
-    np.testing.assert_array_equal(read_mask(tmp_path / "m.png", threshold=128), [[False, False], [True, True]])
+    np.testing.assert_array_equal(
+        read_mask(tmp_path / "m.png", threshold=128), [[False, False], [True, True]]
+    )
 
 
 def test_colour_mask_refused(tmp_path):

@@ -1,4 +1,5 @@
-"""Checks over the real ISIC 2017 and Kvasir-SEG copies in ../shared (skipped, with the reason, where absent)."""
+"""Checks over the real ISIC 2017 and Kvasir-SEG copies in ../shared (skipped, with the reason, where
+absent)."""
 
 import pytest
 
@@ -54,4 +55,6 @@ def test_bundled_model_on_val_holds_its_card_figure(name, dataset, n):
     if with_default is not None:
         by_default = lesionseg.Segmenter.load(name)
         assert by_default.tta
-        assert evaluate(by_default, root / "val").metrics["mean_jaccard"] == pytest.approx(with_default, abs=2e-3)
+        assert evaluate(by_default, root / "val").metrics["mean_jaccard"] == pytest.approx(
+            with_default, abs=2e-3
+        )

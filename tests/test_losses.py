@@ -59,8 +59,8 @@ def test_cbam_guards_narrow_widths_and_gates():
 
 
 def test_lovasz_hinge_equals_twice_the_jaccard_loss_at_unit_margins():
-    from lesionseg.metrics import batch_jaccard_dice
     from lesionseg.losses import lovasz_hinge
+    from lesionseg.metrics import batch_jaccard_dice
 
     torch.manual_seed(1)
     target = (torch.rand(3, 1, 12, 12) > 0.6).float()

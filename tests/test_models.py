@@ -17,16 +17,28 @@ VARIANTS = {
     "gray_in_two_out": ModelConfig(in_channels=1, out_channels=2, base_width=4, depth=2),
     "cbam": ModelConfig(base_width=4, depth=3, attention="cbam"),
     "deep_supervision": ModelConfig(base_width=4, depth=3, deep_supervision=True),
-    "transposed_cbam_ds": ModelConfig(base_width=8, depth=3, upsample="transposed", attention="cbam",
-                                      deep_supervision=True),
+    "transposed_cbam_ds": ModelConfig(
+        base_width=8, depth=3, upsample="transposed", attention="cbam", deep_supervision=True
+    ),
     # ImageNet-pretrained EfficientNet-Lite0 encoder (full depth; and truncated, with every option on).
     "lite0": ModelConfig(encoder="efficientnet-lite0", base_width=2, depth=5),
-    "lite0_d3_cbam_ds_transposed": ModelConfig(encoder="efficientnet-lite0", base_width=4, depth=3,
-                                               attention="cbam", deep_supervision=True, upsample="transposed"),
+    "lite0_d3_cbam_ds_transposed": ModelConfig(
+        encoder="efficientnet-lite0",
+        base_width=4,
+        depth=3,
+        attention="cbam",
+        deep_supervision=True,
+        upsample="transposed",
+    ),
     # ... without the full-resolution decoder stage (half-resolution logits upsampled).
-    "lite0_half_res_decoder_cbam_ds": ModelConfig(encoder="efficientnet-lite0", base_width=4, depth=3,
-                                                  attention="cbam", deep_supervision=True,
-                                                  full_resolution_decoder=False),
+    "lite0_half_res_decoder_cbam_ds": ModelConfig(
+        encoder="efficientnet-lite0",
+        base_width=4,
+        depth=3,
+        attention="cbam",
+        deep_supervision=True,
+        full_resolution_decoder=False,
+    ),
 }
 
 
@@ -52,7 +64,8 @@ def test_output_matches_input_size(variant, hw):
 
 
 def test_training_outputs_and_gradients_reach_every_parameter(variant):
-    """Every head (deep supervision) and attention parameter gets a gradient; all outputs match the input size."""
+    """Every head (deep supervision) and attention parameter gets a gradient; all outputs match the input
+    size."""
     cfg, model = variant
     model.train()
     outputs = outputs_of(model(torch.randn(2, cfg.in_channels, 35, 29)))
@@ -131,7 +144,8 @@ def test_truncated_model_file_refused(tmp_path):
 
 
 def test_onnx_export_matches_torch(variant, tmp_path):
-    """Every variant exports to one ONNX file with dynamic batch/height/width that ONNX Runtime runs like torch."""
+    """Every variant exports to one ONNX file with dynamic batch/height/width that ONNX Runtime runs like
+    torch."""
     import numpy as np
     import onnxruntime as ort
 
@@ -242,7 +256,9 @@ def test_dropping_the_full_resolution_stage_keeps_the_half_resolution_head(tmp_p
             return model(x)
 
     torch.manual_seed(0)
-    cfg = ModelConfig(encoder="efficientnet-lite0", base_width=4, depth=3, deep_supervision=True, attention="cbam")
+    cfg = ModelConfig(
+        encoder="efficientnet-lite0", base_width=4, depth=3, deep_supervision=True, attention="cbam"
+    )
     path = tmp_path / "m.pt"
     save_model(path, build_model(cfg, pretrained=False), cfg, image_size=32)
     loaded = load_model(path)

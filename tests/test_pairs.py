@@ -44,7 +44,11 @@ def test_validate_reports_all_unreadable_and_mismatched(tmp_path):
         validate(discover(root))
     problems = exc.value.problems
     assert len(problems) == 3
-    assert "empty file" in problems[0] and "10x10 but its image is 64x48" in problems[1] and "levels" in problems[2]
+    assert (
+        "empty file" in problems[0]
+        and "10x10 but its image is 64x48" in problems[1]
+        and "levels" in problems[2]
+    )
 
 
 def test_validate_keeps_decoded_arrays(dataset):

@@ -1,6 +1,13 @@
 import numpy as np
 
-from lesionseg.postprocess import PostprocessConfig, apply, fill_holes, largest_component, remove_small, threshold
+from lesionseg.postprocess import (
+    PostprocessConfig,
+    apply,
+    fill_holes,
+    largest_component,
+    remove_small,
+    threshold,
+)
 
 
 def blobs():
@@ -35,7 +42,9 @@ def test_apply_runs_steps_in_order_and_empty_is_safe():
     prob = blobs().astype(np.float32)
     cfg = PostprocessConfig(threshold=0.5, largest_component=True, fill_holes=True)
     assert apply(prob, cfg).sum() == 64
-    assert not apply(np.zeros((5, 5)), PostprocessConfig(largest_component=True, fill_holes=True, min_area=3)).any()
+    assert not apply(
+        np.zeros((5, 5)), PostprocessConfig(largest_component=True, fill_holes=True, min_area=3)
+    ).any()
     assert "largest component" in cfg.describe() and "fill holes" in cfg.describe()
 
 

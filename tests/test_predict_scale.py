@@ -34,8 +34,12 @@ def read_manifest(path):
 
 
 def test_pipeline_output_equals_one_worker_and_keeps_every_input(folder, tmp_path, tiny_model_file):
-    a = predict(folder, "--out", tmp_path / "a", "--weights", tiny_model_file, "--workers", "1", "--batch-size", "1")
-    b = predict(folder, "--out", tmp_path / "b", "--weights", tiny_model_file, "--workers", "3", "--batch-size", "5")
+    a = predict(
+        folder, "--out", tmp_path / "a", "--weights", tiny_model_file, "--workers", "1", "--batch-size", "1"
+    )
+    b = predict(
+        folder, "--out", tmp_path / "b", "--weights", tiny_model_file, "--workers", "3", "--batch-size", "5"
+    )
     assert a.exit_code == b.exit_code == 0
     names = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert len(names) == 24 and names == sorted(p.name for p in (tmp_path / "b").iterdir())
@@ -46,7 +50,9 @@ def test_pipeline_output_equals_one_worker_and_keeps_every_input(folder, tmp_pat
 def test_not_a_terminal_prints_one_summary_line_and_verbose_one_per_image(folder, tmp_path, tiny_model_file):
     quiet = predict(folder, "--out", tmp_path / "q", "--weights", tiny_model_file)
     lines = quiet.stdout.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("segmented 12 of 12 inputs into") and "images/s" in lines[0]
+    assert (
+        len(lines) == 1 and lines[0].startswith("segmented 12 of 12 inputs into") and "images/s" in lines[0]
+    )
     loud = predict(folder, "--out", tmp_path / "v", "--weights", tiny_model_file, "--verbose")
     assert sum(" -> " in line for line in loud.stdout.splitlines()) == 12
 
@@ -73,18 +79,33 @@ def test_shards_partition_the_inputs_stably(folder, tmp_path, tiny_model_file):
         seen += ids
     assert sorted(seen) == [f"img_{i:02d}" for i in range(12)]  # every input once, in exactly one shard
     # A new file joins one shard; the others keep their inputs.
-    assert shard_of("img_00", 3) == shard_of("img_00", 3) and {shard_of(f"x{i}", 3) for i in range(40)} == {1, 2, 3}
-    merged = runner.invoke(app, ["merge-manifests", *[str(tmp_path / f"s{k}" / "manifest.csv") for k in (1, 2, 3)],
-                                 "--out", str(tmp_path / "all.csv")])
+    assert shard_of("img_00", 3) == shard_of("img_00", 3) and {shard_of(f"x{i}", 3) for i in range(40)} == {
+        1,
+        2,
+        3,
+    }
+    merged = runner.invoke(
+        app,
+        [
+            "merge-manifests",
+            *[str(tmp_path / f"s{k}" / "manifest.csv") for k in (1, 2, 3)],
+            "--out",
+            str(tmp_path / "all.csv"),
+        ],
+    )
     assert merged.exit_code == 0 and "12 ok" in merged.stdout
     rows = read_manifest(tmp_path / "all.csv")
-    assert len(rows) == 12 and all(r["status"] == "ok" and 0 <= float(r["foreground_fraction"]) <= 1 for r in rows)
+    assert len(rows) == 12 and all(
+        r["status"] == "ok" and 0 <= float(r["foreground_fraction"]) <= 1 for r in rows
+    )
     clash = runner.invoke(app, ["merge-manifests", str(tmp_path / "s1" / "manifest.csv"),
                                 str(tmp_path / "s1" / "manifest.csv"), "--out", str(tmp_path / "x.csv")])
     assert clash.exit_code == 2 and "overlapping shards" in clash.stderr
 
 
-@pytest.mark.parametrize("shard, message", [("0/3", "need 1 ≤ K ≤ N"), ("4/3", "need 1 ≤ K ≤ N"), ("a/b", "expected K/N")])
+@pytest.mark.parametrize(
+    "shard, message", [("0/3", "need 1 ≤ K ≤ N"), ("4/3", "need 1 ≤ K ≤ N"), ("a/b", "expected K/N")]
+)
 def test_bad_shards_are_one_line(folder, tmp_path, tiny_model_file, shard, message):
     result = predict(folder, "--out", tmp_path / "o", "--weights", tiny_model_file, "--shard", shard)
     assert result.exit_code == 2 and message in result.stderr
@@ -108,11 +129,15 @@ def test_skip_existing_resumes_and_the_manifest_says_so(folder, tmp_path, tiny_m
 
 def test_no_overlays_writes_the_same_masks_only(folder, tmp_path, tiny_model_file):
     assert predict(folder, "--out", tmp_path / "a", "--weights", tiny_model_file).exit_code == 0
-    assert predict(folder, "--out", tmp_path / "b", "--weights", tiny_model_file, "--no-overlays").exit_code == 0
+    assert (
+        predict(folder, "--out", tmp_path / "b", "--weights", tiny_model_file, "--no-overlays").exit_code == 0
+    )
     masks = sorted(p.name for p in (tmp_path / "b").iterdir())
     assert len(masks) == 12 and all(n.endswith("_mask.png") for n in masks)
     for name in masks:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
-    result = predict(folder, "--out", tmp_path / "c", "--weights", tiny_model_file, "--no-overlays", "--report")
+    result = predict(
+        folder, "--out", tmp_path / "c", "--weights", tiny_model_file, "--no-overlays", "--report"
+    )
     assert result.exit_code == 2 and "--report shows the overlays" in result.output
     assert not (tmp_path / "c").exists()

@@ -59,7 +59,9 @@ def test_pairing_is_by_id_whatever_the_names(tmp_path_factory, names, data):
     with_suffix = data.draw(st.lists(st.booleans(), min_size=len(names), max_size=len(names)))
     for k, (name, suffix) in enumerate(zip(names, with_suffix)):
         Image.fromarray(np.full((2, 2, 3), k, np.uint8)).save(root / "images" / f"{name}.png")
-        Image.fromarray(np.zeros((2, 2), np.uint8)).save(root / "masks" / f"{name}{'_segmentation' if suffix else ''}.png")
+        Image.fromarray(np.zeros((2, 2), np.uint8)).save(
+            root / "masks" / f"{name}{'_segmentation' if suffix else ''}.png"
+        )
     pairs = discover(root)
     assert sorted(p.id for p in pairs) == sorted(names)
     for p in pairs:
@@ -96,7 +98,9 @@ SEEDS = _seed_files()
 FUZZ_EXAMPLES = int(os.environ.get("LESIONSEG_FUZZ_EXAMPLES", "150"))  # make test: 150; longer runs by hand
 
 
-@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.sampled_from(sorted(SEEDS)), st.data())
 def test_fuzzed_files_never_crash_the_readers(tmp_path_factory, kind, data):
     raw = bytearray(SEEDS[kind])

@@ -55,12 +55,18 @@ def test_float_tiffs_pillow_cannot_open(tmp_path):
     gray = RNG.random((20, 30))
     gray[0, 0] = np.nan
     expected = stretch(np.where(np.isnan(gray), np.nanmin(gray), gray))
-    check(write_tiff(tmp_path / "g.tif", gray, photometric="minisblack"), np.repeat(expected[..., None], 3, 2))
+    check(
+        write_tiff(tmp_path / "g.tif", gray, photometric="minisblack"), np.repeat(expected[..., None], 3, 2)
+    )
 
 
 def test_planar_multipage_white_is_zero_and_alpha(tmp_path):
-    check(write_tiff(tmp_path / "planar.tif", np.moveaxis(RGB12, -1, 0), photometric="rgb", planarconfig="separate"),
-          stretch(RGB12))
+    check(
+        write_tiff(
+            tmp_path / "planar.tif", np.moveaxis(RGB12, -1, 0), photometric="rgb", planarconfig="separate"
+        ),
+        stretch(RGB12),
+    )
     pages = np.stack([RGB8, 255 - RGB8])
     check(write_tiff(tmp_path / "pages.tif", pages, photometric="rgb"), RGB8)  # the first page
     gray = RGB8[..., 0]
@@ -96,7 +102,9 @@ def test_broken_tiff_names_the_file_and_every_reader(tmp_path):
 
 
 def test_pixel_limit_holds_for_the_second_readers(tmp_path):
-    data = write_tiff(tmp_path / "big.tif", np.zeros((100, 100, 3), np.float32), photometric="rgb").read_bytes()
+    data = write_tiff(
+        tmp_path / "big.tif", np.zeros((100, 100, 3), np.float32), photometric="rgb"
+    ).read_bytes()
     with pytest.raises(ImageTooLarge, match="100x100"):
         decode_image(data, "upload", max_pixels=5000)
     buf = io.BytesIO()

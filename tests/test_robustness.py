@@ -15,7 +15,13 @@ from conftest import make_dataset, synthetic_case
 from lesionseg.cli import app
 
 runner = CliRunner()
-TINY = ["model.base_width=4", "model.depth=2", "data.image_size=32", "data.batch_size=4", "data.val_fraction=0.25"]
+TINY = [
+    "model.base_width=4",
+    "model.depth=2",
+    "data.image_size=32",
+    "data.batch_size=4",
+    "data.val_fraction=0.25",
+]
 
 
 def test_unicode_and_spaces_in_paths(tmp_path, tiny_model_file, rng):
@@ -28,7 +34,9 @@ def test_unicode_and_spaces_in_paths(tmp_path, tiny_model_file, rng):
     assert (out / "läsion 1_mask.png").is_file()
     data = make_dataset(tmp_path / "données d'entraînement", n=8)
     run = tmp_path / "exécution 1"
-    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(run), *TINY, "trainer.max_epochs=1"])
+    result = runner.invoke(
+        app, ["train", "--data", str(data), "--out", str(run), *TINY, "trainer.max_epochs=1"]
+    )
     assert result.exit_code == 0, result.output
     assert (run / "model.pt").is_file()
 
@@ -66,12 +74,28 @@ def test_large_photo_predicts_under_2_gb(tmp_path, tiny_model_file):
     img = np.zeros((3000, 4000, 3), np.uint8)
     img[1000:2000, 1500:2500] = 120
     Image.fromarray(img).save(tmp_path / "big.jpg", quality=90)
-    code = ("import sys\nfrom lesionseg.cli import app\nfrom lesionseg.memory import peak_rss_mb\ntry:\n"
-            "    app(sys.argv[1:])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\nprint(peak_rss_mb())")
-    proc = subprocess.run([sys.executable, "-c", code, "predict", str(tmp_path / "big.jpg"), "--out",
-                           str(tmp_path / "o"), "--weights", str(tiny_model_file)], capture_output=True, text=True)
+    code = (
+        "import sys\nfrom lesionseg.cli import app\nfrom lesionseg.memory import peak_rss_mb\ntry:\n"
+        "    app(sys.argv[1:])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\nprint(peak_rss_mb())"
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "predict",
+            str(tmp_path / "big.jpg"),
+            "--out",
+            str(tmp_path / "o"),
+            "--weights",
+            str(tiny_model_file),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
-    peak_mb = float(proc.stdout.strip().splitlines()[-1])  # the child's own peak, not its parent's (memory.py)
+    # the child's own peak, not its parent's (memory.py)
+    peak_mb = float(proc.stdout.strip().splitlines()[-1])
     assert peak_mb < 2048, f"peak RSS {peak_mb:.0f} MB"
     assert Image.open(tmp_path / "o" / "big_mask.png").size == (4000, 3000)
 
@@ -90,7 +114,9 @@ def test_jpeg_masks_are_binarised_and_reported(tmp_path, tiny_model_file):
     chosen = runner.invoke(app, ["evaluate", "--data", str(data), "--weights", str(tiny_model_file),
                                  "--out", str(tmp_path / "chosen"), "--mask-threshold", "127"])
     assert chosen.exit_code == 0 and "JPEG mask" not in chosen.stderr
-    assert (tmp_path / "auto" / "per_image.csv").read_text() == (tmp_path / "chosen" / "per_image.csv").read_text()
+    assert (tmp_path / "auto" / "per_image.csv").read_text() == (
+        tmp_path / "chosen" / "per_image.csv"
+    ).read_text()
     soft = np.tile(np.linspace(0, 255, 48).astype(np.uint8), (48, 1))  # a probability map saved as JPEG
     mask = next((data / "masks").iterdir())
     Image.fromarray(soft).resize(Image.open(mask).size).save(mask, quality=90)
@@ -121,7 +147,9 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path, monkeypatch):
     from lesionseg import losses
 
     data = make_dataset(tmp_path / "d", n=8)
-    monkeypatch.setattr(losses.DiceBCELoss, "forward", lambda self, logits, target: (logits * float("nan")).mean())
+    monkeypatch.setattr(
+        losses.DiceBCELoss, "forward", lambda self, logits, target: (logits * float("nan")).mean()
+    )
     result = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "run"), *TINY])
     assert result.exit_code == 2
     assert "training loss became nan" in result.stderr and "last good checkpoint" in result.stderr
@@ -130,11 +158,31 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path, monkeypatch):
 def test_onnx_file_with_torch_backend(tmp_path, rng):
     Image.fromarray(synthetic_case(rng, 20, 20)[0]).save(tmp_path / "x.png")
     (tmp_path / "m.onnx").write_bytes(b"")
-    result = runner.invoke(app, ["predict", str(tmp_path / "x.png"), "--out", str(tmp_path / "o"), "--weights",
-                                 str(tmp_path / "m.onnx"), "--backend", "torch"])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(tmp_path / "x.png"),
+            "--out",
+            str(tmp_path / "o"),
+            "--weights",
+            str(tmp_path / "m.onnx"),
+            "--backend",
+            "torch",
+        ],
+    )
     assert result.exit_code == 2 and "needs --backend onnx" in result.stderr
-    result = runner.invoke(app, ["predict", str(tmp_path / "x.png"), "--out", str(tmp_path / "o"), "--weights",
-                                 str(tmp_path / "m.onnx")])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(tmp_path / "x.png"),
+            "--out",
+            str(tmp_path / "o"),
+            "--weights",
+            str(tmp_path / "m.onnx"),
+        ],
+    )
     assert result.exit_code == 2 and "not a loadable ONNX model" in result.stderr
 
 
@@ -158,8 +206,21 @@ def test_sigkill_mid_epoch_then_resume(tmp_path):
 
     data = make_dataset(tmp_path / "d", n=96, size=(96, 96))
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "lesionseg.cli", "train", "--data", str(data), "--out", str(run),
-           "model.base_width=8", "model.depth=3", "data.image_size=96", "data.batch_size=4", "trainer.max_epochs=5"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lesionseg.cli",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "model.base_width=8",
+        "model.depth=3",
+        "data.image_size=96",
+        "data.batch_size=4",
+        "trainer.max_epochs=5",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     csv_path, last = run / "metrics.csv", run / "checkpoints" / "last.ckpt"
     deadline = time.time() + 240

@@ -70,10 +70,25 @@ def test_onnx_predict_does_not_import_torch(tiny_model_file, tmp_path, rng):
 
     onnx_path = export_onnx(tiny_model_file, tmp_path / "tiny.onnx")
     Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(tmp_path / "x.png")
-    code = ("import sys\nfrom lesionseg.cli import app\ntry:\n    app(sys.argv[1:])\nexcept SystemExit as e:\n"
-            "    assert e.code == 0, e.code\nassert 'torch' not in sys.modules, 'torch was imported'\nprint('ok')")
-    proc = subprocess.run([sys.executable, "-c", code, "predict", str(tmp_path / "x.png"), "--out", str(tmp_path / "o"),
-                           "--weights", str(onnx_path)], capture_output=True, text=True)
+    code = (
+        "import sys\nfrom lesionseg.cli import app\ntry:\n    app(sys.argv[1:])\nexcept SystemExit as e:\n"
+        "    assert e.code == 0, e.code\nassert 'torch' not in sys.modules, 'torch was imported'\nprint('ok')"
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "predict",
+            str(tmp_path / "x.png"),
+            "--out",
+            str(tmp_path / "o"),
+            "--weights",
+            str(onnx_path),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("ok") and (tmp_path / "o" / "x_mask.png").is_file()
 
@@ -88,7 +103,9 @@ def test_onnx_backend_exports_a_model_file_once_into_the_cache(tiny_model_file, 
     cached = list((tmp_path / "cache" / "lesionseg").glob("tiny-*.onnx"))
     assert len(cached) == 1
     stamp = cached[0].stat().st_mtime_ns
-    np.testing.assert_allclose(via_onnx.predict(image), Segmenter.load(tiny_model_file).predict(image), atol=1e-4)
+    np.testing.assert_allclose(
+        via_onnx.predict(image), Segmenter.load(tiny_model_file).predict(image), atol=1e-4
+    )
     Segmenter(open_backend(tiny_model_file, "onnx"))  # the second time: the cached file, not a new export
     assert cached[0].stat().st_mtime_ns == stamp
 

@@ -65,7 +65,10 @@ def test_pseudo_label_keeps_confident_masks_and_lists_every_image(tmp_path):
     assert (summary.total, summary.kept, summary.failed) == (3, 2, 0)
     out = tmp_path / "pl"
     assert sorted(p.name for p in (out / "images").iterdir()) == ["img_0.png", "img_2.png"]
-    assert sorted(p.name for p in (out / "masks").iterdir()) == ["img_0_segmentation.png", "img_2_segmentation.png"]
+    assert sorted(p.name for p in (out / "masks").iterdir()) == [
+        "img_0_segmentation.png",
+        "img_2_segmentation.png",
+    ]
     mask = read_mask(out / "masks" / "img_0_segmentation.png")
     assert mask.shape == (20, 30) and mask[5:15, 7:22].all() and mask.sum() == 10 * 15
     listed = {r["id"]: r for r in rows(out / "pseudo_labels.csv")}
@@ -141,8 +144,17 @@ def test_train_with_two_data_folders_records_both(tmp_path):
 def test_ema_weights_are_validated_selected_and_saved(tmp_path):
     data = make_dataset(tmp_path / "data", n=12)
     run = tmp_path / "run"
-    result = invoke("train", "--data", data, "--out", run, *TINY, "trainer.max_epochs=2", "optim.ema_decay=0.9",
-                    "optim.lr=0.01")
+    result = invoke(
+        "train",
+        "--data",
+        data,
+        "--out",
+        run,
+        *TINY,
+        "trainer.max_epochs=2",
+        "optim.ema_decay=0.9",
+        "optim.lr=0.01",
+    )
     assert result.exit_code == 0, result.output
     assert "raw weights" in result.output
     metrics = rows(run / "metrics.csv")
@@ -166,7 +178,7 @@ def test_a_model_file_can_ask_for_tta_by_default(tmp_path, tiny_model_file):
     """The card's `inference` entry turns TTA on for predict, evaluate, the API and the service; flags win."""
     from lesionseg.api import segmenter
     from lesionseg.models import save_model
-    from lesionseg.serve.app import Options, Service, ServeConfig
+    from lesionseg.serve.app import Options, ServeConfig, Service
 
     loaded = load_model(tiny_model_file)
     with_default = tmp_path / "tta_default.pt"
@@ -189,7 +201,9 @@ def test_a_model_file_can_ask_for_tta_by_default(tmp_path, tiny_model_file):
     data = make_dataset(tmp_path / "data", n=3)
     for flag, expected in ((None, True), ("--no-tta", False)):
         out = tmp_path / f"eval_{flag}"
-        args = ["evaluate", "--data", data, "--weights", with_default, "--out", out] + ([flag] if flag else [])
+        args = ["evaluate", "--data", data, "--weights", with_default, "--out", out] + (
+            [flag] if flag else []
+        )
         assert invoke(*args).exit_code == 0
         import json
 
@@ -209,9 +223,20 @@ def test_init_from_starts_from_a_model_file_and_refuses_another_architecture(tmp
         assert torch.equal(value, source[key]), key
     result = invoke("train", "--data", data, "--out", tmp_path / "other", *TINY, "model.base_width=8",
                     f"trainer.init_from={first / 'model.pt'}")
-    assert result.exit_code == 2 and "another architecture: model.base_width (4 there, 8 here)" in result.output
+    assert (
+        result.exit_code == 2 and "another architecture: model.base_width (4 there, 8 here)" in result.output
+    )
     tuned = tmp_path / "tuned"
-    result = invoke("train", "--data", data, "--out", tuned, *TINY, "trainer.max_epochs=1", "loss.lovasz_weight=0.5",
-                    f"trainer.init_from={first / 'model.pt'}")
+    result = invoke(
+        "train",
+        "--data",
+        data,
+        "--out",
+        tuned,
+        *TINY,
+        "trainer.max_epochs=1",
+        "loss.lovasz_weight=0.5",
+        f"trainer.init_from={first / 'model.pt'}",
+    )
     assert result.exit_code == 0, result.output
     assert load_model(tuned / "model.pt").card["recipe"]["trainer"]["init_from"] == str(first / "model.pt")

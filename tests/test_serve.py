@@ -125,7 +125,8 @@ def test_json_summary_agrees_with_the_mask(client, photo):
         assert info["bbox"] == {"x": int(xs.min()), "y": int(ys.min()), "width": int(xs.max() - xs.min() + 1),
                                 "height": int(ys.max() - ys.min() + 1)}
         points = np.array(info["contours"][0])
-        assert points.shape[1] == 2 and mask[points[:, 1], points[:, 0]].all()  # contour points lie on the mask
+        # contour points lie on the mask
+        assert points.shape[1] == 2 and mask[points[:, 1], points[:, 0]].all()
 
 
 def test_threshold_moves_the_area(client, photo):
@@ -138,8 +139,11 @@ def test_multipart_upload(client, photo):
     _, body = photo
     raw = segment(client, body).content
     assert client.post("/v1/segment", files={"file": ("photo.jpg", body, "image/jpeg")}).content == raw
-    assert client.post("/v1/segment", files={"image": ("x.jpg", body, "image/jpeg")}).content == raw  # the only file
-    assert_json_error(client.post("/v1/segment", files={"note": (None, "no file here")}), 400, "no file field 'file'")
+    # the only file
+    assert client.post("/v1/segment", files={"image": ("x.jpg", body, "image/jpeg")}).content == raw
+    assert_json_error(
+        client.post("/v1/segment", files={"note": (None, "no file here")}), 400, "no file field 'file'"
+    )
 
 
 @pytest.mark.parametrize("query, fragment", [
@@ -293,12 +297,18 @@ def test_dicom_seg_round_trip_matches_predict(client, tiny_model_file, tmp_path)
 
 def test_metrics_count_requests_and_images(client, photo):
     before = client.get("/metrics").text
-    n_before = int(next(line for line in before.splitlines() if line.startswith("lesionseg_images_segmented_total"))
-                   .split()[-1])
+    n_before = int(
+        next(
+            line for line in before.splitlines() if line.startswith("lesionseg_images_segmented_total")
+        ).split()[-1]
+    )
     segment(client, photo[1])
     text = client.get("/metrics").text
-    n_after = int(next(line for line in text.splitlines() if line.startswith("lesionseg_images_segmented_total"))
-                  .split()[-1])
+    n_after = int(
+        next(
+            line for line in text.splitlines() if line.startswith("lesionseg_images_segmented_total")
+        ).split()[-1]
+    )
     assert n_after == n_before + 1
     assert 'lesionseg_request_duration_seconds_bucket{path="/v1/segment",le="+Inf"}' in text
 
@@ -331,7 +341,8 @@ def test_no_cors_unless_asked(client, tiny_model_file, photo):
 
 
 def test_any_model_name_travels_in_the_header(tiny_model_file, photo, tmp_path):
-    """Header values are ASCII: a card name with '—' and '²' is percent-encoded (RFC 8187 style), not a 500."""
+    """Header values are ASCII: a card name with '—' and '²' is percent-encoded (RFC 8187 style), not a
+    500."""
     from urllib.parse import unquote
 
     from lesionseg.models import load_model, save_model

@@ -28,8 +28,12 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server():
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "lesionseg", "serve", "--weights", "cpu", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lesionseg", "serve", "--weights", "cpu", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while True:
@@ -92,9 +96,18 @@ def _chrome():
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1200,900"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1200,900",
+    ):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(executable_path=driver), options=options)
 
@@ -145,7 +158,9 @@ def test_page_shows_a_server_error(server, tmp_path):
     try:
         browser.get(server + "/")
         browser.find_element(By.ID, "file").send_keys(str(bad))
-        WebDriverWait(browser, 60).until(lambda b: b.find_element(By.ID, "status").get_attribute("class") == "error")
+        WebDriverWait(browser, 60).until(
+            lambda b: b.find_element(By.ID, "status").get_attribute("class") == "error"
+        )
         assert "not a readable image" in browser.find_element(By.ID, "status").text
     finally:
         browser.quit()

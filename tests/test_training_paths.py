@@ -36,16 +36,29 @@ def test_default_model_config_trains_on_cpu_with_the_device_path(tmp_path):
     the config's own encoder, deep supervision, augmentation keys and time schedule (only sizes shrunk)."""
     data = make_dataset(tmp_path / "data", n=14, size=(40, 52))
     run = tmp_path / "run"
-    result = invoke("train", "--data", data, "--out", run, "--config", GPU_CONFIG, "data.on_device=true",
-                    "data.image_size=32", "data.batch_size=4", "optim.warmup_steps=2", "trainer.max_minutes=0.08",
-                    "trainer.max_epochs=3")
+    result = invoke(
+        "train",
+        "--data",
+        data,
+        "--out",
+        run,
+        "--config",
+        GPU_CONFIG,
+        "data.on_device=true",
+        "data.image_size=32",
+        "data.batch_size=4",
+        "optim.warmup_steps=2",
+        "trainer.max_minutes=0.08",
+        "trainer.max_epochs=3",
+    )
     assert result.exit_code == 0, result.output
     cfg = load_config(run / "config.yaml")
     assert cfg.data.on_device == "true" and cfg.optim.schedule == "cosine_time"
     assert cfg.augment.color_jitter == 1.0 and cfg.model.encoder == "efficientnet-lite0"
     table = rows(run)
     assert 1 <= len(table) <= 3 and all(0 <= float(r["val_mean_jaccard"]) <= 1 for r in table)
-    assert all(float(r["train_images"]) == 12 for r in table[:-1])  # 13 training images, drop_last batches of 4
+    # 13 training images, drop_last batches of 4
+    assert all(float(r["train_images"]) == 12 for r in table[:-1])
     model = load_model(run / "model.pt")
     assert model.config.encoder == "efficientnet-lite0" and model.config.deep_supervision
     card = model.card
@@ -59,7 +72,9 @@ def test_cpu_auto_keeps_albumentations(tmp_path):
     run = tmp_path / "run"
     result = invoke("train", "--data", data, "--out", run, *TINY, "trainer.max_epochs=1")
     assert result.exit_code == 0, result.output
-    assert load_model(run / "model.pt").card["training_data"]["feeding"].startswith("albumentations per image")
+    assert (
+        load_model(run / "model.pt").card["training_data"]["feeding"].startswith("albumentations per image")
+    )
 
 
 def test_resident_training_is_reproducible(tmp_path):
@@ -153,7 +168,9 @@ def test_python_api_trains_and_evaluates_like_the_cli(tmp_path):
     assert metrics["n_images"] == 12 and metrics["mean_jaccard"] == pytest.approx(written["mean_jaccard"])
     result = invoke("evaluate", "--data", data, "--weights", model_path, "--out", tmp_path / "cli")
     assert result.exit_code == 0
-    assert json.loads((tmp_path / "cli" / "metrics.json").read_text())["mean_jaccard"] == metrics["mean_jaccard"]
+    assert (
+        json.loads((tmp_path / "cli" / "metrics.json").read_text())["mean_jaccard"] == metrics["mean_jaccard"]
+    )
 
 
 def test_python_api_errors_are_the_cli_errors(tmp_path):
@@ -189,7 +206,9 @@ def test_torch_free_helpers_stay_torch_free():
             "from lesionseg.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig\n"
             "assert carved_split.__defaults__ == (DataConfig.val_fraction, DataConfig.split_seed)\n"
             "print('torch' in sys.modules, 'albumentations' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert out == ["False", "False"]
 
 
@@ -225,12 +244,25 @@ def test_drop_full_resolution_stage_writes_the_derived_model(tmp_path):
     equals the trained 1/2 head exactly is tests/test_models.py's)."""
     data = make_dataset(tmp_path / "data", n=8)
     run = tmp_path / "run"
-    result = invoke("train", "--data", data, "--out", run, "model.encoder=efficientnet-lite0", "model.base_width=4",
-                    "model.depth=3", "model.deep_supervision=true", "data.image_size=32", "data.batch_size=4",
-                    "trainer.max_epochs=1", "trainer.drop_full_resolution_stage=true")
+    result = invoke(
+        "train",
+        "--data",
+        data,
+        "--out",
+        run,
+        "model.encoder=efficientnet-lite0",
+        "model.base_width=4",
+        "model.depth=3",
+        "model.deep_supervision=true",
+        "data.image_size=32",
+        "data.batch_size=4",
+        "trainer.max_epochs=1",
+        "trainer.drop_full_resolution_stage=true",
+    )
     assert result.exit_code == 0, result.output
     loaded = load_model(run / "model.pt")
     assert loaded.config.full_resolution_decoder is False and "derivation" in loaded.card
     assert load_config(run / "config.yaml").model.full_resolution_decoder is True
     with pytest.raises(UserError, match="trainer.drop_full_resolution_stage"):
-        load_config(overrides=["trainer.drop_full_resolution_stage=true"])  # plain encoder, no deep supervision
+        # plain encoder, no deep supervision
+        load_config(overrides=["trainer.drop_full_resolution_stage=true"])

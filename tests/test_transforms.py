@@ -3,9 +3,8 @@ from scipy import ndimage
 
 from lesionseg.config import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig
 from lesionseg.data.dataset import SegmentationDataset, to_tensors
-from lesionseg.pairs import split_pairs
 from lesionseg.data.transforms import eval_transform, train_transform
-from lesionseg.pairs import discover
+from lesionseg.pairs import discover, split_pairs
 
 
 def test_train_transform_keeps_image_and_mask_aligned(rng):

@@ -1,10 +1,11 @@
 """lesionseg: 2-D medical image segmentation with U-Net — train, evaluate, predict, deploy.
 
-    >>> import lesionseg
-    >>> lesionseg.train("data/train", "runs/mine", config="configs/lite0_160_ema_cpu.yaml", trainer={"max_epochs": 5})
-    >>> lesionseg.evaluate("data/val", weights="runs/mine/model.pt")["mean_jaccard"]
-    >>> seg = lesionseg.Segmenter.load()          # the bundled default model
-    >>> prob = seg.predict(rgb_uint8_image)      # probability map at the image's size
+>>> import lesionseg
+>>> lesionseg.train("data/train", "runs/mine", config="configs/lite0_160_ema_cpu.yaml", trainer={"max_epochs":
+5})
+>>> lesionseg.evaluate("data/val", weights="runs/mine/model.pt")["mean_jaccard"]
+>>> seg = lesionseg.Segmenter.load()          # the bundled default model
+>>> prob = seg.predict(rgb_uint8_image)      # probability map at the image's size
 """
 
 __version__ = "0.1.0"

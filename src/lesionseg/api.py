@@ -30,9 +30,21 @@ def _nested_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def train(data: str | Path | Sequence[str | Path], out: str | Path, /, config: str | Path | None = None,
-          val_data: str | Path | None = None, *, mask_threshold: int | None = None, devices: int | str = 1, strategy: str = "auto", num_nodes: int = 1,
-          progress: bool | None = None, command: str | None = None, **overrides: Any) -> Path:
+def train(
+    data: str | Path | Sequence[str | Path],
+    out: str | Path,
+    /,
+    config: str | Path | None = None,
+    val_data: str | Path | None = None,
+    *,
+    mask_threshold: int | None = None,
+    devices: int | str = 1,
+    strategy: str = "auto",
+    num_nodes: int = 1,
+    progress: bool | None = None,
+    command: str | None = None,
+    **overrides: Any,
+) -> Path:
     """Train (or resume: call again with the same arguments) into the run folder `out`; returns its model.pt.
 
     `config`: a YAML recipe (see configs/); `overrides`: config keys, as sections or dotted names, e.g.
@@ -51,16 +63,27 @@ def train(data: str | Path | Sequence[str | Path], out: str | Path, /, config: s
     cfg = load_config(config, extra)
     if command is None:
         shown = [str(d) for d in data] if isinstance(data, (list, tuple)) else str(data)
-        args = [repr(shown), repr(str(out))] + [f"{k}={v!r}" for k, v in
-                                                    (("config", config), ("val_data", val_data)) if v is not None]
+        args = [repr(shown), repr(str(out))] + [
+            f"{k}={v!r}" for k, v in (("config", config), ("val_data", val_data)) if v is not None
+        ]
         command = f"lesionseg.train({', '.join(args + [f'**{extra!r}'] if extra else args)})"
     return fit(data, out, cfg, val_data=val_data, devices=devices, strategy=strategy, num_nodes=num_nodes,
                progress=progress, command=command)
 
 
-def segmenter(weights: str | Path | None = None, *, backend: str = "auto", threshold: float = 0.5,
-              batch_size: int = 8, tta: bool | None = None, tta_scales: Sequence[float] | None = None,
-              largest_component: bool = False, fill_holes: bool = False, min_area: int = 0, crf: bool = False):
+def segmenter(
+    weights: str | Path | None = None,
+    *,
+    backend: str = "auto",
+    threshold: float = 0.5,
+    batch_size: int = 8,
+    tta: bool | None = None,
+    tta_scales: Sequence[float] | None = None,
+    largest_component: bool = False,
+    fill_holes: bool = False,
+    min_area: int = 0,
+    crf: bool = False,
+):
     """A `Segmenter` with `predict`'s options (the CLI's flags by the same names). `tta`/`tta_scales` None:
     what the model file asks for (TTA is off unless its card's `inference` entry turns it on)."""
     from .inference import Segmenter
@@ -85,7 +108,8 @@ def evaluate(data: str | Path, weights: str | Path | None = None, *, out: str | 
     `options` are `segmenter()`'s (threshold, tta, largest_component, ...). With `out`, writes metrics.json
     and per_image.csv there (and report.html with `report=True`).
     """
-    from .evaluation import evaluate as score, load_labelled, write_report, write_results
+    from .evaluation import evaluate as score
+    from .evaluation import load_labelled, write_report, write_results
 
     unknown = sorted(set(options) - set(segmenter.__kwdefaults__))
     if unknown:

@@ -19,8 +19,13 @@ import typer  # noqa: E402
 from . import __version__  # noqa: E402
 from .errors import UserError, ValidationError  # noqa: E402
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="2-D medical image segmentation with U-Net (skin lesions, polyps, your data): train, evaluate, predict, serve.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="2-D medical image segmentation with U-Net (skin lesions, polyps, your data): train, evaluate, "
+    "predict, serve.",
+)
 _state = {"debug": False}
 
 
@@ -41,15 +46,15 @@ def handle_errors(fn):
             for line in exc.problems:
                 _err(line)
             _err(f"error: {exc}")
-            raise typer.Exit(exc.exit_code)
+            raise typer.Exit(exc.exit_code) from None
         except UserError as exc:
             if _state["debug"]:
                 raise
             _err(f"error: {exc}")
-            raise typer.Exit(exc.exit_code)
+            raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             _err("interrupted")
-            raise typer.Exit(130)
+            raise typer.Exit(130) from None
 
     return wrapper
 
@@ -70,13 +75,25 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show Python traceba
 @app.command(context_settings={"allow_extra_args": False})
 @handle_errors
 def train(
-    data: List[Path] = typer.Option(..., "--data", help="Folder with images/ and masks/; repeat to add more "
-                                    "training folders (e.g. pseudo-labels): validation is carved from the first only."),
-    overrides: Optional[List[str]] = typer.Argument(None, help="Config overrides KEY=VALUE, e.g. trainer.max_epochs=5"),
-    val_data: Optional[Path] = typer.Option(None, "--val-data", help="Validation folder (else a seeded split of --data)."),
+    data: List[Path] = typer.Option(
+        ...,
+        "--data",
+        help="Folder with images/ and masks/; repeat to add more "
+        "training folders (e.g. pseudo-labels): validation is carved from the first only.",
+    ),
+    overrides: Optional[List[str]] = typer.Argument(
+        None, help="Config overrides KEY=VALUE, e.g. trainer.max_epochs=5"
+    ),
+    val_data: Optional[Path] = typer.Option(
+        None, "--val-data", help="Validation folder (else a seeded split of --data)."
+    ),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML config (see configs/)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run directory; rerun the same command to resume."),
-    mask_threshold: Optional[int] = typer.Option(None, "--mask-threshold", help="Binarise masks with >2 levels at this value."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Run directory; rerun the same command to resume."
+    ),
+    mask_threshold: Optional[int] = typer.Option(
+        None, "--mask-threshold", help="Binarise masks with >2 levels at this value."
+    ),
     devices: str = typer.Option("1", "--devices", help="Number of devices (processes) or 'auto'."),
     strategy: str = typer.Option("auto", "--strategy", help="Lightning strategy, e.g. ddp."),
     num_nodes: int = typer.Option(1, "--num-nodes", help="Machines for multi-node training."),
@@ -95,32 +112,58 @@ def train(
                ("--num-nodes", None if num_nodes == 1 else num_nodes)]
     command = shlex.join(["lesionseg", "train", *[str(v) for o in options if o[1] is not None for v in o],
                           *(overrides or [])])
-    model_path = run_training(data[0] if len(data) == 1 else data, out, config, val_data,
-                              mask_threshold=mask_threshold, devices=devices, strategy=strategy, num_nodes=num_nodes,
-                              command=command,
-                              **parse_overrides(overrides or []))
+    model_path = run_training(
+        data[0] if len(data) == 1 else data,
+        out,
+        config,
+        val_data,
+        mask_threshold=mask_threshold,
+        devices=devices,
+        strategy=strategy,
+        num_nodes=num_nodes,
+        command=command,
+        **parse_overrides(overrides or []),
+    )
     print(f"best model: {model_path}")
 
 
 # Options shared by evaluate and predict: both build the same Segmenter.
-WEIGHTS = typer.Option(None, "--weights", help="Model file: .pt (torch) or .onnx (ONNX Runtime), or a bundled model: default, cpu, polyp. Default: default.")
+WEIGHTS = typer.Option(
+    None,
+    "--weights",
+    help="Model file: .pt (torch) or .onnx (ONNX Runtime), or a bundled model: default, cpu, polyp. "
+    "Default: default.",
+)
 BACKEND = typer.Option("auto", "--backend", help="auto (by file type) | torch | onnx.")
 THRESHOLD = typer.Option(0.5, "--threshold", help="Probability threshold for the foreground.")
-TTA = typer.Option(None, "--tta/--no-tta", help="Test-time augmentation: scales x {none, h-flip, v-flip}, averaged. "
-                   "Default: the model's own setting (`lesionseg info` shows it; off unless its card turns it on).")
-TTA_SCALES = typer.Option(None, "--tta-scales", help="Comma-separated scales for TTA (default: the model's, else 0.75,1.0,1.25).")
+TTA = typer.Option(
+    None,
+    "--tta/--no-tta",
+    help="Test-time augmentation: scales x {none, h-flip, v-flip}, averaged. "
+    "Default: the model's own setting (`lesionseg info` shows it; off unless its card turns it on).",
+)
+TTA_SCALES = typer.Option(
+    None, "--tta-scales", help="Comma-separated scales for TTA (default: the model's, else 0.75,1.0,1.25)."
+)
 LARGEST = typer.Option(False, "--largest-component", help="Keep only the largest connected region.")
 FILL = typer.Option(False, "--fill-holes", help="Fill holes inside lesions.")
 MIN_AREA = typer.Option(0, "--min-area", min=0, help="Remove objects smaller than this many pixels.")
-CRF = typer.Option(False, "--crf", help="Refine probabilities with a dense CRF (pydensecrf2) before thresholding.")
+CRF = typer.Option(
+    False, "--crf", help="Refine probabilities with a dense CRF (pydensecrf2) before thresholding."
+)
 BATCH = typer.Option(8, "--batch-size", min=1)
 
 
-def _segmenter_factory(weights, backend, threshold, batch_size, tta, tta_scales, largest, fill, min_area, crf):
-    """The options of evaluate/predict as a zero-argument factory (predict loads the model only when needed)."""
+def _segmenter_factory(
+    weights, backend, threshold, batch_size, tta, tta_scales, largest, fill, min_area, crf
+):
+    """The options of evaluate/predict as a zero-argument factory (predict loads the model only when
+    needed)."""
     from .api import segmenter
 
-    options = _segmenter_options(backend, threshold, batch_size, tta, tta_scales, largest, fill, min_area, crf)
+    options = _segmenter_options(
+        backend, threshold, batch_size, tta, tta_scales, largest, fill, min_area, crf
+    )
     return lambda: segmenter(weights, **options)
 
 
@@ -130,7 +173,9 @@ def _segmenter_options(backend, threshold, batch_size, tta, tta_scales, largest,
         try:
             scales = [float(s) for s in tta_scales.split(",") if s.strip()]
         except ValueError:
-            raise UserError(f"--tta-scales: expected numbers like 0.75,1.0,1.25, got {tta_scales!r}") from None
+            raise UserError(
+                f"--tta-scales: expected numbers like 0.75,1.0,1.25, got {tta_scales!r}"
+            ) from None
     return dict(backend=backend, threshold=threshold, batch_size=batch_size, tta=tta, tta_scales=scales,
                 largest_component=largest, fill_holes=fill, min_area=min_area, crf=crf)
 
@@ -141,17 +186,28 @@ def evaluate(
     data: Path = typer.Option(..., "--data", help="Folder with images/ and masks/."),
     weights: Optional[Path] = WEIGHTS,
     out: Path = typer.Option(Path("out/evaluate"), "--out", help="Where metrics.json and per_image.csv go."),
-    mask_threshold: Optional[int] = typer.Option(None, "--mask-threshold", help="Binarise masks with >2 levels at this value."),
-    backend: str = BACKEND, threshold: float = THRESHOLD, tta: bool = TTA, tta_scales: str = TTA_SCALES,
-    largest_component: bool = LARGEST, fill_holes: bool = FILL, min_area: int = MIN_AREA, crf: bool = CRF,
+    mask_threshold: Optional[int] = typer.Option(
+        None, "--mask-threshold", help="Binarise masks with >2 levels at this value."
+    ),
+    backend: str = BACKEND,
+    threshold: float = THRESHOLD,
+    tta: bool = TTA,
+    tta_scales: str = TTA_SCALES,
+    largest_component: bool = LARGEST,
+    fill_holes: bool = FILL,
+    min_area: int = MIN_AREA,
+    crf: bool = CRF,
     batch_size: int = BATCH,
-    report: bool = typer.Option(False, "--report", help="Also write report.html (histogram, worst/best cases)."),
+    report: bool = typer.Option(
+        False, "--report", help="Also write report.html (histogram, worst/best cases)."
+    ),
 ):
     """Evaluate a model on a labelled folder; metrics at each image's original size."""
     from .api import evaluate as run_evaluate
 
-    options = _segmenter_options(backend, threshold, batch_size, tta, tta_scales, largest_component, fill_holes,
-                                 min_area, crf)
+    options = _segmenter_options(
+        backend, threshold, batch_size, tta, tta_scales, largest_component, fill_holes, min_area, crf
+    )
     metrics = run_evaluate(data, weights, out=out, mask_threshold=mask_threshold, report=report, **options)
     _print_metrics(metrics)
     print(f"wrote {out / 'metrics.json'} and {out / 'per_image.csv'}")
@@ -179,26 +235,56 @@ def predict(
     out: Path = typer.Option(..., "--out", help="Output folder for <id>_mask.png and <id>_overlay.png."),
     weights: Optional[Path] = WEIGHTS,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace results already in --out."),
-    strict: bool = typer.Option(False, "--strict", help="Stop before writing anything if any input is unreadable."),
+    strict: bool = typer.Option(
+        False, "--strict", help="Stop before writing anything if any input is unreadable."
+    ),
     report: bool = typer.Option(False, "--report", help="Also write report.html."),
-    backend: str = BACKEND, threshold: float = THRESHOLD, tta: bool = TTA, tta_scales: str = TTA_SCALES,
-    largest_component: bool = LARGEST, fill_holes: bool = FILL, min_area: int = MIN_AREA, crf: bool = CRF,
+    backend: str = BACKEND,
+    threshold: float = THRESHOLD,
+    tta: bool = TTA,
+    tta_scales: str = TTA_SCALES,
+    largest_component: bool = LARGEST,
+    fill_holes: bool = FILL,
+    min_area: int = MIN_AREA,
+    crf: bool = CRF,
     batch_size: int = BATCH,
-    workers: int = typer.Option(2, "--workers", min=1, help="Threads reading and writing while the model runs."),
-    shard: Optional[str] = typer.Option(None, "--shard", help="K/N: only this machine's part of the inputs (stable by id)."),
-    skip_existing: bool = typer.Option(False, "--skip-existing", help="Resume: skip inputs whose mask is already in --out."),
-    manifest: Optional[Path] = typer.Option(None, "--manifest", help="Write a CSV: id, mask, status, foreground fraction."),
+    workers: int = typer.Option(
+        2, "--workers", min=1, help="Threads reading and writing while the model runs."
+    ),
+    shard: Optional[str] = typer.Option(
+        None, "--shard", help="K/N: only this machine's part of the inputs (stable by id)."
+    ),
+    skip_existing: bool = typer.Option(
+        False, "--skip-existing", help="Resume: skip inputs whose mask is already in --out."
+    ),
+    manifest: Optional[Path] = typer.Option(
+        None, "--manifest", help="Write a CSV: id, mask, status, foreground fraction."
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="One line per image written."),
-    overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Also write <id>_overlay.png (default on)."),
+    overlays: bool = typer.Option(
+        True, "--overlays/--no-overlays", help="Also write <id>_overlay.png (default on)."
+    ),
 ):
     """Segment images; masks are 0/255 PNGs at each input's original size. A progress bar on a terminal."""
     from .predict import run_predict
 
     make = _segmenter_factory(weights, backend, threshold, batch_size, tta, tta_scales, largest_component,
                               fill_holes, min_area, crf)
-    failures = run_predict(inputs, out, make, overwrite=overwrite, strict=strict, report=report, on_failure=_err,
-                           shard=shard, skip_existing=skip_existing, manifest=manifest, workers=workers,
-                           verbose=verbose, overlays=overlays)
+    failures = run_predict(
+        inputs,
+        out,
+        make,
+        overwrite=overwrite,
+        strict=strict,
+        report=report,
+        on_failure=_err,
+        shard=shard,
+        skip_existing=skip_existing,
+        manifest=manifest,
+        workers=workers,
+        verbose=verbose,
+        overlays=overlays,
+    )
     if failures:
         raise typer.Exit(1)
 
@@ -206,17 +292,27 @@ def predict(
 @app.command("pseudo-label")
 @handle_errors
 def pseudo_label(
-    data: Path = typer.Option(..., "--data", help="Unlabelled images: a folder of images, or one with images/."),
+    data: Path = typer.Option(
+        ..., "--data", help="Unlabelled images: a folder of images, or one with images/."
+    ),
     out: Path = typer.Option(..., "--out", help="Output folder: images/, masks/ and pseudo_labels.csv."),
     weights: Optional[Path] = WEIGHTS,
-    min_confidence: float = typer.Option(0.85, "--min-confidence",
-                                         help="Keep images whose |p>0.7| / |p>0.3| is at least this."),
-    backend: str = BACKEND, threshold: float = THRESHOLD,
-    tta: bool = typer.Option(True, "--tta/--no-tta", help="Teacher with test-time augmentation (default on)."),
-    tta_scales: str = TTA_SCALES, largest_component: bool = LARGEST, fill_holes: bool = FILL,
-    min_area: int = MIN_AREA, batch_size: int = BATCH,
+    min_confidence: float = typer.Option(
+        0.85, "--min-confidence", help="Keep images whose |p>0.7| / |p>0.3| is at least this."
+    ),
+    backend: str = BACKEND,
+    threshold: float = THRESHOLD,
+    tta: bool = typer.Option(
+        True, "--tta/--no-tta", help="Teacher with test-time augmentation (default on)."
+    ),
+    tta_scales: str = TTA_SCALES,
+    largest_component: bool = LARGEST,
+    fill_holes: bool = FILL,
+    min_area: int = MIN_AREA,
+    batch_size: int = BATCH,
 ):
-    """Label unlabelled images with a teacher model and keep its confident masks, for `train --data A --data OUT`."""
+    """Label unlabelled images with a teacher model and keep its confident masks, for `train --data A --data
+    OUT`."""
     from .pseudo_label import pseudo_label as run
 
     make = _segmenter_factory(weights, backend, threshold, batch_size, tta, tta_scales, largest_component,
@@ -249,7 +345,9 @@ def merge_manifests(
 
 @app.command()
 @handle_errors
-def info(weights: Optional[Path] = typer.Argument(None, help="Model file or bundled name (default, cpu, polyp).")):
+def info(
+    weights: Optional[Path] = typer.Argument(None, help="Model file or bundled name (default, cpu, polyp)."),
+):
     """Show a model file's card: architecture, parameters, training data, recipe, figures."""
     from .models import count_parameters, load_model
     from .models.registry import BUNDLED, default_model_path
@@ -271,13 +369,23 @@ def info(weights: Optional[Path] = typer.Argument(None, help="Model file or bund
 @app.command()
 @handle_errors
 def export(
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Model file or bundled name (default, cpu, polyp)."),
+    weights: Optional[Path] = typer.Option(
+        None, "--weights", help="Model file or bundled name (default, cpu, polyp)."
+    ),
     out: Path = typer.Option(Path("model.onnx"), "--out", help="The .onnx file to write."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset (≥ 17)."),
-    check: bool = typer.Option(False, "--check", help="Compare ONNX Runtime with torch (max prob diff ≤ 1e-4)."),
-    check_images: Optional[Path] = typer.Option(None, "--check-images", help="Folder of real images for --check."),
-    int8: bool = typer.Option(False, "--int8", help="Statically quantized (QDQ int8) for CPUs; needs --calibration."),
-    calibration: Optional[Path] = typer.Option(None, "--calibration", help="Folder of training images to calibrate --int8 on."),
+    check: bool = typer.Option(
+        False, "--check", help="Compare ONNX Runtime with torch (max prob diff ≤ 1e-4)."
+    ),
+    check_images: Optional[Path] = typer.Option(
+        None, "--check-images", help="Folder of real images for --check."
+    ),
+    int8: bool = typer.Option(
+        False, "--int8", help="Statically quantized (QDQ int8) for CPUs; needs --calibration."
+    ),
+    calibration: Optional[Path] = typer.Option(
+        None, "--calibration", help="Folder of training images to calibrate --int8 on."
+    ),
     calibration_images: int = typer.Option(64, "--calibration-images", min=1, help="How many of them."),
 ):
     """Export to ONNX: dynamic batch, height and width, one self-contained file (fp32, or --int8)."""
@@ -302,7 +410,9 @@ def export(
         print(f"check: max |p_onnx - p_torch| = {result['max_prob_diff']:.2e} over inputs {result['inputs']} "
               f"-> {'ok' if ok else 'FAILED'}")
         if not ok:
-            raise UserError(f"{path}: ONNX Runtime differs from torch by {result['max_prob_diff']:.2e} (> 1e-4)")
+            raise UserError(
+                f"{path}: ONNX Runtime differs from torch by {result['max_prob_diff']:.2e} (> 1e-4)"
+            )
 
 
 @app.command()
@@ -310,18 +420,30 @@ def export(
 def serve(
     weights: Optional[Path] = WEIGHTS,
     backend: str = BACKEND,
-    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 = every interface)."),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 = every interface)."
+    ),
     port: int = typer.Option(8000, "--port", min=0, max=65535),
-    token: Optional[str] = typer.Option(None, "--token", envvar="LESIONSEG_TOKEN",
-                                        help="Require 'Authorization: Bearer TOKEN' on /v1/* (or set LESIONSEG_TOKEN)."),
+    token: Optional[str] = typer.Option(
+        None,
+        "--token",
+        envvar="LESIONSEG_TOKEN",
+        help="Require 'Authorization: Bearer TOKEN' on /v1/* (or set LESIONSEG_TOKEN).",
+    ),
     workers: int = typer.Option(1, "--workers", min=1, help="Server processes (each loads the model)."),
     max_batch: int = typer.Option(16, "--max-batch", min=1, help="Images per forward pass at most."),
-    max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", min=0, help="How long a batch waits for more requests."),
+    max_wait_ms: float = typer.Option(
+        2.0, "--max-wait-ms", min=0, help="How long a batch waits for more requests."
+    ),
     max_queue: int = typer.Option(64, "--max-queue", min=1, help="Images waiting for the model before 503."),
     timeout: float = typer.Option(30.0, "--timeout", help="Seconds a request may take before 504."),
     max_body_mb: float = typer.Option(50.0, "--max-body-mb", help="Largest request body (413 above)."),
-    max_pixels: int = typer.Option(50_000_000, "--max-pixels", min=1, help="Largest image in pixels (413 above)."),
-    cors_origin: Optional[List[str]] = typer.Option(None, "--cors-origin", help="Allow browser calls from this origin (repeatable); none by default."),
+    max_pixels: int = typer.Option(
+        50_000_000, "--max-pixels", min=1, help="Largest image in pixels (413 above)."
+    ),
+    cors_origin: Optional[List[str]] = typer.Option(
+        None, "--cors-origin", help="Allow browser calls from this origin (repeatable); none by default."
+    ),
 ):
     """Serve the model over HTTP: POST /v1/segment, a page at /, API reference at /docs."""
     import dataclasses
@@ -337,7 +459,8 @@ def serve(
     cfg.check()
     from .inference.backends import open_backend
 
-    open_backend(cfg.weights, cfg.backend)  # a wrong --weights fails here, in one line, before the server starts
+    # a wrong --weights fails here, in one line, before the server starts
+    open_backend(cfg.weights, cfg.backend)
     os.environ[CONFIG_ENV] = json.dumps(dataclasses.asdict(cfg))
     print(f"lesionseg serve: http://{host}:{port}/  (API reference /docs; {workers} worker(s); "
           f"token {'required' if cfg.token else 'off'})", file=sys.stderr, flush=True)
@@ -349,7 +472,9 @@ def serve(
 @handle_errors
 def plot(
     run_dir: Path = typer.Argument(..., help="A training run directory (holds metrics.csv)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default RUN_DIR/training_curves.png)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="PNG to write (default RUN_DIR/training_curves.png)."
+    ),
 ):
     """Plot a run's training curves (loss, validation mean Jaccard / Dice, learning rate)."""
     from .viz import training_curves

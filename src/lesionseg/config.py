@@ -37,9 +37,11 @@ class ModelConfig:
     upsample: str = "bilinear"  # or "transposed"
     attention: str = "none"  # or "cbam": CBAM on the skip features before concatenation
     deep_supervision: bool = False  # auxiliary heads on every decoder stage (training only)
-    encoder: str = "plain"  # or "efficientnet-lite0" (ImageNet-pretrained; lite1/lite2 if their weights are installed)
-    # false (EfficientNet encoders only): no decoder stage at full resolution, whose only skip would be the RGB
-    # image; the half-resolution logits are upsampled ×2. A third of the `cpu` model's inference time goes there.
+    # or "efficientnet-lite0" (ImageNet-pretrained; lite1/lite2 if their weights are installed)
+    encoder: str = "plain"
+    # false (EfficientNet encoders only): no decoder stage at full resolution, whose only skip would be
+    # the RGB image; the half-resolution logits are upsampled ×2. A third of the `cpu` model's inference
+    # time goes there.
     full_resolution_decoder: bool = True
 
 
@@ -122,7 +124,8 @@ class TrainerConfig:
     # Write model.pt without the full-resolution decoder stage (training keeps it): the 1/2-resolution deep-
     # supervision head becomes the output. A third less inference time, no measured accuracy cost.
     drop_full_resolution_stage: bool = False
-    compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
+    # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
+    compile_mode: str = "default"
 
 
 @dataclass
@@ -221,8 +224,10 @@ def _validate(cfg: Config) -> None:
         raise UserError("config key 'trainer.drop_full_resolution_stage': needs an EfficientNet encoder, "
                         "model.deep_supervision: true and model.full_resolution_decoder: true")
     if not m.full_resolution_decoder and (m.encoder == "plain" or m.depth < 2):
-        raise UserError("config key 'model.full_resolution_decoder': false needs an EfficientNet encoder and "
-                        "model.depth ≥ 2 (the plain encoder's full-resolution features feed everything below)")
+        raise UserError(
+            "config key 'model.full_resolution_decoder': false needs an EfficientNet encoder and "
+            "model.depth ≥ 2 (the plain encoder's full-resolution features feed everything below)"
+        )
     if d.image_size < 2**m.depth or d.image_size % (2**m.depth):
         raise UserError(f"config key 'data.image_size': must be a multiple of 2**model.depth = {2**m.depth}")
     if not 0.0 < d.val_fraction < 1.0:
@@ -239,7 +244,9 @@ def _validate(cfg: Config) -> None:
     if not 0.0 < d.device_memory_fraction <= 1.0:
         raise UserError("config key 'data.device_memory_fraction': must be in (0, 1]")
     if cfg.optim.schedule == "cosine_time" and not cfg.trainer.max_minutes:
-        raise UserError("config key 'optim.schedule': cosine_time needs a wall-clock budget, trainer.max_minutes")
+        raise UserError(
+            "config key 'optim.schedule': cosine_time needs a wall-clock budget, trainer.max_minutes"
+        )
     if not 0.0 <= cfg.optim.ema_decay < 1.0:
         raise UserError("config key 'optim.ema_decay': must be in [0, 1) (0 = no weight averaging)")
     if min(cfg.loss.dice_weight, cfg.loss.bce_weight, cfg.loss.lovasz_weight) < 0:

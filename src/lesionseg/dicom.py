@@ -46,7 +46,9 @@ def parse_dataset(source, label):
     except Exception as exc:  # pydicom raises InvalidDicomError, EOFError, ValueError, ...
         raise UserError(f"{label}: not a readable DICOM file ({type(exc).__name__})") from None
     if "PixelData" not in ds:
-        raise UserError(f"{label}: DICOM file has no pixel data (a {getattr(ds, 'Modality', 'non-image')} object?)")
+        raise UserError(
+            f"{label}: DICOM file has no pixel data (a {getattr(ds, 'Modality', 'non-image')} object?)"
+        )
     photometric = str(ds.get("PhotometricInterpretation", ""))
     if photometric not in SUPPORTED_PHOTOMETRIC:
         raise UserError(f"{label}: photometric interpretation {photometric or '(missing)'} is not supported "
@@ -61,7 +63,11 @@ def _gray_to_uint8(frame: np.ndarray, ds, invert: bool) -> np.ndarray:
     if "WindowCenter" in ds and "WindowWidth" in ds:
         values = apply_voi_lut(values, ds, index=0).astype(np.float64)
     lo, hi = float(values.min()), float(values.max())
-    out = np.zeros(values.shape, np.uint8) if hi <= lo else np.round((values - lo) * 255.0 / (hi - lo)).astype(np.uint8)
+    out = (
+        np.zeros(values.shape, np.uint8)
+        if hi <= lo
+        else np.round((values - lo) * 255.0 / (hi - lo)).astype(np.uint8)
+    )
     return 255 - out if invert else out
 
 
@@ -70,14 +76,18 @@ def frames_from_dataset(ds, path: str | Path = "") -> list[np.ndarray]:
     try:
         arr = ds.pixel_array  # pydicom ≥ 3 converts YBR_FULL / YBR_FULL_422 to RGB here (as_rgb=True)
     except Exception as exc:
-        raise UserError(f"{path}: cannot decode DICOM pixel data ({str(exc).splitlines()[0][:160]})") from None
+        raise UserError(
+            f"{path}: cannot decode DICOM pixel data ({str(exc).splitlines()[0][:160]})"
+        ) from None
     photometric = str(ds.PhotometricInterpretation)
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     samples = int(ds.get("SamplesPerPixel", 1))
     if n_frames == 1:
         arr = arr[None]
     if samples == 1:
-        return [np.repeat(_gray_to_uint8(f, ds, photometric == "MONOCHROME1")[..., None], 3, axis=2) for f in arr]
+        return [
+            np.repeat(_gray_to_uint8(f, ds, photometric == "MONOCHROME1")[..., None], 3, axis=2) for f in arr
+        ]
     if arr.dtype != np.uint8:
         arr = np.stack([_gray_to_uint8(f, ds, False) for f in arr])  # e.g. 16-bit RGB: stretch to 8 bits
     return [np.ascontiguousarray(f) for f in arr]
@@ -118,13 +128,22 @@ def build_seg(source, masks: list[np.ndarray], label, segment_label: str = "lesi
     pixels = np.stack([m.astype(np.uint8) for m in masks])
     try:
         seg = hd.seg.Segmentation(
-            source_images=[source], pixel_array=pixels if len(masks) > 1 else pixels[0],
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[description],
-            series_instance_uid=generate_uid(), series_number=int(source.get("SeriesNumber", 0) or 0) + 1000,
-            sop_instance_uid=generate_uid(), instance_number=1, manufacturer="lesionseg",
-            manufacturer_model_name="lesionseg U-Net", software_versions=__version__, device_serial_number="0",
+            source_images=[source],
+            pixel_array=pixels if len(masks) > 1 else pixels[0],
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=[description],
+            series_instance_uid=generate_uid(),
+            series_number=int(source.get("SeriesNumber", 0) or 0) + 1000,
+            sop_instance_uid=generate_uid(),
+            instance_number=1,
+            manufacturer="lesionseg",
+            manufacturer_model_name="lesionseg U-Net",
+            software_versions=__version__,
+            device_serial_number="0",
             omit_empty_frames=False,
         )
     except (ValueError, TypeError, AttributeError) as exc:
-        raise UserError(f"{label}: cannot build a DICOM SEG for this source ({str(exc).splitlines()[0][:200]})") from None
+        raise UserError(
+            f"{label}: cannot build a DICOM SEG for this source ({str(exc).splitlines()[0][:200]})"
+        ) from None
     return seg

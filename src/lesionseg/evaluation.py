@@ -13,7 +13,15 @@ from .io import write_csv, write_text
 from .metrics import aggregate, confusion, image_scores
 from .pairs import Pair, discover, load_pair, split_pairs, validate
 
-PER_IMAGE_FIELDS = ["id", "jaccard", "dice", "pixel_accuracy", "sensitivity", "specificity", "foreground_fraction"]
+PER_IMAGE_FIELDS = [
+    "id",
+    "jaccard",
+    "dice",
+    "pixel_accuracy",
+    "sensitivity",
+    "specificity",
+    "foreground_fraction",
+]
 
 
 @dataclass
@@ -52,7 +60,11 @@ def evaluate(segmenter: Segmenter, data: LabelledSet | str | Path) -> Evaluation
     batch = segmenter.batch_size
     for start in range(0, len(pairs), batch):
         chunk = pairs[start:start + batch]
-        loaded = cache[start:start + batch] if cache is not None else [load_pair(p, mask_threshold) for p in chunk]
+        loaded = (
+            cache[start : start + batch]
+            if cache is not None
+            else [load_pair(p, mask_threshold) for p in chunk]
+        )
         masks = segmenter.predict_masks([image for image, _ in loaded])
         for pair, (_, truth), pred in zip(chunk, loaded, masks):
             c = confusion(pred, truth)
@@ -70,8 +82,14 @@ def write_results(result: EvaluationResult, out: str | Path, extra: dict | None 
         raise UserError(f"{out}: cannot create output folder ({exc.strerror})") from None
     payload = {**result.metrics, **(extra or {})}
     write_text(out / "metrics.json", json.dumps(payload, indent=2) + "\n")
-    write_csv(out / "per_image.csv", PER_IMAGE_FIELDS,
-              [{k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()} for row in result.per_image])
+    write_csv(
+        out / "per_image.csv",
+        PER_IMAGE_FIELDS,
+        [
+            {k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()}
+            for row in result.per_image
+        ],
+    )
 
 
 def write_report(result: EvaluationResult, segmenter: Segmenter, labelled: LabelledSet, out: str | Path,

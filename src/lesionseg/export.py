@@ -28,20 +28,36 @@ def export_onnx(weights: str | Path | None, out: str | Path, opset: int = DEFAUL
     model = loaded.model.eval().float().to(memory_format=torch.contiguous_format)
     size = loaded.image_size
     example = torch.randn(2, loaded.config.in_channels, size, size)
-    batch, height, width = (torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("height", min=1, max=16384),
-                            torch.export.Dim("width", min=1, max=16384))
+    batch, height, width = (
+        torch.export.Dim("batch", min=1, max=1024),
+        torch.export.Dim("height", min=1, max=16384),
+        torch.export.Dim("width", min=1, max=16384),
+    )
     out = Path(out)
     with atomic_path(out) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name in ("torch.onnx", "torch.export", "onnxscript"):
             logging.getLogger(name).setLevel(logging.ERROR)
-        program = torch.onnx.export(model, (example,), dynamo=True, input_names=["image"], output_names=["logits"],
-                                    dynamic_shapes=({0: batch, 2: height, 3: width},), opset_version=opset,
-                                    external_data=False, verbose=False)
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamo=True,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_shapes=({0: batch, 2: height, 3: width},),
+            opset_version=opset,
+            external_data=False,
+            verbose=False,
+        )
         proto = program.model_proto
-        meta = {"image_size": str(size), "mean": json.dumps(list(loaded.mean)), "std": json.dumps(list(loaded.std)),
-                "card": json.dumps(loaded.card, default=str), "producer": "lesionseg",
-                "color_constancy": loaded.color_constancy}
+        meta = {
+            "image_size": str(size),
+            "mean": json.dumps(list(loaded.mean)),
+            "std": json.dumps(list(loaded.std)),
+            "card": json.dumps(loaded.card, default=str),
+            "producer": "lesionseg",
+            "color_constancy": loaded.color_constancy,
+        }
         for key, value in meta.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
@@ -60,12 +76,19 @@ def check_onnx(onnx_path: str | Path, weights: str | Path | None, images: list[n
     ort_backend, torch_backend = OnnxBackend(onnx_path), TorchBackend(weights)
     rng = np.random.default_rng(seed)
     s = torch_backend.image_size
-    batches = [rng.standard_normal((1, 3, s, s), dtype=np.float32), rng.standard_normal((3, 3, s, s), dtype=np.float32),
-               rng.standard_normal((2, 3, 97, 131), dtype=np.float32)]
+    batches = [
+        rng.standard_normal((1, 3, s, s), dtype=np.float32),
+        rng.standard_normal((3, 3, s, s), dtype=np.float32),
+        rng.standard_normal((2, 3, 97, 131), dtype=np.float32),
+    ]
     if images:
         from .data.preprocess import EvalTransform
 
-        batches.append(EvalTransform(s, torch_backend.mean, torch_backend.std, torch_backend.color_constancy).batch(images))
+        batches.append(
+            EvalTransform(s, torch_backend.mean, torch_backend.std, torch_backend.color_constancy).batch(
+                images
+            )
+        )
     worst = 0.0
     for x in batches:
         with torch.inference_mode():
@@ -87,8 +110,13 @@ def export_int8(weights: str | Path | None, out: str | Path, calibration: str | 
     import tempfile
 
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from .data.preprocess import EvalTransform
@@ -123,9 +151,17 @@ def export_int8(weights: str | Path | None, out: str | Path, calibration: str | 
             settings = {**INT8_DEFAULTS, "calibration_images": len(files), "calibration_folder": str(folder),
                         "excluded_nodes": list(exclude or [])}
             quantized = Path(tmp) / "int8.onnx"
-            quantize_static(str(prepared), str(quantized), Images(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude or None)
+            quantize_static(
+                str(prepared),
+                str(quantized),
+                Images(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                nodes_to_exclude=exclude or None,
+            )
         proto = onnx.load(str(quantized))
         del proto.metadata_props[:]
         for key, value in {**meta, "quantization": json.dumps(settings)}.items():

@@ -76,9 +76,14 @@ def _second_reader(source, label, max_pixels: int, first: UserError | None) -> n
         try:
             return read(source, max_pixels)
         except OverflowError as exc:
-            raise ImageTooLarge(f"{label}: image too large ({exc}; the limit is {max_pixels:,} pixels)") from None
+            raise ImageTooLarge(
+                f"{label}: image too large ({exc}; the limit is {max_pixels:,} pixels)"
+            ) from None
         except Exception as exc:  # a second reader's own failure: try the next, then report the first
-            reasons.append(f"{read.__name__.removeprefix('read_')}: {str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__}")
+            reasons.append(
+                f"{read.__name__.removeprefix('read_')}: "
+                f"{str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__}"
+            )
     if first is not None:
         raise UserError(f"{first} (also tried {'; '.join(reasons)})") from None
     raise UserError(f"{label}: cannot decode image ({'; '.join(reasons)})")
@@ -129,7 +134,8 @@ def decode_image(data: bytes, label: str = "upload", max_pixels: int = MAX_PIXEL
 
 
 def image_size(data: bytes) -> tuple[int, int]:
-    """(width, height) of an encoded image as `decode_image` returns it (EXIF rotation applied), header only."""
+    """(width, height) of an encoded image as `decode_image` returns it (EXIF rotation applied), header
+    only."""
     img = Image.open(io.BytesIO(data))
     width, height = img.size
     try:
@@ -224,9 +230,9 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-# zlib level for pictures meant to be looked at (overlays): level 1 encodes a 1.4 MP RGB overlay ~4x faster than
-# Pillow's default 6 for ~20 % more bytes; at full-size photos the default made PNG encoding the slowest
-# step of `predict`, slower than the network. Masks keep the default (small files, byte-stable).
+# zlib level for pictures meant to be looked at (overlays): level 1 encodes a 1.4 MP RGB overlay ~4x
+# faster than Pillow's default 6 for ~20 % more bytes; at full-size photos the default made PNG encoding
+# the slowest step of `predict`, slower than the network. Masks keep the default (small files, byte-stable).
 FAST_PNG = 1
 
 

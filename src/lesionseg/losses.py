@@ -59,7 +59,8 @@ def deep_supervision_weights(n: int) -> list[float]:
 
 
 class DeepSupervisionLoss(nn.Module):
-    """Applies `loss` to each output of a deep-supervision model (all at the target's size) and weights them."""
+    """Applies `loss` to each output of a deep-supervision model (all at the target's size) and weights
+    them."""
 
     def __init__(self, loss: nn.Module):
         super().__init__()

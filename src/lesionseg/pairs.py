@@ -60,9 +60,13 @@ def discover(folder: str | Path) -> list[Pair]:
     images = _by_id(_image_files(images_dir), lambda p: p.stem, "image", problems)
     masks = _by_id(_image_files(masks_dir), mask_id, "mask", problems)
     if not images and not masks:
-        raise UserError(f"{folder}: no images found in images/ (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        raise UserError(
+            f"{folder}: no images found in images/ (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
     for i in sorted(images.keys() - masks.keys()):
-        problems.append(f"{images[i]}: no mask for this image (looked for {i}{MASK_SUFFIX}.* or {i}.* in masks/)")
+        problems.append(
+            f"{images[i]}: no mask for this image (looked for {i}{MASK_SUFFIX}.* or {i}.* in masks/)"
+        )
     for i in sorted(masks.keys() - images.keys()):
         problems.append(f"{masks[i]}: no image for this mask (looked for {i}.* in images/)")
     if problems:
@@ -107,8 +111,13 @@ def validate(pairs: list[Pair], mask_threshold: int | None = None, keep: bool = 
     if problems:
         raise ValidationError(problems, what="data check")
     if auto:
-        print(f"data: {len(auto)} JPEG mask(s) with compression grey levels around 0 and 255 (e.g. {auto[0].name}) "
-              f"binarised at {JPEG_MASK_THRESHOLD}; pass --mask-threshold T to choose", file=sys.stderr, flush=True)
+        print(
+            f"data: {len(auto)} JPEG mask(s) with compression grey levels around 0 and 255 (e.g. "
+            f"{auto[0].name}) "
+            f"binarised at {JPEG_MASK_THRESHOLD}; pass --mask-threshold T to choose",
+            file=sys.stderr,
+            flush=True,
+        )
     return kept
 
 
@@ -120,7 +129,9 @@ def list_images(inputs: Iterable[str | Path]) -> list[Path]:
         if p.is_dir():
             found = _image_files(p) + sorted(q for q in p.iterdir() if q.suffix.lower() == ".dcm")
             if not found:
-                raise UserError(f"{p}: no images in this folder (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+                raise UserError(
+                    f"{p}: no images in this folder (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})"
+                )
             out.extend(found)
         elif p.exists():
             out.append(p)

@@ -72,8 +72,12 @@ def dense_crf(prob: np.ndarray, image: np.ndarray, cfg: PostprocessConfig) -> np
     crf = dcrf.DenseCRF2D(w, h, 2)
     crf.setUnaryEnergy(np.ascontiguousarray(-np.log(np.stack([1 - p, p]).reshape(2, -1))))
     crf.addPairwiseGaussian(sxy=cfg.crf_sxy_gaussian, compat=cfg.crf_compat_gaussian)
-    crf.addPairwiseBilateral(sxy=cfg.crf_sxy_bilateral, srgb=cfg.crf_srgb, rgbim=np.require(image, np.uint8, ["C", "W"]),  # pydensecrf needs a writable buffer
-                             compat=cfg.crf_compat_bilateral)
+    crf.addPairwiseBilateral(
+        sxy=cfg.crf_sxy_bilateral,
+        srgb=cfg.crf_srgb,
+        rgbim=np.require(image, np.uint8, ["C", "W"]),  # pydensecrf needs a writable buffer
+        compat=cfg.crf_compat_bilateral,
+    )
     q = np.asarray(crf.inference(cfg.crf_iterations), np.float32).reshape(2, h, w)
     return q[1]
 

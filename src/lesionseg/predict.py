@@ -82,8 +82,14 @@ class Progress:
         self.bar = None
         if enabled and total:
             from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import Progress as Bar
 
             self.bar = Bar(TextColumn("segmenting"), BarColumn(), MofNCompleteColumn(),
                            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
@@ -131,8 +137,10 @@ def run_predict(inputs, out: str | Path, segmenter_factory: Callable[[], Segment
     if not overwrite and not skip_existing:
         taken = sorted(f.stem for f in files if f.stem in done_ids)
         if taken:
-            raise UserError(f"{out}: already holds results ({taken[0]}{' and more' if len(taken) > 1 else ''}); "
-                            "pass --overwrite to replace them or --skip-existing to resume")
+            raise UserError(
+                f"{out}: already holds results ({taken[0]}{' and more' if len(taken) > 1 else ''}); "
+                "pass --overwrite to replace them or --skip-existing to resume"
+            )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -142,15 +150,36 @@ def run_predict(inputs, out: str | Path, segmenter_factory: Callable[[], Segment
     segmenter = segmenter_factory()  # after the cheap checks: a model load costs seconds
 
     failures: list[str] = []
-    records: list[dict] = [{"id": f.stem, "source": str(f), "mask": output_names(f.stem)[0], "status": "skipped",
-                            "foreground_fraction": "", "width": "", "height": "", "error": ""} for f in skipped]
+    records: list[dict] = [
+        {
+            "id": f.stem,
+            "source": str(f),
+            "mask": output_names(f.stem)[0],
+            "status": "skipped",
+            "foreground_fraction": "",
+            "width": "",
+            "height": "",
+            "error": "",
+        }
+        for f in skipped
+    ]
     rows: list[dict] = []
 
     def fail(f: Path, message: str) -> None:
         failures.append(message)
         on_failure(message)
-        records.append({"id": f.stem, "source": str(f), "mask": "", "status": "failed", "foreground_fraction": "",
-                        "width": "", "height": "", "error": message})
+        records.append(
+            {
+                "id": f.stem,
+                "source": str(f),
+                "mask": "",
+                "status": "failed",
+                "foreground_fraction": "",
+                "width": "",
+                "height": "",
+                "error": message,
+            }
+        )
 
     def load(f: Path):
         try:
@@ -163,7 +192,7 @@ def run_predict(inputs, out: str | Path, segmenter_factory: Callable[[], Segment
         if strict:  # everything is read first: any failure stops before a file is written
             loaded = [load(f) for f in files]
             bad = [(f, r) for f, r in zip(files, loaded) if isinstance(r, UserError)]
-            for f, exc in bad:
+            for _, exc in bad:
                 on_failure(str(exc))
             if bad:
                 bar.close()
@@ -180,9 +209,18 @@ def run_predict(inputs, out: str | Path, segmenter_factory: Callable[[], Segment
                 write_mask(out / mask_name, mask)
                 if overlays:
                     write_png(out / overlay_name, overlay(image, pred=mask), FAST_PNG)
-                file_rows.append({"id": image_id, "source": str(f), "size": f"{image.shape[1]}x{image.shape[0]}",
-                                  "foreground_fraction": float(mask.mean()), "overlay": overlay_name,
-                                  "mask": mask_name, "width": image.shape[1], "height": image.shape[0]})
+                file_rows.append(
+                    {
+                        "id": image_id,
+                        "source": str(f),
+                        "size": f"{image.shape[1]}x{image.shape[0]}",
+                        "foreground_fraction": float(mask.mean()),
+                        "overlay": overlay_name,
+                        "mask": mask_name,
+                        "width": image.shape[1],
+                        "height": image.shape[0],
+                    }
+                )
             seg_error = None
             if ds is not None:
                 try:
@@ -196,9 +234,18 @@ def run_predict(inputs, out: str | Path, segmenter_factory: Callable[[], Segment
                 f, file_rows, seg_written, seg_error = writes.popleft().result()
                 rows.extend(file_rows)
                 for r in file_rows:
-                    records.append({"id": r["id"], "source": r["source"], "mask": r["mask"], "status": "ok",
-                                    "foreground_fraction": f"{r['foreground_fraction']:.6f}", "width": r["width"],
-                                    "height": r["height"], "error": ""})
+                    records.append(
+                        {
+                            "id": r["id"],
+                            "source": r["source"],
+                            "mask": r["mask"],
+                            "status": "ok",
+                            "foreground_fraction": f"{r['foreground_fraction']:.6f}",
+                            "width": r["width"],
+                            "height": r["height"],
+                            "error": "",
+                        }
+                    )
                     if verbose:
                         print(f"{f} -> {out / r['mask']} ({r['size']}, {segmenter.label} "
                               f"{r['foreground_fraction']:.1%})")
@@ -235,17 +282,29 @@ def run_predict(inputs, out: str | Path, segmenter_factory: Callable[[], Segment
     if report and rows:
         from .report import write_predict_report
 
-        write_predict_report(out / "report.html", rows, segmenter.label, {
-            "model": segmenter.weights_path, "backend": segmenter.backend.name,
-            "test-time augmentation": f"scales {list(segmenter.tta_scales)} x flips" if segmenter.tta else "off",
-            "post-processing": segmenter.post.describe(), "inputs": ", ".join(str(i) for i in inputs)})
+        write_predict_report(
+            out / "report.html",
+            rows,
+            segmenter.label,
+            {
+                "model": segmenter.weights_path,
+                "backend": segmenter.backend.name,
+                "test-time augmentation": f"scales {list(segmenter.tta_scales)} x flips"
+                if segmenter.tta
+                else "off",
+                "post-processing": segmenter.post.describe(),
+                "inputs": ", ".join(str(i) for i in inputs),
+            },
+        )
     if failures:
         on_failure(f"{len(failures)} of {len(files)} inputs failed; {len(rows)} written to {out}")
     shard_text = f" (shard {part[0]}/{part[1]})" if part else ""
-    print(f"segmented {len(files) - len({r['source'] for r in records if r['status'] == 'failed'})} of "
-          f"{len(files)} inputs{shard_text} into {out} in {seconds:.1f} s "
-          f"({len(rows) / max(seconds, 1e-9):.1f} images/s)" + (f"; {len(skipped)} already done" if skipped else "")
-          )
+    print(
+        f"segmented {len(files) - len({r['source'] for r in records if r['status'] == 'failed'})} of "
+        f"{len(files)} inputs{shard_text} into {out} in {seconds:.1f} s "
+        f"({len(rows) / max(seconds, 1e-9):.1f} images/s)"
+        + (f"; {len(skipped)} already done" if skipped else "")
+    )
     return failures
 
 
@@ -282,8 +341,14 @@ def merge_manifests(paths: list[str | Path], out: str | Path) -> dict:
             if reader.fieldnames != MANIFEST_FIELDS:
                 raise UserError(f"{path}: not a lesionseg manifest (columns {reader.fieldnames})")
             for row in reader:
-                if row["id"] in merged and merged[row["id"]]["status"] != "skipped" and row["status"] != "skipped":
-                    raise UserError(f"{path}: id '{row['id']}' is also in another manifest (overlapping shards?)")
+                if (
+                    row["id"] in merged
+                    and merged[row["id"]]["status"] != "skipped"
+                    and row["status"] != "skipped"
+                ):
+                    raise UserError(
+                        f"{path}: id '{row['id']}' is also in another manifest (overlapping shards?)"
+                    )
                 if row["id"] not in merged or merged[row["id"]]["status"] == "skipped":
                     merged[row["id"]] = row
     write_manifest(out, list(merged.values()))

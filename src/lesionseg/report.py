@@ -7,19 +7,26 @@ from pathlib import Path
 
 from .io import write_text
 
-STYLE = """body{font-family:sans-serif;margin:2em;max-width:1300px}figure{display:inline-block;margin:.5em;vertical-align:top}
+STYLE = """body{font-family:sans-serif;margin:2em;max-width:1300px}
+figure{display:inline-block;margin:.5em;vertical-align:top}
 img{max-width:100%;border:1px solid #ccc}figure.card img{width:300px}figcaption{font-size:.85em}
 th{text-align:left;padding-right:1.5em}td{padding-right:1.5em}table{border-collapse:collapse;margin:1em 0}"""
 
 
 def _page(title: str, body: str) -> str:
-    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{STYLE}</style></head><body>\n<h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
+    return (
+        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{STYLE}</style></head><body>\n<h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n"
+    )
 
 
 def _table(rows: dict) -> str:
     esc = html.escape
-    return "<table>" + "".join(f"<tr><th>{esc(str(k))}</th><td>{esc(str(v))}</td></tr>" for k, v in rows.items()) + "</table>"
+    return (
+        "<table>"
+        + "".join(f"<tr><th>{esc(str(k))}</th><td>{esc(str(v))}</td></tr>" for k, v in rows.items())
+        + "</table>"
+    )
 
 
 def write_predict_report(path: str | Path, rows: list[dict], label: str, settings: dict) -> None:
@@ -40,12 +47,18 @@ def write_evaluation_report(path: str | Path, metrics: dict, settings: dict, his
     esc = html.escape
 
     def figures(cases):
-        return "\n".join(f'<figure><img src="{esc(src)}" alt="{esc(i)}"><figcaption>{esc(i)} · Jaccard {j:.3f}'
-                         f"</figcaption></figure><br>" for i, j, src in cases)
+        return "\n".join(
+            f'<figure><img src="{esc(src)}" alt="{esc(i)}"><figcaption>{esc(i)} · Jaccard {j:.3f}'
+            f"</figcaption></figure><br>"
+            for i, j, src in cases
+        )
 
     shown = {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in metrics.items()}
-    body = (f"<h2>Metrics</h2>{_table(shown)}<h2>Per-image Jaccard</h2>"
-            f'<img src="{esc(histogram)}" alt="histogram of per-image Jaccard">'
-            f"<h2>Settings</h2>{_table(settings)}"
-            f"<h2>The {len(worst)} worst cases</h2>{figures(worst)}<h2>The {len(best)} best cases</h2>{figures(best)}")
+    body = (
+        f"<h2>Metrics</h2>{_table(shown)}<h2>Per-image Jaccard</h2>"
+        f'<img src="{esc(histogram)}" alt="histogram of per-image Jaccard">'
+        f"<h2>Settings</h2>{_table(settings)}"
+        f"<h2>The {len(worst)} worst cases</h2>{figures(worst)}<h2>The {len(best)} best "
+        f"cases</h2>{figures(best)}"
+    )
     write_text(path, _page("lesionseg evaluation", body))

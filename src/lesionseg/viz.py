@@ -52,14 +52,18 @@ def _save(fig, path: str | Path) -> None:
     _pyplot().close(fig)
 
 
-def three_panel(path: str | Path, image: np.ndarray, truth: np.ndarray, pred: np.ndarray, title: str = "") -> None:
+def three_panel(
+    path: str | Path, image: np.ndarray, truth: np.ndarray, pred: np.ndarray, title: str = ""
+) -> None:
     """The seed's figure: image / ground truth / prediction, plus both contours on the image."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 4, figsize=(12, 3.3))
     panels = [(image, "image"), (truth, "ground truth"), (pred, "prediction"),
               (overlay(image, pred=pred, truth=truth), "overlay (green truth, red prediction)")]
     for ax, (picture, label) in zip(axes, panels):
-        ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1 if picture.ndim == 2 else None)
+        ax.imshow(
+            picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1 if picture.ndim == 2 else None
+        )
         ax.set_title(label, fontsize=9)
         ax.axis("off")
     if title:

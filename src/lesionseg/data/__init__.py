@@ -1,1 +1,2 @@
-"""Data: pre-processing (torch-free), training augmentation, datasets. Submodules import lazily what they need."""
+"""Data: pre-processing (torch-free), training augmentation, datasets. Submodules import lazily what they
+need."""

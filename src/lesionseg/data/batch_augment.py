@@ -15,8 +15,16 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..config import (BLUR_KERNEL_SIZES, BLUR_SIGMA, ELASTIC_ALPHA, ELASTIC_SIGMA, IMAGENET_MEAN, IMAGENET_STD,
-                      NOISE_STD, AugmentConfig)
+from ..config import (
+    BLUR_KERNEL_SIZES,
+    BLUR_SIGMA,
+    ELASTIC_ALPHA,
+    ELASTIC_SIGMA,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    NOISE_STD,
+    AugmentConfig,
+)
 from .artifacts import draw_artifacts
 
 ASPECT = (3 / 4, 4 / 3)  # RandomResizedCrop's default aspect-ratio range
@@ -41,7 +49,8 @@ def _separable(x: torch.Tensor, taps: torch.Tensor, mode: str = "reflect") -> to
 
 
 class BatchAugment:
-    """x uint8 (B,3,H,W), y uint8/bool (B,1,H,W) → normalised float image and {0,1} float mask at size×size."""
+    """x uint8 (B,3,H,W), y uint8/bool (B,1,H,W) → normalised float image and {0,1} float mask at
+    size×size."""
 
     def __init__(self, size: int, aug: AugmentConfig, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         self.size, self.aug = int(size), aug
@@ -92,7 +101,8 @@ class BatchAugment:
 
     def _crop_size(self, b: int, u) -> tuple[torch.Tensor, torch.Tensor]:
         """RandomResizedCrop's draw: area fraction in [min, max] of the (square) source, aspect in 3/4..4/3;
-        the first of CROP_TRIES draws that fits inside the image, else the whole image, as albumentations does."""
+        the first of CROP_TRIES draws that fits inside the image, else the whole image, as albumentations
+        does."""
         a = self.aug
         area = a.crop_scale_min + (a.crop_scale_max - a.crop_scale_min) * u(b, CROP_TRIES)
         ratio = (math.log(ASPECT[0]) + (math.log(ASPECT[1]) - math.log(ASPECT[0])) * u(b, CROP_TRIES)).exp()

@@ -29,7 +29,9 @@ from .preprocess import EvalTransform
 
 def _sources(folder: Path, cfg: DataConfig):
     pairs = discover(folder)
-    cache = validate(pairs, cfg.mask_threshold, keep=cfg.cache, keep_limit_bytes=int(cfg.cache_limit_gb * 2**30))
+    cache = validate(
+        pairs, cfg.mask_threshold, keep=cfg.cache, keep_limit_bytes=int(cfg.cache_limit_gb * 2**30)
+    )
     return pairs, cache
 
 
@@ -53,7 +55,8 @@ class _Indices(Dataset):
 
 
 def resident_tensors(dataset: SegmentationDataset, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every training pair decoded once, resized to size×size: images (N,3,S,S) and masks (N,1,S,S), uint8 0/1."""
+    """Every training pair decoded once, resized to size×size: images (N,3,S,S) and masks (N,1,S,S), uint8
+    0/1."""
     n = len(dataset)
     x = torch.empty((n, 3, size, size), dtype=torch.uint8)
     y = torch.empty((n, 1, size, size), dtype=torch.uint8)
@@ -62,7 +65,9 @@ def resident_tensors(dataset: SegmentationDataset, size: int) -> tuple[torch.Ten
         mask = mask.view(np.uint8)
         if image.shape[:2] != (size, size):
             shrink = image.shape[0] * image.shape[1] > size * size
-            image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+            image = cv2.resize(
+                image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+            )
             mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
         x[i] = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         y[i, 0] = torch.from_numpy(np.ascontiguousarray(mask > 0)).to(torch.uint8)
@@ -85,7 +90,10 @@ def choose_on_device(choice: str, device: torch.device, nbytes: int, fraction: f
     if nbytes > fraction * free:
         return False, (f"auto: {nbytes / 2**30:.2f} GiB does not fit {fraction:.0%} of the "
                        f"{free / 2**30:.1f} GiB free on {device}")
-    return True, f"auto: {nbytes / 2**30:.2f} GiB fits {fraction:.0%} of the {free / 2**30:.1f} GiB free on {device}"
+    return (
+        True,
+        f"auto: {nbytes / 2**30:.2f} GiB fits {fraction:.0%} of the {free / 2**30:.1f} GiB free on {device}",
+    )
 
 
 class SegmentationDataModule(L.LightningDataModule):
@@ -105,7 +113,9 @@ class SegmentationDataModule(L.LightningDataModule):
             train_idx = list(range(len(pairs)))
         else:
             if len(pairs) < 2:
-                raise UserError(f"{folders[0]}: need at least 2 image/mask pairs to split off validation data")
+                raise UserError(
+                    f"{folders[0]}: need at least 2 image/mask pairs to split off validation data"
+                )
             train_idx, val_idx = split_pairs(pairs, cfg.val_fraction, cfg.split_seed)
             val_pairs = [pairs[i] for i in val_idx]
             val_cache = [cache[i] for i in val_idx] if cache is not None else None
@@ -122,12 +132,17 @@ class SegmentationDataModule(L.LightningDataModule):
                                     "training folders must not overlap each other or the validation data")
                 seen[pair.id] = str(folder)
             train_pairs += more
-            train_cache = train_cache + more_cache if train_cache is not None and more_cache is not None else None
+            train_cache = (
+                train_cache + more_cache if train_cache is not None and more_cache is not None else None
+            )
         size = cfg.image_size
         # The training transform is chosen in setup(), once the device (and so the feeding path) is known.
-        self.train_set = SegmentationDataset(train_pairs, None, train_cache, cfg.mask_threshold, cfg.color_constancy)
-        self.val_set = SegmentationDataset(val_pairs, EvalTransform(size, color_constancy=cfg.color_constancy),
-                                           val_cache, cfg.mask_threshold)
+        self.train_set = SegmentationDataset(
+            train_pairs, None, train_cache, cfg.mask_threshold, cfg.color_constancy
+        )
+        self.val_set = SegmentationDataset(
+            val_pairs, EvalTransform(size, color_constancy=cfg.color_constancy), val_cache, cfg.mask_threshold
+        )
         self.resident: tuple[torch.Tensor, torch.Tensor] | None = None
         self.batch_augment = None
         self.generator: torch.Generator | None = None
@@ -140,8 +155,12 @@ class SegmentationDataModule(L.LightningDataModule):
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         self._rank = self.trainer.global_rank if self.trainer is not None else 0
         size = self.cfg.image_size
-        resident, why = choose_on_device(self.cfg.on_device, device, resident_bytes(len(self.train_set), size),
-                                         self.cfg.device_memory_fraction)
+        resident, why = choose_on_device(
+            self.cfg.on_device,
+            device,
+            resident_bytes(len(self.train_set), size),
+            self.cfg.device_memory_fraction,
+        )
         if resident:
             from .batch_augment import BatchAugment
 
@@ -155,7 +174,9 @@ class SegmentationDataModule(L.LightningDataModule):
             from .transforms import train_transform
 
             self.train_set.transform = train_transform(size, self.aug, self.seed)
-            self.feeding = f"albumentations per image on the CPU, {self.cfg.num_workers} loader workers ({why})"
+            self.feeding = (
+                f"albumentations per image on the CPU, {self.cfg.num_workers} loader workers ({why})"
+            )
         if self._rank == 0:
             print(f"data: {self.feeding}", file=sys.stderr, flush=True)
 
@@ -165,7 +186,9 @@ class SegmentationDataModule(L.LightningDataModule):
         self._epoch = epoch
         seed = self.seed * 100_003 + epoch
         if self.resident is not None:
-            self.generator = torch.Generator(device=self.resident[0].device).manual_seed(seed * 1009 + self._rank)
+            self.generator = torch.Generator(device=self.resident[0].device).manual_seed(
+                seed * 1009 + self._rank
+            )
         elif self.train_set.transform is not None:
             self.train_set.transform.set_random_seed(seed)
 
@@ -179,9 +202,14 @@ class SegmentationDataModule(L.LightningDataModule):
         return self.batch_augment(x[idx], y[idx], self.generator)
 
     def _loader(self, dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=shuffle,
-                          num_workers=self.cfg.num_workers, drop_last=shuffle and len(dataset) > self.cfg.batch_size,
-                          worker_init_fn=_reseed_worker if shuffle else None)
+        return DataLoader(
+            dataset,
+            batch_size=self.cfg.batch_size,
+            shuffle=shuffle,
+            num_workers=self.cfg.num_workers,
+            drop_last=shuffle and len(dataset) > self.cfg.batch_size,
+            worker_init_fn=_reseed_worker if shuffle else None,
+        )
 
     def train_dataloader(self) -> DataLoader:
         if self.resident is not None:  # indices only: nothing for worker processes to do

@@ -32,7 +32,9 @@ class SegmentationDataset(Dataset):
         return len(self.pairs)
 
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        image, mask = self.cache[i] if self.cache is not None else load_pair(self.pairs[i], self.mask_threshold)
+        image, mask = (
+            self.cache[i] if self.cache is not None else load_pair(self.pairs[i], self.mask_threshold)
+        )
         if self.color_constancy is not None:
             image = self.color_constancy(image)
         return image, mask

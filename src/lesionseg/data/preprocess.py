@@ -11,9 +11,9 @@ import numpy as np
 from ..config import COLOR_CONSTANCY, IMAGENET_MEAN, IMAGENET_STD
 from ..errors import UserError
 
-
 SHADES_OF_GREY_POWER = 6  # Finlayson & Trezzi's p; the value used for dermoscopy (Barata et al. 2015)
-ILLUMINANT_SIDE = 128  # the illuminant is estimated on a copy this small: cheap, and the same for any input size
+# the illuminant is estimated on a copy this small: cheap, and the same for any input size
+ILLUMINANT_SIDE = 128
 MAX_GAIN = 4.0  # a nearly empty channel (a saturated red photo) must not be amplified into noise
 
 
@@ -69,7 +69,9 @@ class EvalTransform:
         out = {"image": self.normalize(image)}
         if mask is not None:
             s = size or self.size
-            out["mask"] = mask if mask.shape == (s, s) else cv2.resize(mask, (s, s), interpolation=cv2.INTER_NEAREST)
+            out["mask"] = (
+                mask if mask.shape == (s, s) else cv2.resize(mask, (s, s), interpolation=cv2.INTER_NEAREST)
+            )
         return out
 
     def batch(self, images: Sequence[np.ndarray], size: int | None = None) -> np.ndarray:

@@ -11,8 +11,16 @@ import albumentations as A  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ..config import (BLUR_KERNEL_SIZES, BLUR_SIGMA, ELASTIC_ALPHA, ELASTIC_SIGMA, IMAGENET_MEAN,  # noqa: E402
-                      IMAGENET_STD, NOISE_STD, AugmentConfig)
+from ..config import (  # noqa: E402
+    BLUR_KERNEL_SIZES,
+    BLUR_SIGMA,
+    ELASTIC_ALPHA,
+    ELASTIC_SIGMA,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    NOISE_STD,
+    AugmentConfig,
+)
 from .artifacts import draw_artifacts  # noqa: E402
 from .preprocess import EvalTransform  # noqa: E402
 

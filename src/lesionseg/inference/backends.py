@@ -58,7 +58,9 @@ class OnnxBackend:
                 options.intra_op_num_threads = threads
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
-            raise UserError(f"{self.path}: not a loadable ONNX model ({str(exc).splitlines()[0][:200]})") from None
+            raise UserError(
+                f"{self.path}: not a loadable ONNX model ({str(exc).splitlines()[0][:200]})"
+            ) from None
         meta: dict[str, Any] = self.session.get_modelmeta().custom_metadata_map
         self.image_size = int(meta.get("image_size", 256))
         self.mean = tuple(json.loads(meta["mean"])) if "mean" in meta else IMAGENET_MEAN
@@ -76,7 +78,8 @@ BACKENDS = {"torch": TorchBackend, "onnx": OnnxBackend}
 
 def open_backend(weights: str | Path | None, backend: str = "auto", threads: int | None = None):
     """`auto` picks ONNX Runtime for .onnx files and torch otherwise. `onnx` with a lesionseg model file (or a
-    bundled name) exports it once to the user's cache and runs that (ONNX Runtime is ~1.5-2x torch on CPUs)."""
+    bundled name) exports it once to the user's cache and runs that (ONNX Runtime is ~1.5-2x torch on
+    CPUs)."""
     is_onnx = weights is not None and str(weights).lower().endswith(".onnx")
     if backend == "auto":
         backend = "onnx" if is_onnx else "torch"
@@ -107,8 +110,11 @@ def cached_onnx(weights: str | Path | None) -> Path:
     if not target.is_file():
         from ..export import export_onnx
 
-        print(f"lesionseg: exporting {source.name} to ONNX once ({target}); this takes a while", file=sys.stderr,
-              flush=True)
+        print(
+            f"lesionseg: exporting {source.name} to ONNX once ({target}); this takes a while",
+            file=sys.stderr,
+            flush=True,
+        )
         try:
             cache.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

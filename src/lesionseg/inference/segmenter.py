@@ -18,7 +18,8 @@ DEFAULT_TTA_SCALES = (0.75, 1.0, 1.25)
 
 def model_tta_defaults(card: dict) -> tuple[bool, tuple[float, ...]]:
     """(TTA on?, scales) that a model file asks for by default: its card's `inference` entry, written when
-    TTA won on the model's carved split (scripts/bundle_model.py --tta-scales); else off, DEFAULT_TTA_SCALES."""
+    TTA won on the model's carved split (scripts/bundle_model.py --tta-scales); else off,
+    DEFAULT_TTA_SCALES."""
     scales = (card.get("inference") or {}).get("tta_scales")
     return (True, tuple(float(s) for s in scales)) if scales else (False, DEFAULT_TTA_SCALES)
 
@@ -34,8 +35,15 @@ class Segmenter:
     the probabilities are averaged (averaging probabilities keeps one over-confident view from dominating).
     """
 
-    def __init__(self, backend, threshold: float = 0.5, batch_size: int = 8, tta: bool = False,
-                 tta_scales: Sequence[float] = DEFAULT_TTA_SCALES, post: postprocess.PostprocessConfig | None = None):
+    def __init__(
+        self,
+        backend,
+        threshold: float = 0.5,
+        batch_size: int = 8,
+        tta: bool = False,
+        tta_scales: Sequence[float] = DEFAULT_TTA_SCALES,
+        post: postprocess.PostprocessConfig | None = None,
+    ):
         if not 0.0 < threshold < 1.0:
             raise UserError(f"--threshold must be between 0 and 1, got {threshold}")
         if tta and (not tta_scales or any(not 0.1 <= s <= 4 for s in tta_scales)):
@@ -60,7 +68,8 @@ class Segmenter:
 
     @property
     def label(self) -> str:
-        """What the model segments, from its card ("lesion", "polyp"); "foreground" when the card says nothing."""
+        """What the model segments, from its card ("lesion", "polyp"); "foreground" when the card says
+        nothing."""
         return str(self.card.get("label") or "foreground")
 
     @property
@@ -93,7 +102,9 @@ class Segmenter:
             chunk = images[start:start + self.batch_size]
             acc = [np.zeros(im.shape[:2], np.float32) for im in chunk]
             for size, flip in views:
-                src = [np.flip(self.transform.resize(im, size), flip) if flip is not None else im for im in chunk]
+                src = [
+                    np.flip(self.transform.resize(im, size), flip) if flip is not None else im for im in chunk
+                ]
                 logits = self.backend(self.transform.batch(src, size))
                 for i, (im, logit) in enumerate(zip(chunk, logits)):
                     if flip is not None:

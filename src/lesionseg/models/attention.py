@@ -8,7 +8,8 @@ from torch import nn
 
 
 class ChannelAttention(nn.Module):
-    """Global average pool → 1×1 conv (reduce by `reduction`) → ReLU → 1×1 conv → sigmoid, as a channel gate."""
+    """Global average pool → 1×1 conv (reduce by `reduction`) → ReLU → 1×1 conv → sigmoid, as a channel
+    gate."""
 
     def __init__(self, channels: int, reduction: int = 16):
         super().__init__()

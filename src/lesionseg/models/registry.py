@@ -16,7 +16,8 @@ from ..io import atomic_path
 from .unet import UNet
 
 MODEL_FORMAT = "lesionseg-model"
-MODEL_FORMAT_VERSION = 2  # 2: preprocess may name a colour constancy step (files without one are written as 1)
+# 2: preprocess may name a colour constancy step (files without one are written as 1)
+MODEL_FORMAT_VERSION = 2
 # Models shipped inside the package: short name → recipe name. The recipe name is also the model's file
 # (assets/<recipe>.pt) and its config (configs/<recipe>.yaml); `--weights` takes either name. Each card
 # (docs/model_cards.md, `lesionseg info NAME`) gives the command that trains it.

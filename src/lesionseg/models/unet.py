@@ -57,7 +57,8 @@ class UNet(nn.Module):
         )
         # Skip i (full resolution first) gets its own attention block; Identity keeps the plain U-Net.
         self.skip_attention = nn.ModuleList(
-            CBAM(skip_channels[i]) if attention == "cbam" and i >= self.top else nn.Identity() for i in range(depth)
+            CBAM(skip_channels[i]) if attention == "cbam" and i >= self.top else nn.Identity()
+            for i in range(depth)
         )
         self.head = nn.Conv2d(widths[self.top], out_channels, kernel_size=1)
         # Auxiliary heads for the coarser decoder stages, down to 1/2**depth-1 (coarse to fine).

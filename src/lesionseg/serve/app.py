@@ -108,7 +108,9 @@ def parse_options(request: Request) -> Options:
     query = request.query_params
     unknown = sorted(set(query) - SEGMENT_PARAMS)
     if unknown:
-        raise HTTPError(400, f"unknown query parameter '{unknown[0]}' (known: {', '.join(sorted(SEGMENT_PARAMS))})")
+        raise HTTPError(
+            400, f"unknown query parameter '{unknown[0]}' (known: {', '.join(sorted(SEGMENT_PARAMS))})"
+        )
     opts = Options()
     accept = request.headers.get("accept", "")
     fmt = query.get("format") or next((f for mime, f in ACCEPT.items() if mime in accept), "mask")
@@ -178,9 +180,15 @@ class Service:
 
     def card(self) -> dict:
         seg = self.segmenter
-        return {"name": self.model_name(), "file": str(seg.weights_path), "backend": seg.backend.name,
-                "input_size": seg.image_size, "default_tta": self.default_tta, "lesionseg_version": __version__,
-                "card": seg.card}
+        return {
+            "name": self.model_name(),
+            "file": str(seg.weights_path),
+            "backend": seg.backend.name,
+            "input_size": seg.image_size,
+            "default_tta": self.default_tta,
+            "lesionseg_version": __version__,
+            "card": seg.card,
+        }
 
 
 def header_value(text: str) -> str:
@@ -254,7 +262,9 @@ async def read_upload(request: Request, limit: int) -> tuple[bytes, str]:
     except MultiPartException as exc:
         raise HTTPError(400, f"malformed multipart body ({exc.message})") from None
     files = [v for _, v in form.multi_items() if hasattr(v, "read")]
-    chosen = form.get("file") if hasattr(form.get("file"), "read") else (files[0] if len(files) == 1 else None)
+    chosen = (
+        form.get("file") if hasattr(form.get("file"), "read") else (files[0] if len(files) == 1 else None)
+    )
     if chosen is None:
         raise HTTPError(400, "multipart body has no file field 'file'")
     data = await chosen.read()
@@ -283,8 +293,11 @@ async def _segment(service: Service, image: np.ndarray, tta: bool, started: floa
     try:
         future = service.batcher.submit(image, tta)
     except QueueFull:
-        raise HTTPError(503, f"busy: {service.cfg.max_queue} images already wait for the model; retry shortly",
-                        {"Retry-After": "1"}) from None
+        raise HTTPError(
+            503,
+            f"busy: {service.cfg.max_queue} images already wait for the model; retry shortly",
+            {"Retry-After": "1"},
+        ) from None
     remaining = service.cfg.timeout_s - (time.perf_counter() - started)
     try:
         return await asyncio.wait_for(asyncio.wrap_future(future), timeout=max(remaining, 0.001))
@@ -298,7 +311,9 @@ def _shrink(array: np.ndarray, max_side: int | None) -> np.ndarray:
     if max_side is None or max(h, w) <= max_side:
         return array
     scale = max_side / max(h, w)
-    return cv2.resize(array, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    return cv2.resize(
+        array, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
+    )
 
 
 def describe_mask(mask: np.ndarray) -> dict:
@@ -323,8 +338,11 @@ def render(service: Service, image: np.ndarray, prob: np.ndarray, opts: Options,
 
     start = time.perf_counter()
     mask = postprocess.apply(prob, opts.post(), image)
-    headers = {"X-Lesionseg-Model": header_value(service.model_name()), "X-Image-Size": f"{size[0]}x{size[1]}",
-               "X-Area-Fraction": f"{mask.mean():.6f}"}
+    headers = {
+        "X-Lesionseg-Model": header_value(service.model_name()),
+        "X-Image-Size": f"{size[0]}x{size[1]}",
+        "X-Area-Fraction": f"{mask.mean():.6f}",
+    }
     if opts.format == "mask":
         body = encode_png(mask_to_uint8(mask))
     elif opts.format == "overlay":
@@ -380,7 +398,9 @@ async def segment_dicom(request: Request, service: Service) -> Response:
 
     ds, frames = await run_in_threadpool(read)
     if sum(f.shape[0] * f.shape[1] for f in frames) > service.cfg.max_pixels:
-        raise HTTPError(413, f"{label}: {len(frames)} frames over the limit of {service.cfg.max_pixels:,} pixels")
+        raise HTTPError(
+            413, f"{label}: {len(frames)} frames over the limit of {service.cfg.max_pixels:,} pixels"
+        )
     results = [await _segment(service, frame, service.tta(opts), started) for frame in frames]
 
     def build() -> bytes:

@@ -75,7 +75,9 @@ class RunRecorder(Checkpoint):
         datamodule = getattr(trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "feeding"):
             self.data_desc["feeding"] = datamodule.feeding
-        self.hardware = f"{trainer.world_size} × {device_name(trainer.strategy.root_device)}, {trainer.precision}"
+        self.hardware = (
+            f"{trainer.world_size} × {device_name(trainer.strategy.root_device)}, {trainer.precision}"
+        )
         rows = []
         if self.csv_path.exists():
             with self.csv_path.open() as f:
@@ -108,11 +110,16 @@ class RunRecorder(Checkpoint):
         if improved:
             self.best, self.best_epoch = score, trainer.current_epoch
             self.save_best(pl_module.selected_model(), trainer.current_epoch)
-        print(f"epoch {trainer.current_epoch + 1}/{self.cfg.trainer.max_epochs}  "
-              f"train_loss {m.get('train_loss', float('nan')):.4f}  val_loss {m.get('val_loss', float('nan')):.4f}  "
-              f"val_mean_jaccard {score:.4f}{' *' if improved else ''}  "
-              + (f"(raw weights {m['val_mean_jaccard_raw']:.4f})  " if "val_mean_jaccard_raw" in m else "") +
-              f"{m.get('train_img_per_s', 0):.1f} img/s  {self.elapsed_min():.1f} min", file=sys.stderr, flush=True)
+        print(
+            f"epoch {trainer.current_epoch + 1}/{self.cfg.trainer.max_epochs}  "
+            f"train_loss {m.get('train_loss', float('nan')):.4f}  val_loss "
+            f"{m.get('val_loss', float('nan')):.4f}  "
+            f"val_mean_jaccard {score:.4f}{' *' if improved else ''}  "
+            + (f"(raw weights {m['val_mean_jaccard_raw']:.4f})  " if "val_mean_jaccard_raw" in m else "")
+            + f"{m.get('train_img_per_s', 0):.1f} img/s  {self.elapsed_min():.1f} min",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def save_best(self, model, epoch: int):
         card = {
@@ -132,9 +139,11 @@ class RunRecorder(Checkpoint):
         if self.cfg.trainer.drop_full_resolution_stage:
             model, model_cfg = drop_full_resolution_stage(model, model_cfg)
             card["parameters"] = count_parameters(model)
-            card["derivation"] = ("full-resolution decoder stage dropped after training "
-                                  "(trainer.drop_full_resolution_stage); the 1/2-resolution head is the output; "
-                                  "selection_value and metrics.csv score the model with the stage")
+            card["derivation"] = (
+                "full-resolution decoder stage dropped after training "
+                "(trainer.drop_full_resolution_stage); the 1/2-resolution head is the output; "
+                "selection_value and metrics.csv score the model with the stage"
+            )
         # channels_last weights are saved contiguous; the file does not depend on memory format.
         save_model(self.run_dir / "model.pt", model, model_cfg, self.cfg.data.image_size, card,
                    color_constancy=self.cfg.data.color_constancy)
@@ -171,15 +180,24 @@ def prepare_run_dir(run_dir: Path, cfg: Config) -> Path | None:
 
 
 def launcher_rank() -> int:
-    """Global rank as set by Lightning's DDP launcher for the processes it starts (0 for the launching one)."""
+    """Global rank as set by Lightning's DDP launcher for the processes it starts (0 for the launching
+    one)."""
     import os
 
     return int(os.environ.get("NODE_RANK", "0")) * 1000 + int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def train(data: str | Path | Sequence[str | Path], out: str | Path, cfg: Config, val_data: str | Path | None = None,
-          devices: int | str = 1, strategy: str = "auto", num_nodes: int = 1, progress: bool | None = None,
-          command: str | None = None) -> Path:
+def train(
+    data: str | Path | Sequence[str | Path],
+    out: str | Path,
+    cfg: Config,
+    val_data: str | Path | None = None,
+    devices: int | str = 1,
+    strategy: str = "auto",
+    num_nodes: int = 1,
+    progress: bool | None = None,
+    command: str | None = None,
+) -> Path:
     """Train (or resume) into `out`; returns the path of the best model file. Problems the user can fix
     (data, config, devices, a diverging loss) raise UserError with one line."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -187,13 +205,17 @@ def train(data: str | Path | Sequence[str | Path], out: str | Path, cfg: Config,
 
     known = {"auto", *StrategyRegistry.available_strategies()}
     if strategy not in known:
-        raise UserError(f"training setup: --strategy {strategy!r} is not one of {', '.join(sorted(known)[:8])}, ...")
+        raise UserError(
+            f"training setup: --strategy {strategy!r} is not one of {', '.join(sorted(known)[:8])}, ..."
+        )
     if isinstance(devices, str) and devices.isdigit():
         devices = int(devices)
     try:
         return _train(data, out, cfg, val_data, devices, strategy, num_nodes, progress, command)
     except FloatingPointError as exc:
-        raise UserError(f"{out}: {exc}; stopped; the last good checkpoint is kept in {out}/checkpoints") from None
+        raise UserError(
+            f"{out}: {exc}; stopped; the last good checkpoint is kept in {out}/checkpoints"
+        ) from None
     except MisconfigurationException as exc:  # e.g. --devices / --strategy the machine cannot honour
         raise UserError(f"training setup: {str(exc).splitlines()[0]}") from None
 
@@ -207,14 +229,23 @@ def _train(data, out, cfg: Config, val_data, devices, strategy: str, num_nodes: 
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     datamodule = SegmentationDataModule(data, val_data, cfg.data, cfg.augment, seed=cfg.trainer.seed)
     folders = [str(f) for f in datamodule.folders]
-    data_desc = {"train": folders[0] if len(folders) == 1 else folders,
-                 "val": str(val_data) if val_data else f"{cfg.data.val_fraction:.0%} of train "
-                 f"(seed {cfg.data.split_seed})", "n_train": len(datamodule.train_set), "n_val": len(datamodule.val_set)}
+    data_desc = {
+        "train": folders[0] if len(folders) == 1 else folders,
+        "val": str(val_data)
+        if val_data
+        else f"{cfg.data.val_fraction:.0%} of train (seed {cfg.data.split_seed})",
+        "n_train": len(datamodule.train_set),
+        "n_val": len(datamodule.val_set),
+    }
     module = SegmentationModule(cfg)
     recorder = RunRecorder(run_dir, cfg, data_desc, command)
     best_ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=METRIC, mode="max",
                                 save_last=True, save_top_k=1, enable_version_counter=False)
-    callbacks = [best_ckpt, EarlyStopping(monitor=METRIC, mode="max", patience=cfg.trainer.patience), recorder]
+    callbacks = [
+        best_ckpt,
+        EarlyStopping(monitor=METRIC, mode="max", patience=cfg.trainer.patience),
+        recorder,
+    ]
     if progress is None:
         progress = sys.stderr.isatty()
     if progress:
@@ -234,10 +265,16 @@ def _train(data, out, cfg: Config, val_data, devices, strategy: str, num_nodes: 
         benchmark=None if t.deterministic else True,  # cudnn autotuning: slow first epoch, faster after
     )
     if trainer.global_rank == 0:
-        print(f"training {cfg.model.arch} (base {cfg.model.base_width}, {count_parameters(module.model):,} params) "
-              f"on {data_desc['n_train']} images, validating on {data_desc['n_val']}; precision {trainer.precision}; "
-              f"{trainer.world_size} process(es); run dir {run_dir}" + (f"; resuming from {resume}" if resume else ""),
-              file=sys.stderr, flush=True)
+        print(
+            f"training {cfg.model.arch} (base {cfg.model.base_width}, {count_parameters(module.model):,} "
+            "params) "
+            f"on {data_desc['n_train']} images, validating on {data_desc['n_val']}; precision "
+            f"{trainer.precision}; "
+            f"{trainer.world_size} process(es); run dir {run_dir}"
+            + (f"; resuming from {resume}" if resume else ""),
+            file=sys.stderr,
+            flush=True,
+        )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*sync_dist=True.*")

@@ -17,7 +17,8 @@ from .schedule import TimeCosine
 
 
 def load_initial_weights(model: torch.nn.Module, cfg: Config) -> None:
-    """`trainer.init_from`: copy a model file's (or bundled model's) weights into `model`; the architecture must
+    """`trainer.init_from`: copy a model file's (or bundled model's) weights into `model`; the architecture
+    must
     match, or a UserError names the keys that differ."""
     import dataclasses
 
@@ -29,7 +30,9 @@ def load_initial_weights(model: torch.nn.Module, cfg: Config) -> None:
     differ = [f"model.{k} ({theirs[k]!r} there, {ours[k]!r} here)" for k in ours if theirs.get(k) != ours[k]
               and k not in ("deep_supervision",)]
     if differ:
-        raise UserError(f"trainer.init_from {cfg.trainer.init_from}: another architecture: {', '.join(differ)}")
+        raise UserError(
+            f"trainer.init_from {cfg.trainer.init_from}: another architecture: {', '.join(differ)}"
+        )
     # Deep-supervision heads may be absent in the source (they are dropped at inference): strict otherwise.
     missing, unexpected = model.load_state_dict(source.model.state_dict(), strict=False)
     misfits = [k for k in missing + unexpected if not k.startswith("aux_heads.")]
@@ -138,14 +141,20 @@ class SegmentationModule(L.LightningModule):
         """Training seconds of this run so far, resumed sessions included (Lightning's Timer)."""
         from lightning.pytorch.callbacks import Timer
 
-        timers = [c for c in self.trainer.callbacks if isinstance(c, Timer)] if self._trainer is not None else []
+        timers = (
+            [c for c in self.trainer.callbacks if isinstance(c, Timer)] if self._trainer is not None else []
+        )
         return timers[0].time_elapsed() if timers else 0.0
 
     def configure_optimizers(self):
         o = self.cfg.optim
         opt = torch.optim.AdamW(self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
         if o.schedule == "cosine_time":
-            sched = TimeCosine(opt, self.elapsed_s, self.cfg.trainer.max_minutes * 60, o.warmup_steps, o.eta_min)
+            sched = TimeCosine(
+                opt, self.elapsed_s, self.cfg.trainer.max_minutes * 60, o.warmup_steps, o.eta_min
+            )
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.cfg.trainer.max_epochs, eta_min=o.eta_min)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, T_max=self.cfg.trainer.max_epochs, eta_min=o.eta_min
+        )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

@@ -21,10 +21,14 @@ class TimeCosine(torch.optim.lr_scheduler.LambdaLR):
     Lightning's Timer, the clock that also stops the run at trainer.max_minutes and whose state a
     checkpoint keeps, so a resumed run continues the schedule where it was cut."""
 
-    def __init__(self, optimizer, clock: Callable[[], float], budget_s: float, warmup_steps: int, eta_min: float):
+    def __init__(
+        self, optimizer, clock: Callable[[], float], budget_s: float, warmup_steps: int, eta_min: float
+    ):
         base = [g["lr"] for g in optimizer.param_groups]
 
         def factor(i):
-            return lambda step: time_cosine_lr(step, clock(), budget_s, warmup_steps, base[i], eta_min) / base[i]
+            return lambda step: (
+                time_cosine_lr(step, clock(), budget_s, warmup_steps, base[i], eta_min) / base[i]
+            )
 
         super().__init__(optimizer, [factor(i) for i in range(len(base))])
