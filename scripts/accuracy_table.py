@@ -136,9 +136,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "accuracy.md")
     args = ap.parse_args()
     from lesionseg.models import load_model
-    from lesionseg.models.registry import default_model_path
+    from lesionseg.models.bundled import bundled_model_path
 
-    entries = [(name, default_model_path(name), None) for name in args.bundled]
+    entries = [(name, bundled_model_path(name), None) for name in args.bundled]
     entries += [(run.name, run / "model.pt", run) for run in args.runs]
     lines = [
         (

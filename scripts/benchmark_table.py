@@ -16,7 +16,7 @@ from pathlib import Path
 
 import lesionseg
 from lesionseg.io import IMAGE_EXTENSIONS, read_image, read_mask
-from lesionseg.models.registry import BUNDLED, default_model_path
+from lesionseg.models.bundled import BUNDLED, bundled_model_path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = {"isic2017": "ISIC 2017 val (150, dermoscopy)", "kvasir_seg": "Kvasir-SEG val (100, colonoscopy)"}
@@ -75,7 +75,7 @@ def main() -> None:
             "| --- | --- | --- | --- | --- |",
         ]
         for short in BUNDLED:
-            if not default_model_path(short).is_file():
+            if not bundled_model_path(short).is_file():
                 continue
             m = lesionseg.evaluate(val, weights=short, tta=False)  # one pass, whatever the card's default
             lines.append(

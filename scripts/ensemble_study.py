@@ -18,6 +18,7 @@ model at each input size (one view, no flips).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 from pathlib import Path
 
@@ -100,9 +101,10 @@ def main() -> None:
         backend = open_backend(weights, "torch")
         key = file_key(backend.path)
         for size in args.sizes:
-            # a Segmenter resizes every image to its backend's size, read when it is built
-            backend.image_size = size
-            segmenter = Segmenter(backend)
+            # a Segmenter resizes every image to its backend's input size, read when it is built
+            backend.file = dataclasses.replace(
+                backend.file, preprocessing=dataclasses.replace(backend.preprocessing, image_size=size))
+            segmenter = Segmenter(backend, tta=False)
             results = {
                 s: scores(
                     probabilities(segmenter, images[s], args.cache / f"{name}_{key}_{s}_size{size}.npy"),

@@ -37,10 +37,10 @@ def test_bundled_model_on_val_holds_its_card_figure(name, dataset, n):
     """Regression guard: each shipped model scores on its dataset's val split what its card says."""
     import lesionseg
     from lesionseg.evaluation import evaluate
-    from lesionseg.models.registry import default_model_path
+    from lesionseg.models.bundled import bundled_model_path
 
     root = shared_or_skip(dataset)
-    if not default_model_path(name).is_file():
+    if not bundled_model_path(name).is_file():
         pytest.skip(f"no bundled model {name!r}")
     segmenter = lesionseg.Segmenter.load(name, tta=False)  # the card's plain figure: one forward pass
     figures = segmenter.card.get("figures", {})

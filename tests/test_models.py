@@ -210,13 +210,13 @@ def test_encoder_errors(monkeypatch):
 
 
 def test_bundled_names_resolve_unless_a_file_of_that_name_exists(tmp_path, monkeypatch):
-    from lesionseg.models.registry import BUNDLED, default_model_path, resolve_weights
+    from lesionseg.models.bundled import BUNDLED, bundled_model_path, resolve_weights
 
     monkeypatch.chdir(tmp_path)
-    assert resolve_weights(None) == default_model_path("default")
+    assert resolve_weights(None) == bundled_model_path("default")
     for name, recipe in BUNDLED.items():
-        assert resolve_weights(name) == resolve_weights(recipe) == default_model_path(name)
-        assert default_model_path(name).name == f"{recipe}.pt"
+        assert resolve_weights(name) == resolve_weights(recipe) == bundled_model_path(name)
+        assert bundled_model_path(name).name == f"{recipe}.pt"
     (tmp_path / "cpu").write_bytes(b"")  # a user's own file called 'cpu' wins over the bundled name
     assert resolve_weights("cpu") == tmp_path.joinpath("cpu").relative_to(tmp_path)
     assert resolve_weights("some/model.pt") == tmp_path.joinpath("some/model.pt").relative_to(tmp_path)
@@ -226,7 +226,7 @@ def test_bundled_names_resolve_unless_a_file_of_that_name_exists(tmp_path, monke
 def test_every_bundled_model_is_made_by_its_config(name):
     """A bundled model, its config and its command share a name; the config builds the very model shipped."""
     from lesionseg.config import load_config
-    from lesionseg.models.registry import BUNDLED, default_model_path
+    from lesionseg.models.bundled import BUNDLED, bundled_model_path
 
     root = Path(__file__).resolve().parents[1]
     loaded = load_model(name)
@@ -238,7 +238,7 @@ def test_every_bundled_model_is_made_by_its_config(name):
         if cfg.trainer.drop_full_resolution_stage else cfg.model
     assert shipped == loaded.config
     assert cfg.data.image_size == loaded.image_size
-    assert default_model_path(recipe).is_file()
+    assert bundled_model_path(recipe).is_file()
 
 
 def test_dropping_the_full_resolution_stage_keeps_the_half_resolution_head(tmp_path):

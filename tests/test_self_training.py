@@ -177,6 +177,7 @@ def test_ema_decay_is_validated():
 def test_a_model_file_can_ask_for_tta_by_default(tmp_path, tiny_model_file):
     """The card's `inference` entry turns TTA on for predict, evaluate, the API and the service; flags win."""
     from lesionseg.api import segmenter
+    from lesionseg.inference import InferenceOptions
     from lesionseg.models import save_model
     from lesionseg.serve.app import Options, ServeConfig, Service
 
@@ -185,7 +186,7 @@ def test_a_model_file_can_ask_for_tta_by_default(tmp_path, tiny_model_file):
     save_model(with_default, loaded.model, loaded.config, loaded.image_size,
                {**loaded.card, "inference": {"tta_scales": [1.0]}})
     seg = segmenter(with_default)
-    assert seg.tta and seg.tta_scales == (1.0,) and len(seg._views()) == 3
+    assert seg.tta and seg.tta_scales == (1.0,) and len(seg._views(seg.tta)) == 3
     assert not segmenter(with_default, tta=False).tta
     assert segmenter(with_default, tta_scales=[0.5, 1.0]).tta_scales == (0.5, 1.0)
     plain = segmenter(tiny_model_file)
@@ -193,8 +194,8 @@ def test_a_model_file_can_ask_for_tta_by_default(tmp_path, tiny_model_file):
     service = Service(ServeConfig(weights=str(with_default)))
     service.load()
     try:
-        assert service.tta(Options()) is True and service.tta(Options(tta=False)) is False
-        assert service.batcher.segmenters[True].tta_scales == (1.0,)
+        assert service.tta(Options()) is True and service.tta(Options(InferenceOptions(tta=False))) is False
+        assert service.batcher.segmenter.tta_scales == (1.0,)
     finally:
         service.close()
     # The CLI reads the same default: --tta/--no-tta override it.

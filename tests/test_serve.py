@@ -151,7 +151,10 @@ def test_multipart_upload(client, photo):
     ("threshold=abc", "'threshold': not a number"),
     ("tta=maybe", "'tta': expected true or false"),
     ("format=gif", "'format': 'gif' is not one of"),
-    ("min_area=-3", "'min_area' ≥ 0"),
+    ("min_area=-3", "query parameter 'min_area': must be ≥ 0, got -3"),
+    ("max_side=0&min_area=-5", "query parameter 'min_area': must be ≥ 0, got -5; query parameter 'max_side': "
+     "must be ≥ 1, got 0"),
+    ("threshold=2&tta=maybe", "'threshold': must be between 0 and 1, got 2.0; query parameter 'tta': "),
     ("thresold=0.4", "unknown query parameter 'thresold'"),
 ])
 def test_bad_parameters_are_400_naming_the_parameter(client, photo, query, fragment):
@@ -182,6 +185,31 @@ def test_body_and_pixel_limits(tiny_model_file, photo):
         assert_json_error(segment(c, big), 413, "image too large (61x61 = 3,721 pixels; the limit is 3,600)")
 
 
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width x height but holds no pixels (what a decompression bomb looks like)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + \
+        chunk(b"IEND", b"")
+
+
+def test_a_huge_image_is_refused_with_the_service_limit(client):
+    response = segment(client, png_header_only(60000, 60000))
+    assert_json_error(response, 413, "the limit is 50,000,000")
+    assert "200,000,000" not in response.json()["error"]
+
+
+def test_a_dicom_sent_to_the_photo_route_is_pointed_to_the_dicom_route(client, tmp_path):
+    from pydicom.data import get_testdata_file
+
+    body = open(get_testdata_file("CT_small.dcm"), "rb").read()
+    assert_json_error(segment(client, body), 415, "send it to /v1/segment/dicom")
+
+
 def test_token_guards_the_api_only(tiny_model_file, photo):
     with TestClient(create_app(ServeConfig(weights=str(tiny_model_file), token="s3cret"))) as c:
         resp = segment(c, photo[1])
@@ -199,13 +227,13 @@ class BlockingSegmenter:
 
     def __init__(self, real: Segmenter):
         self.real, self.started, self.release = real, threading.Event(), threading.Event()
-        self.backend, self.batch_size, self.card = real.backend, 1, {}
+        self.backend, self.batch_size, self.card, self.tta = real.backend, 1, {}, False
         self.weights_path, self.image_size = real.weights_path, real.image_size
 
-    def predict_batch(self, images):
+    def predict_batch(self, images, tta=None):
         self.started.set()
         self.release.wait(10)
-        return self.real.predict_batch(images)
+        return self.real.predict_batch(images, tta)
 
 
 async def _asgi(app, coro):
@@ -261,11 +289,11 @@ def test_a_model_failure_is_a_500_and_the_service_lives_on(tiny_model_file, phot
     class Flaky(BlockingSegmenter):
         calls = 0
 
-        def predict_batch(self, images):
+        def predict_batch(self, images, tta=None):
             Flaky.calls += 1
             if Flaky.calls == 1:
                 raise RuntimeError("boom")
-            return self.real.predict_batch(images)
+            return self.real.predict_batch(images, tta)
 
     with TestClient(create_app(ServeConfig(), segmenter=Flaky(real))) as c:
         assert_json_error(segment(c, photo[1]), 500, "internal error")

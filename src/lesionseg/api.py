@@ -71,32 +71,18 @@ def train(
                progress=progress, command=command)
 
 
-def segmenter(
-    weights: str | Path | None = None,
-    *,
-    backend: str = "auto",
-    threshold: float = 0.5,
-    batch_size: int = 8,
-    tta: bool | None = None,
-    tta_scales: Sequence[float] | None = None,
-    largest_component: bool = False,
-    fill_holes: bool = False,
-    min_area: int = 0,
-    crf: bool = False,
-):
-    """A `Segmenter` with `predict`'s options (the CLI's flags by the same names). `tta`/`tta_scales` None:
-    what the model file asks for (TTA is off unless its card's `inference` entry turns it on)."""
-    from .inference import Segmenter
-    from .postprocess import PostprocessConfig
+def segmenter(weights: str | Path | None = None, *, backend: str = "auto", **options: Any):
+    """A `Segmenter` with `predict`'s options (`InferenceOptions`' fields: threshold, tta, tta_scales,
+    largest_component, fill_holes, min_area, crf, batch_size; the CLI's flags by the same names). `tta` /
+    `tta_scales` unset: what the model file asks for (TTA is off unless its card's `inference` entry turns
+    it on)."""
+    from .inference import InferenceOptions, Segmenter
 
-    if min_area < 0:
-        raise UserError(f"min_area must be ≥ 0, got {min_area}")
-    if batch_size < 1:
-        raise UserError(f"batch_size must be ≥ 1, got {batch_size}")
-    post = PostprocessConfig(threshold, largest_component=largest_component, fill_holes=fill_holes,
-                             min_area=min_area, crf=crf)
-    return Segmenter.load(weights, backend=backend, threshold=threshold, batch_size=batch_size, tta=tta,
-                          tta_scales=None if tta_scales is None else list(tta_scales), post=post)
+    known = InferenceOptions.names()
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise UserError(f"unknown option(s) {', '.join(unknown)} (known: backend, {', '.join(known)})")
+    return Segmenter.load(weights, backend=backend, **options)
 
 
 def evaluate(data: str | Path, weights: str | Path | None = None, *, out: str | Path | None = None,
@@ -110,11 +96,12 @@ def evaluate(data: str | Path, weights: str | Path | None = None, *, out: str | 
     """
     from .evaluation import evaluate as score
     from .evaluation import load_labelled, write_report, write_results
+    from .inference import InferenceOptions
 
-    unknown = sorted(set(options) - set(segmenter.__kwdefaults__))
+    unknown = sorted(set(options) - {"backend", *InferenceOptions.names()})
     if unknown:
         raise UserError(f"evaluate: unknown option(s) {', '.join(unknown)} "
-                        f"(known: {', '.join(sorted(segmenter.__kwdefaults__))})")
+                        f"(known: backend, {', '.join(InferenceOptions.names())})")
     if report and out is None:
         raise UserError("evaluate: report=True needs an out folder to write report.html into")
     labelled = load_labelled(data, mask_threshold)  # every data problem reported before a model is loaded

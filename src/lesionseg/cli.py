@@ -5,6 +5,7 @@ Exit codes: 0 all done; 1 some inputs failed (the rest were written); 2 usage er
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -18,6 +19,7 @@ import typer  # noqa: E402
 
 from . import __version__  # noqa: E402
 from .errors import UserError, ValidationError  # noqa: E402
+from .inference.options import InferenceOptions, OptionError  # noqa: E402
 
 app = typer.Typer(
     add_completion=False,
@@ -40,6 +42,11 @@ def handle_errors(fn):
             return fn(*args, **kwargs)
         except typer.Exit:
             raise
+        except OptionError as exc:
+            if _state["debug"]:
+                raise
+            _err(f"error: {exc.named(_flag_name)}")
+            raise typer.Exit(exc.exit_code) from None
         except ValidationError as exc:
             if _state["debug"]:
                 raise
@@ -127,57 +134,33 @@ def train(
     print(f"best model: {model_path}")
 
 
-# Options shared by evaluate and predict: both build the same Segmenter.
-WEIGHTS = typer.Option(
-    None,
-    "--weights",
-    help="Model file: .pt (torch) or .onnx (ONNX Runtime), or a bundled model: default, cpu, polyp. "
-    "Default: default.",
-)
+WEIGHTS = typer.Option(None, "--weights", help="Model file: .pt (torch) or .onnx (ONNX Runtime), or a "
+                       "bundled model: default, cpu, polyp. Default: default.")
 BACKEND = typer.Option("auto", "--backend", help="auto (by file type) | torch | onnx.")
-THRESHOLD = typer.Option(0.5, "--threshold", help="Probability threshold for the foreground.")
-TTA = typer.Option(
-    None,
-    "--tta/--no-tta",
-    help="Test-time augmentation: scales x {none, h-flip, v-flip}, averaged. "
-    "Default: the model's own setting (`lesionseg info` shows it; off unless its card turns it on).",
-)
-TTA_SCALES = typer.Option(
-    None, "--tta-scales", help="Comma-separated scales for TTA (default: the model's, else 0.75,1.0,1.25)."
-)
-LARGEST = typer.Option(False, "--largest-component", help="Keep only the largest connected region.")
-FILL = typer.Option(False, "--fill-holes", help="Fill holes inside lesions.")
-MIN_AREA = typer.Option(0, "--min-area", min=0, help="Remove objects smaller than this many pixels.")
-CRF = typer.Option(
-    False, "--crf", help="Refine probabilities with a dense CRF (pydensecrf2) before thresholding."
-)
-BATCH = typer.Option(8, "--batch-size", min=1)
 
 
-def _segmenter_factory(
-    weights, backend, threshold, batch_size, tta, tta_scales, largest, fill, min_area, crf
-):
-    """The options of evaluate/predict as a zero-argument factory (predict loads the model only when
-    needed)."""
-    from .api import segmenter
-
-    options = _segmenter_options(
-        backend, threshold, batch_size, tta, tta_scales, largest, fill, min_area, crf
-    )
-    return lambda: segmenter(weights, **options)
+def _flag(name: str, **overrides):
+    """The option of an `InferenceOptions` field: flag, default and help come from the field."""
+    field = InferenceOptions.field(name)
+    decls = "--tta/--no-tta" if name == "tta" else "--" + name.replace("_", "-")
+    return typer.Option(overrides.pop("default", field.default), decls,
+                        help=overrides.pop("help", field.metadata["help"]), **overrides)
 
 
-def _segmenter_options(backend, threshold, batch_size, tta, tta_scales, largest, fill, min_area, crf) -> dict:
-    scales = None
-    if tta_scales is not None:
+def _flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _inference_options(given: dict) -> InferenceOptions:
+    """InferenceOptions from a command's parameters (the fields it has; `--tta-scales` as text)."""
+    values = {k: given[k] for k in InferenceOptions.names() if k in given}
+    text = values.get("tta_scales")
+    if text is not None:
         try:
-            scales = [float(s) for s in tta_scales.split(",") if s.strip()]
+            values["tta_scales"] = [float(s) for s in text.split(",") if s.strip()]
         except ValueError:
-            raise UserError(
-                f"--tta-scales: expected numbers like 0.75,1.0,1.25, got {tta_scales!r}"
-            ) from None
-    return dict(backend=backend, threshold=threshold, batch_size=batch_size, tta=tta, tta_scales=scales,
-                largest_component=largest, fill_holes=fill, min_area=min_area, crf=crf)
+            raise UserError(f"--tta-scales: expected numbers like 0.75,1.0,1.25, got {text!r}") from None
+    return InferenceOptions(**values)
 
 
 @app.command()
@@ -190,25 +173,23 @@ def evaluate(
         None, "--mask-threshold", help="Binarise masks with >2 levels at this value."
     ),
     backend: str = BACKEND,
-    threshold: float = THRESHOLD,
-    tta: bool = TTA,
-    tta_scales: str = TTA_SCALES,
-    largest_component: bool = LARGEST,
-    fill_holes: bool = FILL,
-    min_area: int = MIN_AREA,
-    crf: bool = CRF,
-    batch_size: int = BATCH,
-    report: bool = typer.Option(
-        False, "--report", help="Also write report.html (histogram, worst/best cases)."
-    ),
+    threshold: float = _flag("threshold"),
+    tta: Optional[bool] = _flag("tta"),
+    tta_scales: Optional[str] = _flag("tta_scales"),
+    largest_component: bool = _flag("largest_component"),
+    fill_holes: bool = _flag("fill_holes"),
+    min_area: int = _flag("min_area"),
+    crf: bool = _flag("crf"),
+    batch_size: int = _flag("batch_size"),
+    report: bool = typer.Option(False, "--report", help="Also write report.html (histogram, worst/best "
+                                "cases)."),
 ):
     """Evaluate a model on a labelled folder; metrics at each image's original size."""
     from .api import evaluate as run_evaluate
 
-    options = _segmenter_options(
-        backend, threshold, batch_size, tta, tta_scales, largest_component, fill_holes, min_area, crf
-    )
-    metrics = run_evaluate(data, weights, out=out, mask_threshold=mask_threshold, report=report, **options)
+    options = dataclasses.asdict(_inference_options(locals()))
+    metrics = run_evaluate(data, weights, out=out, mask_threshold=mask_threshold, report=report,
+                           backend=backend, **options)
     _print_metrics(metrics)
     print(f"wrote {out / 'metrics.json'} and {out / 'per_image.csv'}")
     if report:
@@ -240,14 +221,14 @@ def predict(
     ),
     report: bool = typer.Option(False, "--report", help="Also write report.html."),
     backend: str = BACKEND,
-    threshold: float = THRESHOLD,
-    tta: bool = TTA,
-    tta_scales: str = TTA_SCALES,
-    largest_component: bool = LARGEST,
-    fill_holes: bool = FILL,
-    min_area: int = MIN_AREA,
-    crf: bool = CRF,
-    batch_size: int = BATCH,
+    threshold: float = _flag("threshold"),
+    tta: Optional[bool] = _flag("tta"),
+    tta_scales: Optional[str] = _flag("tta_scales"),
+    largest_component: bool = _flag("largest_component"),
+    fill_holes: bool = _flag("fill_holes"),
+    min_area: int = _flag("min_area"),
+    crf: bool = _flag("crf"),
+    batch_size: int = _flag("batch_size"),
     workers: int = typer.Option(
         2, "--workers", min=1, help="Threads reading and writing while the model runs."
     ),
@@ -266,10 +247,14 @@ def predict(
     ),
 ):
     """Segment images; masks are 0/255 PNGs at each input's original size. A progress bar on a terminal."""
+    from .inference import Segmenter
     from .predict import run_predict
 
-    make = _segmenter_factory(weights, backend, threshold, batch_size, tta, tta_scales, largest_component,
-                              fill_holes, min_area, crf)
+    options = _inference_options(locals())
+
+    def make():  # predict loads the model only after its cheap checks
+        return Segmenter.load(weights, backend=backend, options=options)
+
     failures = run_predict(
         inputs,
         out,
@@ -301,29 +286,27 @@ def pseudo_label(
         0.85, "--min-confidence", help="Keep images whose |p>0.7| / |p>0.3| is at least this."
     ),
     backend: str = BACKEND,
-    threshold: float = THRESHOLD,
-    tta: bool = typer.Option(
-        True, "--tta/--no-tta", help="Teacher with test-time augmentation (default on)."
-    ),
-    tta_scales: str = TTA_SCALES,
-    largest_component: bool = LARGEST,
-    fill_holes: bool = FILL,
-    min_area: int = MIN_AREA,
-    batch_size: int = BATCH,
+    threshold: float = _flag("threshold"),
+    tta: bool = _flag("tta", default=True, help="Teacher with test-time augmentation (default on)."),
+    tta_scales: Optional[str] = _flag("tta_scales"),
+    largest_component: bool = _flag("largest_component"),
+    fill_holes: bool = _flag("fill_holes"),
+    min_area: int = _flag("min_area"),
+    batch_size: int = _flag("batch_size"),
 ):
     """Label unlabelled images with a teacher model and keep its confident masks, for `train --data A --data
     OUT`."""
+    from .inference import Segmenter
     from .pseudo_label import pseudo_label as run
 
-    make = _segmenter_factory(weights, backend, threshold, batch_size, tta, tta_scales, largest_component,
-                              fill_holes, min_area, False)
+    teacher = Segmenter.load(weights, backend=backend, options=_inference_options(locals()))
     failures: list[str] = []
 
     def failed(line: str) -> None:
         failures.append(line)
         _err(line)
 
-    summary = run(make(), data, out, min_confidence, on_failure=failed)
+    summary = run(teacher, data, out, min_confidence, on_failure=failed)
     print(f"wrote {summary.out}: kept {summary.kept} of {summary.total} images "
           f"(confidence ≥ {min_confidence}); list in {summary.out / 'pseudo_labels.csv'}")
     if failures:
@@ -350,7 +333,7 @@ def info(
 ):
     """Show a model file's card: architecture, parameters, training data, recipe, figures."""
     from .models import count_parameters, load_model
-    from .models.registry import BUNDLED, default_model_path
+    from .models.bundled import BUNDLED, bundled_model_path
 
     loaded = load_model(weights)
     card = dict(loaded.card)
@@ -360,8 +343,8 @@ def info(
         "input_size": loaded.image_size,
         "color_constancy": loaded.color_constancy,
         **card,
-        "bundled_models": {name: str(default_model_path(name)) for name in BUNDLED
-                           if default_model_path(name).is_file()},
+        "bundled_models": {name: str(bundled_model_path(name)) for name in BUNDLED
+                           if bundled_model_path(name).is_file()},
     }
     print(json.dumps(summary, indent=2, default=str))
 
@@ -389,7 +372,8 @@ def export(
     calibration_images: int = typer.Option(64, "--calibration-images", min=1, help="How many of them."),
 ):
     """Export to ONNX: dynamic batch, height and width, one self-contained file (fp32, or --int8)."""
-    from .export import check_onnx, export_int8, export_onnx
+    from .export import export_int8, export_onnx
+    from .inference.backends import compare_backends
 
     if int8:
         if calibration is None:
@@ -405,7 +389,7 @@ def export(
         from .pairs import list_images
 
         images = [read_image(p) for p in list_images([check_images])[:8]] if check_images else None
-        result = check_onnx(path, weights, images)
+        result = compare_backends(path, weights, images)
         ok = result["max_prob_diff"] <= 1e-4
         print(f"check: max |p_onnx - p_torch| = {result['max_prob_diff']:.2e} over inputs {result['inputs']} "
               f"-> {'ok' if ok else 'FAILED'}")

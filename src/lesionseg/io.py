@@ -104,7 +104,7 @@ def _decode(source, label, max_pixels: int = MAX_PIXELS, draft: int | None = Non
     except UnidentifiedImageError:
         raise NotAnImage(f"{label}: not a readable image (unknown or corrupt format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageTooLarge(f"{label}: image too large (over {MAX_PIXELS:,} pixels)") from None
+        raise ImageTooLarge(f"{label}: image too large (the limit is {max_pixels:,} pixels)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"{label}: cannot decode image ({exc})") from None
     return img

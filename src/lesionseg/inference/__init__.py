@@ -1,3 +1,4 @@
+from .options import InferenceOptions, OptionError
 from .segmenter import Segmenter
 
-__all__ = ["Segmenter"]
+__all__ = ["InferenceOptions", "OptionError", "Segmenter"]

@@ -1,21 +1,43 @@
 """Runtimes that turn an NCHW float32 batch into logits: torch (the model file) or ONNX Runtime.
 
-The ONNX backend never imports torch: a deployment needs only numpy, OpenCV, Pillow and onnxruntime.
+Both read what the network needs to be fed from the model file (`ModelFile`: pre-processing and card). The
+ONNX backend never imports torch: a deployment needs only numpy, OpenCV, Pillow and onnxruntime.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from ..config import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import UserError
+from ..model_file import ModelFile, Preprocessing
 
 
-class TorchBackend:
+class Backend:
+    """What every backend shares: the model file it runs and its pre-processing."""
+
+    name = "?"
+    file: ModelFile
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.file.preprocessing
+
+    @property
+    def image_size(self) -> int:
+        return self.file.preprocessing.image_size
+
+    @property
+    def card(self) -> dict:
+        return self.file.card
+
+    @property
+    def path(self) -> Path | None:
+        return self.file.path
+
+
+class TorchBackend(Backend):
     name = "torch"
 
     def __init__(self, weights=None, threads: int | None = None):
@@ -30,9 +52,7 @@ class TorchBackend:
         self._torch = torch
         self.loaded = weights if isinstance(weights, LoadedModel) else load_model(weights)
         self.model = self.loaded.model.eval().to(memory_format=torch.channels_last)
-        self.image_size, self.mean, self.std = self.loaded.image_size, self.loaded.mean, self.loaded.std
-        self.color_constancy = self.loaded.color_constancy
-        self.card, self.path = self.loaded.card, self.loaded.path
+        self.file = self.loaded.file
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
@@ -41,7 +61,7 @@ class TorchBackend:
             return self.model(x)[:, 0].float().numpy()
 
 
-class OnnxBackend:
+class OnnxBackend(Backend):
     name = "onnx"
 
     def __init__(self, path: str | Path | None, threads: int | None = None):
@@ -49,24 +69,17 @@ class OnnxBackend:
 
         if path is None:
             raise UserError("--backend onnx needs --weights MODEL.onnx (make one with `lesionseg export`)")
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise UserError(f"{self.path}: ONNX model file not found")
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"{path}: ONNX model file not found")
         try:
             options = ort.SessionOptions()
             if threads:
                 options.intra_op_num_threads = threads
-            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
-            raise UserError(
-                f"{self.path}: not a loadable ONNX model ({str(exc).splitlines()[0][:200]})"
-            ) from None
-        meta: dict[str, Any] = self.session.get_modelmeta().custom_metadata_map
-        self.image_size = int(meta.get("image_size", 256))
-        self.mean = tuple(json.loads(meta["mean"])) if "mean" in meta else IMAGENET_MEAN
-        self.std = tuple(json.loads(meta["std"])) if "std" in meta else IMAGENET_STD
-        self.color_constancy = meta.get("color_constancy", "none")
-        self.card = json.loads(meta.get("card", "{}"))
+            raise UserError(f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0][:200]})") from None
+        self.file = ModelFile.from_onnx_metadata(self.session.get_modelmeta().custom_metadata_map, path)
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -76,7 +89,7 @@ class OnnxBackend:
 BACKENDS = {"torch": TorchBackend, "onnx": OnnxBackend}
 
 
-def open_backend(weights: str | Path | None, backend: str = "auto", threads: int | None = None):
+def open_backend(weights: str | Path | None, backend: str = "auto", threads: int | None = None) -> Backend:
     """`auto` picks ONNX Runtime for .onnx files and torch otherwise. `onnx` with a lesionseg model file (or a
     bundled name) exports it once to the user's cache and runs that (ONNX Runtime is ~1.5-2x torch on
     CPUs)."""
@@ -88,36 +101,25 @@ def open_backend(weights: str | Path | None, backend: str = "auto", threads: int
     if backend == "torch" and is_onnx:
         raise UserError(f"{weights}: an ONNX file needs --backend onnx")
     if backend == "onnx" and not is_onnx:
+        from ..export import cached_onnx
+
         weights = cached_onnx(weights)
     return BACKENDS[backend](weights, threads)
 
 
-def cached_onnx(weights: str | Path | None) -> Path:
-    """The ONNX export of a model file, made on first use under $XDG_CACHE_HOME/lesionseg (~/.cache), named
-    by a hash of the model file's bytes, so a changed model is exported again."""
-    import hashlib
-    import os
-    import sys
-
-    from ..models.registry import resolve_weights
-
-    source = resolve_weights(weights)
-    if not source.is_file():
-        raise UserError(f"{source}: model file not found")
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lesionseg"
-    target = cache / f"{source.stem}-{digest}.onnx"
-    if not target.is_file():
-        from ..export import export_onnx
-
-        print(
-            f"lesionseg: exporting {source.name} to ONNX once ({target}); this takes a while",
-            file=sys.stderr,
-            flush=True,
-        )
-        try:
-            cache.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"{cache}: cannot create the ONNX cache ({exc.strerror})") from None
-        export_onnx(source, target)
-    return target
+def compare_backends(onnx_path: str | Path, weights: str | Path | None,
+                     images: list[np.ndarray] | None = None, seed: int = 0) -> dict:
+    """Max |p_onnx - p_torch| over random inputs of several batch sizes and shapes, plus real images."""
+    ort_backend, torch_backend = OnnxBackend(onnx_path), TorchBackend(weights)
+    rng = np.random.default_rng(seed)
+    s = torch_backend.image_size
+    shapes = ((1, 3, s, s), (3, 3, s, s), (2, 3, 97, 131))
+    batches = [rng.standard_normal(shape, dtype=np.float32) for shape in shapes]
+    if images:
+        batches.append(torch_backend.preprocessing.transform().batch(images))
+    worst = 0.0
+    for x in batches:
+        p_torch = 1 / (1 + np.exp(-torch_backend(x)))
+        p_onnx = 1 / (1 + np.exp(-ort_backend(x)))
+        worst = max(worst, float(np.abs(p_torch - p_onnx).max()))
+    return {"max_prob_diff": worst, "inputs": [list(b.shape) for b in batches]}

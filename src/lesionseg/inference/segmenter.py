@@ -1,27 +1,19 @@
-"""Segmenter: the one inference path behind `predict`, `evaluate` and the Python API."""
+"""Segmenter: the one inference path behind `predict`, `evaluate`, `pseudo-label`, `serve` and the Python
+API. How the network is applied (batches, TTA views, resizing back) lives here; the network is the
+backend's."""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from .. import postprocess
-from ..data.preprocess import EvalTransform, resize_to, sigmoid
-from ..errors import UserError
-from .backends import open_backend
-
-DEFAULT_TTA_SCALES = (0.75, 1.0, 1.25)
-
-
-def model_tta_defaults(card: dict) -> tuple[bool, tuple[float, ...]]:
-    """(TTA on?, scales) that a model file asks for by default: its card's `inference` entry, written when
-    TTA won on the model's carved split (scripts/bundle_model.py --tta-scales); else off,
-    DEFAULT_TTA_SCALES."""
-    scales = (card.get("inference") or {}).get("tta_scales")
-    return (True, tuple(float(s) for s in scales)) if scales else (False, DEFAULT_TTA_SCALES)
+from ..data.preprocess import resize_to, sigmoid
+from .backends import Backend, open_backend
+from .options import InferenceOptions
 
 
 class Segmenter:
@@ -33,30 +25,42 @@ class Segmenter:
     Test-time augmentation (`tta=True`): every scale in `tta_scales` × {identity, horizontal flip, vertical
     flip}; each view's logits are un-flipped, resized to the original size, turned into probabilities, and
     the probabilities are averaged (averaging probabilities keeps one over-confident view from dominating).
+
+    Built one way: `Segmenter(backend, options, **fields)`, where `fields` override `options`' fields;
+    `Segmenter.load(weights, ...)` opens the backend first. Options left unset (None) take the model's
+    stored defaults. TTA can also be chosen per call (`predict_batch(images, tta=True)`).
     """
 
-    def __init__(
-        self,
-        backend,
-        threshold: float = 0.5,
-        batch_size: int = 8,
-        tta: bool = False,
-        tta_scales: Sequence[float] = DEFAULT_TTA_SCALES,
-        post: postprocess.PostprocessConfig | None = None,
-    ):
-        if not 0.0 < threshold < 1.0:
-            raise UserError(f"--threshold must be between 0 and 1, got {threshold}")
-        if tta and (not tta_scales or any(not 0.1 <= s <= 4 for s in tta_scales)):
-            raise UserError(f"TTA scales must be between 0.1 and 4, got {list(tta_scales)}")
-        self.backend, self.batch_size, self.tta = backend, batch_size, tta
-        self.tta_scales = tuple(tta_scales)
-        # A copy: the caller's PostprocessConfig is not changed behind its back.
-        self.post = dataclasses.replace(post or postprocess.PostprocessConfig(), threshold=threshold)
-        self.transform = EvalTransform(backend.image_size, backend.mean, backend.std, backend.color_constancy)
+    def __init__(self, backend: Backend, options: InferenceOptions | None = None, **fields: Any):
+        options = dataclasses.replace(options or InferenceOptions(), **fields) if fields else options
+        self.backend = backend
+        self.options = (options or InferenceOptions()).resolved(backend.file.inference_defaults)
+        self.post = self.options.postprocess()
+        self.transform = backend.preprocessing.transform()
+
+    @classmethod
+    def load(cls, weights: str | Path | None = None, backend: str = "auto", threads: int | None = None,
+             options: InferenceOptions | None = None, **fields: Any) -> "Segmenter":
+        """`weights`: a model file, an .onnx, or a bundled model's name (None: the bundled `default`)."""
+        # refused values fail here, before the model loads
+        base = dataclasses.replace(options or InferenceOptions(), **fields)
+        return cls(open_backend(weights, backend, threads), base)
 
     @property
     def threshold(self) -> float:
-        return self.post.threshold
+        return self.options.threshold
+
+    @property
+    def tta(self) -> bool:
+        return bool(self.options.tta)
+
+    @property
+    def tta_scales(self) -> tuple[float, ...]:
+        return self.options.tta_scales
+
+    @property
+    def batch_size(self) -> int:
+        return self.options.batch_size
 
     @property
     def image_size(self) -> int:
@@ -68,43 +72,32 @@ class Segmenter:
 
     @property
     def label(self) -> str:
-        """What the model segments, from its card ("lesion", "polyp"); "foreground" when the card says
-        nothing."""
+        """What the model segments, from its card ("lesion", "polyp"); "foreground" when it says nothing."""
         return str(self.card.get("label") or "foreground")
 
     @property
     def weights_path(self) -> Path:
         return self.backend.path
 
-    @classmethod
-    def load(cls, weights: str | Path | None = None, backend: str = "auto", threshold: float = 0.5,
-             batch_size: int = 8, tta: bool | None = None, tta_scales: Sequence[float] | None = None,
-             post: postprocess.PostprocessConfig | None = None) -> "Segmenter":
-        """`tta` / `tta_scales` None: the model's own defaults (`model_tta_defaults`)."""
-        opened = open_backend(weights, backend)
-        default_tta, default_scales = model_tta_defaults(opened.card)
-        return cls(opened, threshold=threshold, batch_size=batch_size,
-                   tta=default_tta if tta is None else tta,
-                   tta_scales=default_scales if tta_scales is None else tta_scales, post=post)
+    def describe_tta(self) -> str:
+        return f"scales {list(self.tta_scales)} x flips" if self.tta else "off"
 
-    def _views(self) -> list[tuple[int, int | None]]:
+    def _views(self, tta: bool) -> list[tuple[int, int | None]]:
         """(input size, flip axis) pairs; flip axis is numpy's on HWC (1 = horizontal, 0 = vertical)."""
-        if not self.tta:
+        if not tta:
             return [(self.image_size, None)]
         sizes = sorted({max(8, int(round(self.image_size * s))) for s in self.tta_scales})
         return [(s, f) for s in sizes for f in (None, 1, 0)]
 
-    def predict_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Probability maps (float32, HxW of each input)."""
+    def predict_batch(self, images: Sequence[np.ndarray], tta: bool | None = None) -> list[np.ndarray]:
+        """Probability maps (float32, HxW of each input). `tta` None: this Segmenter's setting."""
         out: list[np.ndarray] = []
-        views = self._views()
+        views = self._views(self.tta if tta is None else tta)
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size]
             acc = [np.zeros(im.shape[:2], np.float32) for im in chunk]
             for size, flip in views:
-                src = [
-                    np.flip(self.transform.resize(im, size), flip) if flip is not None else im for im in chunk
-                ]
+                src = [im if flip is None else np.flip(self.transform.resize(im, size), flip) for im in chunk]
                 logits = self.backend(self.transform.batch(src, size))
                 for i, (im, logit) in enumerate(zip(chunk, logits)):
                     if flip is not None:
@@ -116,8 +109,9 @@ class Segmenter:
     def predict(self, image: np.ndarray) -> np.ndarray:
         return self.predict_batch([image])[0]
 
-    def to_mask(self, prob: np.ndarray, image: np.ndarray | None = None) -> np.ndarray:
-        return postprocess.apply(prob, self.post, image)
+    def to_mask(self, prob: np.ndarray, image: np.ndarray | None = None,
+                post: postprocess.PostprocessConfig | None = None) -> np.ndarray:
+        return postprocess.apply(prob, post or self.post, image)
 
     def predict_mask(self, image: np.ndarray) -> np.ndarray:
         return self.to_mask(self.predict(image), image)

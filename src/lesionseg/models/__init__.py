@@ -1,13 +1,13 @@
-from .registry import (
+from .build import (
     LoadedModel,
     build_model,
     count_parameters,
-    default_model_path,
     drop_full_resolution_stage,
     load_model,
     save_model,
 )
+from .bundled import bundled_model_path
 from .unet import UNet
 
 __all__ = ["UNet", "build_model", "load_model", "save_model", "LoadedModel", "count_parameters",
-           "default_model_path", "drop_full_resolution_stage"]
+           "bundled_model_path", "drop_full_resolution_stage"]

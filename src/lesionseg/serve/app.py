@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from importlib import resources
 
 import cv2
@@ -37,6 +37,7 @@ from starlette.routing import Route
 
 from .. import __version__, postprocess
 from ..errors import UserError
+from ..inference.options import InferenceOptions, OptionError
 from ..io import FAST_PNG, ImageTooLarge, NotAnImage, decode_image, encode_png, image_size, mask_to_uint8
 from .batcher import MicroBatcher, QueueFull
 from .metrics import ServiceMetrics
@@ -45,8 +46,6 @@ log = logging.getLogger("lesionseg.serve")
 FORMATS = {"mask": "image/png", "overlay": "image/png", "prob": "image/png", "npy": "application/x-npy",
            "json": "application/json"}
 ACCEPT = {"application/json": "json", "application/x-npy": "npy"}
-SEGMENT_PARAMS = {"format", "threshold", "tta", "largest_component", "fill_holes", "min_area", "max_side"}
-TOKEN_ENV = "LESIONSEG_TOKEN"
 
 
 @dataclass
@@ -82,64 +81,56 @@ class HTTPError(Exception):
 
 @dataclass
 class Options:
+    """One request's options: the inference options the service exposes (`InferenceOptions` fields marked
+    as query parameters), and the response's own."""
+
+    inference: InferenceOptions = field(default_factory=InferenceOptions)
     format: str = "mask"
-    threshold: float = 0.5
-    tta: bool | None = None  # None: the model's own default (its card's `inference` entry)
-    largest_component: bool = False
-    fill_holes: bool = False
-    min_area: int = 0
     max_side: int | None = None  # downscale overlay / probability images (a page needs no 12 MP map)
 
     def post(self) -> postprocess.PostprocessConfig:
-        return postprocess.PostprocessConfig(self.threshold, largest_component=self.largest_component,
-                                              fill_holes=self.fill_holes, min_area=self.min_area)
+        return self.inference.postprocess()
 
-
-def _bool(name: str, raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on", ""):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise HTTPError(400, f"query parameter '{name}': expected true or false, got {raw!r}")
+    def shown(self) -> dict:
+        """The inference options as the JSON response reports them."""
+        return {name: getattr(self.inference, name) for name in InferenceOptions.names(query_only=True)}
 
 
 def parse_options(request: Request) -> Options:
+    """Every refused parameter is named in one 400 message."""
     query = request.query_params
-    unknown = sorted(set(query) - SEGMENT_PARAMS)
+    known = sorted({"format", "max_side", *InferenceOptions.names(query_only=True)})
+    unknown = sorted(set(query) - set(known))
     if unknown:
-        raise HTTPError(
-            400, f"unknown query parameter '{unknown[0]}' (known: {', '.join(sorted(SEGMENT_PARAMS))})"
-        )
-    opts = Options()
+        raise HTTPError(400, f"unknown query parameter '{unknown[0]}' (known: {', '.join(known)})")
     accept = request.headers.get("accept", "")
     fmt = query.get("format") or next((f for mime, f in ACCEPT.items() if mime in accept), "mask")
+    problems = []
     if fmt not in FORMATS:
-        raise HTTPError(400, f"query parameter 'format': {fmt!r} is not one of {', '.join(FORMATS)}")
-    opts.format = fmt
+        problems.append(f"query parameter 'format': {fmt!r} is not one of {', '.join(FORMATS)}")
+    inference = InferenceOptions()
     try:
-        if "threshold" in query:
-            opts.threshold = float(query["threshold"])
-        if "min_area" in query:
-            opts.min_area = int(query["min_area"])
-        if "max_side" in query:
-            opts.max_side = int(query["max_side"])
-    except ValueError:
-        bad = next(k for k in ("threshold", "min_area", "max_side") if k in query)
-        raise HTTPError(400, f"query parameter '{bad}': not a number ({query[bad]!r})") from None
-    if not 0.0 < opts.threshold < 1.0:
-        raise HTTPError(400, f"query parameter 'threshold': must be between 0 and 1, got {opts.threshold}")
-    if opts.min_area < 0 or (opts.max_side is not None and opts.max_side < 1):
-        raise HTTPError(400, "query parameters 'min_area' ≥ 0 and 'max_side' ≥ 1")
-    for name in ("tta", "largest_component", "fill_holes"):
-        if name in query:
-            setattr(opts, name, _bool(name, query[name]))
-    return opts
+        given = {k: v for k, v in query.items() if k not in ("format", "max_side")}
+        inference = InferenceOptions.from_text(given)
+    except OptionError as exc:
+        problems.append(exc.named(lambda name: f"query parameter '{name}':"))
+    max_side = None
+    if "max_side" in query:
+        try:
+            max_side = int(query["max_side"])
+        except ValueError:
+            problems.append(f"query parameter 'max_side': not a number ({query['max_side']!r})")
+        else:
+            if max_side < 1:
+                problems.append(f"query parameter 'max_side': must be ≥ 1, got {max_side}")
+    if problems:
+        raise HTTPError(400, "; ".join(problems))
+    return Options(inference, fmt, max_side)
 
 
 class Service:
-    """What the routes share: the model (two Segmenters over one backend: with and without TTA), the
-    batcher and the metrics. The model loads in the app's lifespan; /readyz says when."""
+    """What the routes share: the model (one Segmenter; TTA is chosen per request), the batcher and the
+    metrics. The model loads in the app's lifespan; /readyz says when."""
 
     def __init__(self, cfg: ServeConfig, segmenter=None):
         cfg.check()
@@ -150,21 +141,14 @@ class Service:
 
     def load(self) -> None:
         from ..inference import Segmenter
-        from ..inference.backends import open_backend
-        from ..inference.segmenter import model_tta_defaults
 
-        if self._given is not None:
-            plain = self._given
-        else:
-            plain = Segmenter(open_backend(self.cfg.weights, self.cfg.backend, self.cfg.threads))
-        self.default_tta, scales = model_tta_defaults(plain.card)
-        with_tta = Segmenter(plain.backend, batch_size=plain.batch_size, tta=True, tta_scales=scales)
-        self.segmenter = plain
-        self.batcher = MicroBatcher({False: plain, True: with_tta}, self.cfg.max_batch, self.cfg.max_wait_ms,
-                                    self.cfg.max_queue, on_batch=self.metrics.batch_done)
+        seg = self._given or Segmenter.load(self.cfg.weights, self.cfg.backend, self.cfg.threads)
+        self.segmenter, self.default_tta = seg, seg.tta
+        self.batcher = MicroBatcher(seg, self.cfg.max_batch, self.cfg.max_wait_ms, self.cfg.max_queue,
+                                    on_batch=self.metrics.batch_done)
 
     def tta(self, opts: Options) -> bool:
-        return self.default_tta if opts.tta is None else opts.tta
+        return self.default_tta if opts.inference.tta is None else opts.inference.tta
 
     def close(self) -> None:
         if self.batcher is not None:
@@ -275,6 +259,8 @@ async def read_upload(request: Request, limit: int) -> tuple[bytes, str]:
 
 def _decode(data: bytes, label: str, max_pixels: int, preview: int | None = None) -> tuple[np.ndarray, tuple]:
     """The image (at most `preview` pixels a side when given) and the full image's (width, height)."""
+    if data[128:132] == b"DICM":  # some DICOM files are valid TIFFs too: say what they are first
+        raise HTTPError(415, f"{label}: a DICOM file; send it to /v1/segment/dicom")
     try:
         image = decode_image(data, label, max_pixels, draft=preview)
         if preview is None:
@@ -283,7 +269,7 @@ def _decode(data: bytes, label: str, max_pixels: int, preview: int | None = None
     except ImageTooLarge as exc:
         raise HTTPError(413, str(exc)) from None
     except NotAnImage as exc:
-        raise HTTPError(415, f"{exc} (send jpg, png, bmp or tif)") from None
+        raise HTTPError(415, f"{exc} (send jpg, png, bmp or tif; DICOM to /v1/segment/dicom)") from None
     except UserError as exc:
         raise HTTPError(400, str(exc)) from None
 
@@ -357,7 +343,7 @@ def render(service: Service, image: np.ndarray, prob: np.ndarray, opts: Options,
     headers["Server-Timing"] = ", ".join(f"{k[:-3]};dur={v:.1f}" for k, v in timings.items())
     if opts.format == "json":
         payload = {"model": service.model_name(), "image": {"width": size[0], "height": size[1]},
-                   "options": {k: v for k, v in asdict(opts).items() if k not in ("format", "max_side")},
+                   "options": opts.shown(),
                    **describe_mask(mask), "timings_ms": {k: round(v, 2) for k, v in timings.items()}}
         return JSONResponse(payload, headers=headers)
     return Response(body, media_type=FORMATS[opts.format], headers=headers)

@@ -38,11 +38,11 @@ class Result:
 
 
 class MicroBatcher:
-    """`segmenters[tta]` is the Segmenter used for jobs with that TTA setting (they share one backend)."""
+    """Runs jobs through `segmenter.predict_batch`, jobs with and without TTA as separate batches."""
 
-    def __init__(self, segmenters: dict[bool, object], max_batch: int = 16, max_wait_ms: float = 2.0,
-                 max_queue: int = 64, on_batch=None):
-        self.segmenters, self.max_batch, self.max_wait = segmenters, max_batch, max_wait_ms / 1000
+    def __init__(self, segmenter, max_batch: int = 16, max_wait_ms: float = 2.0, max_queue: int = 64,
+                 on_batch=None):
+        self.segmenter, self.max_batch, self.max_wait = segmenter, max_batch, max_wait_ms / 1000
         self.queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
         self.on_batch = on_batch  # callback(n_images) for the metrics
         self._thread = threading.Thread(target=self._run, name="lesionseg-batcher", daemon=True)
@@ -95,7 +95,7 @@ class MicroBatcher:
     def _infer(self, group: list[Job]) -> None:
         start = time.perf_counter()
         try:
-            probs = self.segmenters[group[0].tta].predict_batch([j.image for j in group])
+            probs = self.segmenter.predict_batch([j.image for j in group], tta=group[0].tta)
         except Exception as exc:  # the handler turns it into a 500 with one line; the thread lives on
             for j in group:
                 j.future.set_exception(exc)

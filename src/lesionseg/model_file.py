@@ -1,0 +1,180 @@
+"""The model file: what a lesionseg model is, beyond its weights, in one type.
+
+`ModelFile` holds the architecture (`ModelConfig`), the pre-processing every input needs (`Preprocessing`),
+the card (provenance, figures, and the inference defaults the model asks for) and the weights. It is read
+and written here only: `save_model` / `load_model`, training's model.pt, the bundling script, the ONNX
+export's metadata and both inference backends go through it.
+
+Format versions (`format_version` in the file): 1 is the original layout; 2 adds
+`preprocess.color_constancy`. A file is written with the lowest version that can hold what it records, so
+readers older than a feature still read every file that does not use it, and refuse those that do. Every
+version has a reader in `_READERS`. Importing this module does not import torch (the ONNX path needs it
+without).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from .config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
+from .errors import UserError
+
+FORMAT = "lesionseg-model"
+FORMAT_VERSION = 2
+# The input size assumed for an ONNX file whose metadata does not say (exported by another tool).
+FALLBACK_IMAGE_SIZE = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """What every input goes through before the network: resized to image_size², the colour-constancy step
+    (data/preprocess.py), then normalised with mean/std (of [0, 1] intensities)."""
+
+    image_size: int = FALLBACK_IMAGE_SIZE
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    color_constancy: str = "none"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std)}
+        # only then do version-1 readers, which would skip the step, need refusing
+        if self.color_constancy != "none":
+            out["color_constancy"] = self.color_constancy
+        return out
+
+    @property
+    def format_version(self) -> int:
+        """The lowest file format that records these settings."""
+        return 2 if self.color_constancy != "none" else 1
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "Preprocessing":
+        return cls(
+            image_size=int(values.get("image_size", FALLBACK_IMAGE_SIZE)),
+            mean=tuple(float(v) for v in values.get("mean", IMAGENET_MEAN)),
+            std=tuple(float(v) for v in values.get("std", IMAGENET_STD)),
+            color_constancy=str(values.get("color_constancy", "none")),
+        )
+
+    def transform(self):
+        """The numpy pre-processing (`EvalTransform`) for these settings."""
+        from .data.preprocess import EvalTransform
+
+        return EvalTransform(self.image_size, self.mean, self.std, self.color_constancy)
+
+
+@dataclasses.dataclass
+class ModelFile:
+    architecture: ModelConfig | None  # None for an ONNX file: the graph is the architecture
+    preprocessing: Preprocessing
+    card: dict[str, Any] = dataclasses.field(default_factory=dict)
+    state_dict: dict[str, Any] | None = None  # torch tensors; None for an ONNX file
+    path: Path | None = None
+
+    @property
+    def inference_defaults(self) -> dict[str, Any]:
+        """What the model asks inference to do unless told otherwise: its card's `inference` entry (TTA
+        scales, written when TTA won on the model's carved split)."""
+        return dict(self.card.get("inference") or {})
+
+    # torch model files
+
+    @classmethod
+    def from_model(cls, model, architecture: ModelConfig, preprocessing: Preprocessing,
+                   card: dict[str, Any] | None = None) -> "ModelFile":
+        return cls(architecture, preprocessing, dict(card or {}), dict(model.state_dict()))
+
+    @classmethod
+    def read(cls, path: str | Path) -> "ModelFile":
+        import torch
+
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"{path}: model file not found")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for corrupt / truncated / foreign files
+            raise UserError(f"{path}: not a readable lesionseg model file ({type(exc).__name__})") from None
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise UserError(f"{path}: not a lesionseg model file (use the run's model.pt, not a checkpoint)")
+        version = payload.get("format_version", 1)
+        if version not in _READERS:
+            raise UserError(f"{path}: written by a newer lesionseg (format {version})")
+        try:
+            return _READERS[version](payload, path)
+        except (TypeError, KeyError, ValueError) as exc:
+            raise UserError(f"{path}: model file not understood ({exc})") from None
+
+    def write(self, path: str | Path, half: bool = False) -> None:
+        """Atomically; `half` stores floating-point weights in fp16 (they are read back as fp32)."""
+        import torch
+
+        from .io import atomic_path
+
+        state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
+                 for k, v in (self.state_dict or {}).items()}
+        payload = {
+            "format": FORMAT,
+            "format_version": self.preprocessing.format_version,
+            "model": dataclasses.asdict(self.architecture),
+            "preprocess": self.preprocessing.to_dict(),
+            "card": self.card,
+            "state_dict": state,
+        }
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+
+    def build(self, device="cpu"):
+        """The network with these weights (fp32), in eval mode."""
+        from .models.build import build_model
+
+        model = build_model(self.architecture, pretrained=False)
+        state = {k: v.float() if v.is_floating_point() else v for k, v in self.state_dict.items()}
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "shape mismatch"
+            raise UserError(f"{self.path}: weights do not match the model config ({first})") from None
+        return model.eval().to(device)
+
+    # ONNX metadata: flat string pairs
+
+    def onnx_metadata(self) -> dict[str, str]:
+        p = self.preprocessing
+        return {"image_size": str(p.image_size), "mean": json.dumps(list(p.mean)),
+                "std": json.dumps(list(p.std)), "card": json.dumps(self.card, default=str),
+                "producer": "lesionseg", "color_constancy": p.color_constancy}
+
+    @classmethod
+    def from_onnx_metadata(cls, meta: dict[str, str], path: Path | None = None) -> "ModelFile":
+        values: dict[str, Any] = {"color_constancy": meta.get("color_constancy", "none")}
+        if "image_size" in meta:
+            values["image_size"] = meta["image_size"]
+        for key in ("mean", "std"):
+            if key in meta:
+                values[key] = json.loads(meta[key])
+        return cls(None, Preprocessing.from_dict(values), json.loads(meta.get("card", "{}")), None, path)
+
+
+def _read_v1(payload: dict[str, Any], path: Path) -> ModelFile:
+    preprocess = {k: v for k, v in payload.get("preprocess", {}).items() if k != "color_constancy"}
+    return _read(payload, preprocess, path)
+
+
+def _read_v2(payload: dict[str, Any], path: Path) -> ModelFile:
+    return _read(payload, payload.get("preprocess", {}), path)
+
+
+def _read(payload: dict[str, Any], preprocess: dict[str, Any], path: Path) -> ModelFile:
+    try:
+        architecture = ModelConfig(**payload["model"])
+    except TypeError as exc:
+        raise UserError(f"{path}: model config not understood ({exc})") from None
+    return ModelFile(architecture, Preprocessing.from_dict(preprocess), payload.get("card", {}),
+                     payload["state_dict"], path)
+
+
+_READERS = {1: _read_v1, 2: _read_v2}

@@ -1,0 +1,99 @@
+"""Building networks from their config, and the torch side of model files (`save_model`, `load_model`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig, can_drop_full_resolution_stage
+from ..errors import UserError
+from ..model_file import ModelFile, Preprocessing
+from .bundled import resolve_weights
+from .unet import UNet
+
+
+def build_model(cfg: ModelConfig, pretrained: bool = True) -> nn.Module:
+    """`pretrained=False`: do not read ImageNet encoder weights (a model file will supply every weight)."""
+    if cfg.arch == "unet":
+        return UNet(cfg.in_channels, cfg.out_channels, cfg.base_width, cfg.depth, cfg.upsample,
+                    attention=cfg.attention, deep_supervision=cfg.deep_supervision, encoder=cfg.encoder,
+                    full_resolution_decoder=cfg.full_resolution_decoder,
+                    pretrained=pretrained)
+    raise UserError(f"config key 'model.arch': unknown architecture {cfg.arch!r}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A network ready for inference and the model file it came from (what it needs to be fed correctly)."""
+
+    model: nn.Module
+    file: ModelFile
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.file.architecture
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.file.preprocessing
+
+    @property
+    def image_size(self) -> int:
+        return self.file.preprocessing.image_size
+
+    @property
+    def color_constancy(self) -> str:
+        return self.file.preprocessing.color_constancy
+
+    @property
+    def card(self) -> dict[str, Any]:
+        return self.file.card
+
+    @property
+    def path(self) -> Path | None:
+        return self.file.path
+
+
+def save_model(path: str | Path, model: nn.Module, cfg: ModelConfig, image_size: int,
+               card: dict[str, Any] | None = None, half: bool = False, color_constancy: str = "none") -> None:
+    """Write a self-contained model file atomically. `half` stores weights in fp16 (loaded as fp32).
+    `color_constancy` names the step every input goes through before normalisation (preprocess.py)."""
+    preprocessing = Preprocessing(image_size=image_size, color_constancy=color_constancy)
+    ModelFile.from_model(model, cfg, preprocessing, card).write(path, half=half)
+
+
+def load_model(weights: str | Path | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+    """The bundled `default` model, or the model file (or bundled name) `weights`, in eval mode."""
+    file = ModelFile.read(resolve_weights(weights))
+    return LoadedModel(file.build(device), file)
+
+
+def drop_full_resolution_stage(trained: nn.Module, cfg: ModelConfig) -> tuple[nn.Module, ModelConfig]:
+    """The same trained model without its full-resolution decoder stage: the deep-supervision head of the
+    half-resolution stage, trained alongside, becomes the output head (its logits upsampled ×2), and the
+    remaining auxiliary heads move up one place. No retraining (`trainer.drop_full_resolution_stage` does it
+    to the selected model; docs/accuracy.md measures it)."""
+    if not can_drop_full_resolution_stage(cfg):
+        raise UserError("dropping the full-resolution stage needs an EfficientNet-encoder model with deep "
+                        "supervision that still has that stage")
+    new_cfg = dataclasses.replace(cfg, full_resolution_decoder=False)
+    model = build_model(new_cfg, pretrained=False)
+    last_up, n_aux = f"ups.{cfg.depth - 1}.", cfg.depth - 1  # aux heads run coarse → fine: the last is 1/2
+    state = {}
+    for key, value in trained.state_dict().items():
+        if key.startswith(last_up) or key.startswith("head.") or key.startswith("skip_attention.0."):
+            continue
+        if key.startswith("aux_heads."):
+            index, rest = key.split(".", 2)[1:]
+            key = "head." + rest if int(index) == n_aux - 1 else f"aux_heads.{index}.{rest}"
+        state[key] = value
+    model.load_state_dict(state)
+    return model.eval(), new_cfg
