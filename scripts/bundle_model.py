@@ -86,14 +86,14 @@ def main() -> None:
     carved = carved_split(args.data / "train")
     full = evaluate(Segmenter(TorchBackend(source)), carved).metrics
     with tempfile.TemporaryDirectory() as tmp:
-        half_path = Path(tmp) / "half.pt"
-        source.file.write(half_path, half=True)
-        half = evaluate(Segmenter(TorchBackend(half_path)), carved).metrics
-        use_half = abs(half["mean_jaccard"] - full["mean_jaccard"]) < 5e-4
-        stored = Segmenter(TorchBackend(half_path if use_half else source))
+        fp16_path = Path(tmp) / "half.pt"
+        source.file.write(fp16_path, fp16_weights=True)
+        fp16 = evaluate(Segmenter(TorchBackend(fp16_path)), carved).metrics
+        use_fp16 = abs(fp16["mean_jaccard"] - full["mean_jaccard"]) < 5e-4
+        stored = Segmenter(TorchBackend(fp16_path if use_fp16 else source))
         val = load_labelled(args.data / "val")
         figures = {
-            "carved_split": half if use_half else full,
+            "carved_split": fp16 if use_fp16 else full,
             f"{args.data.name}_val": evaluate(stored, val).metrics,
         }
         inference = {}
@@ -122,7 +122,7 @@ def main() -> None:
         **({"label": args.label} if args.label else {}),
         **reproduction(args.bundle_as, args.data),
         "licence": args.licence,
-        "weights_storage": "fp16" if use_half else "fp32",
+        "weights_storage": "fp16" if use_fp16 else "fp32",
         **({"inference": inference} if inference else {}),
         "figures": {
             **{k: rounded(v) for k, v in figures.items() if k.startswith(f"{args.data.name}_val")},
@@ -136,7 +136,7 @@ def main() -> None:
         },
     }
     target = bundled_model_path(args.bundle_as)
-    dataclasses.replace(source.file, card=card).write(target, half=use_half)
+    dataclasses.replace(source.file, card=card).write(target, fp16_weights=use_fp16)
     print(json.dumps(card["figures"], indent=2))
     print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB)")
     write_model_cards()

@@ -31,13 +31,13 @@ VARIANTS = {
         upsample="transposed",
     ),
     # ... without the full-resolution decoder stage (half-resolution logits upsampled).
-    "lite0_half_res_decoder_cbam_ds": ModelConfig(
+    "lite0_no_full_res_cbam_ds": ModelConfig(
         encoder="efficientnet-lite0",
         base_width=4,
         depth=3,
         attention="cbam",
         deep_supervision=True,
-        full_resolution_decoder=False,
+        full_resolution_stage="none",
     ),
 }
 
@@ -69,7 +69,7 @@ def test_training_outputs_and_gradients_reach_every_parameter(variant):
     cfg, model = variant
     model.train()
     outputs = outputs_of(model(torch.randn(2, cfg.in_channels, 35, 29)))
-    stages = cfg.depth - (0 if cfg.full_resolution_decoder else 1)
+    stages = cfg.depth - (0 if cfg.full_resolution_stage != "none" else 1)
     assert len(outputs) == (stages if cfg.deep_supervision else 1)
     assert all(o.shape == (2, cfg.out_channels, 35, 29) for o in outputs)
     sum(o.square().mean() for o in outputs).backward()
@@ -90,17 +90,17 @@ def test_channels_last_gives_same_output(variant):
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("half", [False, True])
-def test_save_load_round_trip(variant, tmp_path, half):
+@pytest.mark.parametrize("fp16", [False, True])
+def test_save_load_round_trip(variant, tmp_path, fp16):
     cfg, model = variant
     model.eval()
     path = tmp_path / "m.pt"
-    save_model(path, model, cfg, image_size=64, card={"hello": "world"}, half=half)
+    save_model(path, model, cfg, image_size=64, card={"hello": "world"}, fp16_weights=fp16)
     loaded = load_model(path)
     assert loaded.config == cfg and loaded.image_size == 64 and loaded.card == {"hello": "world"}
     x = torch.randn(1, cfg.in_channels, 33, 31)
     with torch.no_grad():
-        tol = dict(rtol=2e-2, atol=2e-2) if half else dict(rtol=0, atol=0)
+        tol = dict(rtol=2e-2, atol=2e-2) if fp16 else dict(rtol=0, atol=0)
         torch.testing.assert_close(loaded.model(x), model(x), **tol)
 
 
@@ -234,8 +234,8 @@ def test_every_bundled_model_is_made_by_its_config(name):
     assert loaded.card["config"] == f"configs/{recipe}.yaml"
     assert f"--config configs/{recipe}.yaml" in loaded.card["command"]
     cfg = load_config(root / loaded.card["config"])
-    shipped = dataclasses.replace(cfg.model, full_resolution_decoder=False) \
-        if cfg.trainer.drop_full_resolution_stage else cfg.model
+    stage = cfg.model.full_resolution_stage
+    shipped = dataclasses.replace(cfg.model, full_resolution_stage="none" if stage == "train_only" else stage)
     assert shipped == loaded.config
     assert cfg.data.image_size == loaded.image_size
     assert bundled_model_path(recipe).is_file()
@@ -263,7 +263,7 @@ def test_dropping_the_full_resolution_stage_keeps_the_half_resolution_head(tmp_p
     save_model(path, build_model(cfg, pretrained=False), cfg, image_size=32)
     loaded = load_model(path)
     model, new_cfg = drop_full_resolution_stage(loaded.model, loaded.config)
-    assert new_cfg.full_resolution_decoder is False and new_cfg.encoder == cfg.encoder
+    assert new_cfg.full_resolution_stage == "none" and new_cfg.encoder == cfg.encoder
     x = torch.randn(2, 3, 32, 32)
     full, half, quarter = heads(loaded.model, x)
     new_main, new_quarter = heads(model, x)
@@ -272,6 +272,6 @@ def test_dropping_the_full_resolution_stage_keeps_the_half_resolution_head(tmp_p
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(x), half, atol=1e-5, rtol=1e-5)
     save_model(tmp_path / "fast.pt", model, new_cfg, image_size=32)
-    assert load_model(tmp_path / "fast.pt").config.full_resolution_decoder is False
+    assert load_model(tmp_path / "fast.pt").config.full_resolution_stage == "none"
     with pytest.raises(UserError, match="needs an EfficientNet-encoder model with deep supervision"):
         drop_full_resolution_stage(model, new_cfg)

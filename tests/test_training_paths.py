@@ -141,7 +141,9 @@ def test_cosine_time_completes_within_the_budget_and_resume_continues_it(tmp_pat
     (["data.on_device=gpu"], "config key 'data.on_device': 'gpu' is not one of"),
     (["augment.color_jitter=1.5"], "config key 'augment.color_jitter': a probability"),
     (["data.device_memory_fraction=0"], "config key 'data.device_memory_fraction'"),
-    (["model.full_resolution_decoder=false"], "'model.full_resolution_decoder': false needs an EfficientNet"),
+    (["model.full_resolution_stage=none"], "'model.full_resolution_stage': none needs an EfficientNet"),
+    (["model.full_resolution_stage=train_only"], "'model.full_resolution_stage': train_only needs"),
+    (["model.full_resolution_stage=half"], "'model.full_resolution_stage': 'half' is not one of"),
     (["data.color_constancy=retinex"], "config key 'data.color_constancy': 'retinex' is not one of"),
 ])
 def test_new_keys_are_validated(override, message):
@@ -239,30 +241,27 @@ def test_trainer_compile_runs_the_compiled_model_and_saves_plain_weights(tmp_pat
     assert not any("_orig_mod" in k or "_compiled" in k for k in ckpt["state_dict"])
 
 
-def test_drop_full_resolution_stage_writes_the_derived_model(tmp_path):
-    """trainer.drop_full_resolution_stage: training keeps the stage, model.pt is the 1/2-head model (that it
-    equals the trained 1/2 head exactly is tests/test_models.py's)."""
+def test_a_stage_trained_only_is_left_out_of_model_pt(tmp_path):
+    """model.full_resolution_stage: train_only: training keeps the stage, model.pt is the 1/2-head model
+    (that it equals the trained 1/2 head exactly is tests/test_models.py's)."""
     data = make_dataset(tmp_path / "data", n=8)
     run = tmp_path / "run"
-    result = invoke(
-        "train",
-        "--data",
-        data,
-        "--out",
-        run,
-        "model.encoder=efficientnet-lite0",
-        "model.base_width=4",
-        "model.depth=3",
-        "model.deep_supervision=true",
-        "data.image_size=32",
-        "data.batch_size=4",
-        "trainer.max_epochs=1",
-        "trainer.drop_full_resolution_stage=true",
-    )
+    result = invoke("train", "--data", data, "--out", run, "model.encoder=efficientnet-lite0",
+                    "model.base_width=4", "model.depth=3", "model.deep_supervision=true",
+                    "data.image_size=32", "data.batch_size=4", "trainer.max_epochs=1",
+                    "model.full_resolution_stage=train_only")
     assert result.exit_code == 0, result.output
     loaded = load_model(run / "model.pt")
-    assert loaded.config.full_resolution_decoder is False and "derivation" in loaded.card
-    assert load_config(run / "config.yaml").model.full_resolution_decoder is True
-    with pytest.raises(UserError, match="trainer.drop_full_resolution_stage"):
-        # plain encoder, no deep supervision
-        load_config(overrides=["trainer.drop_full_resolution_stage=true"])
+    assert loaded.config.full_resolution_stage == "none" and "derivation" in loaded.card
+    assert load_config(run / "config.yaml").model.full_resolution_stage == "train_only"
+
+
+def test_the_keys_of_earlier_versions_still_load():
+    """Run directories and recipes written with the two keys this one replaced keep loading."""
+    base = ["model.encoder=efficientnet-lite0", "model.deep_supervision=true"]
+    def stage(*overrides):
+        return load_config(overrides=list(overrides)).model.full_resolution_stage
+
+    assert stage(*base, "trainer.drop_full_resolution_stage=true") == "train_only"
+    assert stage(*base, "model.full_resolution_decoder=false") == "none"
+    assert stage("model.full_resolution_decoder=true") == "kept"

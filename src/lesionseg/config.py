@@ -39,10 +39,12 @@ class ModelConfig:
     deep_supervision: bool = False  # auxiliary heads on every decoder stage (training only)
     # or "efficientnet-lite0" (ImageNet-pretrained; lite1/lite2 if their weights are installed)
     encoder: str = "plain"
-    # false (EfficientNet encoders only): no decoder stage at full resolution, whose only skip would be
-    # the RGB image; the half-resolution logits are upsampled ×2. A third of the `cpu` model's inference
-    # time goes there.
-    full_resolution_decoder: bool = True
+    # The decoder stage at full resolution, whose only skip is the RGB image (a third of the `cpu` model's
+    # inference time). kept: trained and shipped. train_only (EfficientNet encoders with deep supervision):
+    # trained, and left out of model.pt, where the 1/2-resolution head becomes the output (no measured
+    # accuracy cost, docs/accuracy.md). none (EfficientNet encoders): never built; the 1/2-resolution logits
+    # are upsampled ×2.
+    full_resolution_stage: str = "kept"
 
 
 @dataclass
@@ -121,9 +123,6 @@ class TrainerConfig:
     compile: bool = False  # torch.compile the model for training and validation (saved weights are the same)
     # Start from the weights of a model file or bundled model (fine-tuning); its architecture must be model.*.
     init_from: str | None = None
-    # Write model.pt without the full-resolution decoder stage (training keeps it): the 1/2-resolution deep-
-    # supervision head becomes the output. A third less inference time, no measured accuracy cost.
-    drop_full_resolution_stage: bool = False
     # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
     compile_mode: str = "default"
 
@@ -147,6 +146,7 @@ CHOICES = {
     "model.arch": {"unet"},
     "model.upsample": {"bilinear", "transposed"},
     "model.attention": {"none", "cbam"},
+    "model.full_resolution_stage": {"kept", "train_only", "none"},
     "model.encoder": {"plain", "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"},
     "trainer.precision": {"auto", "bf16", "fp32"},
     "data.on_device": {"auto", "true", "false"},
@@ -213,21 +213,35 @@ def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
 
 def can_drop_full_resolution_stage(m: ModelConfig) -> bool:
     """Whether a model has a 1/2-resolution head to take over from its full-resolution stage."""
-    return m.encoder != "plain" and m.full_resolution_decoder and m.deep_supervision and m.depth >= 2
+    return m.encoder != "plain" and m.full_resolution_stage != "none" and m.deep_supervision and m.depth >= 2
+
+
+# Keys of earlier versions, read as today's: run directories and recipes written before keep loading.
+def _legacy_keys(values: dict[str, Any]) -> dict[str, Any]:
+    if not all(isinstance(values.get(k) or {}, dict) for k in ("model", "trainer")):
+        return values  # _apply refuses a value given for a section
+    model, trainer = dict(values.get("model") or {}), dict(values.get("trainer") or {})
+    if "full_resolution_decoder" in model:
+        model.setdefault("full_resolution_stage", "kept" if model.pop("full_resolution_decoder") else "none")
+    if trainer.pop("drop_full_resolution_stage", False):
+        model["full_resolution_stage"] = "train_only"
+    out = dict(values)
+    for name, section in (("model", model), ("trainer", trainer)):
+        if section or name in values:
+            out[name] = section
+    return out
 
 
 def _validate(cfg: Config) -> None:
     m, d, a = cfg.model, cfg.data, cfg.augment
     if m.base_width < 1 or m.depth < 1 or m.depth > 6:
         raise UserError("config: model.base_width must be ≥ 1 and model.depth in 1..6")
-    if cfg.trainer.drop_full_resolution_stage and not can_drop_full_resolution_stage(m):
-        raise UserError("config key 'trainer.drop_full_resolution_stage': needs an EfficientNet encoder, "
-                        "model.deep_supervision: true and model.full_resolution_decoder: true")
-    if not m.full_resolution_decoder and (m.encoder == "plain" or m.depth < 2):
-        raise UserError(
-            "config key 'model.full_resolution_decoder': false needs an EfficientNet encoder and "
-            "model.depth ≥ 2 (the plain encoder's full-resolution features feed everything below)"
-        )
+    if m.full_resolution_stage == "train_only" and not can_drop_full_resolution_stage(m):
+        raise UserError("config key 'model.full_resolution_stage': train_only needs an EfficientNet encoder, "
+                        "model.deep_supervision: true and model.depth ≥ 2")
+    if m.full_resolution_stage == "none" and (m.encoder == "plain" or m.depth < 2):
+        raise UserError("config key 'model.full_resolution_stage': none needs an EfficientNet encoder and "
+                        "model.depth ≥ 2 (the plain encoder's full-resolution features feed all below)")
     if d.image_size < 2**m.depth or d.image_size % (2**m.depth):
         raise UserError(f"config key 'data.image_size': must be a multiple of 2**model.depth = {2**m.depth}")
     if not 0.0 < d.val_fraction < 1.0:
@@ -293,9 +307,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
             raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(values, dict):
             raise UserError(f"{path}: a config file must be a mapping of sections")
-        _apply(cfg, values)
+        _apply(cfg, _legacy_keys(values))
     if overrides:
-        _apply(cfg, overrides if isinstance(overrides, dict) else parse_overrides(list(overrides)))
+        given = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides))
+        _apply(cfg, _legacy_keys(given))
     _validate(cfg)
     return cfg
 

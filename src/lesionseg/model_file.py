@@ -108,18 +108,18 @@ class ModelFile:
         except (TypeError, KeyError, ValueError) as exc:
             raise UserError(f"{path}: model file not understood ({exc})") from None
 
-    def write(self, path: str | Path, half: bool = False) -> None:
-        """Atomically; `half` stores floating-point weights in fp16 (they are read back as fp32)."""
+    def write(self, path: str | Path, fp16_weights: bool = False) -> None:
+        """Atomically; `fp16_weights` stores floating-point weights in fp16 (they are read back as fp32)."""
         import torch
 
         from .io import atomic_path
 
-        state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
+        state = {k: (v.half() if fp16_weights and v.is_floating_point() else v).detach().cpu().contiguous()
                  for k, v in (self.state_dict or {}).items()}
         payload = {
             "format": FORMAT,
             "format_version": self.preprocessing.format_version,
-            "model": dataclasses.asdict(self.architecture),
+            "model": _architecture_on_disk(self.architecture),
             "preprocess": self.preprocessing.to_dict(),
             "card": self.card,
             "state_dict": state,
@@ -168,9 +168,21 @@ def _read_v2(payload: dict[str, Any], path: Path) -> ModelFile:
     return _read(payload, payload.get("preprocess", {}), path)
 
 
+def _architecture_on_disk(architecture: ModelConfig) -> dict[str, Any]:
+    """The `model` section in the vocabulary every version reads: the built network, so a stage trained
+    only (`train_only`) is never in a file, and `full_resolution_decoder` says whether the stage is there."""
+    values = dataclasses.asdict(architecture)
+    stage = values.pop("full_resolution_stage")
+    if stage == "train_only":
+        raise ValueError("a model file holds the shipped network: drop the full-resolution stage first")
+    return {**values, "full_resolution_decoder": stage == "kept"}
+
+
 def _read(payload: dict[str, Any], preprocess: dict[str, Any], path: Path) -> ModelFile:
+    values = dict(payload["model"])
+    values["full_resolution_stage"] = "kept" if values.pop("full_resolution_decoder", True) else "none"
     try:
-        architecture = ModelConfig(**payload["model"])
+        architecture = ModelConfig(**values)
     except TypeError as exc:
         raise UserError(f"{path}: model config not understood ({exc})") from None
     return ModelFile(architecture, Preprocessing.from_dict(preprocess), payload.get("card", {}),

@@ -21,7 +21,7 @@ def build_model(cfg: ModelConfig, pretrained: bool = True) -> nn.Module:
     if cfg.arch == "unet":
         return UNet(cfg.in_channels, cfg.out_channels, cfg.base_width, cfg.depth, cfg.upsample,
                     attention=cfg.attention, deep_supervision=cfg.deep_supervision, encoder=cfg.encoder,
-                    full_resolution_decoder=cfg.full_resolution_decoder,
+                    full_resolution_decoder=cfg.full_resolution_stage != "none",
                     pretrained=pretrained)
     raise UserError(f"config key 'model.arch': unknown architecture {cfg.arch!r}")
 
@@ -63,11 +63,12 @@ class LoadedModel:
 
 
 def save_model(path: str | Path, model: nn.Module, cfg: ModelConfig, image_size: int,
-               card: dict[str, Any] | None = None, half: bool = False, color_constancy: str = "none") -> None:
-    """Write a self-contained model file atomically. `half` stores weights in fp16 (loaded as fp32).
+               card: dict[str, Any] | None = None, fp16_weights: bool = False,
+               color_constancy: str = "none") -> None:
+    """Write a self-contained model file atomically. `fp16_weights` stores them in fp16 (read as fp32).
     `color_constancy` names the step every input goes through before normalisation (preprocess.py)."""
     preprocessing = Preprocessing(image_size=image_size, color_constancy=color_constancy)
-    ModelFile.from_model(model, cfg, preprocessing, card).write(path, half=half)
+    ModelFile.from_model(model, cfg, preprocessing, card).write(path, fp16_weights=fp16_weights)
 
 
 def load_model(weights: str | Path | None = None, device: str | torch.device = "cpu") -> LoadedModel:
@@ -79,12 +80,12 @@ def load_model(weights: str | Path | None = None, device: str | torch.device = "
 def drop_full_resolution_stage(trained: nn.Module, cfg: ModelConfig) -> tuple[nn.Module, ModelConfig]:
     """The same trained model without its full-resolution decoder stage: the deep-supervision head of the
     half-resolution stage, trained alongside, becomes the output head (its logits upsampled ×2), and the
-    remaining auxiliary heads move up one place. No retraining (`trainer.drop_full_resolution_stage` does it
-    to the selected model; docs/accuracy.md measures it)."""
+    remaining auxiliary heads move up one place. No retraining (`model.full_resolution_stage: train_only`
+    does it to the selected model; docs/accuracy.md measures it)."""
     if not can_drop_full_resolution_stage(cfg):
         raise UserError("dropping the full-resolution stage needs an EfficientNet-encoder model with deep "
                         "supervision that still has that stage")
-    new_cfg = dataclasses.replace(cfg, full_resolution_decoder=False)
+    new_cfg = dataclasses.replace(cfg, full_resolution_stage="none")
     model = build_model(new_cfg, pretrained=False)
     last_up, n_aux = f"ups.{cfg.depth - 1}.", cfg.depth - 1  # aux heads run coarse → fine: the last is 1/2
     state = {}

@@ -21,8 +21,9 @@ from .. import __version__
 from ..config import Config, diff_configs, dump_config, load_config
 from ..errors import UserError
 from ..io import write_text
-from ..models import count_parameters, drop_full_resolution_stage, save_model
-from .module import SegmentationModule
+from ..model_file import ModelFile, Preprocessing
+from ..models import count_parameters, drop_full_resolution_stage
+from .module import SegmentationModule, fit_to_initial_model
 
 METRIC = "val_mean_jaccard"
 CSV_FIELDS = ["epoch", "train_loss", "val_loss", "val_mean_jaccard", "val_dice", "lr", "train_img_per_s",
@@ -136,17 +137,15 @@ class RunRecorder(Checkpoint):
             "hardware": self.hardware,
         }
         model_cfg = self.cfg.model
-        if self.cfg.trainer.drop_full_resolution_stage:
+        if model_cfg.full_resolution_stage == "train_only":
             model, model_cfg = drop_full_resolution_stage(model, model_cfg)
             card["parameters"] = count_parameters(model)
-            card["derivation"] = (
-                "full-resolution decoder stage dropped after training "
-                "(trainer.drop_full_resolution_stage); the 1/2-resolution head is the output; "
-                "selection_value and metrics.csv score the model with the stage"
-            )
+            card["derivation"] = ("full-resolution decoder stage dropped after training "
+                                  "(model.full_resolution_stage: train_only); the 1/2-resolution head is the "
+                                  "output; selection_value and metrics.csv score the model with the stage")
         # channels_last weights are saved contiguous; the file does not depend on memory format.
-        save_model(self.run_dir / "model.pt", model, model_cfg, self.cfg.data.image_size, card,
-                   color_constancy=self.cfg.data.color_constancy)
+        preprocessing = Preprocessing(self.cfg.data.image_size, color_constancy=self.cfg.data.color_constancy)
+        ModelFile.from_model(model, model_cfg, preprocessing, card).write(self.run_dir / "model.pt")
 
 
 def device_name(device: torch.device) -> str:
@@ -210,6 +209,8 @@ def train(
         )
     if isinstance(devices, str) and devices.isdigit():
         devices = int(devices)
+    if cfg.trainer.init_from is not None:
+        cfg = fit_to_initial_model(cfg)
     try:
         return _train(data, out, cfg, val_data, devices, strategy, num_nodes, progress, command)
     except FloatingPointError as exc:

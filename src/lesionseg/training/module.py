@@ -16,23 +16,44 @@ from ..models import build_model
 from .schedule import TimeCosine
 
 
-def load_initial_weights(model: torch.nn.Module, cfg: Config) -> None:
-    """`trainer.init_from`: copy a model file's (or bundled model's) weights into `model`; the architecture
-    must
-    match, or a UserError names the keys that differ."""
+def _yaml_value(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def fit_to_initial_model(cfg: Config) -> Config:
+    """`trainer.init_from` (fine-tuning): the run trains the architecture of the model it starts from. A
+    recipe whose full-resolution stage is `train_only`, started from a model shipped without that stage,
+    trains without it (there are no weights to start it from). Any other difference is refused, naming each
+    key and the value to use."""
     import dataclasses
 
+    from ..errors import UserError
+    from ..model_file import ModelFile
+    from ..models.bundled import resolve_weights
+
+    name = cfg.trainer.init_from
+    theirs = dataclasses.asdict(ModelFile.read(resolve_weights(name)).architecture)
+    model = cfg.model
+    if model.full_resolution_stage == "train_only" and theirs["full_resolution_stage"] == "none":
+        model = dataclasses.replace(model, full_resolution_stage="none")
+    ours = dataclasses.asdict(model)
+    # deep-supervision heads may be absent in the source (they are dropped at inference)
+    differ = [k for k in ours if k != "deep_supervision" and theirs.get(k) != ours[k]]
+    if differ:
+        wanted = " ".join(f"model.{k}={_yaml_value(theirs[k])}" for k in differ)
+        here = ", ".join(f"model.{k} is {_yaml_value(ours[k])} here" for k in differ)
+        raise UserError(f"trainer.init_from {name}: that model has another architecture ({here}); "
+                        f"to fine-tune it, set {wanted}")
+    return dataclasses.replace(cfg, model=model)
+
+
+def load_initial_weights(model: torch.nn.Module, cfg: Config) -> None:
+    """`trainer.init_from`: copy a model file's (or bundled model's) weights into `model`, whose architecture
+    `fit_to_initial_model` made the source's."""
     from ..errors import UserError
     from ..models import load_model
 
     source = load_model(cfg.trainer.init_from)
-    theirs, ours = dataclasses.asdict(source.config), dataclasses.asdict(cfg.model)
-    differ = [f"model.{k} ({theirs[k]!r} there, {ours[k]!r} here)" for k in ours if theirs.get(k) != ours[k]
-              and k not in ("deep_supervision",)]
-    if differ:
-        raise UserError(
-            f"trainer.init_from {cfg.trainer.init_from}: another architecture: {', '.join(differ)}"
-        )
     # Deep-supervision heads may be absent in the source (they are dropped at inference): strict otherwise.
     missing, unexpected = model.load_state_dict(source.model.state_dict(), strict=False)
     misfits = [k for k in missing + unexpected if not k.startswith("aux_heads.")]
