@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -27,20 +25,10 @@ from lesionseg.data.batch_augment import BatchAugment
 from lesionseg.data.datamodule import resident_tensors
 from lesionseg.data.dataset import SegmentationDataset
 from lesionseg.data.transforms import train_transform
+from lesionseg.machine import describe_machine
 from lesionseg.pairs import discover
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_flags() -> list[str]:
-    wanted = {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile"}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return sorted(wanted & set(line.split(":", 1)[1].split()))
-    except OSError:
-        pass
-    return []
 
 
 def main() -> None:
@@ -80,9 +68,8 @@ def main() -> None:
         torch.cuda.synchronize()
     batched = done / (time.perf_counter() - start)
 
-    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-               "threads": torch.get_num_threads(), "cpu_flags": cpu_flags(), "torch": torch.__version__,
-               "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"}
+    device = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    machine = {**describe_machine(), "device": device}
     result = {
         "machine": machine,
         "config": str(args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config),

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,9 +24,7 @@ from pathlib import Path
 
 import lesionseg
 from lesionseg.io import read_image
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from augment_throughput import cpu_flags  # noqa: E402
+from lesionseg.machine import describe_machine
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_DATA = {"cpu": "isic2017", "default": "isic2017", "polyp": "kvasir_seg"}
@@ -118,11 +114,7 @@ def main() -> None:
                                 for name, w in (("ort_fp32", str(fp32)), ("ort_int8", str(int8)))}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    machine = {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "cpu_flags": cpu_flags(),
-    }
+    machine = describe_machine()
     peers = peer_latency_ms()
     print(json.dumps({"peers_model_only_ms": peers}), flush=True)
     args.out.write_text(

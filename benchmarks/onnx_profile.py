@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -24,10 +23,9 @@ import onnx
 import onnxruntime as ort
 
 from lesionseg.export import export_int8, export_onnx
+from lesionseg.machine import describe_machine
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from augment_throughput import cpu_flags  # noqa: E402
 
 RUNS = 50
 
@@ -91,7 +89,8 @@ def main() -> None:
                     f"{weights} {kind}: {row['network_ms']} ms/run ({args.threads} thread): {top}", flush=True
                 )
     args.out.write_text(
-        json.dumps({"machine": {"cpu_flags": cpu_flags()}, "runs_per_model": RUNS, "rows": rows}, indent=2)
+        json.dumps({"machine": describe_machine(with_torch=False), "runs_per_model": RUNS, "rows": rows},
+                   indent=2)
         + "\n"
     )
 

@@ -14,16 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from lesionseg.machine import describe_machine
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from augment_throughput import cpu_flags  # noqa: E402
 
 
 def full_size_samples(folder: Path, n: int) -> Path:
@@ -79,11 +78,7 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
     best = max(rows, key=lambda r: r["img_per_s"])
     result = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "cpu_flags": cpu_flags(),
-        },
+        "machine": describe_machine(),
         "images": source,
         "n_images": n,
         "weights": args.weights,

@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import socket
 import subprocess
 import sys
@@ -26,6 +24,8 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+
+from lesionseg.machine import describe_machine
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "src" / "lesionseg" / "assets" / "samples"
@@ -211,8 +211,7 @@ def main() -> None:
                         }
                     )
                     print(json.dumps(rows[-1]), flush=True)
-    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-               "python": platform.python_version()}
+    machine = describe_machine(with_torch=False)
     result = {"machine": machine, "image": "ISIC 2017 samples, 256x256 JPEG", "rows": rows, "memory": memory}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

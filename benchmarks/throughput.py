@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,20 +23,17 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from lesionseg.config import ModelConfig  # noqa: E402
-from lesionseg.losses import DiceBCELoss  # noqa: E402
-from lesionseg.models import build_model, count_parameters  # noqa: E402
+from lesionseg.config import ModelConfig
+from lesionseg.losses import DiceBCELoss
+from lesionseg.machine import describe_machine, native_bf16
+from lesionseg.model_file import ModelFile
+from lesionseg.models import build_model, count_parameters
+from lesionseg.models.bundled import bundled_model_path
 
 SIZE, BATCH = 256, 8
-SHIPPED = {  # bundled models' architectures (deep supervision heads are cheap and off at inference)
-    "lesionseg_default_lite0_b16": ModelConfig(encoder="efficientnet-lite0", base_width=16, depth=5),
-    "lesionseg_cpu_lite0_b8": ModelConfig(encoder="efficientnet-lite0", base_width=8, depth=5),
-}
-
-
-def native_bf16() -> bool:
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+# The bundled models' architectures, read from their files (deep-supervision heads are off at inference)
+SHIPPED = {f"lesionseg_{name}": ModelFile.read(bundled_model_path(name)).architecture
+           for name in ("default", "cpu")}
 
 
 def timed(fn, steps: int, warmup: int = 1) -> float:
@@ -179,8 +174,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     bf16_ok = native_bf16() or args.all
-    machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-               "cores": os.cpu_count(), "torch": torch.__version__, "native_bf16": native_bf16()}
+    machine = describe_machine()
     peak = peaks(args.steps)
     print(f"machine: {machine}\npeaks (GFLOP/s): { {k: round(v, 1) for k, v in peak.items()} }", flush=True)
     bases = [16] if args.quick else [16, 64]

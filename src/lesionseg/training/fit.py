@@ -21,6 +21,7 @@ from .. import __version__
 from ..config import Config, diff_configs, dump_config, load_config
 from ..errors import UserError
 from ..io import write_text
+from ..machine import native_bf16
 from ..model_file import ModelFile, Preprocessing
 from ..models import count_parameters, drop_full_resolution_stage
 from .module import SegmentationModule, fit_to_initial_model
@@ -42,7 +43,7 @@ def resolve_precision(choice: str, accelerator: str) -> str:
     if on_gpu:
         native = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     else:
-        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        native = native_bf16()
     if choice == "bf16" or native:
         return "bf16-mixed"
     return "32-true"
