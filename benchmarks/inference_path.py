@@ -29,8 +29,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "src"))
     from lesionseg.export import export_onnx
     from lesionseg.inference import Segmenter
-    from lesionseg.io import read_image
-    from lesionseg.pairs import list_images
+    from lesionseg.io import list_images, read_image
 
     files = list_images([args.images])
     images = [read_image(f) for f in files] * 4  # 16 images

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from conftest import synthetic_case
 from lesionseg.cli import app
-from lesionseg.dicom import frames_from_dataset, read_frames
 from lesionseg.errors import UserError
 from lesionseg.io import read_mask
+from lesionseg.io.dicom import frames_from_dataset, read_frames
 
 VL_PHOTOGRAPHIC = "1.2.840.10008.5.1.4.1.1.77.1.4"
 runner = CliRunner()

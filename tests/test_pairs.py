@@ -4,7 +4,8 @@ from PIL import Image
 
 from conftest import make_dataset
 from lesionseg.errors import UserError, ValidationError
-from lesionseg.pairs import discover, list_images, validate
+from lesionseg.io import list_images
+from lesionseg.pairs import discover, validate
 
 
 def test_pairs_by_id_not_by_order(tmp_path):

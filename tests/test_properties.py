@@ -113,7 +113,7 @@ def test_fuzzed_files_never_crash_the_readers(tmp_path_factory, kind, data):
     path.write_bytes(bytes(raw[:cut]))
     try:
         if kind == "DICOM":
-            from lesionseg.dicom import read_frames
+            from lesionseg.io.dicom import read_frames
 
             frames = read_frames(path)[1]
             assert all(f.dtype == np.uint8 and f.ndim == 3 for f in frames)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from lesionseg.errors import UserError
 from lesionseg.io import ImageTooLarge, decode_image, read_image
-from lesionseg.readers import stretch
+from lesionseg.io.second_readers import stretch
 
 RNG = np.random.default_rng(3)
 RGB12 = RNG.integers(0, 4096, (20, 30, 3)).astype(np.uint16)  # 12-bit data in 16-bit samples

@@ -385,8 +385,7 @@ def export(
     path = export_onnx(weights, out, opset=opset)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, opset {opset}, dynamic batch/height/width)")
     if check or check_images:
-        from .io import read_image
-        from .pairs import list_images
+        from .io import list_images, read_image
 
         images = [read_image(p) for p in list_images([check_images])[:8]] if check_images else None
         result = compare_backends(path, weights, images)

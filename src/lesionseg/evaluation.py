@@ -9,6 +9,7 @@ from pathlib import Path
 from .config import DataConfig
 from .errors import UserError
 from .inference import Segmenter
+from .inference.pipeline import Segmented, run_pipeline
 from .io import write_csv, write_text
 from .metrics import aggregate, confusion, image_scores
 from .pairs import Pair, discover, load_pair, split_pairs, validate
@@ -53,23 +54,27 @@ def carved_split(train_dir: str | Path, fraction: float = DataConfig.val_fractio
     return LabelledSet(subset, validate(subset, keep=True))
 
 
-def evaluate(segmenter: Segmenter, data: LabelledSet | str | Path) -> EvaluationResult:
+def evaluate(segmenter: Segmenter, data: LabelledSet | str | Path, workers: int = 2) -> EvaluationResult:
+    """Every pair through `predict`'s pipeline; each mask scored against its truth at the original size."""
     labelled = data if isinstance(data, LabelledSet) else load_labelled(data)
-    pairs, cache, mask_threshold = labelled.pairs, labelled.cache, labelled.mask_threshold
+
+    def read(i: int):
+        pair = labelled.pairs[i]
+        image, truth = labelled.cache[i] if labelled.cache is not None else \
+            load_pair(pair, labelled.mask_threshold)
+        return [(pair.id, image)], truth
+
+    def score(i: int, truth, frames: list[Segmented]):
+        return confusion(frames[0].mask, truth), truth.mean()
+
     counts, rows = [], []
-    batch = segmenter.batch_size
-    for start in range(0, len(pairs), batch):
-        chunk = pairs[start:start + batch]
-        loaded = (
-            cache[start : start + batch]
-            if cache is not None
-            else [load_pair(p, mask_threshold) for p in chunk]
-        )
-        masks = segmenter.predict_masks([image for image, _ in loaded])
-        for pair, (_, truth), pred in zip(chunk, loaded, masks):
-            c = confusion(pred, truth)
-            counts.append(c)
-            rows.append({"id": pair.id, **image_scores(c), "foreground_fraction": truth.mean()})
+    for outcome in run_pipeline(range(len(labelled.pairs)), read, segmenter, score, workers):
+        if outcome.error is not None:  # validated before: only a file changed since can fail here
+            raise outcome.error
+        c, fraction = outcome.result
+        counts.append(c)
+        pair_id = labelled.pairs[outcome.key].id
+        rows.append({"id": pair_id, **image_scores(c), "foreground_fraction": fraction})
     rows.sort(key=lambda r: r["jaccard"])
     return EvaluationResult(aggregate(counts), rows)
 

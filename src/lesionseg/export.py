@@ -71,8 +71,7 @@ def export_int8(weights: str | Path | None, out: str | Path, calibration: str | 
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from .io import read_image
-    from .pairs import list_images
+    from .io import list_images, read_image
 
     if n_images < 1:
         raise UserError(f"--calibration-images must be ≥ 1, got {n_images}")

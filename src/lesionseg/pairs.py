@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -119,35 +118,6 @@ def validate(pairs: list[Pair], mask_threshold: int | None = None, keep: bool = 
             flush=True,
         )
     return kept
-
-
-def list_images(inputs: Iterable[str | Path]) -> list[Path]:
-    """Expand files and folders (not recursive) into image files, in the order given."""
-    out: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found = _image_files(p) + sorted(q for q in p.iterdir() if q.suffix.lower() == ".dcm")
-            if not found:
-                raise UserError(
-                    f"{p}: no images in this folder (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})"
-                )
-            out.extend(found)
-        elif p.exists():
-            out.append(p)
-        else:
-            raise UserError(f"{p}: no such file or folder")
-    return out
-
-
-def check_unique_ids(files: list[Path]) -> list[Path]:
-    """`files`, refused with a UserError if two share an id (file stem): their outputs would collide."""
-    ids: dict[str, Path] = {}
-    for f in files:
-        if f.stem in ids:
-            raise UserError(f"{f}: same id '{f.stem}' as {ids[f.stem]}; outputs would collide")
-        ids[f.stem] = f
-    return files
 
 
 def split_pairs(pairs: list[Pair], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:

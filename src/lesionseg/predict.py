@@ -1,10 +1,10 @@
 """Segment files and folders: masks + overlays (+ report, + manifest) in an output folder.
 
-A pipeline: a small pool of threads reads and decodes inputs (at most `2 × workers` ahead, so memory stays
-bounded on folders of huge photos) while the model runs batches in the calling thread, and the same pool
-writes the results; the input order is kept. `--shard K/N` takes a deterministic part of the inputs (by a
-hash of each id, so the parts do not depend on listing order and never overlap), `--skip-existing` resumes
-a folder half done, and `--manifest` records id → mask, status and foreground fraction for every input.
+Three parts: the input policy (`select_inputs`), the read → segment → write pipeline
+(`inference.pipeline`, shared with evaluate and pseudo-label), and the `Manifest`. `--shard K/N` takes a
+deterministic part of the inputs (by a hash of each id, so the parts do not depend on listing order and
+never overlap), `--skip-existing` resumes a folder half done, and `--manifest` records id → mask, status
+and foreground fraction for every input.
 """
 
 from __future__ import annotations
@@ -12,20 +12,14 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
-import sys
-import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
-from .dicom import is_dicom, read_frames, write_seg
 from .errors import UserError
 from .inference import Segmenter
-from .io import FAST_PNG, read_image, write_csv, write_mask, write_png
-from .pairs import check_unique_ids, list_images
+from .inference.pipeline import Progress, Segmented, run_pipeline
+from .io import FAST_PNG, Input, check_unique_ids, list_images, read_input, write_csv, write_mask, write_png
 from .viz import overlay
 
 RESULT_SUFFIXES = ("_mask.png", "_overlay.png", "_seg.dcm")
@@ -64,49 +58,105 @@ def shard_of(image_id: str, n: int) -> int:
     return int(hashlib.sha1(image_id.encode("utf-8")).hexdigest()[:12], 16) % n + 1
 
 
-def _items(path: Path) -> tuple[list[tuple[str, np.ndarray]], object]:
-    """(id, RGB image) for every frame of one input, and the DICOM dataset when it is one."""
-    if is_dicom(path):
-        ds, frames = read_frames(path)
-        if len(frames) == 1:
-            return [(path.stem, frames[0])], ds
-        return [(f"{path.stem}_frame{k:03d}", f) for k, f in enumerate(frames)], ds
-    return [(path.stem, read_image(path))], None
+@dataclass
+class Selection:
+    """The input policy's answer: what to segment, what is already done, and the shard taken."""
+
+    files: list[Path]
+    skipped: list[Path]
+    part: tuple[int, int] | None
 
 
-class Progress:
-    """A rich progress bar (count, rate, ETA) on a terminal; elsewhere silence, then one summary line."""
+def select_inputs(inputs, out: Path, shard: str | None, skip_existing: bool, overwrite: bool) -> Selection:
+    """Listing, `--shard K/N`, `--skip-existing`; results already in `out` are refused without --overwrite."""
+    files = check_unique_ids(list_images(inputs))
+    part = parse_shard(shard)
+    if part is not None:
+        files = [f for f in files if shard_of(f.stem, part[1]) == part[0]]
+    done_ids = {_result_id(n) for n in (p.name for p in out.iterdir())} if out.is_dir() else set()
+    skipped = [f for f in files if f.stem in done_ids and (out / output_names(f.stem)[0]).exists()] \
+        if skip_existing else []
+    files = [f for f in files if f not in set(skipped)]
+    if not overwrite and not skip_existing:
+        taken = sorted(f.stem for f in files if f.stem in done_ids)
+        if taken:
+            more = " and more" if len(taken) > 1 else ""
+            raise UserError(f"{out}: already holds results ({taken[0]}{more}); "
+                            "pass --overwrite to replace them or --skip-existing to resume")
+    return Selection(files, skipped, part)
 
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.done, self.start = total, 0, time.perf_counter()
-        self.bar = None
-        if enabled and total:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-            from rich.progress import Progress as Bar
 
-            self.bar = Bar(TextColumn("segmenting"), BarColumn(), MofNCompleteColumn(),
-                           TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                           TimeRemainingColumn(), transient=False, console=Console(stderr=True))
-            self.task = self.bar.add_task("predict", total=total, rate="")
-            self.bar.start()
+def _writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{out}: cannot create output folder ({exc.strerror})") from None
+    if not os.access(out, os.W_OK):
+        raise UserError(f"{out}: output folder is not writable")
 
-    def advance(self) -> None:
-        self.done += 1
-        if self.bar is not None:
-            rate = self.done / max(time.perf_counter() - self.start, 1e-9)
-            self.bar.update(self.task, advance=1, rate=f"{rate:.1f} files/s")
 
-    def close(self) -> float:
-        if self.bar is not None:
-            self.bar.stop()
-        return time.perf_counter() - self.start
+class Manifest:
+    """One record per input: id → mask, status (ok, failed, skipped), foreground fraction, size, error."""
+
+    def __init__(self):
+        self.records: list[dict] = []
+
+    def add(self, image_id: str, source, status: str, mask: str = "", fraction: str = "", width="", height="",
+            error: str = "") -> None:
+        self.records.append({"id": image_id, "source": str(source), "mask": mask, "status": status,
+                             "foreground_fraction": fraction, "width": width, "height": height,
+                             "error": error})
+
+    def failed_sources(self) -> set[str]:
+        return {r["source"] for r in self.records if r["status"] == "failed"}
+
+    def write(self, path: str | Path) -> None:
+        write_manifest(path, self.records)
+
+
+@dataclass
+class Written:
+    """What the write step did for one input: a row per frame, and the companion's outcome."""
+
+    rows: list[dict]
+    companion: str | None = None  # the companion file written, if any
+    error: str | None = None  # why the companion could not be written
+
+
+def _write_results(out: Path, overlays: bool, label: str, source: Path, companion,
+                   frames: list[Segmented]) -> Written:
+    rows = []
+    for frame in frames:
+        mask_name, overlay_name = output_names(frame.id)
+        write_mask(out / mask_name, frame.mask)
+        if overlays:
+            write_png(out / overlay_name, overlay(frame.image, pred=frame.mask), FAST_PNG)
+        h, w = frame.image.shape[:2]
+        rows.append({"id": frame.id, "source": str(source), "size": f"{w}x{h}", "overlay": overlay_name,
+                     "foreground_fraction": float(frame.mask.mean()), "mask": mask_name, "width": w,
+                     "height": h})
+    if companion is None:
+        return Written(rows)
+    name = companion.name(source.stem)
+    try:
+        companion.write(out / name, [f.mask for f in frames], label)
+    except UserError as exc:
+        return Written(rows, error=str(exc))
+    return Written(rows, companion=f"{name} ({companion.description})")
+
+
+def _read_all_or_stop(files: list[Path], on_failure) -> dict[Path, Input]:
+    """--strict: every input read before anything is written; any failure stops the run."""
+    loaded, bad = {}, 0
+    for f in files:
+        try:
+            loaded[f] = read_input(f)
+        except UserError as exc:
+            on_failure(str(exc))
+            bad += 1
+    if bad:
+        raise UserError(f"{bad} of {len(files)} inputs unreadable; nothing written (--strict)")
+    return loaded
 
 
 def run_predict(inputs, out: str | Path, segmenter_factory: Callable[[], Segmenter], overwrite: bool = False,
@@ -117,211 +167,78 @@ def run_predict(inputs, out: str | Path, segmenter_factory: Callable[[], Segment
     """Returns the failure lines (one per input that could not be processed). `overlays=False` writes masks
     only (on full-size photos the overlay PNG costs more than the network).
 
-    DICOM inputs also get `<id>_seg.dcm`, a DICOM SEG referencing the source; multi-frame objects get one
-    mask and overlay per frame (`<id>_frameNNN_mask.png`).
+    An input whose format has its own result (a DICOM's DICOM SEG, `io.registry`) gets it beside the masks;
+    multi-frame inputs get one mask and overlay per frame (`<id>_frameNNN_mask.png`).
     """
     out = Path(out)
     if workers < 1:
         raise UserError(f"--workers must be ≥ 1, got {workers}")
     if report and not overlays:
         raise UserError("--report shows the overlays: drop --no-overlays or --report")
-    files = check_unique_ids(list_images(inputs))
-    part = parse_shard(shard)
-    if part is not None:
-        files = [f for f in files if shard_of(f.stem, part[1]) == part[0]]
-    done_ids = {_result_id(n) for n in (p.name for p in out.iterdir())} if out.is_dir() else set()
-    skipped = [f for f in files if f.stem in done_ids and (out / output_names(f.stem)[0]).exists()] \
-        if skip_existing else []
-    done = set(skipped)
-    files = [f for f in files if f not in done]
-    if not overwrite and not skip_existing:
-        taken = sorted(f.stem for f in files if f.stem in done_ids)
-        if taken:
-            raise UserError(
-                f"{out}: already holds results ({taken[0]}{' and more' if len(taken) > 1 else ''}); "
-                "pass --overwrite to replace them or --skip-existing to resume"
-            )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"{out}: cannot create output folder ({exc.strerror})") from None
-    if not os.access(out, os.W_OK):
-        raise UserError(f"{out}: output folder is not writable")
+    chosen = select_inputs(inputs, out, shard, skip_existing, overwrite)
+    _writable(out)
     segmenter = segmenter_factory()  # after the cheap checks: a model load costs seconds
+    files, failures, records, rows = chosen.files, [], Manifest(), []
+    for f in chosen.skipped:
+        records.add(f.stem, f, "skipped", mask=output_names(f.stem)[0])
+    preread = _read_all_or_stop(files, on_failure) if strict else None
+    bar = Progress(len(files), progress)
 
-    failures: list[str] = []
-    records: list[dict] = [
-        {
-            "id": f.stem,
-            "source": str(f),
-            "mask": output_names(f.stem)[0],
-            "status": "skipped",
-            "foreground_fraction": "",
-            "width": "",
-            "height": "",
-            "error": "",
-        }
-        for f in skipped
-    ]
-    rows: list[dict] = []
+    def read(f: Path):
+        item = preread[f] if preread is not None else read_input(f)
+        return item.frames, item.companion
 
-    def fail(f: Path, message: str) -> None:
-        failures.append(message)
-        on_failure(message)
-        records.append(
-            {
-                "id": f.stem,
-                "source": str(f),
-                "mask": "",
-                "status": "failed",
-                "foreground_fraction": "",
-                "width": "",
-                "height": "",
-                "error": message,
-            }
-        )
+    def write(f: Path, companion, frames: list[Segmented]) -> Written:
+        return _write_results(out, overlays, segmenter.label, f, companion, frames)
 
-    def load(f: Path):
-        try:
-            return _items(f)
-        except UserError as exc:
-            return exc
-
-    bar = Progress(len(files), sys.stderr.isatty() if progress is None else progress)
-    with ThreadPoolExecutor(workers, thread_name_prefix="lesionseg-io") as pool:
-        if strict:  # everything is read first: any failure stops before a file is written
-            loaded = [load(f) for f in files]
-            bad = [(f, r) for f, r in zip(files, loaded) if isinstance(r, UserError)]
-            for _, exc in bad:
-                on_failure(str(exc))
-            if bad:
-                bar.close()
-                raise UserError(f"{len(bad)} of {len(files)} inputs unreadable; nothing written (--strict)")
-            reads = iter(loaded)
-        else:
-            reads = _prefetch(pool, load, files, ahead=2 * workers)
-        writes: deque[Future] = deque()
-
-        def write(f, items, ds, masks):
-            file_rows = []
-            for (image_id, image), mask in zip(items, masks):
-                mask_name, overlay_name = output_names(image_id)
-                write_mask(out / mask_name, mask)
-                if overlays:
-                    write_png(out / overlay_name, overlay(image, pred=mask), FAST_PNG)
-                file_rows.append(
-                    {
-                        "id": image_id,
-                        "source": str(f),
-                        "size": f"{image.shape[1]}x{image.shape[0]}",
-                        "foreground_fraction": float(mask.mean()),
-                        "overlay": overlay_name,
-                        "mask": mask_name,
-                        "width": image.shape[1],
-                        "height": image.shape[0],
-                    }
-                )
-            seg_error = None
-            if ds is not None:
-                try:
-                    write_seg(out / f"{f.stem}_seg.dcm", ds, masks, segmenter.label)
-                except UserError as exc:
-                    seg_error = str(exc)
-            return f, file_rows, ds is not None and seg_error is None, seg_error
-
-        def collect(block: bool) -> None:
-            while writes and (block or writes[0].done()):
-                f, file_rows, seg_written, seg_error = writes.popleft().result()
-                rows.extend(file_rows)
-                for r in file_rows:
-                    records.append(
-                        {
-                            "id": r["id"],
-                            "source": r["source"],
-                            "mask": r["mask"],
-                            "status": "ok",
-                            "foreground_fraction": f"{r['foreground_fraction']:.6f}",
-                            "width": r["width"],
-                            "height": r["height"],
-                            "error": "",
-                        }
-                    )
-                    if verbose:
-                        print(f"{f} -> {out / r['mask']} ({r['size']}, {segmenter.label} "
-                              f"{r['foreground_fraction']:.1%})")
-                if seg_error:
-                    failures.append(seg_error)
-                    on_failure(seg_error)
-                elif seg_written and verbose:
-                    print(f"{f} -> {out / (f.stem + '_seg.dcm')} (DICOM SEG)")
-                bar.advance()
-
-        pending: list[tuple[Path, list, object]] = []
-
-        def flush() -> None:
-            images = [im for _, items, _ in pending for _, im in items]
-            masks = iter(segmenter.predict_masks(images)) if images else iter(())
-            for f, items, ds in pending:
-                writes.append(pool.submit(write, f, items, ds, [next(masks) for _ in items]))
-            pending.clear()
-            collect(block=len(writes) > 2 * workers)  # bounded: do not run ahead of the writers
-
-        for f, got in zip(files, reads):
-            if isinstance(got, UserError):
-                fail(f, str(got))
-                bar.advance()
-                continue
-            pending.append((f, *got))
-            if sum(len(items) for _, items, _ in pending) >= segmenter.batch_size:
-                flush()
-        flush()
-        collect(block=True)
-    seconds = bar.close()
+    try:
+        for outcome in run_pipeline(files, read, segmenter, write, workers):
+            f = outcome.key
+            if outcome.error is not None:
+                failures.append(str(outcome.error))
+                on_failure(str(outcome.error))
+                records.add(f.stem, f, "failed", error=str(outcome.error))
+            else:
+                _record(outcome.result, f, out, records, rows, failures, on_failure,
+                        segmenter.label if verbose else None)
+            bar.advance()
+    finally:
+        seconds = bar.close()
     if manifest is not None:
-        write_manifest(manifest, records)
+        records.write(manifest)
     if report and rows:
-        from .report import write_predict_report
-
-        write_predict_report(
-            out / "report.html",
-            rows,
-            segmenter.label,
-            {
-                "model": segmenter.weights_path,
-                "backend": segmenter.backend.name,
-                "test-time augmentation": f"scales {list(segmenter.tta_scales)} x flips"
-                if segmenter.tta
-                else "off",
-                "post-processing": segmenter.post.describe(),
-                "inputs": ", ".join(str(i) for i in inputs),
-            },
-        )
+        _report(out, rows, segmenter, inputs)
     if failures:
         on_failure(f"{len(failures)} of {len(files)} inputs failed; {len(rows)} written to {out}")
-    shard_text = f" (shard {part[0]}/{part[1]})" if part else ""
-    print(
-        f"segmented {len(files) - len({r['source'] for r in records if r['status'] == 'failed'})} of "
-        f"{len(files)} inputs{shard_text} into {out} in {seconds:.1f} s "
-        f"({len(rows) / max(seconds, 1e-9):.1f} images/s)"
-        + (f"; {len(skipped)} already done" if skipped else "")
-    )
+    shard_text = f" (shard {chosen.part[0]}/{chosen.part[1]})" if chosen.part else ""
+    print(f"segmented {len(files) - len(records.failed_sources())} of {len(files)} inputs{shard_text} into "
+          f"{out} in {seconds:.1f} s ({len(rows) / max(seconds, 1e-9):.1f} images/s)"
+          + (f"; {len(chosen.skipped)} already done" if chosen.skipped else ""))
     return failures
 
 
-def _prefetch(pool: ThreadPoolExecutor, fn, items: list, ahead: int):
-    """fn(item) for every item, computed by the pool at most `ahead` items in advance, yielded in order."""
-    queue: deque[Future] = deque()
-    it = iter(items)
-    for item in it:
-        queue.append(pool.submit(fn, item))
-        if len(queue) >= ahead:
-            break
-    while queue:
-        result = queue.popleft().result()
-        nxt = next(it, None)
-        if nxt is not None:
-            queue.append(pool.submit(fn, nxt))
-        yield result
+def _record(written: Written, f: Path, out: Path, records: Manifest, rows: list, failures: list, on_failure,
+            verbose_label: str | None) -> None:
+    rows.extend(written.rows)
+    for r in written.rows:
+        records.add(r["id"], r["source"], "ok", mask=r["mask"], fraction=f"{r['foreground_fraction']:.6f}",
+                    width=r["width"], height=r["height"])
+        if verbose_label is not None:
+            print(f"{f} -> {out / r['mask']} ({r['size']}, {verbose_label} {r['foreground_fraction']:.1%})")
+    if written.error:
+        failures.append(written.error)
+        on_failure(written.error)
+    elif written.companion and verbose_label is not None:
+        print(f"{f} -> {out / written.companion}")
+
+
+def _report(out: Path, rows: list[dict], segmenter: Segmenter, inputs) -> None:
+    from .report import write_predict_report
+
+    write_predict_report(out / "report.html", rows, segmenter.label, {
+        "model": segmenter.weights_path, "backend": segmenter.backend.name,
+        "test-time augmentation": segmenter.describe_tta(),
+        "post-processing": segmenter.post.describe(), "inputs": ", ".join(str(i) for i in inputs)})
 
 
 def write_manifest(path: str | Path, records: list[dict]) -> None:

@@ -23,8 +23,9 @@ import numpy as np
 
 from .errors import UserError
 from .inference import Segmenter
-from .io import read_image, write_csv, write_mask
-from .pairs import MASK_SUFFIX, check_unique_ids, list_images
+from .inference.pipeline import Segmented, run_pipeline
+from .io import check_unique_ids, list_images, read_image, write_csv, write_mask
+from .pairs import MASK_SUFFIX
 
 CSV_FIELDS = ["id", "source", "confidence", "foreground_fraction", "kept"]
 LOW, HIGH = 0.3, 0.7
@@ -78,25 +79,27 @@ def pseudo_label(segmenter: Segmenter, data: str | Path, out: str | Path, min_co
     (staging / "masks").mkdir()
     rows, failed = [], 0
     report = on_failure or (lambda line: print(line, file=sys.stderr))
+
+    def read(path: Path):
+        return [(path.stem, read_image(path))], None
+
+    def keep(path: Path, _, frames: list[Segmented]) -> dict:
+        frame = frames[0]
+        score = confidence(frame.prob)
+        kept = score >= min_confidence and bool(frame.mask.any())
+        if kept:
+            shutil.copyfile(path, staging / "images" / path.name)
+            write_mask(staging / "masks" / f"{path.stem}{MASK_SUFFIX}.png", frame.mask)
+        return {"id": path.stem, "source": str(path), "confidence": f"{score:.4f}",
+                "foreground_fraction": f"{frame.mask.mean():.4f}", "kept": int(kept)}
+
     try:
-        for start in range(0, len(files), segmenter.batch_size):
-            chunk, images = [], []
-            for path in files[start:start + segmenter.batch_size]:
-                try:
-                    images.append(read_image(path))
-                    chunk.append(path)
-                except UserError as exc:
-                    report(str(exc))
-                    failed += 1
-            for path, image, prob in zip(chunk, images, segmenter.predict_batch(images)):
-                score = confidence(prob)
-                mask = segmenter.to_mask(prob, image)
-                kept = score >= min_confidence and bool(mask.any())
-                if kept:
-                    shutil.copyfile(path, staging / "images" / path.name)
-                    write_mask(staging / "masks" / f"{path.stem}{MASK_SUFFIX}.png", mask)
-                rows.append({"id": path.stem, "source": str(path), "confidence": f"{score:.4f}",
-                             "foreground_fraction": f"{mask.mean():.4f}", "kept": int(kept)})
+        for outcome in run_pipeline(files, read, segmenter, keep):
+            if outcome.error is not None:
+                report(str(outcome.error))
+                failed += 1
+            else:
+                rows.append(outcome.result)
         write_csv(staging / "pseudo_labels.csv", CSV_FIELDS, rows)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -367,7 +367,7 @@ async def segment(request: Request, service: Service) -> Response:
 
 @endpoint("/v1/segment/dicom", auth=True)
 async def segment_dicom(request: Request, service: Service) -> Response:
-    from ..dicom import build_seg, frames_from_dataset, parse_dataset
+    from ..io.dicom import build_seg, frames_from_dataset, parse_dataset
 
     started = time.perf_counter()
     opts = parse_options(request)

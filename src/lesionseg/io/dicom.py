@@ -11,23 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .errors import UserError
-from .io import atomic_path
+from .. import __version__
+from ..errors import UserError
+from .atomic import atomic_path
 
 SUPPORTED_PHOTOMETRIC = {"MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422"}
-
-
-def is_dicom(path: str | Path) -> bool:
-    path = Path(path)
-    if path.suffix.lower() in (".dcm", ".dicom"):
-        return True
-    try:
-        with path.open("rb") as f:
-            head = f.read(132)
-        return len(head) == 132 and head[128:132] == b"DICM"
-    except OSError:
-        return False
 
 
 def read_dataset(path: str | Path):
@@ -96,6 +84,21 @@ def frames_from_dataset(ds, path: str | Path = "") -> list[np.ndarray]:
 def read_frames(path: str | Path) -> tuple[object, list[np.ndarray]]:
     ds = read_dataset(path)
     return ds, frames_from_dataset(ds, path)
+
+
+class DicomSeg:
+    """The DICOM SEG written beside the masks of a DICOM input (`registry.Input.companion`)."""
+
+    description = "DICOM SEG"
+
+    def __init__(self, source):
+        self.source = source
+
+    def name(self, input_id: str) -> str:
+        return f"{input_id}_seg.dcm"
+
+    def write(self, path: Path, masks: list[np.ndarray], label: str) -> None:
+        write_seg(path, self.source, masks, label)
 
 
 def write_seg(path: str | Path, source, masks: list[np.ndarray], segment_label: str = "lesion") -> None:

@@ -1,30 +1,22 @@
-"""Reading images and masks of any common format into one representation, and writing atomically.
-
-Images become RGB uint8 HxWx3 at their original size; masks become bool HxW. Every reader failure is a
-UserError naming the file and the problem.
-"""
+"""Photos (jpg, png, bmp, tif) as RGB uint8 HxWx3 at their original size: Pillow first, the second readers
+(`second_readers`: tifffile, OpenCV) for what Pillow narrows or cannot open. Every failure is a UserError
+naming the file and the problem."""
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import UserError
+from ..errors import UserError
+from . import second_readers as readers
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 # A 40-megapixel photo is ~120 MB as RGB; beyond this limit refuse rather than risk memory exhaustion.
 MAX_PIXELS = 200_000_000
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 class ImageTooLarge(UserError):
@@ -46,14 +38,12 @@ def _check_file(path: Path) -> Path:
     return path
 
 
-def _open(path: Path) -> Image.Image:
+def open_image(path: Path) -> Image.Image:
     return _decode(_check_file(path), path)
 
 
 def _read_rgb(source, label, max_pixels: int = MAX_PIXELS, draft: int | None = None) -> np.ndarray:
-    """Pillow first; TIFFs and 16-bit colour PNGs that Pillow narrows or cannot read go to readers.py."""
-    from . import readers
-
+    """Pillow first; TIFFs and 16-bit colour PNGs that Pillow narrows or cannot read go to second_readers."""
     try:
         img = _decode(source, label, max_pixels, draft)
     except ImageTooLarge:
@@ -68,8 +58,6 @@ def _read_rgb(source, label, max_pixels: int = MAX_PIXELS, draft: int | None = N
 
 
 def _second_reader(source, label, max_pixels: int, first: UserError | None) -> np.ndarray:
-    from . import readers
-
     tries = [readers.read_tiff, readers.read_opencv] if readers.is_tiff(source) else [readers.read_opencv]
     reasons = []
     for read in tries:
@@ -91,6 +79,9 @@ def _second_reader(source, label, max_pixels: int, first: UserError | None) -> n
 
 def _decode(source, label, max_pixels: int = MAX_PIXELS, draft: int | None = None) -> Image.Image:
     """Open and fully decode `source` (a path or a file object); errors name `label`."""
+    # Pillow's own decompression-bomb guard (a process-wide setting) is raised to lesionseg's largest cap,
+    # set here on first use rather than at import; each call checks its own `max_pixels` below.
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, MAX_PIXELS)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -110,7 +101,7 @@ def _decode(source, label, max_pixels: int = MAX_PIXELS, draft: int | None = Non
     return img
 
 
-def _to_float_gray_or_rgb(img: Image.Image) -> np.ndarray:
+def pixel_array(img: Image.Image) -> np.ndarray:
     """Pixel data as a numpy array without losing depth (16-bit, 32-bit int, float)."""
     if img.mode.startswith("I;16"):
         return np.asarray(img, dtype=np.uint16)
@@ -151,9 +142,7 @@ def _to_rgb(img: Image.Image, label) -> np.ndarray:
     except Exception:  # a broken EXIF block should not make a valid picture unreadable
         pass
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        from .readers import stretch
-
-        gray = stretch(_to_float_gray_or_rgb(img))
+        gray = readers.stretch(pixel_array(img))
         rgb = np.repeat(gray[..., None], 3, axis=2)
     elif img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         # Composite on white: a transparent background reads as skin-free background, not black.
@@ -167,112 +156,3 @@ def _to_rgb(img: Image.Image, label) -> np.ndarray:
     return np.ascontiguousarray(rgb, dtype=np.uint8)
 
 
-# JPEG masks as datasets ship them (Kvasir-SEG...): compression leaves grey levels, but nearly every pixel
-# stays within this distance of 0 or 255. Such masks are binarised at the middle without being asked.
-JPEG_MASK_NOISE = 48
-JPEG_MASK_THRESHOLD = 127
-
-
-def read_mask(path: str | Path, threshold: int | None = None, on_auto=None) -> np.ndarray:
-    """A binary mask as bool (H, W).
-
-    Accepted as-is: two levels {0, v} (0/255, 0/1, 0/65535) or a single level. A JPEG whose grey levels are
-    compression noise around 0 and 255 (≥ 99.5 % of pixels within JPEG_MASK_NOISE of either) is binarised
-    at 127, and `on_auto(path)` is called so that the caller can say so. Other masks with more levels (soft
-    masks) are refused unless `threshold` is given, then foreground is `value > threshold`.
-    """
-    path = Path(path)
-    img = _open(path)
-    if img.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LA", "PA"):
-        arr = np.asarray(img.convert("RGB"))
-        if not (np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2])):
-            if threshold is None:
-                raise UserError(f"{path}: mask has colour (channels differ); expected a grayscale 0/255 mask")
-            arr = np.asarray(img.convert("L"))
-        else:
-            arr = arr[..., 0]
-    else:
-        arr = _to_float_gray_or_rgb(img)
-        if arr.ndim == 3:
-            arr = arr[..., 0]
-    if threshold is not None:
-        return arr > threshold
-    levels = np.unique(arr)
-    if len(levels) > 2 and img.format == "JPEG" and arr.dtype == np.uint8:
-        near = (arr <= JPEG_MASK_NOISE) | (arr >= 255 - JPEG_MASK_NOISE)
-        if near.mean() >= 0.995:
-            if on_auto is not None:
-                on_auto(path)
-            return arr > JPEG_MASK_THRESHOLD
-    if len(levels) > 2 or (len(levels) == 2 and levels[0] != 0):
-        shown = ", ".join(str(v) for v in levels[:6]) + (", ..." if len(levels) > 6 else "")
-        raise UserError(
-            f"{path}: mask has {len(levels)} levels ({shown}); expected 0/255 or 0/1 "
-            "(pass --mask-threshold T to binarise)"
-        )
-    return arr > 0
-
-
-@contextlib.contextmanager
-def atomic_path(final: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `final`; rename it into place only if the block succeeds."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; results should read like any written file
-    try:
-        yield tmp_path
-        os.replace(tmp_path, final)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-
-
-# zlib level for pictures meant to be looked at (overlays): level 1 encodes a 1.4 MP RGB overlay ~4x
-# faster than Pillow's default 6 for ~20 % more bytes; at full-size photos the default made PNG encoding
-# the slowest step of `predict`, slower than the network. Masks keep the default (small files, byte-stable).
-FAST_PNG = 1
-
-
-def encode_png(array: np.ndarray, compress_level: int = 6) -> bytes:
-    """uint8 gray or RGB (or uint16 gray) as PNG bytes: what every PNG we write or serve holds."""
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG", compress_level=compress_level)
-    return buf.getvalue()
-
-
-def mask_to_uint8(mask: np.ndarray) -> np.ndarray:
-    """Masks are written 0/255 (the ISIC scorer binarises at > 128)."""
-    return np.where(mask, 255, 0).astype(np.uint8)
-
-
-def write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def write_png(path: str | Path, array: np.ndarray, compress_level: int = 6) -> None:
-    """Write uint8 gray or RGB as PNG, atomically."""
-    write_bytes(path, encode_png(array, compress_level))
-
-
-def write_mask(path: str | Path, mask: np.ndarray) -> None:
-    write_png(path, mask_to_uint8(mask))
-
-
-def write_csv(path: str | Path, fieldnames: list[str], rows: list[dict]) -> None:
-    """A CSV with a header row, written atomically like every other result file."""
-    import csv
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fieldnames)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buf.getvalue())
-
-
-def write_text(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
