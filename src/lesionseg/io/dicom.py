@@ -14,6 +14,7 @@ import numpy as np
 from .. import __version__
 from ..errors import UserError
 from .atomic import atomic_path
+from .photo import NotAnImage
 
 SUPPORTED_PHOTOMETRIC = {"MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422"}
 
@@ -32,7 +33,7 @@ def parse_dataset(source, label):
     try:
         ds = pydicom.dcmread(source)
     except Exception as exc:  # pydicom raises InvalidDicomError, EOFError, ValueError, ...
-        raise UserError(f"{label}: not a readable DICOM file ({type(exc).__name__})") from None
+        raise NotAnImage(f"{label}: not a readable DICOM file ({type(exc).__name__})") from None
     if "PixelData" not in ds:
         raise UserError(
             f"{label}: DICOM file has no pixel data (a {getattr(ds, 'Modality', 'non-image')} object?)"
@@ -90,6 +91,7 @@ class DicomSeg:
     """The DICOM SEG written beside the masks of a DICOM input (`registry.Input.companion`)."""
 
     description = "DICOM SEG"
+    media_type = "application/dicom"
 
     def __init__(self, source):
         self.source = source
@@ -99,6 +101,14 @@ class DicomSeg:
 
     def write(self, path: Path, masks: list[np.ndarray], label: str) -> None:
         write_seg(path, self.source, masks, label)
+
+    def encode(self, masks: list[np.ndarray], where: str, label: str) -> bytes:
+        """The SEG as bytes (the service's answer); errors name `where`."""
+        import io
+
+        buf = io.BytesIO()
+        build_seg(self.source, masks, where, label).save_as(buf)
+        return buf.getvalue()
 
 
 def write_seg(path: str | Path, source, masks: list[np.ndarray], segment_label: str = "lesion") -> None:

@@ -22,10 +22,13 @@ class Companion(Protocol):
     """A result in the input's own format, written from the frames' masks."""
 
     description: str
+    media_type: str
 
     def name(self, input_id: str) -> str: ...
 
     def write(self, path: Path, masks: list[np.ndarray], label: str) -> None: ...
+
+    def encode(self, masks: list[np.ndarray], where: str, label: str) -> bytes: ...
 
 
 @dataclass
@@ -51,6 +54,10 @@ class Reader:
     def read(self, path: Path) -> Input:
         raise NotImplementedError
 
+    def read_bytes(self, data: bytes, label: str) -> Input:
+        """The same from bytes in memory (an upload); errors name `label`."""
+        raise NotImplementedError
+
 
 class PhotoReader(Reader):
     """jpg, png, bmp, tif: Pillow, with tifffile and OpenCV behind it (io.photo)."""
@@ -72,9 +79,23 @@ class DicomReader(Reader):
         return super().claims(path, head) or head[128:132] == b"DICM"
 
     def read(self, path: Path) -> Input:
-        from .dicom import DicomSeg, read_frames
+        from .dicom import read_frames
 
         ds, frames = read_frames(path)
+        return self._input(path, ds, frames)
+
+    def read_bytes(self, data: bytes, label: str) -> Input:
+        import io
+
+        from .dicom import frames_from_dataset, parse_dataset
+
+        ds = parse_dataset(io.BytesIO(data), label)
+        return self._input(Path(label), ds, frames_from_dataset(ds, label))
+
+    @staticmethod
+    def _input(path: Path, ds, frames: list[np.ndarray]) -> Input:
+        from .dicom import DicomSeg
+
         if len(frames) == 1:
             return Input(path, [(path.stem, frames[0])], DicomSeg(ds))
         return Input(path, [(f"{path.stem}_frame{k:03d}", f) for k, f in enumerate(frames)], DicomSeg(ds))
@@ -83,6 +104,10 @@ class DicomReader(Reader):
 # Tried in order; the photo reader takes whatever no other reader claims (and says when it is no image).
 READERS: list[Reader] = [DicomReader(), PhotoReader()]
 FALLBACK = READERS[-1]
+
+
+def reader_by_name(name: str) -> Reader:
+    return next(r for r in READERS if r.name == name)
 
 
 def input_suffixes() -> set[str]:

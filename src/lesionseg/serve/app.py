@@ -367,7 +367,9 @@ async def segment(request: Request, service: Service) -> Response:
 
 @endpoint("/v1/segment/dicom", auth=True)
 async def segment_dicom(request: Request, service: Service) -> Response:
-    from ..io.dicom import build_seg, frames_from_dataset, parse_dataset
+    """The input's own format back: through the reader registry, answered with the reader's companion
+    result (a DICOM SEG)."""
+    from ..io import NotAnImage, reader_by_name
 
     started = time.perf_counter()
     opts = parse_options(request)
@@ -377,30 +379,28 @@ async def segment_dicom(request: Request, service: Service) -> Response:
 
     def read():
         try:
-            ds = parse_dataset(io.BytesIO(data), label)
-            return ds, frames_from_dataset(ds, label)
+            return reader_by_name("dicom").read_bytes(data, label)
+        except NotAnImage as exc:
+            raise HTTPError(415, str(exc)) from None
         except UserError as exc:
-            raise HTTPError(415 if "not a readable DICOM" in str(exc) else 400, str(exc)) from None
+            raise HTTPError(400, str(exc)) from None
 
-    ds, frames = await run_in_threadpool(read)
+    item = await run_in_threadpool(read)
+    frames = [image for _, image in item.frames]
     if sum(f.shape[0] * f.shape[1] for f in frames) > service.cfg.max_pixels:
-        raise HTTPError(
-            413, f"{label}: {len(frames)} frames over the limit of {service.cfg.max_pixels:,} pixels"
-        )
+        raise HTTPError(413, f"{label}: {len(frames)} frames over the limit of {service.cfg.max_pixels:,} "
+                        "pixels")
     results = [await _segment(service, frame, service.tta(opts), started) for frame in frames]
 
     def build() -> bytes:
         masks = [postprocess.apply(r.prob, opts.post(), f) for r, f in zip(results, frames)]
         try:
-            seg = build_seg(ds, masks, label, service.segmenter.label)
+            return item.companion.encode(masks, label, service.segmenter.label)
         except UserError as exc:
             raise HTTPError(400, str(exc)) from None
-        buf = io.BytesIO()
-        seg.save_as(buf)
-        return buf.getvalue()
 
     body = await run_in_threadpool(build)
-    return Response(body, media_type="application/dicom",
+    return Response(body, media_type=item.companion.media_type,
                     headers={"X-Lesionseg-Model": header_value(service.model_name())})
 
 
