@@ -51,10 +51,10 @@ def main() -> None:
             *args.overrides,
         ]
         subprocess.run(cmd, check=True)
-    sys.path.insert(0, str(ROOT / "src"))
-    from lesionseg.viz import _pyplot, _save, read_metrics_csv
+    from lesionseg.run_dir import RunDir
+    from lesionseg.viz import _pyplot, _save
 
-    rows = read_metrics_csv(args.run / "metrics.csv")
+    rows = RunDir(args.run).metrics()
     result = {"run": str(args.run), "epochs": len(rows),
               "minutes_to": {f"{t:.2f}": minutes_to(rows, t) for t in TARGETS},
               "best_val_mean_jaccard": max(float(r["val_mean_jaccard"]) for r in rows),

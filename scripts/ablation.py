@@ -11,10 +11,12 @@ validation set is not used to choose).
 from __future__ import annotations
 
 import argparse
-import csv
 import subprocess
 import sys
 from pathlib import Path
+
+from lesionseg.run_dir import RunDir
+from scoring import score
 
 ROOT = Path(__file__).resolve().parents[1]
 # Every option is spelled out against the plain baseline, so the ablation stays the same whatever
@@ -36,7 +38,8 @@ OPTIONS = {
 
 def train(name: str, overrides: list[str], epochs: int, data: Path, out_root: Path) -> Path:
     run = out_root / name
-    if (run / "model.pt").exists() and len((run / "metrics.csv").read_text().splitlines()) > epochs:
+    done = RunDir(run)
+    if done.model_path.exists() and done.metrics_path.is_file() and len(done.metrics()) >= epochs:
         return run
     cmd = [sys.executable, "-m", "lesionseg.cli", "train", "--data", str(data / "train"), "--config",
            str(ROOT / "configs" / "cpu_fast.yaml"), "--out", str(run), f"trainer.max_epochs={epochs}", *PLAIN,
@@ -47,12 +50,10 @@ def train(name: str, overrides: list[str], epochs: int, data: Path, out_root: Pa
 
 
 def measure(run: Path, data: Path) -> dict:
-    from lesionseg.evaluation import carved_split, evaluate
-    from lesionseg.inference import Segmenter
     from lesionseg.models import count_parameters, load_model
 
-    metrics = evaluate(Segmenter.load(run / "model.pt"), carved_split(data / "train")).metrics
-    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    metrics = score(run / "model.pt", data, splits=("carved",), run=run)["carved"]
+    rows = RunDir(run).metrics()
     return {"params": count_parameters(load_model(run / "model.pt").model),
             "img_s": sum(float(r["train_img_per_s"]) for r in rows) / len(rows), "epochs": len(rows),
             "minutes": float(rows[-1]["elapsed_min"]), **metrics}

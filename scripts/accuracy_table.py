@@ -16,48 +16,30 @@ model (paired), averaged over every row.
 from __future__ import annotations
 
 import argparse
-import csv
-import hashlib
-import json
 import sys
 from pathlib import Path
 
+from scoring import score
+
 ROOT = Path(__file__).resolve().parents[1]
-TTA_SCALES = [1.0]
 
 
-def file_key(path: Path) -> str:
-    return hashlib.sha1(path.read_bytes()).hexdigest()[:12]
-
-
-def measure(model: Path, data: Path, cache: Path) -> dict:
-    from lesionseg.evaluation import carved_split, evaluate, load_labelled
-    from lesionseg.inference import Segmenter
-
-    key = file_key(model)
-    if cache.is_file():
-        stored = json.loads(cache.read_text())
-        if stored.get("key") == key:
-            return stored
-    carved, val = carved_split(data / "train"), load_labelled(data / "val")
-    out = {"key": key}
+def measure(model: Path, data: Path, cache: Path, run: Path | None = None) -> dict:
+    """Carved split and val, one view and flip TTA (scoring.score, cached in `cache`)."""
+    out = {}
     for name, tta in (("plain", False), ("flip_tta", True)):
-        seg = Segmenter.load(model, tta=tta, tta_scales=TTA_SCALES)
-        for split, labelled in (("carved", carved), ("val", val)):
-            m = evaluate(seg, labelled).metrics
-            out[f"{split}_{name}"] = {
-                k: round(m[k], 4) for k in ("mean_jaccard", "thresholded_jaccard", "mean_dice")
-            }
-            print(f"{model}: {split} {name} mean J {m['mean_jaccard']:.4f}", file=sys.stderr, flush=True)
-    cache.write_text(json.dumps(out, indent=2) + "\n")
+        for split, m in score(model, data, cache, tta=tta, run=run).items():
+            out[f"{split}_{name}"] = {k: round(m[k], 4) for k in ("mean_jaccard", "thresholded_jaccard",
+                                                                   "mean_dice")}
     return out
 
 
 def ema_columns(run: Path) -> dict:
-    path = run / "metrics.csv"
-    if not path.is_file():
+    from lesionseg.run_dir import RunDir
+
+    if not RunDir(run).metrics_path.is_file():
         return {}
-    rows = [r for r in csv.DictReader(path.open()) if r.get("val_mean_jaccard_raw")]
+    rows = [r for r in RunDir(run).metrics() if r.get("val_mean_jaccard_raw") is not None]
     if not rows:
         return {}
     best = max(rows, key=lambda r: float(r["val_mean_jaccard"]))
@@ -82,12 +64,12 @@ def describe(card: dict) -> str:
 
 def recipe_and_seed(run: Path, card: dict) -> tuple[str, int] | None:
     """The run's config without its training seed, plus its data (equal = one recipe), and that seed."""
-    from lesionseg.config import dump_config, load_config
+    from lesionseg.config import dump_config
+    from lesionseg.run_dir import RunDir
 
-    path = run / "config.yaml"
-    if not path.is_file():
+    if not RunDir(run).is_run():
         return None
-    cfg = load_config(path)
+    cfg = RunDir(run).config()
     seed, cfg.trainer.seed = cfg.trainer.seed, 0
     return dump_config(cfg) + describe(card), seed
 
@@ -157,7 +139,7 @@ def main() -> None:
             continue
         cache = run / "accuracy.json" if run else ROOT / "runs" / f"accuracy_{name}.json"
         cache.parent.mkdir(parents=True, exist_ok=True)
-        m = measure(model, args.data, cache)
+        m = measure(model, args.data, cache, run)
         measured.append(m)
         card = load_model(model).card
         ema = ema_columns(run) if run else {}

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-# scripts/ is on sys.path when a script in it runs
-from accuracy_table import TTA_SCALES, file_key
-from lesionseg.evaluation import carved_split, load_labelled
 from lesionseg.inference import Segmenter
 from lesionseg.inference.backends import open_backend
 from lesionseg.metrics import aggregate, confusion
+
+# scripts/ is on sys.path when a script in it runs
+from scoring import FLIP_TTA_SCALES, file_key, labelled_splits
 
 SPLITS = ("carved", "val")
 
@@ -65,14 +65,14 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("runs/ensemble_study"))
     args = parser.parse_args()
     models = dict(spec.split("=", 1) for spec in args.models)
-    labelled = {"carved": carved_split(args.data / "train"), "val": load_labelled(args.data / "val")}
+    labelled = labelled_splits(args.data)
     images = {s: [im for im, _ in labelled[s].cache] for s in SPLITS}
     truths = {s: [m for _, m in labelled[s].cache] for s in SPLITS}
     mode = "flip" if args.tta else "plain"
 
     probs = {}
     for name, weights in models.items():
-        segmenter = Segmenter.load(weights, tta=args.tta, tta_scales=TTA_SCALES)
+        segmenter = Segmenter.load(weights, tta=args.tta, tta_scales=FLIP_TTA_SCALES)
         key = file_key(segmenter.weights_path)  # a retrained model under the same name is not read from cache
         for s in SPLITS:
             probs[name, s] = probabilities(segmenter, images[s], args.cache / f"{name}_{key}_{s}_{mode}.npy")

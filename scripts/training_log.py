@@ -2,9 +2,9 @@
 
     .venv/bin/python scripts/training_log.py [RUN ...]     # default: the runs listed in RUNS below
 
-For each run: its recipe (config.yaml of `lesionseg train`, or summary.json of the earlier GPU loop's runs),
-params, epochs, minutes, median train img/s, and figures on the seeded 10 % split carved from ISIC 2017
-train (`lesionseg evaluate`'s path, cached in RUN/eval_carved.json); official-val figures are shown only
+For each run: its recipe (config.yaml of `lesionseg train`), params, epochs, minutes, median train img/s,
+and figures on the split the run carved from ISIC 2017 train (`lesionseg evaluate`'s path, cached in
+RUN/scores.json by scripts/scoring.py); official-val figures are shown only
 where RUN/eval_val/metrics.json exists (written by `lesionseg evaluate --out RUN/eval_val` for the final
 candidates). The table replaces what lies between the markers in docs/training.md; the prose around it
 is kept. `--curves RUN=NAME` plots a run's curves to docs/NAME_training_curves.png.
@@ -13,43 +13,26 @@ is kept. `--curves RUN=NAME` plots a run's curves to docs/NAME_training_curves.p
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 from pathlib import Path
 
-import yaml
-
-from lesionseg.evaluation import carved_split, evaluate
-from lesionseg.inference import Segmenter
 from lesionseg.io import write_text
 from lesionseg.models import count_parameters, load_model
+from lesionseg.run_dir import RunDir
+from scoring import score
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "training.md"
 BEGIN, END = "<!-- runs:begin -->", "<!-- runs:end -->"
 RUNS = ["runs/bundled", "runs/ablation/baseline", "runs/ablation/cbam", "runs/ablation/deep_supervision",
-        "runs/ablation/transposed", "runs/ablation/elastic", "runs/lite0_160", "runs/gpu/lite0_b16",
-        "runs/gpu/plain_b64"]
+        "runs/ablation/transposed", "runs/ablation/elastic", "runs/lite0_160"]
 CHECKED = ("mean_jaccard", "mean_dice", "thresholded_jaccard")
 
 
 def recipe(run: Path) -> tuple[str, str, dict]:
     """(where it ran, a one-line recipe, the model config)."""
-    if (run / "summary.json").is_file():
-        s = json.loads((run / "summary.json").read_text())
-        m, a = s["config"], s["args"]
-        where = s["device"].split(" on ")[-1].split(";")[0]
-        return (
-            where,
-            (
-                f"{m['encoder']} b{m['base_width']} d{m['depth']}{' DS' if m['deep_supervision'] else ''}, "
-                f"{a['image_size']}², batch {a['batch_size']}, lr {a['lr']}, {a['minutes']} min budget "
-                "(earlier GPU loop)"
-            ),
-            m,
-        )
-    c = yaml.safe_load((run / "config.yaml").read_text())
+    c = RunDir(run).config().to_dict()
     m, d, o = c["model"], c["data"], c["optim"]
     opts = [f"{m.get('encoder', 'plain')} b{m['base_width']} d{m['depth']}"]
     opts += ["DS"] * bool(m.get("deep_supervision")) + ["CBAM"] * (m.get("attention") == "cbam")
@@ -63,23 +46,17 @@ def recipe(run: Path) -> tuple[str, str, dict]:
 
 
 def carved_figures(run: Path, data: Path) -> dict | None:
-    cache = run / "eval_carved.json"
-    model = run / "model.pt"
-    if cache.is_file() and model.is_file() and cache.stat().st_mtime >= model.stat().st_mtime:
-        return json.loads(cache.read_text())
-    if not model.is_file():
+    if not (run / "model.pt").is_file():
         return None
-    figures = evaluate(Segmenter.load(model), carved_split(data / "train")).metrics
-    write_text(cache, json.dumps(figures, indent=2))
-    return figures
+    return score(run / "model.pt", data, run / "scores.json", splits=("carved",), run=run)["carved"]
 
 
 def row(run: Path, data: Path) -> str:
     where, text, _ = recipe(run)
-    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    rows = RunDir(run).metrics()
     img_s = statistics.median(float(r["train_img_per_s"]) for r in rows)
     carved = carved_figures(run, data)
-    if carved is None:  # weights not kept (too large to bring back from the GPU): the loop's own best score
+    if carved is None:  # weights not kept: the run's own best score
         best = max(float(r["val_mean_jaccard"]) for r in rows)
         carved_cells = [f"{best:.4f}†", "", ""]
     else:
@@ -87,11 +64,12 @@ def row(run: Path, data: Path) -> str:
     val_file = run / "eval_val" / "metrics.json"
     val = json.loads(val_file.read_text()) if val_file.is_file() else None
     val_cells = [f"{val[k]:.4f}" for k in CHECKED] if val else ["", "", ""]
-    params = (count_parameters(load_model(run / "model.pt").model) if (run / "model.pt").is_file()
-              else json.loads((run / "summary.json").read_text())["params"])
-    return " | ".join(["", f"`{run.relative_to(ROOT) if run.is_absolute() else run}`", where, text,
-                       f"{params / 1e6:.2f} M", str(len(rows)), f"{float(rows[-1]['elapsed_min']):.1f}",
-                       f"{img_s:.1f}", *carved_cells, *val_cells, ""]).strip()
+    params = (f"{count_parameters(load_model(run / 'model.pt').model) / 1e6:.2f} M"
+              if (run / "model.pt").is_file() else "—")
+    name = run.relative_to(ROOT) if run.is_absolute() else run
+    cells = ["", f"`{name}`", where, text, params, str(len(rows)), f"{float(rows[-1]['elapsed_min']):.1f}",
+             f"{img_s:.1f}", *carved_cells, *val_cells, ""]
+    return " | ".join(cells).strip()
 
 
 def main() -> None:
@@ -128,7 +106,7 @@ def main() -> None:
         from lesionseg.viz import training_curves
 
         run, _, name = item.partition("=")
-        training_curves(Path(run) / "metrics.csv", ROOT / "docs" / f"{name}_training_curves.png")
+        training_curves(RunDir(run).metrics(), ROOT / "docs" / f"{name}_training_curves.png")
     print(f"wrote {DOC}")
 
 

@@ -460,13 +460,12 @@ def plot(
     ),
 ):
     """Plot a run's training curves (loss, validation mean Jaccard / Dice, learning rate)."""
+    from .run_dir import RunDir
     from .viz import training_curves
 
-    csv_path = run_dir / "metrics.csv"
-    if not csv_path.is_file():
-        raise UserError(f"{run_dir}: no metrics.csv here (is it a lesionseg run directory?)")
+    rows = RunDir(run_dir).metrics()
     target = out or run_dir / "training_curves.png"
-    training_curves(csv_path, target)
+    training_curves(rows, target)
     print(f"wrote {target}")
 
 

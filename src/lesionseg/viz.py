@@ -5,7 +5,6 @@ matplotlib is imported lazily (and with the Agg backend) so inference does not p
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import cv2
@@ -71,19 +70,14 @@ def three_panel(
     _save(fig, path)
 
 
-def read_metrics_csv(path: str | Path) -> list[dict]:
-    with Path(path).open() as f:
-        return list(csv.DictReader(f))
-
-
-def training_curves(metrics_csv: str | Path, path: str | Path) -> None:
-    """Loss, validation mean Jaccard / Dice and learning rate per epoch, from a run's metrics.csv."""
-    rows = read_metrics_csv(metrics_csv)
+def training_curves(rows: list[dict], path: str | Path) -> None:
+    """Loss, validation mean Jaccard / Dice and learning rate per epoch, from a run's metrics
+    (`RunDir.metrics()`)."""
     plt = _pyplot()
-    epochs = [int(r["epoch"]) + 1 for r in rows]
+    epochs = [r["epoch"] + 1 for r in rows]
 
     def col(name):
-        return [float(r[name]) if r.get(name) else np.nan for r in rows]
+        return [np.nan if r.get(name) is None else r[name] for r in rows]
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
     axes[0].plot(epochs, col("train_loss"), label="train")

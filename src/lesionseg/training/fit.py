@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 import sys
@@ -18,17 +16,15 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 
 from .. import __version__
-from ..config import Config, diff_configs, dump_config, load_config
+from ..config import Config, diff_configs
 from ..errors import UserError
-from ..io import write_text
 from ..machine import native_bf16
 from ..model_file import ModelFile, Preprocessing
 from ..models import count_parameters, drop_full_resolution_stage
+from ..run_dir import METRICS_FIELDS, RunDir
 from .module import SegmentationModule, fit_to_initial_model
 
 METRIC = "val_mean_jaccard"
-CSV_FIELDS = ["epoch", "train_loss", "val_loss", "val_mean_jaccard", "val_dice", "lr", "train_img_per_s",
-              "train_images", "val_mean_jaccard_raw", "elapsed_min"]
 # Changing these between a run and its resumption is allowed; anything else is a different experiment.
 # (max_epochs: the cosine schedule is re-aimed at the new last epoch, see SegmentationModule.on_train_start.)
 RESUMABLE_CHANGES = {"trainer.max_epochs", "trainer.max_minutes", "trainer.patience", "data.num_workers",
@@ -57,15 +53,12 @@ class RunRecorder(Checkpoint):
 
     def __init__(self, run_dir: Path, cfg: Config, data_desc: dict, command: str | None = None):
         self.run_dir, self.cfg, self.data_desc, self.command = run_dir, cfg, data_desc, command
+        self.run = RunDir(run_dir)
         self.best = -math.inf
         self.best_epoch = -1
         self.elapsed_before = 0.0  # minutes of earlier (interrupted) sessions of this run
         self.hardware = ""
         self._start = time.perf_counter()
-
-    @property
-    def csv_path(self) -> Path:
-        return self.run_dir / "metrics.csv"
 
     def elapsed_min(self) -> float:
         return self.elapsed_before + (time.perf_counter() - self._start) / 60
@@ -80,11 +73,8 @@ class RunRecorder(Checkpoint):
         self.hardware = (
             f"{trainer.world_size} × {device_name(trainer.strategy.root_device)}, {trainer.precision}"
         )
-        rows = []
-        if self.csv_path.exists():
-            with self.csv_path.open() as f:
-                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < trainer.current_epoch]
-        self._write_rows(rows)
+        rows = [r for r in self.run.metrics_text_rows() if int(r["epoch"]) < trainer.current_epoch]
+        self.run.write_metrics(rows)
         # The CSV is the run's memory across sessions: best score so far and minutes already spent.
         for r in rows:
             if r.get(METRIC) and float(r[METRIC]) > self.best:
@@ -92,21 +82,14 @@ class RunRecorder(Checkpoint):
         self.elapsed_before = float(rows[-1]["elapsed_min"]) if rows else 0.0
         self._start = time.perf_counter()
 
-    def _write_rows(self, rows):
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-        write_text(self.csv_path, buf.getvalue())
 
     def on_train_epoch_end(self, trainer, pl_module):
         if trainer.sanity_checking or trainer.global_rank != 0:
             return
         m = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        row = {"epoch": trainer.current_epoch, **{k: f"{m[k]:.6g}" for k in CSV_FIELDS[1:-1] if k in m},
+        row = {"epoch": trainer.current_epoch, **{k: f"{m[k]:.6g}" for k in METRICS_FIELDS[1:-1] if k in m},
                "elapsed_min": f"{self.elapsed_min():.3f}"}
-        with self.csv_path.open("a", newline="") as f:
-            csv.DictWriter(f, fieldnames=CSV_FIELDS).writerow(row)
+        self.run.append_metrics(row)
         score = m.get(METRIC, -math.inf)
         improved = score > self.best
         if improved:
@@ -146,7 +129,7 @@ class RunRecorder(Checkpoint):
                                   "output; selection_value and metrics.csv score the model with the stage")
         # channels_last weights are saved contiguous; the file does not depend on memory format.
         preprocessing = Preprocessing(self.cfg.data.image_size, color_constancy=self.cfg.data.color_constancy)
-        ModelFile.from_model(model, model_cfg, preprocessing, card).write(self.run_dir / "model.pt")
+        ModelFile.from_model(model, model_cfg, preprocessing, card).write(self.run.model_path)
 
 
 def device_name(device: torch.device) -> str:
@@ -159,12 +142,12 @@ def device_name(device: torch.device) -> str:
 
 def prepare_run_dir(run_dir: Path, cfg: Config) -> Path | None:
     """Create or reopen a run directory. Returns the checkpoint to resume from, if any."""
-    cfg_path = run_dir / "config.yaml"
-    last = run_dir / "checkpoints" / "last.ckpt"
+    run = RunDir(run_dir)
+    last = run.last_checkpoint
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"{run_dir}: exists and is not a folder")
-    if cfg_path.exists():
-        old = load_config(cfg_path)
+    if run.is_run():
+        old = run.config()
         changed = [k for k in diff_configs(old, cfg) if k not in RESUMABLE_CHANGES]
         if changed:
             raise UserError(f"{run_dir}: holds a run with a different config ({', '.join(changed)}); "
@@ -175,7 +158,7 @@ def prepare_run_dir(run_dir: Path, cfg: Config) -> Path | None:
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in run_dir.rglob(".*.part"):  # temp files of writes cut short by a kill; targets are intact
             stale.unlink()
-        write_text(cfg_path, dump_config(cfg))
+        run.write_config(cfg)
     return last if last.exists() else None
 
 
@@ -289,4 +272,4 @@ def _train(data, out, cfg: Config, val_data, devices, strategy: str, num_nodes: 
         recorder.best = float(best_ckpt.best_model_score)
         module.load_state_dict(state["state_dict"])
         recorder.save_best(module.selected_model(), state["epoch"])
-    return run_dir / "model.pt"
+    return RunDir(run_dir).model_path
