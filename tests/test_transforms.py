@@ -3,7 +3,8 @@ from scipy import ndimage
 
 from lesionseg.config import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig
 from lesionseg.data.dataset import SegmentationDataset, to_tensors
-from lesionseg.data.transforms import eval_transform, train_transform
+from lesionseg.data.preprocess import EvalTransform
+from lesionseg.data.transforms import train_transform
 from lesionseg.pairs import discover, split_pairs
 
 
@@ -30,14 +31,14 @@ def test_train_transform_keeps_image_and_mask_aligned(rng):
 
 def test_eval_transform_resizes_and_normalises():
     image = np.full((50, 70, 3), 255, np.uint8)
-    out = eval_transform(64)(image=image)["image"]
+    out = EvalTransform(64)(image=image)["image"]
     assert out.shape == (64, 64, 3)
     np.testing.assert_allclose(out[0, 0], (1 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD), rtol=1e-5)
 
 
 def test_dataset_returns_tensors(dataset):
     pairs = discover(dataset)
-    ds = SegmentationDataset(pairs, eval_transform(32))
+    ds = SegmentationDataset(pairs, EvalTransform(32))
     x, y = ds[0]
     assert tuple(x.shape) == (3, 32, 32) and tuple(y.shape) == (1, 32, 32)
     assert set(np.unique(y.numpy())) <= {0.0, 1.0} and y.sum() > 0

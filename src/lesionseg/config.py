@@ -25,6 +25,15 @@ NOISE_STD = (0.01, 0.05)  # Gaussian noise std, fraction of the full intensity r
 BLUR_KERNEL_SIZES = (3, 5)
 BLUR_SIGMA = (0.5, 3.0)
 ELASTIC_ALPHA, ELASTIC_SIGMA = 30, 6  # pixels
+# The order both training paths apply the augment.* keys in, by stage; each path builds its steps by
+# walking this. The geometric keys are one stage: the batch path folds them into a single resample.
+AUGMENT_STAGES = (
+    ("artifacts", ("hair", "ink")),  # first, at the source resolution, where real hair and ink are
+    ("geometry", ("crop", "hflip", "vflip", "rot90", "elastic")),
+    ("color_jitter", ("color_jitter",)),
+    ("noise", ("noise",)),
+    ("blur", ("blur",)),
+)
 
 
 @dataclass

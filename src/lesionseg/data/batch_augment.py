@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import (
+    AUGMENT_STAGES,
     BLUR_KERNEL_SIZES,
     BLUR_SIGMA,
     ELASTIC_ALPHA,
@@ -26,6 +27,7 @@ from ..config import (
     AugmentConfig,
 )
 from .artifacts import draw_artifacts
+from .preprocess import Normalization
 
 ASPECT = (3 / 4, 4 / 3)  # RandomResizedCrop's default aspect-ratio range
 CROP_TRIES = 10  # RandomResizedCrop draws up to 10 crops before falling back to the whole image
@@ -50,54 +52,67 @@ def _separable(x: torch.Tensor, taps: torch.Tensor, mode: str = "reflect") -> to
 
 class BatchAugment:
     """x uint8 (B,3,H,W), y uint8/bool (B,1,H,W) → normalised float image and {0,1} float mask at
-    size×size."""
+    size×size, the stages applied in config.AUGMENT_STAGES order."""
 
     def __init__(self, size: int, aug: AugmentConfig, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         self.size, self.aug = int(size), aug
-        self.mean, self.std = tuple(mean), tuple(std)
+        self.normalization = Normalization(mean, std, max_value=1.0)
 
-    def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+    def stages(self) -> list[str]:
+        """The stages this recipe applies, in order."""
+        a = self.aug
+        on = {"artifacts": a.hair > 0 or a.ink > 0, "geometry": True, "color_jitter": a.color_jitter > 0,
+              "noise": a.noise > 0, "blur": a.blur > 0}
+        return [stage for stage, _ in AUGMENT_STAGES if on[stage]]
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None):
-        a, b, dev = self.aug, x.shape[0], x.device
+        dev = x.device
 
         def u(*shape):
             return torch.rand(*shape, device=dev, generator=generator)
 
-        def chance(p: float) -> torch.Tensor:
-            return u(b) < p
+        x, y = x.float() / 255, y.float()
+        for stage in self.stages():
+            x, y = getattr(self, f"_stage_{stage}")(x, y, u, generator)
+        return self.normalization.batch(x.clamp(0, 1)), y
 
-        x = x.float() / 255
-        y = y.float()
-        if a.hair > 0 or a.ink > 0:
-            x = draw_artifacts(x, y, a.hair, a.ink, u)
+    def _chance(self, p: float, b: int, u) -> torch.Tensor:
+        return u(b) < p
+
+    def _stage_artifacts(self, x, y, u, generator):
+        return draw_artifacts(x, y, self.aug.hair, self.aug.ink, u), y
+
+    def _stage_geometry(self, x, y, u, generator):
+        """Crop, flips, rot90 and elastic folded into one resample (bilinear image, nearest mask)."""
+        a, b, dev = self.aug, x.shape[0], x.device
         w, h = self._crop_size(b, u)
         cx, cy = (1 - w) * (2 * u(b) - 1), (1 - h) * (2 * u(b) - 1)
         # Flips and a rot90 (k uniform in 0..3 when applied), folded into the same affine map.
-        fx = torch.where(chance(a.hflip), -1.0, 1.0)
-        fy = torch.where(chance(a.vflip), -1.0, 1.0)
-        k = torch.where(chance(a.rot90), (u(b) * 4).floor(), torch.zeros(b, device=dev))
+        fx = torch.where(self._chance(a.hflip, b, u), -1.0, 1.0)
+        fy = torch.where(self._chance(a.vflip, b, u), -1.0, 1.0)
+        k = torch.where(self._chance(a.rot90, b, u), (u(b) * 4).floor(), torch.zeros(b, device=dev))
         cos, sin = torch.cos(k * math.pi / 2).round(), torch.sin(k * math.pi / 2).round()
         sx, sy = w * fx, h * fy
         theta = torch.stack([torch.stack([cos * sx, -sin * sx, cx], 1),
                              torch.stack([sin * sy, cos * sy, cy], 1)], 1)
         grid = F.affine_grid(theta, [b, 3, self.size, self.size], align_corners=False)
         if a.elastic > 0:
-            grid = grid + self._elastic_offsets(b, chance(a.elastic), u)
+            grid = grid + self._elastic_offsets(b, self._chance(a.elastic, b, u), u)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
         y = F.grid_sample(y, grid, mode="nearest", padding_mode="reflection", align_corners=False)
-        if a.color_jitter > 0:
-            x = self._color_jitter(x, chance(a.color_jitter), u)
-        if a.noise > 0:
-            std = NOISE_STD[0] + (NOISE_STD[1] - NOISE_STD[0]) * u(b, 1, 1, 1)
-            on = chance(a.noise).float().view(b, 1, 1, 1)
-            x = x + on * std * torch.randn(x.shape, device=dev, generator=generator)
-        if a.blur > 0:
-            x = self._blur(x, chance(a.blur), u)
-        return self.normalise(x.clamp(0, 1)), y
+        return x, y
+
+    def _stage_color_jitter(self, x, y, u, generator):
+        return self._color_jitter(x, self._chance(self.aug.color_jitter, x.shape[0], u), u), y
+
+    def _stage_noise(self, x, y, u, generator):
+        b = x.shape[0]
+        std = NOISE_STD[0] + (NOISE_STD[1] - NOISE_STD[0]) * u(b, 1, 1, 1)
+        on = self._chance(self.aug.noise, b, u).float().view(b, 1, 1, 1)
+        return x + on * std * torch.randn(x.shape, device=x.device, generator=generator), y
+
+    def _stage_blur(self, x, y, u, generator):
+        return self._blur(x, self._chance(self.aug.blur, x.shape[0], u), u), y
 
     def _crop_size(self, b: int, u) -> tuple[torch.Tensor, torch.Tensor]:
         """RandomResizedCrop's draw: area fraction in [min, max] of the (square) source, aspect in 3/4..4/3;

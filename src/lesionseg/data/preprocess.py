@@ -42,6 +42,28 @@ def color_constancy_fn(name: str):
                     "a model from a newer lesionseg?)")
 
 
+class Normalization:
+    """The one intensity normalisation of every path (evaluation, prediction and both training paths):
+    x · scale − offset, with scale = 1 / (max_value · std) and offset = mean / std, i.e.
+    (x / max_value − mean) / std per channel. Works on numpy HWC images and on torch NCHW batches."""
+
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 max_value: float = 255.0):
+        self.scale = (1.0 / (max_value * np.asarray(std, np.float32))).astype(np.float32)
+        self.offset = (np.asarray(mean, np.float32) / np.asarray(std, np.float32)).astype(np.float32)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        return image.astype(np.float32) * self.scale - self.offset
+
+    def batch(self, x):
+        """A torch NCHW float batch, on its own device."""
+        import torch
+
+        scale = torch.as_tensor(self.scale, device=x.device).view(1, -1, 1, 1)
+        offset = torch.as_tensor(self.offset, device=x.device).view(1, -1, 1, 1)
+        return x * scale - offset
+
+
 class EvalTransform:
     """Resize to size×size (bilinear image, nearest mask), apply the model's colour constancy (on the resized
     image, so a 4000×3000 photo costs no more than a small one) and normalise; albumentations-style call."""
@@ -50,17 +72,13 @@ class EvalTransform:
                  color_constancy: str = "none"):
         self.size = int(size)
         self.color_constancy = color_constancy_fn(color_constancy)
-        self.scale = (1.0 / (255.0 * np.asarray(std, np.float32))).astype(np.float32)
-        self.offset = (np.asarray(mean, np.float32) / np.asarray(std, np.float32)).astype(np.float32)
+        self.normalize = Normalization(mean, std)
 
     def resize(self, image: np.ndarray, size: int | None = None) -> np.ndarray:
         s = size or self.size
         if image.shape[:2] == (s, s):
             return image
         return cv2.resize(image, (s, s), interpolation=cv2.INTER_LINEAR)
-
-    def normalize(self, image: np.ndarray) -> np.ndarray:
-        return image.astype(np.float32) * self.scale - self.offset
 
     def __call__(self, image: np.ndarray, mask: np.ndarray | None = None, size: int | None = None) -> dict:
         image = self.resize(image, size)

@@ -1,5 +1,6 @@
-"""Training augmentation per image (albumentations, on the CPU). The same keys applied to whole batches on the
-training device: batch_augment.py. Evaluation/prediction pre-processing lives in preprocess.py."""
+"""Training augmentation per image (albumentations, on the CPU), built by walking config.AUGMENT_STAGES.
+The same keys applied to whole batches on the training device: batch_augment.py (tests/test_augment_paths.py
+holds both to one contract). Evaluation/prediction pre-processing lives in preprocess.py."""
 
 from __future__ import annotations
 
@@ -12,17 +13,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ..config import (  # noqa: E402
+    AUGMENT_STAGES,
     BLUR_KERNEL_SIZES,
     BLUR_SIGMA,
     ELASTIC_ALPHA,
     ELASTIC_SIGMA,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     NOISE_STD,
     AugmentConfig,
 )
 from .artifacts import draw_artifacts  # noqa: E402
-from .preprocess import EvalTransform  # noqa: E402
+from .preprocess import Normalization  # noqa: E402
 
 
 class SkinArtifacts(A.ImageOnlyTransform):
@@ -48,29 +48,45 @@ class SkinArtifacts(A.ImageOnlyTransform):
         return out.round().astype(np.uint8) if img.dtype == np.uint8 else out.astype(img.dtype)
 
 
+class Normalize(A.ImageOnlyTransform):
+    """preprocess.Normalization as the last albumentations step (the formula every path shares)."""
+
+    def __init__(self):
+        super().__init__(p=1.0)
+        self.normalization = Normalization()
+
+    def apply(self, img: np.ndarray, **params) -> np.ndarray:
+        return self.normalization(img)
+
+
+def _stage_steps(stage: str, size: int, aug: AugmentConfig) -> list:
+    """The albumentations steps of one stage of config.AUGMENT_STAGES (none when its keys are off)."""
+    if stage == "artifacts":
+        return [SkinArtifacts(aug.hair, aug.ink)] if aug.hair > 0 or aug.ink > 0 else []
+    if stage == "geometry":
+        steps = [A.RandomResizedCrop(size=(size, size), scale=(aug.crop_scale_min, aug.crop_scale_max)),
+                 A.HorizontalFlip(p=aug.hflip), A.VerticalFlip(p=aug.vflip), A.RandomRotate90(p=aug.rot90)]
+        if aug.elastic > 0:
+            steps.append(A.ElasticTransform(alpha=ELASTIC_ALPHA, sigma=ELASTIC_SIGMA, p=aug.elastic))
+        return steps
+    if stage == "color_jitter":
+        s = aug.color_jitter_strength
+        return [A.ColorJitter(brightness=s, contrast=s, saturation=s, hue=0.0, p=aug.color_jitter)] \
+            if aug.color_jitter > 0 else []
+    if stage == "noise":
+        return [A.GaussNoise(std_range=NOISE_STD, p=aug.noise)]
+    if stage == "blur":
+        return [A.GaussianBlur(blur_limit=BLUR_KERNEL_SIZES, sigma_limit=BLUR_SIGMA, p=aug.blur)]
+    raise ValueError(f"unknown augmentation stage {stage!r}")
+
+
+def train_stages(size: int, aug: AugmentConfig) -> list[tuple[str, list]]:
+    """(stage, its steps) in config.AUGMENT_STAGES order, the stages whose keys are on."""
+    return [(stage, steps) for stage, _ in AUGMENT_STAGES if (steps := _stage_steps(stage, size, aug))]
+
+
 def train_transform(size: int, aug: AugmentConfig, seed: int | None = None) -> A.Compose:
     """The seed's recipe. Crop scale stays ≤ 1.0: the seed's 1.2 is not a valid crop fraction."""
-    # Artefacts first, at the source resolution, where real hair and ink are.
-    steps = [SkinArtifacts(aug.hair, aug.ink)] if aug.hair > 0 or aug.ink > 0 else []
-    steps += [
-        A.RandomResizedCrop(size=(size, size), scale=(aug.crop_scale_min, aug.crop_scale_max)),
-        A.HorizontalFlip(p=aug.hflip),
-        A.VerticalFlip(p=aug.vflip),
-        A.RandomRotate90(p=aug.rot90),
-    ]
-    if aug.color_jitter > 0:
-        s = aug.color_jitter_strength
-        steps.append(A.ColorJitter(brightness=s, contrast=s, saturation=s, hue=0.0, p=aug.color_jitter))
-    steps += [
-        A.GaussNoise(std_range=NOISE_STD, p=aug.noise),
-        A.GaussianBlur(blur_limit=BLUR_KERNEL_SIZES, sigma_limit=BLUR_SIGMA, p=aug.blur),
-    ]
-    if aug.elastic > 0:
-        steps.append(A.ElasticTransform(alpha=ELASTIC_ALPHA, sigma=ELASTIC_SIGMA, p=aug.elastic))
-    steps.append(A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD))
+    steps = [step for _, stage_steps in train_stages(size, aug) for step in stage_steps]
     # Compose keeps its own RNG (global seeds do not reach it): seed it, or runs are not reproducible.
-    return A.Compose(steps, seed=seed)
-
-
-def eval_transform(size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> EvalTransform:
-    return EvalTransform(size, mean, std)
+    return A.Compose([*steps, Normalize()], seed=seed)
