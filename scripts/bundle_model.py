@@ -83,7 +83,7 @@ def main() -> None:
     if not (args.run_dir and args.name and args.recipe and args.training):
         ap.error("bundling a run needs RUN_DIR, --name, --recipe and --training")
     source = load_model(args.run_dir / "model.pt")
-    carved = carved_split(args.data / "train")
+    carved = carved_split(args.data / "train", of=args.run_dir)
     full = evaluate(Segmenter(TorchBackend(source)), carved).metrics
     with tempfile.TemporaryDirectory() as tmp:
         fp16_path = Path(tmp) / "half.pt"
@@ -165,7 +165,7 @@ def tta_fields(name: str, data: Path, scales: list[float]) -> dict:
     """`inference` (and the val figure with the chosen default) for a bundled model already in place."""
     stored = ModelFile.read(bundled_model_path(name))
     plain = Segmenter(TorchBackend(bundled_model_path(name)), tta=False)
-    carved = carved_split(data / "train")
+    carved = carved_split(data / "train", of=name)
     inference, with_tta = choose_tta(plain, carved, evaluate(plain, carved).metrics["mean_jaccard"], scales,
                                      load_labelled(data / "val"))
     figures = dict(stored.card.get("figures", {}))

@@ -6,8 +6,8 @@ from typer.testing import CliRunner
 from conftest import make_dataset
 from lesionseg.cli import app
 from lesionseg.errors import UserError
-from lesionseg.evaluation import carved_split, split_settings
-from lesionseg.run_dir import METRICS_FIELDS, RunDir
+from lesionseg.evaluation import carved_split
+from lesionseg.run_dir import METRICS_FIELDS, RunDir, split_settings
 
 runner = CliRunner()
 TINY = ["model.base_width=4", "model.depth=2", "data.image_size=32", "data.batch_size=4",
@@ -39,8 +39,9 @@ def test_the_carved_split_is_the_runs_own(run):
     def ids(labelled):
         return [p.id for p in labelled.pairs]
 
-    assert ids(run_dir.carved_split()) == ids(carved_split(data, 0.25, 7)) == ids(run_dir.carved_split(data))
-    assert ids(run_dir.carved_split()) != ids(carved_split(data))  # the schema's defaults: another set
+    assert ids(carved_split(data, of=run_dir.path)) == ids(carved_split(data, 0.25, 7)) \
+        == ids(carved_split(data, of=run_dir.model_path))
+    assert ids(carved_split(data, of=run_dir.path)) != ids(carved_split(data))  # the defaults: another set
     assert split_settings(run_dir.path) == split_settings(run_dir.model_path) == (0.25, 7)
     assert split_settings(None) == (0.1, 42)
 

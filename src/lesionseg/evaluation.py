@@ -44,35 +44,14 @@ def load_labelled(data: str | Path, mask_threshold: int | None = None) -> Labell
     return LabelledSet(pairs, validate(pairs, mask_threshold, keep=True), mask_threshold)
 
 
-def split_settings(source: str | Path | None) -> tuple[float, int]:
-    """(data.val_fraction, data.split_seed) a model was trained with: from a run directory's config, or
-    from a model file's card (`recipe` of a run's model.pt, `recipe_config` of a bundled one); the
-    schema's defaults when neither says (a model from elsewhere)."""
-    from .run_dir import RunDir
-
-    if source is not None and RunDir(source).is_run():
-        data = RunDir(source).config().data
-        return data.val_fraction, data.split_seed
-    recipe = {}
-    if source is not None:
-        from .model_file import ModelFile
-        from .models.bundled import resolve_weights
-
-        path = resolve_weights(source)
-        if path.suffix == ".pt" and path.is_file():
-            card = ModelFile.read(path).card
-            recipes = (card.get("recipe"), card.get("recipe_config"))
-            recipe = next((r for r in recipes if isinstance(r, dict)), {})
-    data = recipe.get("data", {})
-    return data.get("val_fraction", DataConfig.val_fraction), data.get("split_seed", DataConfig.split_seed)
-
-
 def carved_split(train_dir: str | Path, fraction: float = DataConfig.val_fraction,
                  seed: int = DataConfig.split_seed, of: str | Path | None = None) -> LabelledSet:
     """The seeded split `lesionseg train` carves from a training folder when no --val-data is given
     (the same ids for the same folder, fraction and seed): the set that model selection may look at.
     `of` (a run directory, model file or bundled name): that model's own fraction and seed."""
     if of is not None:
+        from .run_dir import split_settings
+
         fraction, seed = split_settings(of)
     pairs = discover(train_dir)
     _, val_idx = split_pairs(pairs, fraction, seed)

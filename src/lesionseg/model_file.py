@@ -2,8 +2,8 @@
 
 `ModelFile` holds the architecture (`ModelConfig`), the pre-processing every input needs (`Preprocessing`),
 the card (provenance, figures, and the inference defaults the model asks for) and the weights. It is read
-and written here only: `save_model` / `load_model`, training's model.pt, the bundling script, the ONNX
-export's metadata and both inference backends go through it.
+and written here only: `save_model` / `load_model` (below), training's model.pt, the bundling script, the
+ONNX export's metadata and both inference backends go through it.
 
 Format versions (`format_version` in the file): 1 is the original layout; 2 adds
 `preprocess.color_constancy`. A file is written with the lowest version that can hold what it records, so
@@ -157,6 +157,55 @@ class ModelFile:
             if key in meta:
                 values[key] = json.loads(meta[key])
         return cls(None, Preprocessing.from_dict(values), json.loads(meta.get("card", "{}")), None, path)
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A network ready for inference and the model file it came from (what it needs to be fed correctly)."""
+
+    model: Any  # torch.nn.Module
+    file: ModelFile
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.file.architecture
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.file.preprocessing
+
+    @property
+    def image_size(self) -> int:
+        return self.file.preprocessing.image_size
+
+    @property
+    def color_constancy(self) -> str:
+        return self.file.preprocessing.color_constancy
+
+    @property
+    def card(self) -> dict[str, Any]:
+        return self.file.card
+
+    @property
+    def path(self) -> Path | None:
+        return self.file.path
+
+
+def save_model(path: str | Path, model, cfg: ModelConfig, image_size: int,
+               card: dict[str, Any] | None = None, fp16_weights: bool = False,
+               color_constancy: str = "none") -> None:
+    """Write a self-contained model file atomically. `fp16_weights` stores them in fp16 (read as fp32).
+    `color_constancy` names the step every input goes through before normalisation (preprocess.py)."""
+    preprocessing = Preprocessing(image_size=image_size, color_constancy=color_constancy)
+    ModelFile.from_model(model, cfg, preprocessing, card).write(path, fp16_weights=fp16_weights)
+
+
+def load_model(weights: str | Path | None = None, device="cpu") -> LoadedModel:
+    """The bundled `default` model, or the model file (or bundled name) `weights`, in eval mode."""
+    from .models.bundled import resolve_weights
+
+    file = ModelFile.read(resolve_weights(weights))
+    return LoadedModel(file.build(device), file)
 
 
 def _read_v1(payload: dict[str, Any], path: Path) -> ModelFile:

@@ -12,7 +12,7 @@ import csv
 import io
 from pathlib import Path
 
-from .config import Config, dump_config, load_config
+from .config import Config, DataConfig, dump_config, load_config
 from .errors import UserError
 from .io import write_text
 
@@ -83,15 +83,23 @@ class RunDir:
         with self.metrics_path.open("a", newline="") as f:
             csv.DictWriter(f, fieldnames=METRICS_FIELDS).writerow(row)
 
-    def carved_split(self, train_dir: str | Path | None = None):
-        """The validation split this run carved from its (first) training folder, with the run's own
-        `data.val_fraction` and `data.split_seed`; `train_dir` overrides the folder its card names."""
-        from .evaluation import carved_split
 
-        data = self.config().data
-        if train_dir is None:
-            from .model_file import ModelFile
+def split_settings(source: str | Path | None) -> tuple[float, int]:
+    """(data.val_fraction, data.split_seed) a model was trained with: from a run directory's config, or
+    from a model file's card (`recipe` of a run's model.pt, `recipe_config` of a bundled one); the
+    schema's defaults when neither says (a model from elsewhere)."""
+    if source is not None and RunDir(source).is_run():
+        data = RunDir(source).config().data
+        return data.val_fraction, data.split_seed
+    recipe = {}
+    if source is not None:
+        from .model_file import ModelFile
+        from .models.bundled import resolve_weights
 
-            train = ModelFile.read(self.model_path).card.get("training_data", {}).get("train")
-            train_dir = train[0] if isinstance(train, list) else train
-        return carved_split(train_dir, data.val_fraction, data.split_seed)
+        path = resolve_weights(source)
+        if path.suffix == ".pt" and path.is_file():
+            card = ModelFile.read(path).card
+            recipes = (card.get("recipe"), card.get("recipe_config"))
+            recipe = next((r for r in recipes if isinstance(r, dict)), {})
+    data = recipe.get("data", {})
+    return data.get("val_fraction", DataConfig.val_fraction), data.get("split_seed", DataConfig.split_seed)

@@ -1,11 +1,5 @@
-from .build import (
-    LoadedModel,
-    build_model,
-    count_parameters,
-    drop_full_resolution_stage,
-    load_model,
-    save_model,
-)
+from ..model_file import LoadedModel, load_model, save_model
+from .build import build_model, count_parameters, drop_full_resolution_stage
 from .bundled import bundled_model_path
 from .unet import UNet
 

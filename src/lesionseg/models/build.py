@@ -1,18 +1,13 @@
-"""Building networks from their config, and the torch side of model files (`save_model`, `load_model`)."""
+"""Building networks from their config (the model file, `model_file.py`, calls `build_model`)."""
 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
-from typing import Any
 
-import torch
 from torch import nn
 
 from ..config import ModelConfig, can_drop_full_resolution_stage
 from ..errors import UserError
-from ..model_file import ModelFile, Preprocessing
-from .bundled import resolve_weights
 from .unet import UNet
 
 
@@ -28,53 +23,6 @@ def build_model(cfg: ModelConfig, pretrained: bool = True) -> nn.Module:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-@dataclasses.dataclass
-class LoadedModel:
-    """A network ready for inference and the model file it came from (what it needs to be fed correctly)."""
-
-    model: nn.Module
-    file: ModelFile
-
-    @property
-    def config(self) -> ModelConfig:
-        return self.file.architecture
-
-    @property
-    def preprocessing(self) -> Preprocessing:
-        return self.file.preprocessing
-
-    @property
-    def image_size(self) -> int:
-        return self.file.preprocessing.image_size
-
-    @property
-    def color_constancy(self) -> str:
-        return self.file.preprocessing.color_constancy
-
-    @property
-    def card(self) -> dict[str, Any]:
-        return self.file.card
-
-    @property
-    def path(self) -> Path | None:
-        return self.file.path
-
-
-def save_model(path: str | Path, model: nn.Module, cfg: ModelConfig, image_size: int,
-               card: dict[str, Any] | None = None, fp16_weights: bool = False,
-               color_constancy: str = "none") -> None:
-    """Write a self-contained model file atomically. `fp16_weights` stores them in fp16 (read as fp32).
-    `color_constancy` names the step every input goes through before normalisation (preprocess.py)."""
-    preprocessing = Preprocessing(image_size=image_size, color_constancy=color_constancy)
-    ModelFile.from_model(model, cfg, preprocessing, card).write(path, fp16_weights=fp16_weights)
-
-
-def load_model(weights: str | Path | None = None, device: str | torch.device = "cpu") -> LoadedModel:
-    """The bundled `default` model, or the model file (or bundled name) `weights`, in eval mode."""
-    file = ModelFile.read(resolve_weights(weights))
-    return LoadedModel(file.build(device), file)
 
 
 def drop_full_resolution_stage(trained: nn.Module, cfg: ModelConfig) -> tuple[nn.Module, ModelConfig]:
