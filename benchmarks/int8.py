@@ -51,7 +51,7 @@ def latency_ms(weights: str, image) -> float:
 
 def peer_latency_ms() -> dict:
     """Peers' networks alone (no pre- or post-processing, so a lower bound for them), torch fp32, one 256²
-    image: the seed's U-Net (milesial/Pytorch-UNet's architecture, widths 64→1024) and MONAI BasicUNet when
+    image: the original U-Net (milesial/Pytorch-UNet's architecture, widths 64→1024) and MONAI BasicUNet when
     installed."""
     import torch
 

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/memory.py [--out benchmarks/results/memory.json]
 
 Training rows: build the model, AdamW, two fp32 channels_last steps (forward, Dice+BCE, backward, step)
-at batch 8, 256² — the seed's setting — and report the process's peak RSS and the peak minus the RSS after
+at batch 8, 256² — the original setting — and report the process's peak RSS and the peak minus the RSS after
 imports (what the model, its activations and the optimizer add). MONAI BasicUNet rows at the same widths
 when monai is installed. Prediction row: `lesionseg predict` of a 4000×3000 JPEG with the bundled model
 (the image is decoded once, resized to the network's input, and only the probability map is resized back,

@@ -86,7 +86,7 @@ def main() -> None:
         if (run / "model.pt").exists():
             results["best_combination"] = measure(run, args.data)
     lines = [
-        "# Ablation of the seed's model options",
+        "# Ablation of the original model options",
         "",
         f"cpu_fast configuration (U-Net base 16, 128², batch 16, AdamW lr 1e-3, cosine), {args.epochs} "
         "epochs "

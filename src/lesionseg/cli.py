@@ -112,7 +112,7 @@ def train(
     from .config import parse_overrides
 
     if out is None:
-        out = Path("runs") / (config.stem if config else "seed_unet")
+        out = Path("runs") / (config.stem if config else "original_unet")
     options = [*[("--data", d) for d in data], ("--val-data", val_data), ("--config", config), ("--out", out),
                ("--mask-threshold", mask_threshold), ("--devices", None if devices == "1" else devices),
                ("--strategy", None if strategy == "auto" else strategy),

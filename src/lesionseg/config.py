@@ -1,4 +1,4 @@
-"""One configuration schema with defaults (the seed's recipe), read from YAML plus dotted overrides.
+"""One configuration schema with defaults (the original recipe), read from YAML plus dotted overrides.
 
 Unknown keys and values of the wrong type are refused with the key's name, so a typo never silently
 falls back to a default.
@@ -41,7 +41,7 @@ class ModelConfig:
     arch: str = "unet"
     in_channels: int = 3
     out_channels: int = 1
-    base_width: int = 64  # 64 gives the seed's 64→1024 widths
+    base_width: int = 64  # 64 gives the original 64→1024 widths
     depth: int = 4  # number of down-sampling steps
     upsample: str = "bilinear"  # or "transposed"
     attention: str = "none"  # or "cbam": CBAM on the skip features before concatenation

@@ -1,6 +1,6 @@
 """Per-image confusion counts → every figure papers call "MIoU", side by side.
 
-- mean_jaccard: mean over images of per-image Jaccard (the seed's "MIoU"; ISIC 2017's ranking metric)
+- mean_jaccard: mean over images of per-image Jaccard (the original "MIoU"; ISIC 2017's ranking metric)
 - thresholded_jaccard: ISIC 2018 rule, per-image Jaccard below 0.65 counts as 0, then the mean
 - pooled_iou: one IoU over all pixels of the set (several lightweight-model papers)
 - miou_fg_bg: mean of foreground IoU and background IoU over all pixels (semantic-segmentation convention)

@@ -1,4 +1,4 @@
-"""Pictures: overlays, the seed's three-panel figure, training curves, a Jaccard histogram.
+"""Pictures: overlays, the original three-panel figure, training curves, a Jaccard histogram.
 
 matplotlib is imported lazily (and with the Agg backend) so inference does not pay for it.
 """
@@ -54,7 +54,7 @@ def _save(fig, path: str | Path) -> None:
 def three_panel(
     path: str | Path, image: np.ndarray, truth: np.ndarray, pred: np.ndarray, title: str = ""
 ) -> None:
-    """The seed's figure: image / ground truth / prediction, plus both contours on the image."""
+    """The original figure: image / ground truth / prediction, plus both contours on the image."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 4, figsize=(12, 3.3))
     panels = [(image, "image"), (truth, "ground truth"), (pred, "prediction"),

@@ -86,7 +86,7 @@ def train_stages(size: int, aug: AugmentConfig) -> list[tuple[str, list]]:
 
 
 def train_transform(size: int, aug: AugmentConfig, seed: int | None = None) -> A.Compose:
-    """The seed's recipe. Crop scale stays ≤ 1.0: the seed's 1.2 is not a valid crop fraction."""
+    """The original recipe. Crop scale stays ≤ 1.0: the original 1.2 is not a valid crop fraction."""
     steps = [step for _, stage_steps in train_stages(size, aug) for step in stage_steps]
     # Compose keeps its own RNG (global seeds do not reach it): seed it, or runs are not reproducible.
     return A.Compose([*steps, Normalize()], seed=seed)

@@ -1,4 +1,4 @@
-"""CBAM (Woo et al., 2018) as the seed describes it, applied to U-Net skip features before concatenation."""
+"""CBAM (Woo et al., 2018) as the original design describes it, on U-Net skips before concatenation."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ class ChannelAttention(nn.Module):
     def __init__(self, channels: int, reduction: int = 16):
         super().__init__()
         # Narrow widths (base 16 → 16 channels) would keep a single hidden unit: keep at least 4, as the
-        # seed's own narrowest skip (64 channels) has.
+        # original U-Net's narrowest skip (64 channels) has.
         hidden = max(4, channels // reduction)
         self.mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1, bias=False), nn.ReLU(inplace=True),
                                  nn.Conv2d(hidden, channels, 1, bias=False))

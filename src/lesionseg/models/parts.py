@@ -1,4 +1,4 @@
-"""U-Net building blocks, as the seed describes them (after milesial/Pytorch-UNet's unet_parts.py)."""
+"""U-Net building blocks, as the original design describes them (after milesial/Pytorch-UNet's unet_parts)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from .parts import DoubleConv, Down, Up, tracing
 
 
 class UNet(nn.Module):
-    """Classic U-Net. `base_width=64, depth=4` gives the seed's widths 64→128→256→512→1024.
+    """Classic U-Net. `base_width=64, depth=4` gives the original widths 64→128→256→512→1024.
 
     Any input height/width works: inputs are padded up to a multiple of 2**depth (replicate) and the
     output is cropped back, so the logits always match the input's size.
