@@ -76,15 +76,9 @@ def main() -> None:
     name = (
         torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
     )
-    result = {
-        "device": name,
-        "torch": torch.__version__,
-        "config": str(args.config),
-        "overrides": args.overrides,
-        "batch": cfg.data.batch_size,
-        "size": cfg.data.image_size,
-        "rows": rows,
-    }
+    result = {"device": name, "torch": torch.__version__, "config": str(args.config),
+              "overrides": args.overrides, "batch": cfg.data.batch_size, "size": cfg.data.image_size,
+              "rows": rows}
     out = ROOT / "benchmarks" / "results" / f"compile_training_{device.type}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -48,15 +48,8 @@ def main() -> None:
                     rows.append({"backend": backend, "batch": batch, "tta": tta, "img_s": n / secs})
                     print(json.dumps(rows[-1]), flush=True)
             start = time.perf_counter()
-            cmd = [
-                sys.executable,
-                "-m",
-                "lesionseg.cli",
-                "predict",
-                str(files[0]),
-                "--out",
-                str(Path(tmp) / backend),
-            ]
+            cmd = [sys.executable, "-m", "lesionseg.cli", "predict", str(files[0]), "--out",
+                   str(Path(tmp) / backend)]
             if backend == "onnx":
                 cmd += ["--weights", str(onnx_path)]
             elif args.weights:

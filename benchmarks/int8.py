@@ -119,12 +119,8 @@ def main() -> None:
     print(json.dumps({"peers_model_only_ms": peers}), flush=True)
     args.out.write_text(
         json.dumps(
-            {
-                "machine": machine,
-                "image": "256x256 JPEG, end to end through Segmenter.predict",
-                "rows": rows,
-                "peers_model_only_ms": peers,
-            },
+            {"machine": machine, "image": "256x256 JPEG, end to end through Segmenter.predict", "rows": rows,
+             "peers_model_only_ms": peers},
             indent=2,
         )
         + "\n"

@@ -63,16 +63,10 @@ print(peak_rss_mb())
 """
 
 MODELS = [
-    (
-        "lesionseg default (lite0 encoder, b16, DS)",
-        "lesionseg",
-        dict(encoder="efficientnet-lite0", base_width=16, depth=5, deep_supervision=True),
-    ),
-    (
-        "lesionseg cpu (lite0 encoder, b8, DS)",
-        "lesionseg",
-        dict(encoder="efficientnet-lite0", base_width=8, depth=5, deep_supervision=True),
-    ),
+    ("lesionseg default (lite0 encoder, b16, DS)", "lesionseg",
+     dict(encoder="efficientnet-lite0", base_width=16, depth=5, deep_supervision=True)),
+    ("lesionseg cpu (lite0 encoder, b8, DS)", "lesionseg",
+     dict(encoder="efficientnet-lite0", base_width=8, depth=5, deep_supervision=True)),
     (
         "lesionseg plain U-Net b16 (cpu_fast)",
         "lesionseg",

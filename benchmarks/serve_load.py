@@ -200,15 +200,8 @@ def main() -> None:
                     got = result.pop("_masks")
                     wrong = sum(got[i] != expected[i] for i in got)
                     rows.append(
-                        {
-                            "model": model,
-                            "backend": backend,
-                            "workers": workers,
-                            "max_batch": max_batch,
-                            "concurrency": args.concurrency,
-                            **result,
-                            "masks_differing_from_predict": wrong,
-                        }
+                        {"model": model, "backend": backend, "workers": workers, "max_batch": max_batch,
+                         "concurrency": args.concurrency, **result, "masks_differing_from_predict": wrong}
                     )
                     print(json.dumps(rows[-1]), flush=True)
     machine = describe_machine(with_torch=False)

@@ -131,16 +131,9 @@ def bench_onnx(model, steps: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.onnx"
         batch = torch.export.Dim("batch", min=1, max=64)
-        torch.onnx.export(
-            model,
-            (torch.randn(2, 3, SIZE, SIZE),),
-            str(path),
-            dynamo=True,
-            input_names=["image"],
-            dynamic_shapes=({0: batch},),
-            external_data=False,
-            verbose=False,
-        )
+        torch.onnx.export(model, (torch.randn(2, 3, SIZE, SIZE),), str(path), dynamo=True,
+                          input_names=["image"], dynamic_shapes=({0: batch},), external_data=False,
+                          verbose=False)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         x = np.random.default_rng(0).standard_normal((BATCH, 3, SIZE, SIZE), dtype=np.float32)
         t = timed(lambda: session.run(None, {"image": x}), steps)
@@ -191,32 +184,18 @@ def main() -> None:
             for mode in modes:
                 r = bench_torch(make(), mode, args.steps)
                 rows.append(
-                    {
-                        "model": name,
-                        "base": base,
-                        "params": count_parameters(model),
-                        "runtime": "torch",
-                        "mode": mode,
-                        **r,
-                        "train_gflop_per_img": train_flops / 1e9,
-                        "infer_gflop_per_img": infer_flops / 1e9,
-                        "train_gflops": r["train_img_s"] * train_flops / 1e9,
-                        "infer_gflops": r["infer_img_s"] * infer_flops / 1e9,
-                    }
+                    {"model": name, "base": base, "params": count_parameters(model), "runtime": "torch",
+                     "mode": mode, **r, "train_gflop_per_img": train_flops / 1e9,
+                     "infer_gflop_per_img": infer_flops / 1e9,
+                     "train_gflops": r["train_img_s"] * train_flops / 1e9,
+                     "infer_gflops": r["infer_img_s"] * infer_flops / 1e9}
                 )
                 print(json.dumps(rows[-1]), flush=True)
             if name.startswith("lesionseg"):
                 r = bench_onnx(make(), args.steps)
                 rows.append(
-                    {
-                        "model": name,
-                        "base": base,
-                        "params": count_parameters(model),
-                        "runtime": "onnxruntime",
-                        "mode": "fp32",
-                        **r,
-                        "infer_gflops": r["infer_img_s"] * infer_flops / 1e9,
-                    }
+                    {"model": name, "base": base, "params": count_parameters(model), "runtime": "onnxruntime",
+                     "mode": "fp32", **r, "infer_gflops": r["infer_img_s"] * infer_flops / 1e9}
                 )
                 print(json.dumps(rows[-1]), flush=True)
     peak_conv = max(peak.values())

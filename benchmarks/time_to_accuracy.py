@@ -37,19 +37,8 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     if args.train:
-        cmd = [
-            sys.executable,
-            "-m",
-            "lesionseg.cli",
-            "train",
-            "--data",
-            str(args.data),
-            "--config",
-            str(args.config),
-            "--out",
-            str(args.run),
-            *args.overrides,
-        ]
+        cmd = [sys.executable, "-m", "lesionseg.cli", "train", "--data", str(args.data), "--config",
+               str(args.config), "--out", str(args.run), *args.overrides]
         subprocess.run(cmd, check=True)
     from lesionseg.run_dir import RunDir
     from lesionseg.viz import _pyplot, _save

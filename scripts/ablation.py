@@ -21,19 +21,11 @@ from scoring import score
 ROOT = Path(__file__).resolve().parents[1]
 # Every option is spelled out against the plain baseline, so the ablation stays the same whatever
 # configs/cpu_fast.yaml adopts later (it now uses deep supervision).
-PLAIN = [
-    "model.deep_supervision=false",
-    "model.attention=none",
-    "model.upsample=bilinear",
-    "augment.elastic=0.0",
-]
-OPTIONS = {
-    "baseline": [],
-    "cbam": ["model.attention=cbam"],
-    "deep_supervision": ["model.deep_supervision=true"],
-    "transposed": ["model.upsample=transposed"],
-    "elastic": ["augment.elastic=0.3"],
-}
+PLAIN = ["model.deep_supervision=false", "model.attention=none", "model.upsample=bilinear",
+         "augment.elastic=0.0"]
+OPTIONS = {"baseline": [], "cbam": ["model.attention=cbam"],
+           "deep_supervision": ["model.deep_supervision=true"], "transposed": ["model.upsample=transposed"],
+           "elastic": ["augment.elastic=0.3"]}
 
 
 def train(name: str, overrides: list[str], epochs: int, data: Path, out_root: Path) -> Path:

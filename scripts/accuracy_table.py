@@ -43,15 +43,11 @@ def ema_columns(run: Path) -> dict:
     if not rows:
         return {}
     best = max(rows, key=lambda r: float(r["val_mean_jaccard"]))
-    return {
-        "ema_best": float(best["val_mean_jaccard"]),
-        "raw_at_best": float(best["val_mean_jaccard_raw"]),
-        "raw_best": max(float(r["val_mean_jaccard_raw"]) for r in rows),
-        "ema_last": float(rows[-1]["val_mean_jaccard"]),
-        "raw_last": float(rows[-1]["val_mean_jaccard_raw"]),
-        "epochs": len(rows),
-        "minutes": float(rows[-1]["elapsed_min"]),
-    }
+    return {"ema_best": float(best["val_mean_jaccard"]), "raw_at_best": float(best["val_mean_jaccard_raw"]),
+            "raw_best": max(float(r["val_mean_jaccard_raw"]) for r in rows),
+            "ema_last": float(rows[-1]["val_mean_jaccard"]),
+            "raw_last": float(rows[-1]["val_mean_jaccard_raw"]), "epochs": len(rows),
+            "minutes": float(rows[-1]["elapsed_min"])}
 
 
 def describe(card: dict) -> str:

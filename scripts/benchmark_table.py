@@ -68,12 +68,9 @@ def main() -> None:
         val = args.data / name / "val"
         if not val.is_dir():
             continue
-        lines += [
-            f"## {title}",
-            "",
-            "| model | mean Jaccard | mean Dice | thresholded Jaccard | pixel accuracy |",
-            "| --- | --- | --- | --- | --- |",
-        ]
+        lines += [f"## {title}", "",
+                  "| model | mean Jaccard | mean Dice | thresholded Jaccard | pixel accuracy |",
+                  "| --- | --- | --- | --- | --- |"]
         for short in BUNDLED:
             if not bundled_model_path(short).is_file():
                 continue
@@ -86,12 +83,8 @@ def main() -> None:
         lines += [f"| *{a}* | {j} | {d} | {t} | |" for a, j, d, t in ANCHORS.get(name, [])]
         lines.append("")
         counts.append((name, *count_readable(args.data / name)))
-    lines += [
-        "## Every file read",
-        "",
-        "| dataset | image and mask files read | of | problems |",
-        "| --- | --- | --- | --- |",
-    ]
+    lines += ["## Every file read", "", "| dataset | image and mask files read | of | problems |",
+              "| --- | --- | --- | --- |"]
     for name, read, seen, problems in counts:
         lines.append(f"| {name} | {read} | {seen} | {'; '.join(problems[:3]) or 'none'} |")
     args.out.write_text("\n".join(lines) + "\n")

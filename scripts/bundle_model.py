@@ -67,13 +67,8 @@ def main() -> None:
     if args.recard:
         fields = {
             k: v
-            for k, v in (
-                ("recipe", args.recipe),
-                ("training", args.training),
-                ("provenance", args.provenance),
-                ("name", args.name),
-                ("label", args.label),
-            )
+            for k, v in (("recipe", args.recipe), ("training", args.training),
+                         ("provenance", args.provenance), ("name", args.name), ("label", args.label))
             if v
         }
         if args.tta_scales:
@@ -92,10 +87,8 @@ def main() -> None:
         use_fp16 = abs(fp16["mean_jaccard"] - full["mean_jaccard"]) < 5e-4
         stored = Segmenter(TorchBackend(fp16_path if use_fp16 else source))
         val = load_labelled(args.data / "val")
-        figures = {
-            "carved_split": fp16 if use_fp16 else full,
-            f"{args.data.name}_val": evaluate(stored, val).metrics,
-        }
+        figures = {"carved_split": fp16 if use_fp16 else full,
+                   f"{args.data.name}_val": evaluate(stored, val).metrics}
         inference = {}
         if args.tta_scales:
             inference, with_tta = choose_tta(stored, carved, figures["carved_split"]["mean_jaccard"],
@@ -232,17 +225,8 @@ def write_model_cards() -> None:
             f"{cfg.deep_supervision}; {count_parameters(loaded.model):,} parameters; input "
             f"{loaded.image_size}² (predictions resized back to each image's size)",
         ]
-        for key in (
-            "label",
-            "config",
-            "command",
-            "provenance",
-            "data",
-            "recipe",
-            "training",
-            "selection",
-            "licence",
-        ):
+        for key in ("label", "config", "command", "provenance", "data", "recipe", "training", "selection",
+                    "licence"):
             if key in card:
                 value = card[key]
                 if isinstance(value, dict):  # `lesionseg train`'s card: {'train': ..., 'n_train': ...}

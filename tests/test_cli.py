@@ -17,14 +17,8 @@ from lesionseg.io import read_mask
 from lesionseg.metrics import aggregate, confusion
 
 runner = CliRunner()
-TINY = [
-    "model.base_width=4",
-    "model.depth=2",
-    "data.image_size=32",
-    "data.batch_size=4",
-    "data.val_fraction=0.25",
-    "optim.lr=0.01",
-]
+TINY = ["model.base_width=4", "model.depth=2", "data.image_size=32", "data.batch_size=4",
+        "data.val_fraction=0.25", "optim.lr=0.01"]
 
 
 def invoke(*args):
@@ -189,15 +183,11 @@ def test_predict_partial_failure_exit_1(trained, tmp_path, rng):
         (["train", "--data", "{tmp}/d", "--strategy", "warp_drive"], "training setup:"),
         (["export", "--weights", "{tmp}/nope.pt", "--out", "{tmp}/m.onnx"], "model file not found"),
         (["export", "--opset", "13", "--out", "{tmp}/m.onnx"], "opset ≥ 17"),
-        (
-            ["predict", "{tmp}/x.png", "--out", "{tmp}/o", "--weights", "{tmp}/nope.onnx"],
-            "ONNX model file not found",
-        ),
+        (["predict", "{tmp}/x.png", "--out", "{tmp}/o", "--weights", "{tmp}/nope.onnx"],
+         "ONNX model file not found"),
         (["predict", "{tmp}/x.png", "--out", "{tmp}/o", "--tta-scales", "a,b"], "--tta-scales"),
-        (
-            ["predict", "{tmp}/x.png", "--out", "{tmp}/o", "--threshold", "1.5"],
-            "--threshold must be between 0 and 1",
-        ),
+        (["predict", "{tmp}/x.png", "--out", "{tmp}/o", "--threshold", "1.5"],
+         "--threshold must be between 0 and 1"),
     ],
 )
 def test_user_errors_are_one_line_exit_2(tmp_path, args, message):
@@ -278,19 +268,9 @@ def test_model_options_train_end_to_end(tmp_path):
 
     data = make_dataset(tmp_path / "data", n=8)
     run = tmp_path / "run"
-    result = invoke(
-        "train",
-        "--data",
-        data,
-        "--out",
-        run,
-        *TINY,
-        "trainer.max_epochs=1",
-        "model.attention=cbam",
-        "model.deep_supervision=true",
-        "model.upsample=transposed",
-        "augment.elastic=0.5",
-    )
+    result = invoke("train", "--data", data, "--out", run, *TINY, "trainer.max_epochs=1",
+                    "model.attention=cbam", "model.deep_supervision=true", "model.upsample=transposed",
+                    "augment.elastic=0.5")
     assert result.exit_code == 0, result.output
     loaded = load_model(run / "model.pt")
     assert loaded.config.attention == "cbam" and loaded.config.deep_supervision

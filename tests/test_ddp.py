@@ -10,29 +10,13 @@ from conftest import make_dataset
 from lesionseg.models import load_model
 
 pytestmark = pytest.mark.slow
-ARGS = [
-    "model.base_width=4",
-    "model.depth=2",
-    "data.image_size=32",
-    "data.val_fraction=0.25",
-    "trainer.max_epochs=3",
-    "optim.lr=0.01",
-]
+ARGS = ["model.base_width=4", "model.depth=2", "data.image_size=32", "data.val_fraction=0.25",
+        "trainer.max_epochs=3", "optim.lr=0.01"]
 
 
 def train(data, run, *extra):
-    cmd = [
-        sys.executable,
-        "-m",
-        "lesionseg.cli",
-        "train",
-        "--data",
-        str(data),
-        "--out",
-        str(run),
-        *ARGS,
-        *extra,
-    ]
+    cmd = [sys.executable, "-m", "lesionseg.cli", "train", "--data", str(data), "--out", str(run), *ARGS,
+           *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc, list(csv.DictReader((run / "metrics.csv").open()))

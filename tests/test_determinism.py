@@ -7,13 +7,8 @@ from conftest import make_dataset
 from lesionseg.cli import app
 from lesionseg.models import load_model
 
-TINY = [
-    "model.base_width=4",
-    "model.depth=2",
-    "data.image_size=32",
-    "data.batch_size=4",
-    "trainer.max_epochs=1",
-]
+TINY = ["model.base_width=4", "model.depth=2", "data.image_size=32", "data.batch_size=4",
+        "trainer.max_epochs=1"]
 
 
 def train_once(data, run, *extra):

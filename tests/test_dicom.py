@@ -109,11 +109,8 @@ def test_predict_writes_png_and_seg_that_match(tmp_path, rng, tiny_model_file):
     result = runner.invoke(app, ["predict", str(src), "--out", str(out), "--weights", str(tiny_model_file),
                                  "--threshold", "0.3"])
     assert result.exit_code == 0, result.output
-    for stem, source in (
-        ("derm", src / "derm.dcm"),
-        ("derm_ybr", src / "derm_ybr.dcm"),
-        ("ct", src / "ct.dcm"),
-    ):
+    for stem, source in (("derm", src / "derm.dcm"), ("derm_ybr", src / "derm_ybr.dcm"),
+                         ("ct", src / "ct.dcm")):
         source_ds = pydicom.dcmread(source)
         seg = pydicom.dcmread(out / f"{stem}_seg.dcm")
         assert seg.Modality == "SEG" and seg.SegmentationType == "BINARY"

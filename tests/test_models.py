@@ -31,14 +31,9 @@ VARIANTS = {
         upsample="transposed",
     ),
     # ... without the full-resolution decoder stage (half-resolution logits upsampled).
-    "lite0_no_full_res_cbam_ds": ModelConfig(
-        encoder="efficientnet-lite0",
-        base_width=4,
-        depth=3,
-        attention="cbam",
-        deep_supervision=True,
-        full_resolution_stage="none",
-    ),
+    "lite0_no_full_res_cbam_ds": ModelConfig(encoder="efficientnet-lite0", base_width=4, depth=3,
+                                             attention="cbam", deep_supervision=True,
+                                             full_resolution_stage="none"),
 }
 
 

@@ -61,11 +61,9 @@ def test_validate_keeps_decoded_arrays(dataset):
     assert validate(pairs, keep=True, keep_limit_bytes=1000) is None
 
 
-@pytest.mark.parametrize("layout, message", [
-    ("missing", "data folder not found"),
-    ("no_subdirs", "expected sub-folders images/ and masks/"),
-    ("empty", "no images found"),
-])
+@pytest.mark.parametrize("layout, message", [("missing", "data folder not found"),
+                                             ("no_subdirs", "expected sub-folders images/ and masks/"),
+                                             ("empty", "no images found")])
 def test_bad_folders(tmp_path, layout, message):
     root = tmp_path / "d"
     if layout != "missing":

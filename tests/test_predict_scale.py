@@ -86,12 +86,8 @@ def test_shards_partition_the_inputs_stably(folder, tmp_path, tiny_model_file):
     }
     merged = runner.invoke(
         app,
-        [
-            "merge-manifests",
-            *[str(tmp_path / f"s{k}" / "manifest.csv") for k in (1, 2, 3)],
-            "--out",
-            str(tmp_path / "all.csv"),
-        ],
+        ["merge-manifests", *[str(tmp_path / f"s{k}" / "manifest.csv") for k in (1, 2, 3)], "--out",
+         str(tmp_path / "all.csv")],
     )
     assert merged.exit_code == 0 and "12 ok" in merged.stdout
     rows = read_manifest(tmp_path / "all.csv")

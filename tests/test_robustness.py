@@ -15,13 +15,8 @@ from conftest import make_dataset, synthetic_case
 from lesionseg.cli import app
 
 runner = CliRunner()
-TINY = [
-    "model.base_width=4",
-    "model.depth=2",
-    "data.image_size=32",
-    "data.batch_size=4",
-    "data.val_fraction=0.25",
-]
+TINY = ["model.base_width=4", "model.depth=2", "data.image_size=32", "data.batch_size=4",
+        "data.val_fraction=0.25"]
 
 
 def test_unicode_and_spaces_in_paths(tmp_path, tiny_model_file, rng):
@@ -79,17 +74,8 @@ def test_large_photo_predicts_under_2_gb(tmp_path, tiny_model_file):
         "    app(sys.argv[1:])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\nprint(peak_rss_mb())"
     )
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            code,
-            "predict",
-            str(tmp_path / "big.jpg"),
-            "--out",
-            str(tmp_path / "o"),
-            "--weights",
-            str(tiny_model_file),
-        ],
+        [sys.executable, "-c", code, "predict", str(tmp_path / "big.jpg"), "--out", str(tmp_path / "o"),
+         "--weights", str(tiny_model_file)],
         capture_output=True,
         text=True,
     )
@@ -160,28 +146,14 @@ def test_onnx_file_with_torch_backend(tmp_path, rng):
     (tmp_path / "m.onnx").write_bytes(b"")
     result = runner.invoke(
         app,
-        [
-            "predict",
-            str(tmp_path / "x.png"),
-            "--out",
-            str(tmp_path / "o"),
-            "--weights",
-            str(tmp_path / "m.onnx"),
-            "--backend",
-            "torch",
-        ],
+        ["predict", str(tmp_path / "x.png"), "--out", str(tmp_path / "o"), "--weights",
+         str(tmp_path / "m.onnx"), "--backend", "torch"],
     )
     assert result.exit_code == 2 and "needs --backend onnx" in result.stderr
     result = runner.invoke(
         app,
-        [
-            "predict",
-            str(tmp_path / "x.png"),
-            "--out",
-            str(tmp_path / "o"),
-            "--weights",
-            str(tmp_path / "m.onnx"),
-        ],
+        ["predict", str(tmp_path / "x.png"), "--out", str(tmp_path / "o"), "--weights",
+         str(tmp_path / "m.onnx")],
     )
     assert result.exit_code == 2 and "not a loadable ONNX model" in result.stderr
 
@@ -206,21 +178,9 @@ def test_sigkill_mid_epoch_then_resume(tmp_path):
 
     data = make_dataset(tmp_path / "d", n=96, size=(96, 96))
     run = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "lesionseg.cli",
-        "train",
-        "--data",
-        str(data),
-        "--out",
-        str(run),
-        "model.base_width=8",
-        "model.depth=3",
-        "data.image_size=96",
-        "data.batch_size=4",
-        "trainer.max_epochs=5",
-    ]
+    cmd = [sys.executable, "-m", "lesionseg.cli", "train", "--data", str(data), "--out", str(run),
+           "model.base_width=8", "model.depth=3", "data.image_size=96", "data.batch_size=4",
+           "trainer.max_epochs=5"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     csv_path, last = run / "metrics.csv", run / "checkpoints" / "last.ckpt"
     deadline = time.time() + 240

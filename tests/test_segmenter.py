@@ -78,17 +78,8 @@ def test_onnx_predict_does_not_import_torch(tiny_model_file, tmp_path, rng):
         "    assert e.code == 0, e.code\nassert 'torch' not in sys.modules, 'torch was imported'\nprint('ok')"
     )
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            code,
-            "predict",
-            str(tmp_path / "x.png"),
-            "--out",
-            str(tmp_path / "o"),
-            "--weights",
-            str(onnx_path),
-        ],
+        [sys.executable, "-c", code, "predict", str(tmp_path / "x.png"), "--out", str(tmp_path / "o"),
+         "--weights", str(onnx_path)],
         capture_output=True,
         text=True,
     )

@@ -146,17 +146,8 @@ def test_train_with_two_data_folders_records_both(tmp_path):
 def test_ema_weights_are_validated_selected_and_saved(tmp_path):
     data = make_dataset(tmp_path / "data", n=12)
     run = tmp_path / "run"
-    result = invoke(
-        "train",
-        "--data",
-        data,
-        "--out",
-        run,
-        *TINY,
-        "trainer.max_epochs=2",
-        "optim.ema_decay=0.9",
-        "optim.lr=0.01",
-    )
+    result = invoke("train", "--data", data, "--out", run, *TINY, "trainer.max_epochs=2",
+                    "optim.ema_decay=0.9", "optim.lr=0.01")
     assert result.exit_code == 0, result.output
     assert "raw weights" in result.output
     metrics = rows(run / "metrics.csv")
@@ -230,17 +221,8 @@ def test_init_from_starts_from_a_model_file_and_refuses_another_architecture(tmp
     assert "another architecture (model.base_width is 8 here); to fine-tune it, set model.base_width=4" in \
         result.output
     tuned = tmp_path / "tuned"
-    result = invoke(
-        "train",
-        "--data",
-        data,
-        "--out",
-        tuned,
-        *TINY,
-        "trainer.max_epochs=1",
-        "loss.lovasz_weight=0.5",
-        f"trainer.init_from={first / 'model.pt'}",
-    )
+    result = invoke("train", "--data", data, "--out", tuned, *TINY, "trainer.max_epochs=1",
+                    "loss.lovasz_weight=0.5", f"trainer.init_from={first / 'model.pt'}")
     assert result.exit_code == 0, result.output
     assert load_model(tuned / "model.pt").card["recipe"]["trainer"]["init_from"] == str(first / "model.pt")
 

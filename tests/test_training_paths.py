@@ -36,21 +36,9 @@ def test_default_model_config_trains_on_cpu_with_the_device_path(tmp_path):
     the config's own encoder, deep supervision, augmentation keys and time schedule (only sizes shrunk)."""
     data = make_dataset(tmp_path / "data", n=14, size=(40, 52))
     run = tmp_path / "run"
-    result = invoke(
-        "train",
-        "--data",
-        data,
-        "--out",
-        run,
-        "--config",
-        GPU_CONFIG,
-        "data.on_device=true",
-        "data.image_size=32",
-        "data.batch_size=4",
-        "optim.warmup_steps=2",
-        "trainer.max_minutes=0.08",
-        "trainer.max_epochs=3",
-    )
+    result = invoke("train", "--data", data, "--out", run, "--config", GPU_CONFIG, "data.on_device=true",
+                    "data.image_size=32", "data.batch_size=4", "optim.warmup_steps=2",
+                    "trainer.max_minutes=0.08", "trainer.max_epochs=3")
     assert result.exit_code == 0, result.output
     cfg = load_config(run / "config.yaml")
     assert cfg.data.on_device == "true" and cfg.optim.schedule == "cosine_time"

@@ -30,21 +30,10 @@ def _nested_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def train(
-    data: str | Path | Sequence[str | Path],
-    out: str | Path,
-    /,
-    config: str | Path | None = None,
-    val_data: str | Path | None = None,
-    *,
-    mask_threshold: int | None = None,
-    devices: int | str = 1,
-    strategy: str = "auto",
-    num_nodes: int = 1,
-    progress: bool | None = None,
-    command: str | None = None,
-    **overrides: Any,
-) -> Path:
+def train(data: str | Path | Sequence[str | Path], out: str | Path, /, config: str | Path | None = None,
+          val_data: str | Path | None = None, *, mask_threshold: int | None = None, devices: int | str = 1,
+          strategy: str = "auto", num_nodes: int = 1, progress: bool | None = None,
+          command: str | None = None, **overrides: Any) -> Path:
     """Train (or resume: call again with the same arguments) into the run folder `out`; returns its model.pt.
 
     `config`: a YAML recipe (see configs/); `overrides`: config keys, as sections or dotted names, e.g.

@@ -119,18 +119,9 @@ def train(
                ("--num-nodes", None if num_nodes == 1 else num_nodes)]
     command = shlex.join(["lesionseg", "train", *[str(v) for o in options if o[1] is not None for v in o],
                           *(overrides or [])])
-    model_path = run_training(
-        data[0] if len(data) == 1 else data,
-        out,
-        config,
-        val_data,
-        mask_threshold=mask_threshold,
-        devices=devices,
-        strategy=strategy,
-        num_nodes=num_nodes,
-        command=command,
-        **parse_overrides(overrides or []),
-    )
+    model_path = run_training(data[0] if len(data) == 1 else data, out, config, val_data,
+                              mask_threshold=mask_threshold, devices=devices, strategy=strategy,
+                              num_nodes=num_nodes, command=command, **parse_overrides(overrides or []))
     print(f"best model: {model_path}")
 
 
@@ -255,21 +246,9 @@ def predict(
     def make():  # predict loads the model only after its cheap checks
         return Segmenter.load(weights, backend=backend, options=options)
 
-    failures = run_predict(
-        inputs,
-        out,
-        make,
-        overwrite=overwrite,
-        strict=strict,
-        report=report,
-        on_failure=_err,
-        shard=shard,
-        skip_existing=skip_existing,
-        manifest=manifest,
-        workers=workers,
-        verbose=verbose,
-        overlays=overlays,
-    )
+    failures = run_predict(inputs, out, make, overwrite=overwrite, strict=strict, report=report,
+                           on_failure=_err, shard=shard, skip_existing=skip_existing, manifest=manifest,
+                           workers=workers, verbose=verbose, overlays=overlays)
     if failures:
         raise typer.Exit(1)
 
@@ -315,10 +294,8 @@ def pseudo_label(
 
 @app.command("merge-manifests")
 @handle_errors
-def merge_manifests(
-    manifests: List[Path] = typer.Argument(..., help="The shards' manifest CSVs."),
-    out: Path = typer.Option(..., "--out", help="The merged manifest CSV."),
-):
+def merge_manifests(manifests: List[Path] = typer.Argument(..., help="The shards' manifest CSVs."),
+                    out: Path = typer.Option(..., "--out", help="The merged manifest CSV.")):
     """Merge the manifests of `predict --shard K/N` runs into one (an id in two shards is an error)."""
     from .predict import merge_manifests as merge
 

@@ -14,15 +14,8 @@ from .io import write_csv, write_text
 from .metrics import aggregate, confusion, image_scores
 from .pairs import Pair, discover, load_pair, split_pairs, validate
 
-PER_IMAGE_FIELDS = [
-    "id",
-    "jaccard",
-    "dice",
-    "pixel_accuracy",
-    "sensitivity",
-    "specificity",
-    "foreground_fraction",
-]
+PER_IMAGE_FIELDS = ["id", "jaccard", "dice", "pixel_accuracy", "sensitivity", "specificity",
+                    "foreground_fraction"]
 
 
 @dataclass

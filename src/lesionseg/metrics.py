@@ -42,13 +42,9 @@ def _ratio(num: float, den: float) -> float:
 
 
 def image_scores(c: Counts) -> dict[str, float]:
-    return {
-        "jaccard": _ratio(c.tp, c.tp + c.fp + c.fn),
-        "dice": _ratio(2 * c.tp, 2 * c.tp + c.fp + c.fn),
-        "pixel_accuracy": _ratio(c.tp + c.tn, c.tp + c.tn + c.fp + c.fn),
-        "sensitivity": _ratio(c.tp, c.tp + c.fn),
-        "specificity": _ratio(c.tn, c.tn + c.fp),
-    }
+    return {"jaccard": _ratio(c.tp, c.tp + c.fp + c.fn), "dice": _ratio(2 * c.tp, 2 * c.tp + c.fp + c.fn),
+            "pixel_accuracy": _ratio(c.tp + c.tn, c.tp + c.tn + c.fp + c.fn),
+            "sensitivity": _ratio(c.tp, c.tp + c.fn), "specificity": _ratio(c.tn, c.tn + c.fp)}
 
 
 def aggregate(counts: list[Counts]) -> dict[str, float]:
@@ -63,17 +59,12 @@ def aggregate(counts: list[Counts]) -> dict[str, float]:
     tn = sum(c.tn for c in counts)
     fg = _ratio(tp, tp + fp + fn)
     bg = _ratio(tn, tn + fp + fn)
-    return {
-        "mean_jaccard": float(jac.mean()),
-        "mean_dice": float(np.mean([s["dice"] for s in per])),
-        "thresholded_jaccard": float(np.where(jac >= ISIC_JACCARD_THRESHOLD, jac, 0.0).mean()),
-        "pooled_iou": float(fg),
-        "miou_fg_bg": float((fg + bg) / 2),
-        "pixel_accuracy": float(np.mean([s["pixel_accuracy"] for s in per])),
-        "sensitivity": float(np.mean([s["sensitivity"] for s in per])),
-        "specificity": float(np.mean([s["specificity"] for s in per])),
-        "n_images": len(counts),
-    }
+    return {"mean_jaccard": float(jac.mean()), "mean_dice": float(np.mean([s["dice"] for s in per])),
+            "thresholded_jaccard": float(np.where(jac >= ISIC_JACCARD_THRESHOLD, jac, 0.0).mean()),
+            "pooled_iou": float(fg), "miou_fg_bg": float((fg + bg) / 2),
+            "pixel_accuracy": float(np.mean([s["pixel_accuracy"] for s in per])),
+            "sensitivity": float(np.mean([s["sensitivity"] for s in per])),
+            "specificity": float(np.mean([s["specificity"] for s in per])), "n_images": len(counts)}
 
 
 def batch_jaccard_dice(pred, truth):

@@ -52,12 +52,10 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Preprocessing":
-        return cls(
-            image_size=int(values.get("image_size", FALLBACK_IMAGE_SIZE)),
-            mean=tuple(float(v) for v in values.get("mean", IMAGENET_MEAN)),
-            std=tuple(float(v) for v in values.get("std", IMAGENET_STD)),
-            color_constancy=str(values.get("color_constancy", "none")),
-        )
+        return cls(image_size=int(values.get("image_size", FALLBACK_IMAGE_SIZE)),
+                   mean=tuple(float(v) for v in values.get("mean", IMAGENET_MEAN)),
+                   std=tuple(float(v) for v in values.get("std", IMAGENET_STD)),
+                   color_constancy=str(values.get("color_constancy", "none")))
 
     def transform(self):
         """The numpy pre-processing (`EvalTransform`) for these settings."""
@@ -116,14 +114,9 @@ class ModelFile:
 
         state = {k: (v.half() if fp16_weights and v.is_floating_point() else v).detach().cpu().contiguous()
                  for k, v in (self.state_dict or {}).items()}
-        payload = {
-            "format": FORMAT,
-            "format_version": self.preprocessing.format_version,
-            "model": _architecture_on_disk(self.architecture),
-            "preprocess": self.preprocessing.to_dict(),
-            "card": self.card,
-            "state_dict": state,
-        }
+        payload = {"format": FORMAT, "format_version": self.preprocessing.format_version,
+                   "model": _architecture_on_disk(self.architecture),
+                   "preprocess": self.preprocessing.to_dict(), "card": self.card, "state_dict": state}
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
 

@@ -155,12 +155,9 @@ class SegmentationDataModule(L.LightningDataModule):
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         self._rank = self.trainer.global_rank if self.trainer is not None else 0
         size = self.cfg.image_size
-        resident, why = choose_on_device(
-            self.cfg.on_device,
-            device,
-            resident_bytes(len(self.train_set), size),
-            self.cfg.device_memory_fraction,
-        )
+        resident, why = choose_on_device(self.cfg.on_device, device,
+                                         resident_bytes(len(self.train_set), size),
+                                         self.cfg.device_memory_fraction)
         if resident:
             from .batch_augment import BatchAugment
 
@@ -202,14 +199,10 @@ class SegmentationDataModule(L.LightningDataModule):
         return self.batch_augment(x[idx], y[idx], self.generator)
 
     def _loader(self, dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.cfg.batch_size,
-            shuffle=shuffle,
-            num_workers=self.cfg.num_workers,
-            drop_last=shuffle and len(dataset) > self.cfg.batch_size,
-            worker_init_fn=_reseed_worker if shuffle else None,
-        )
+        return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=shuffle,
+                          num_workers=self.cfg.num_workers,
+                          drop_last=shuffle and len(dataset) > self.cfg.batch_size,
+                          worker_init_fn=_reseed_worker if shuffle else None)
 
     def train_dataloader(self) -> DataLoader:
         if self.resident is not None:  # indices only: nothing for worker processes to do

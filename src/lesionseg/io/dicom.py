@@ -140,21 +140,14 @@ def build_seg(source, masks: list[np.ndarray], label, segment_label: str = "lesi
                         "(the per-frame PNG masks were written)")
     pixels = np.stack([m.astype(np.uint8) for m in masks])
     try:
-        seg = hd.seg.Segmentation(
-            source_images=[source],
-            pixel_array=pixels if len(masks) > 1 else pixels[0],
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=[description],
-            series_instance_uid=generate_uid(),
-            series_number=int(source.get("SeriesNumber", 0) or 0) + 1000,
-            sop_instance_uid=generate_uid(),
-            instance_number=1,
-            manufacturer="lesionseg",
-            manufacturer_model_name="lesionseg U-Net",
-            software_versions=__version__,
-            device_serial_number="0",
-            omit_empty_frames=False,
-        )
+        seg = hd.seg.Segmentation(source_images=[source], pixel_array=pixels if len(masks) > 1 else pixels[0],
+                                  segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+                                  segment_descriptions=[description], series_instance_uid=generate_uid(),
+                                  series_number=int(source.get("SeriesNumber", 0) or 0) + 1000,
+                                  sop_instance_uid=generate_uid(), instance_number=1,
+                                  manufacturer="lesionseg", manufacturer_model_name="lesionseg U-Net",
+                                  software_versions=__version__, device_serial_number="0",
+                                  omit_empty_frames=False)
     except (ValueError, TypeError, AttributeError) as exc:
         raise UserError(
             f"{label}: cannot build a DICOM SEG for this source ({str(exc).splitlines()[0][:200]})"

@@ -164,15 +164,9 @@ class Service:
 
     def card(self) -> dict:
         seg = self.segmenter
-        return {
-            "name": self.model_name(),
-            "file": str(seg.weights_path),
-            "backend": seg.backend.name,
-            "input_size": seg.image_size,
-            "default_tta": self.default_tta,
-            "lesionseg_version": __version__,
-            "card": seg.card,
-        }
+        return {"name": self.model_name(), "file": str(seg.weights_path), "backend": seg.backend.name,
+                "input_size": seg.image_size, "default_tta": self.default_tta,
+                "lesionseg_version": __version__, "card": seg.card}
 
 
 def header_value(text: str) -> str:
@@ -279,11 +273,9 @@ async def _segment(service: Service, image: np.ndarray, tta: bool, started: floa
     try:
         future = service.batcher.submit(image, tta)
     except QueueFull:
-        raise HTTPError(
-            503,
-            f"busy: {service.cfg.max_queue} images already wait for the model; retry shortly",
-            {"Retry-After": "1"},
-        ) from None
+        raise HTTPError(503,
+                        f"busy: {service.cfg.max_queue} images already wait for the model; retry shortly",
+                        {"Retry-After": "1"}) from None
     remaining = service.cfg.timeout_s - (time.perf_counter() - started)
     try:
         return await asyncio.wait_for(asyncio.wrap_future(future), timeout=max(remaining, 0.001))
@@ -324,11 +316,8 @@ def render(service: Service, image: np.ndarray, prob: np.ndarray, opts: Options,
 
     start = time.perf_counter()
     mask = postprocess.apply(prob, opts.post(), image)
-    headers = {
-        "X-Lesionseg-Model": header_value(service.model_name()),
-        "X-Image-Size": f"{size[0]}x{size[1]}",
-        "X-Area-Fraction": f"{mask.mean():.6f}",
-    }
+    headers = {"X-Lesionseg-Model": header_value(service.model_name()),
+               "X-Image-Size": f"{size[0]}x{size[1]}", "X-Area-Fraction": f"{mask.mean():.6f}"}
     if opts.format == "mask":
         body = encode_png(mask_to_uint8(mask))
     elif opts.format == "overlay":
@@ -455,16 +444,13 @@ def create_app(cfg: ServeConfig | None = None, segmenter=None) -> Starlette:
         finally:
             service.close()
 
-    routes = [
-        Route("/", _static("index.html", "text/html; charset=utf-8")),
-        Route("/app.js", _static("app.js", "text/javascript; charset=utf-8")),
-        Route("/style.css", _static("style.css", "text/css; charset=utf-8")),
-        Route("/docs", _static("docs.html", "text/html; charset=utf-8")),
-        Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics),
-        Route("/v1/model", model_card),
-        Route("/v1/segment", segment, methods=["POST"]),
-        Route("/v1/segment/dicom", segment_dicom, methods=["POST"]),
-    ]
+    routes = [Route("/", _static("index.html", "text/html; charset=utf-8")),
+              Route("/app.js", _static("app.js", "text/javascript; charset=utf-8")),
+              Route("/style.css", _static("style.css", "text/css; charset=utf-8")),
+              Route("/docs", _static("docs.html", "text/html; charset=utf-8")),
+              Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics),
+              Route("/v1/model", model_card), Route("/v1/segment", segment, methods=["POST"]),
+              Route("/v1/segment/dicom", segment_dicom, methods=["POST"])]
     middleware = [Middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST"],
                              allow_headers=["Authorization", "Content-Type"])] if cfg.cors_origins else []
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,

@@ -56,15 +56,11 @@ class ServiceMetrics:
                       "# TYPE lesionseg_request_duration_seconds histogram"]
             for path, hist in sorted(self.latency.items()):
                 lines += hist.lines("lesionseg_request_duration_seconds", f'path="{path}"')
-            lines += [
-                "# HELP lesionseg_queue_depth Images waiting for the model.",
-                "# TYPE lesionseg_queue_depth gauge",
-                f"lesionseg_queue_depth {queue_depth}",
-                "# HELP lesionseg_images_segmented_total Images the model has segmented.",
-                "# TYPE lesionseg_images_segmented_total counter",
-                f"lesionseg_images_segmented_total {self.images}",
-                "# HELP lesionseg_batch_size Images per forward pass (micro-batching).",
-                "# TYPE lesionseg_batch_size histogram",
-                *self.batch.lines("lesionseg_batch_size"),
-            ]
+            lines += ["# HELP lesionseg_queue_depth Images waiting for the model.",
+                      "# TYPE lesionseg_queue_depth gauge", f"lesionseg_queue_depth {queue_depth}",
+                      "# HELP lesionseg_images_segmented_total Images the model has segmented.",
+                      "# TYPE lesionseg_images_segmented_total counter",
+                      f"lesionseg_images_segmented_total {self.images}",
+                      "# HELP lesionseg_batch_size Images per forward pass (micro-batching).",
+                      "# TYPE lesionseg_batch_size histogram", *self.batch.lines("lesionseg_batch_size")]
         return "\n".join(lines) + "\n"

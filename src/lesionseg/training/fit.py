@@ -107,19 +107,12 @@ class RunRecorder(Checkpoint):
         )
 
     def save_best(self, model, epoch: int):
-        card = {
-            "lesionseg_version": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "training_data": self.data_desc,
-            "recipe": self.cfg.to_dict(),
-            "command": self.command,
-            "parameters": count_parameters(model),
-            "best_epoch": epoch + 1,
-            "selection_metric": METRIC,
-            "selection_value": round(self.best, 5),
-            "training_minutes": round(self.elapsed_min(), 2),
-            "hardware": self.hardware,
-        }
+        card = {"lesionseg_version": __version__,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "training_data": self.data_desc, "recipe": self.cfg.to_dict(), "command": self.command,
+                "parameters": count_parameters(model), "best_epoch": epoch + 1, "selection_metric": METRIC,
+                "selection_value": round(self.best, 5), "training_minutes": round(self.elapsed_min(), 2),
+                "hardware": self.hardware}
         model_cfg = self.cfg.model
         if model_cfg.full_resolution_stage == "train_only":
             model, model_cfg = drop_full_resolution_stage(model, model_cfg)
@@ -170,17 +163,9 @@ def launcher_rank() -> int:
     return int(os.environ.get("NODE_RANK", "0")) * 1000 + int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def train(
-    data: str | Path | Sequence[str | Path],
-    out: str | Path,
-    cfg: Config,
-    val_data: str | Path | None = None,
-    devices: int | str = 1,
-    strategy: str = "auto",
-    num_nodes: int = 1,
-    progress: bool | None = None,
-    command: str | None = None,
-) -> Path:
+def train(data: str | Path | Sequence[str | Path], out: str | Path, cfg: Config,
+          val_data: str | Path | None = None, devices: int | str = 1, strategy: str = "auto",
+          num_nodes: int = 1, progress: bool | None = None, command: str | None = None) -> Path:
     """Train (or resume) into `out`; returns the path of the best model file. Problems the user can fix
     (data, config, devices, a diverging loss) raise UserError with one line."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException

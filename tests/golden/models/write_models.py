@@ -19,11 +19,5 @@ save_model(out / "v1_half_cbam_tta.pt", build_model(cfg), cfg, image_size=40, ha
                  "inference": {"tta_scales": [0.75, 1.0]}})
 torch.manual_seed(2)
 cfg = ModelConfig(base_width=4, depth=3)
-save_model(
-    out / "v2_shades_of_grey.pt",
-    build_model(cfg),
-    cfg,
-    image_size=48,
-    color_constancy="shades_of_grey",
-    card={"note": "format 2: colour constancy"},
-)
+save_model(out / "v2_shades_of_grey.pt", build_model(cfg), cfg, image_size=48,
+           color_constancy="shades_of_grey", card={"note": "format 2: colour constancy"})
