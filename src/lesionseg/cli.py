@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import json
 import os
 import sys
@@ -130,6 +131,11 @@ WEIGHTS = typer.Option(None, "--weights", help="Model file: .pt (torch) or .onnx
 BACKEND = typer.Option("auto", "--backend", help="auto (by file type) | torch | onnx.")
 
 
+# The command-line type of each InferenceOptions field (`--tta-scales` is comma-separated text).
+FLAG_TYPES = {"threshold": float, "tta": Optional[bool], "tta_scales": Optional[str],
+              "largest_component": bool, "fill_holes": bool, "min_area": int, "crf": bool, "batch_size": int}
+
+
 def _flag(name: str, **overrides):
     """The option of an `InferenceOptions` field: flag, default and help come from the field."""
     field = InferenceOptions.field(name)
@@ -142,9 +148,32 @@ def _flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def inference_flags(exclude: tuple[str, ...] = (), **overrides):
+    """Gives a command a flag for every `InferenceOptions` field (but `exclude`), built from the field, and
+    calls it with one `options: InferenceOptions` in their place. `overrides`: a field's own default/help."""
+    names = [n for n in InferenceOptions.names() if n not in exclude]
+
+    def wrap(fn):
+        signature = inspect.signature(fn, eval_str=True)
+        kept = [p for p in signature.parameters.values() if p.name != "options"]
+        added = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=FLAG_TYPES[n],
+                                   default=_flag(n, **overrides.get(n, {}))) for n in names]
+
+        @functools.wraps(fn)
+        def command(*args, **kwargs):
+            given = {n: kwargs.pop(n) for n in names}
+            return fn(*args, options=_inference_options(given), **kwargs)
+
+        command.__signature__ = signature.replace(parameters=kept + added)
+        command.__annotations__ = {**{p.name: p.annotation for p in kept}, **FLAG_TYPES}
+        return command
+
+    return wrap
+
+
 def _inference_options(given: dict) -> InferenceOptions:
-    """InferenceOptions from a command's parameters (the fields it has; `--tta-scales` as text)."""
-    values = {k: given[k] for k in InferenceOptions.names() if k in given}
+    """InferenceOptions from a command's flags (`--tta-scales` as text)."""
+    values = dict(given)
     text = values.get("tta_scales")
     if text is not None:
         try:
@@ -156,6 +185,7 @@ def _inference_options(given: dict) -> InferenceOptions:
 
 @app.command()
 @handle_errors
+@inference_flags()
 def evaluate(
     data: Path = typer.Option(..., "--data", help="Folder with images/ and masks/."),
     weights: Optional[Path] = WEIGHTS,
@@ -164,23 +194,15 @@ def evaluate(
         None, "--mask-threshold", help="Binarise masks with >2 levels at this value."
     ),
     backend: str = BACKEND,
-    threshold: float = _flag("threshold"),
-    tta: Optional[bool] = _flag("tta"),
-    tta_scales: Optional[str] = _flag("tta_scales"),
-    largest_component: bool = _flag("largest_component"),
-    fill_holes: bool = _flag("fill_holes"),
-    min_area: int = _flag("min_area"),
-    crf: bool = _flag("crf"),
-    batch_size: int = _flag("batch_size"),
     report: bool = typer.Option(False, "--report", help="Also write report.html (histogram, worst/best "
                                 "cases)."),
+    options: InferenceOptions = None,
 ):
     """Evaluate a model on a labelled folder; metrics at each image's original size."""
     from .api import evaluate as run_evaluate
 
-    options = dataclasses.asdict(_inference_options(locals()))
     metrics = run_evaluate(data, weights, out=out, mask_threshold=mask_threshold, report=report,
-                           backend=backend, **options)
+                           backend=backend, **dataclasses.asdict(options))
     _print_metrics(metrics)
     print(f"wrote {out / 'metrics.json'} and {out / 'per_image.csv'}")
     if report:
@@ -202,6 +224,7 @@ def _print_metrics(metrics: dict) -> None:
 
 @app.command()
 @handle_errors
+@inference_flags()
 def predict(
     inputs: List[Path] = typer.Argument(..., help="Image files or folders."),
     out: Path = typer.Option(..., "--out", help="Output folder for <id>_mask.png and <id>_overlay.png."),
@@ -212,14 +235,6 @@ def predict(
     ),
     report: bool = typer.Option(False, "--report", help="Also write report.html."),
     backend: str = BACKEND,
-    threshold: float = _flag("threshold"),
-    tta: Optional[bool] = _flag("tta"),
-    tta_scales: Optional[str] = _flag("tta_scales"),
-    largest_component: bool = _flag("largest_component"),
-    fill_holes: bool = _flag("fill_holes"),
-    min_area: int = _flag("min_area"),
-    crf: bool = _flag("crf"),
-    batch_size: int = _flag("batch_size"),
     workers: int = typer.Option(
         2, "--workers", min=1, help="Threads reading and writing while the model runs."
     ),
@@ -233,15 +248,13 @@ def predict(
         None, "--manifest", help="Write a CSV: id, mask, status, foreground fraction."
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="One line per image written."),
-    overlays: bool = typer.Option(
-        True, "--overlays/--no-overlays", help="Also write <id>_overlay.png (default on)."
-    ),
+    overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Also write <id>_overlay.png "
+                                  "(default on)."),
+    options: InferenceOptions = None,
 ):
     """Segment images; masks are 0/255 PNGs at each input's original size. A progress bar on a terminal."""
     from .inference import Segmenter
     from .predict import run_predict
-
-    options = _inference_options(locals())
 
     def make():  # predict loads the model only after its cheap checks
         return Segmenter.load(weights, backend=backend, options=options)
@@ -255,6 +268,8 @@ def predict(
 
 @app.command("pseudo-label")
 @handle_errors
+@inference_flags(exclude=("crf",), tta={"default": True, "help": "Teacher with test-time augmentation "
+                                                                 "(default on)."})
 def pseudo_label(
     data: Path = typer.Option(
         ..., "--data", help="Unlabelled images: a folder of images, or one with images/."
@@ -265,20 +280,14 @@ def pseudo_label(
         0.85, "--min-confidence", help="Keep images whose |p>0.7| / |p>0.3| is at least this."
     ),
     backend: str = BACKEND,
-    threshold: float = _flag("threshold"),
-    tta: bool = _flag("tta", default=True, help="Teacher with test-time augmentation (default on)."),
-    tta_scales: Optional[str] = _flag("tta_scales"),
-    largest_component: bool = _flag("largest_component"),
-    fill_holes: bool = _flag("fill_holes"),
-    min_area: int = _flag("min_area"),
-    batch_size: int = _flag("batch_size"),
+    options: InferenceOptions = None,
 ):
     """Label unlabelled images with a teacher model and keep its confident masks, for `train --data A --data
     OUT`."""
     from .inference import Segmenter
     from .pseudo_label import pseudo_label as run
 
-    teacher = Segmenter.load(weights, backend=backend, options=_inference_options(locals()))
+    teacher = Segmenter.load(weights, backend=backend, options=options)
     failures: list[str] = []
 
     def failed(line: str) -> None:

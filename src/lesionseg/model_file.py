@@ -152,16 +152,10 @@ class ModelFile:
         return cls(None, Preprocessing.from_dict(values), json.loads(meta.get("card", "{}")), None, path)
 
 
-@dataclasses.dataclass
-class LoadedModel:
-    """A network ready for inference and the model file it came from (what it needs to be fed correctly)."""
+class FileView:
+    """What a holder of a model file (`self.file`: a loaded network, a backend) reads from it."""
 
-    model: Any  # torch.nn.Module
     file: ModelFile
-
-    @property
-    def config(self) -> ModelConfig:
-        return self.file.architecture
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -172,16 +166,28 @@ class LoadedModel:
         return self.file.preprocessing.image_size
 
     @property
-    def color_constancy(self) -> str:
-        return self.file.preprocessing.color_constancy
-
-    @property
     def card(self) -> dict[str, Any]:
         return self.file.card
 
     @property
     def path(self) -> Path | None:
         return self.file.path
+
+
+@dataclasses.dataclass
+class LoadedModel(FileView):
+    """A network ready for inference and the model file it came from (what it needs to be fed correctly)."""
+
+    model: Any  # torch.nn.Module
+    file: ModelFile
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.file.architecture
+
+    @property
+    def color_constancy(self) -> str:
+        return self.file.preprocessing.color_constancy
 
 
 def save_model(path: str | Path, model, cfg: ModelConfig, image_size: int,

@@ -11,30 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..model_file import ModelFile, Preprocessing
+from ..model_file import FileView, ModelFile
 
 
-class Backend:
-    """What every backend shares: the model file it runs and its pre-processing."""
+class Backend(FileView):
+    """What every backend shares: the model file it runs (its pre-processing, card and path)."""
 
     name = "?"
-    file: ModelFile
-
-    @property
-    def preprocessing(self) -> Preprocessing:
-        return self.file.preprocessing
-
-    @property
-    def image_size(self) -> int:
-        return self.file.preprocessing.image_size
-
-    @property
-    def card(self) -> dict:
-        return self.file.card
-
-    @property
-    def path(self) -> Path | None:
-        return self.file.path
 
 
 class TorchBackend(Backend):
