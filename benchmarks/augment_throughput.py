@@ -41,9 +41,8 @@ def main() -> None:
     args = ap.parse_args()
     cfg = load_config(args.config)
     size, bs = cfg.data.image_size, cfg.data.batch_size
-    dataset = SegmentationDataset(
-        discover(args.data)[: args.images], train_transform(size, cfg.augment, seed=0)
-    )
+    dataset = SegmentationDataset(discover(args.data)[: args.images],
+                                  train_transform(size, cfg.augment, seed=0))
     x, y = resident_tensors(dataset, size)  # decodes once; both paths then start from decoded pixels
     decoded = [(x[i].permute(1, 2, 0).numpy(), y[i, 0].numpy()) for i in range(len(x))]
 

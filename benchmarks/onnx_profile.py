@@ -68,9 +68,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--weights", nargs="+", default=["cpu"])
     ap.add_argument("--int8-calibration", type=Path)
-    ap.add_argument(
-        "--threads", type=int, default=1, help="1 makes the shares independent of thread scheduling"
-    )
+    ap.add_argument("--threads", type=int, default=1,
+                    help="1 makes the shares independent of thread scheduling")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "onnx_profile.json")
     args = ap.parse_args()
     rows = []
@@ -85,9 +84,8 @@ def main() -> None:
                 row = {"weights": weights, "onnx": kind, **profile(path, args.threads, tmp)}
                 rows.append(row)
                 top = ", ".join(f"{op} {share:.0%}" for op, share in list(row["share_by_op"].items())[:5])
-                print(
-                    f"{weights} {kind}: {row['network_ms']} ms/run ({args.threads} thread): {top}", flush=True
-                )
+                print(f"{weights} {kind}: {row['network_ms']} ms/run ({args.threads} thread): {top}",
+                      flush=True)
     args.out.write_text(
         json.dumps({"machine": describe_machine(with_torch=False), "runs_per_model": RUNS, "rows": rows},
                    indent=2)

@@ -40,14 +40,12 @@ def full_size_samples(folder: Path, n: int) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument(
-        "--images", type=Path, default=ROOT.parent / "shared" / "data" / "kvasir_seg" / "val" / "images"
-    )
+    ap.add_argument("--images", type=Path,
+                    default=ROOT.parent / "shared" / "data" / "kvasir_seg" / "val" / "images")
     ap.add_argument("--weights", default="cpu")
     ap.add_argument("--workers", nargs="+", type=int, default=[1, 2, 4])
-    ap.add_argument(
-        "--limit", type=int, default=100, help="at most this many photos (linked into a temp folder)"
-    )
+    ap.add_argument("--limit", type=int, default=100,
+                    help="at most this many photos (linked into a temp folder)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "predict_throughput.json")
     args = ap.parse_args()
     rows = []

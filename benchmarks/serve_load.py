@@ -170,9 +170,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--memory-requests", nargs="*", type=int, default=[2000, 6000, 10000],
                     help="server RSS after 100 requests and after each of these totals (none: skip)")
-    ap.add_argument(
-        "--max-batch", nargs="+", type=int, default=[16], help="`serve --max-batch` settings to try"
-    )
+    ap.add_argument("--max-batch", nargs="+", type=int, default=[16],
+                    help="`serve --max-batch` settings to try")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve_load.json")
     args = ap.parse_args()
     files = sorted(SAMPLES.glob("*.jpg"))

@@ -158,9 +158,8 @@ def monai_models(base: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument(
-        "--out", type=Path, default=Path("benchmarks/results") / f"{platform.node() or 'machine'}.json"
-    )
+    ap.add_argument("--out", type=Path,
+                    default=Path("benchmarks/results") / f"{platform.node() or 'machine'}.json")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="only the default width (base 16)")
     ap.add_argument("--all", action="store_true", help="also time emulated bf16")

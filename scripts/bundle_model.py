@@ -52,9 +52,8 @@ def main() -> None:
     ap.add_argument("--recipe", help="the recipe in words, one line")
     ap.add_argument("--training", help="epochs, minutes, hardware, one line")
     ap.add_argument("--provenance", help="how these weights were made, when not by the card's command")
-    ap.add_argument(
-        "--label", help="what the model segments, shown by predict, reports and the service (lesion, polyp)"
-    )
+    ap.add_argument("--label",
+                    help="what the model segments, shown by predict, reports and the service (lesion, polyp)")
     ap.add_argument("--data", type=Path, default=ISIC, help="a dataset root with train/ and val/")
     ap.add_argument("--licence", default=LICENCE)
     ap.add_argument(
@@ -207,9 +206,8 @@ def write_model_cards() -> None:
         loaded = load_model(path)
         card, cfg = loaded.card, loaded.config
         figures = card.get("figures", {})
-        shown = [
-            (f"{k[:-4]} val ({v.get('n_images', '?')})", v) for k, v in figures.items() if k.endswith("_val")
-        ]
+        shown = [(f"{k[:-4]} val ({v.get('n_images', '?')})", v) for k,
+                 v in figures.items() if k.endswith("_val")]
         shown += [(f"{k[:-len(TTA_SUFFIX)]} val ({v.get('n_images', '?')}) with the model's default TTA", v)
                   for k, v in figures.items() if k.endswith(TTA_SUFFIX)]
         if "carved_split_of_train" in figures:

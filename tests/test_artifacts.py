@@ -64,9 +64,8 @@ def test_ink_ring_follows_the_lesion_and_needs_none():
     changed = (out - 0.8).abs().amax(1) > 0.05
     yy, xx = torch.nonzero(changed.any(0), as_tuple=True)
     assert abs(yy.float().mean() - 30) < 12 and abs(xx.float().mean() - 90) < 12
-    empty = draw_artifacts(
-        torch.full((8, 3, 128, 128), 0.8), torch.zeros(8, 1, 128, 128), 0.0, 1.0, uniforms(2)
-    )
+    empty = draw_artifacts(torch.full((8, 3, 128, 128), 0.8), torch.zeros(8, 1, 128, 128), 0.0, 1.0,
+                           uniforms(2))
     assert ((empty - 0.8).abs().amax(1) > 0.05).flatten(1).any(1).all()  # a ring somewhere, no crash
 
 

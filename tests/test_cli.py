@@ -220,9 +220,8 @@ def test_resume_with_fewer_epochs_reaims_the_schedule(tmp_path, monkeypatch):
     """Shortening an interrupted run: the cosine schedule continues from its lr and ends at eta_min."""
     data = make_dataset(tmp_path / "data", n=12)
     run = tmp_path / "run"
-    crash_after_first_epoch(
-        monkeypatch, ["train", "--data", data, "--out", run, *TINY, "trainer.max_epochs=6"]
-    )
+    crash_after_first_epoch(monkeypatch,
+                            ["train", "--data", data, "--out", run, *TINY, "trainer.max_epochs=6"])
     result = invoke("train", "--data", data, "--out", run, *TINY, "trainer.max_epochs=3")
     assert result.exit_code == 0, result.output
     lrs = [float(r["lr"]) for r in csv.DictReader((run / "metrics.csv").open())]

@@ -17,9 +17,8 @@ VARIANTS = {
     "gray_in_two_out": ModelConfig(in_channels=1, out_channels=2, base_width=4, depth=2),
     "cbam": ModelConfig(base_width=4, depth=3, attention="cbam"),
     "deep_supervision": ModelConfig(base_width=4, depth=3, deep_supervision=True),
-    "transposed_cbam_ds": ModelConfig(
-        base_width=8, depth=3, upsample="transposed", attention="cbam", deep_supervision=True
-    ),
+    "transposed_cbam_ds": ModelConfig(base_width=8, depth=3, upsample="transposed", attention="cbam",
+                                      deep_supervision=True),
     # ImageNet-pretrained EfficientNet-Lite0 encoder (full depth; and truncated, with every option on).
     "lite0": ModelConfig(encoder="efficientnet-lite0", base_width=2, depth=5),
     "lite0_d3_cbam_ds_transposed": ModelConfig(
@@ -251,9 +250,8 @@ def test_dropping_the_full_resolution_stage_keeps_the_half_resolution_head(tmp_p
             return model(x)
 
     torch.manual_seed(0)
-    cfg = ModelConfig(
-        encoder="efficientnet-lite0", base_width=4, depth=3, deep_supervision=True, attention="cbam"
-    )
+    cfg = ModelConfig(encoder="efficientnet-lite0", base_width=4, depth=3, deep_supervision=True,
+                      attention="cbam")
     path = tmp_path / "m.pt"
     save_model(path, build_model(cfg, pretrained=False), cfg, image_size=32)
     loaded = load_model(path)

@@ -34,12 +34,10 @@ def read_manifest(path):
 
 
 def test_pipeline_output_equals_one_worker_and_keeps_every_input(folder, tmp_path, tiny_model_file):
-    a = predict(
-        folder, "--out", tmp_path / "a", "--weights", tiny_model_file, "--workers", "1", "--batch-size", "1"
-    )
-    b = predict(
-        folder, "--out", tmp_path / "b", "--weights", tiny_model_file, "--workers", "3", "--batch-size", "5"
-    )
+    a = predict(folder, "--out", tmp_path / "a", "--weights", tiny_model_file, "--workers", "1",
+                "--batch-size", "1")
+    b = predict(folder, "--out", tmp_path / "b", "--weights", tiny_model_file, "--workers", "3",
+                "--batch-size", "5")
     assert a.exit_code == b.exit_code == 0
     names = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert len(names) == 24 and names == sorted(p.name for p in (tmp_path / "b").iterdir())
@@ -99,9 +97,8 @@ def test_shards_partition_the_inputs_stably(folder, tmp_path, tiny_model_file):
     assert clash.exit_code == 2 and "overlapping shards" in clash.stderr
 
 
-@pytest.mark.parametrize(
-    "shard, message", [("0/3", "need 1 ≤ K ≤ N"), ("4/3", "need 1 ≤ K ≤ N"), ("a/b", "expected K/N")]
-)
+@pytest.mark.parametrize("shard, message",
+                         [("0/3", "need 1 ≤ K ≤ N"), ("4/3", "need 1 ≤ K ≤ N"), ("a/b", "expected K/N")])
 def test_bad_shards_are_one_line(folder, tmp_path, tiny_model_file, shard, message):
     result = predict(folder, "--out", tmp_path / "o", "--weights", tiny_model_file, "--shard", shard)
     assert result.exit_code == 2 and message in result.stderr
@@ -132,8 +129,7 @@ def test_no_overlays_writes_the_same_masks_only(folder, tmp_path, tiny_model_fil
     assert len(masks) == 12 and all(n.endswith("_mask.png") for n in masks)
     for name in masks:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
-    result = predict(
-        folder, "--out", tmp_path / "c", "--weights", tiny_model_file, "--no-overlays", "--report"
-    )
+    result = predict(folder, "--out", tmp_path / "c", "--weights", tiny_model_file, "--no-overlays",
+                     "--report")
     assert result.exit_code == 2 and "--report shows the overlays" in result.output
     assert not (tmp_path / "c").exists()

@@ -98,9 +98,8 @@ SEEDS = _seed_files()
 FUZZ_EXAMPLES = int(os.environ.get("LESIONSEG_FUZZ_EXAMPLES", "150"))  # make test: 150; longer runs by hand
 
 
-@settings(
-    max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.sampled_from(sorted(SEEDS)), st.data())
 def test_fuzzed_files_never_crash_the_readers(tmp_path_factory, kind, data):
     raw = bytearray(SEEDS[kind])

@@ -62,9 +62,8 @@ def test_float_tiffs_pillow_cannot_open(tmp_path):
 
 def test_planar_multipage_white_is_zero_and_alpha(tmp_path):
     check(
-        write_tiff(
-            tmp_path / "planar.tif", np.moveaxis(RGB12, -1, 0), photometric="rgb", planarconfig="separate"
-        ),
+        write_tiff(tmp_path / "planar.tif", np.moveaxis(RGB12, -1, 0), photometric="rgb",
+                   planarconfig="separate"),
         stretch(RGB12),
     )
     pages = np.stack([RGB8, 255 - RGB8])

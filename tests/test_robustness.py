@@ -29,9 +29,8 @@ def test_unicode_and_spaces_in_paths(tmp_path, tiny_model_file, rng):
     assert (out / "läsion 1_mask.png").is_file()
     data = make_dataset(tmp_path / "données d'entraînement", n=8)
     run = tmp_path / "exécution 1"
-    result = runner.invoke(
-        app, ["train", "--data", str(data), "--out", str(run), *TINY, "trainer.max_epochs=1"]
-    )
+    result = runner.invoke(app,
+                           ["train", "--data", str(data), "--out", str(run), *TINY, "trainer.max_epochs=1"])
     assert result.exit_code == 0, result.output
     assert (run / "model.pt").is_file()
 
@@ -133,9 +132,8 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path, monkeypatch):
     from lesionseg import losses
 
     data = make_dataset(tmp_path / "d", n=8)
-    monkeypatch.setattr(
-        losses.DiceBCELoss, "forward", lambda self, logits, target: (logits * float("nan")).mean()
-    )
+    monkeypatch.setattr(losses.DiceBCELoss, "forward", lambda self, logits,
+                        target: (logits * float("nan")).mean())
     result = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "run"), *TINY])
     assert result.exit_code == 2
     assert "training loss became nan" in result.stderr and "last good checkpoint" in result.stderr

@@ -97,9 +97,8 @@ def test_onnx_backend_exports_a_model_file_once_into_the_cache(tiny_model_file, 
     cached = list((tmp_path / "cache" / "lesionseg").glob("tiny-*.onnx"))
     assert len(cached) == 1
     stamp = cached[0].stat().st_mtime_ns
-    np.testing.assert_allclose(
-        via_onnx.predict(image), Segmenter.load(tiny_model_file).predict(image), atol=1e-4
-    )
+    np.testing.assert_allclose(via_onnx.predict(image), Segmenter.load(tiny_model_file).predict(image),
+                               atol=1e-4)
     Segmenter(open_backend(tiny_model_file, "onnx"))  # the second time: the cached file, not a new export
     assert cached[0].stat().st_mtime_ns == stamp
 

@@ -141,9 +141,8 @@ def test_multipart_upload(client, photo):
     assert client.post("/v1/segment", files={"file": ("photo.jpg", body, "image/jpeg")}).content == raw
     # the only file
     assert client.post("/v1/segment", files={"image": ("x.jpg", body, "image/jpeg")}).content == raw
-    assert_json_error(
-        client.post("/v1/segment", files={"note": (None, "no file here")}), 400, "no file field 'file'"
-    )
+    assert_json_error(client.post("/v1/segment", files={"note": (None, "no file here")}), 400,
+                      "no file field 'file'")
 
 
 @pytest.mark.parametrize("query, fragment", [

@@ -92,16 +92,14 @@ def train(
     overrides: Optional[List[str]] = typer.Argument(
         None, help="Config overrides KEY=VALUE, e.g. trainer.max_epochs=5"
     ),
-    val_data: Optional[Path] = typer.Option(
-        None, "--val-data", help="Validation folder (else a seeded split of --data)."
-    ),
+    val_data: Optional[Path] = typer.Option(None, "--val-data",
+                                            help="Validation folder (else a seeded split of --data)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML config (see configs/)."),
     out: Optional[Path] = typer.Option(
         None, "--out", help="Run directory; rerun the same command to resume."
     ),
-    mask_threshold: Optional[int] = typer.Option(
-        None, "--mask-threshold", help="Binarise masks with >2 levels at this value."
-    ),
+    mask_threshold: Optional[int] = typer.Option(None, "--mask-threshold",
+                                                 help="Binarise masks with >2 levels at this value."),
     devices: str = typer.Option("1", "--devices", help="Number of devices (processes) or 'auto'."),
     strategy: str = typer.Option("auto", "--strategy", help="Lightning strategy, e.g. ddp."),
     num_nodes: int = typer.Option(1, "--num-nodes", help="Machines for multi-node training."),
@@ -190,9 +188,8 @@ def evaluate(
     data: Path = typer.Option(..., "--data", help="Folder with images/ and masks/."),
     weights: Optional[Path] = WEIGHTS,
     out: Path = typer.Option(Path("out/evaluate"), "--out", help="Where metrics.json and per_image.csv go."),
-    mask_threshold: Optional[int] = typer.Option(
-        None, "--mask-threshold", help="Binarise masks with >2 levels at this value."
-    ),
+    mask_threshold: Optional[int] = typer.Option(None, "--mask-threshold",
+                                                 help="Binarise masks with >2 levels at this value."),
     backend: str = BACKEND,
     report: bool = typer.Option(False, "--report", help="Also write report.html (histogram, worst/best "
                                 "cases)."),
@@ -230,23 +227,18 @@ def predict(
     out: Path = typer.Option(..., "--out", help="Output folder for <id>_mask.png and <id>_overlay.png."),
     weights: Optional[Path] = WEIGHTS,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace results already in --out."),
-    strict: bool = typer.Option(
-        False, "--strict", help="Stop before writing anything if any input is unreadable."
-    ),
+    strict: bool = typer.Option(False, "--strict",
+                                help="Stop before writing anything if any input is unreadable."),
     report: bool = typer.Option(False, "--report", help="Also write report.html."),
     backend: str = BACKEND,
-    workers: int = typer.Option(
-        2, "--workers", min=1, help="Threads reading and writing while the model runs."
-    ),
-    shard: Optional[str] = typer.Option(
-        None, "--shard", help="K/N: only this machine's part of the inputs (stable by id)."
-    ),
-    skip_existing: bool = typer.Option(
-        False, "--skip-existing", help="Resume: skip inputs whose mask is already in --out."
-    ),
-    manifest: Optional[Path] = typer.Option(
-        None, "--manifest", help="Write a CSV: id, mask, status, foreground fraction."
-    ),
+    workers: int = typer.Option(2, "--workers", min=1,
+                                help="Threads reading and writing while the model runs."),
+    shard: Optional[str] = typer.Option(None, "--shard",
+                                        help="K/N: only this machine's part of the inputs (stable by id)."),
+    skip_existing: bool = typer.Option(False, "--skip-existing",
+                                       help="Resume: skip inputs whose mask is already in --out."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest",
+                                            help="Write a CSV: id, mask, status, foreground fraction."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="One line per image written."),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Also write <id>_overlay.png "
                                   "(default on)."),
@@ -271,14 +263,12 @@ def predict(
 @inference_flags(exclude=("crf",), tta={"default": True, "help": "Teacher with test-time augmentation "
                                                                  "(default on)."})
 def pseudo_label(
-    data: Path = typer.Option(
-        ..., "--data", help="Unlabelled images: a folder of images, or one with images/."
-    ),
+    data: Path = typer.Option(..., "--data",
+                              help="Unlabelled images: a folder of images, or one with images/."),
     out: Path = typer.Option(..., "--out", help="Output folder: images/, masks/ and pseudo_labels.csv."),
     weights: Optional[Path] = WEIGHTS,
-    min_confidence: float = typer.Option(
-        0.85, "--min-confidence", help="Keep images whose |p>0.7| / |p>0.3| is at least this."
-    ),
+    min_confidence: float = typer.Option(0.85, "--min-confidence",
+                                         help="Keep images whose |p>0.7| / |p>0.3| is at least this."),
     backend: str = BACKEND,
     options: InferenceOptions = None,
 ):
@@ -338,23 +328,18 @@ def info(
 @app.command()
 @handle_errors
 def export(
-    weights: Optional[Path] = typer.Option(
-        None, "--weights", help="Model file or bundled name (default, cpu, polyp)."
-    ),
+    weights: Optional[Path] = typer.Option(None, "--weights",
+                                           help="Model file or bundled name (default, cpu, polyp)."),
     out: Path = typer.Option(Path("model.onnx"), "--out", help="The .onnx file to write."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset (≥ 17)."),
-    check: bool = typer.Option(
-        False, "--check", help="Compare ONNX Runtime with torch (max prob diff ≤ 1e-4)."
-    ),
-    check_images: Optional[Path] = typer.Option(
-        None, "--check-images", help="Folder of real images for --check."
-    ),
-    int8: bool = typer.Option(
-        False, "--int8", help="Statically quantized (QDQ int8) for CPUs; needs --calibration."
-    ),
-    calibration: Optional[Path] = typer.Option(
-        None, "--calibration", help="Folder of training images to calibrate --int8 on."
-    ),
+    check: bool = typer.Option(False, "--check",
+                               help="Compare ONNX Runtime with torch (max prob diff ≤ 1e-4)."),
+    check_images: Optional[Path] = typer.Option(None, "--check-images",
+                                                help="Folder of real images for --check."),
+    int8: bool = typer.Option(False, "--int8",
+                              help="Statically quantized (QDQ int8) for CPUs; needs --calibration."),
+    calibration: Optional[Path] = typer.Option(None, "--calibration",
+                                               help="Folder of training images to calibrate --int8 on."),
     calibration_images: int = typer.Option(64, "--calibration-images", min=1, help="How many of them."),
 ):
     """Export to ONNX: dynamic batch, height and width, one self-contained file (fp32, or --int8)."""
@@ -401,15 +386,13 @@ def serve(
     ),
     workers: int = typer.Option(1, "--workers", min=1, help="Server processes (each loads the model)."),
     max_batch: int = typer.Option(16, "--max-batch", min=1, help="Images per forward pass at most."),
-    max_wait_ms: float = typer.Option(
-        2.0, "--max-wait-ms", min=0, help="How long a batch waits for more requests."
-    ),
+    max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", min=0,
+                                      help="How long a batch waits for more requests."),
     max_queue: int = typer.Option(64, "--max-queue", min=1, help="Images waiting for the model before 503."),
     timeout: float = typer.Option(30.0, "--timeout", help="Seconds a request may take before 504."),
     max_body_mb: float = typer.Option(50.0, "--max-body-mb", help="Largest request body (413 above)."),
-    max_pixels: int = typer.Option(
-        50_000_000, "--max-pixels", min=1, help="Largest image in pixels (413 above)."
-    ),
+    max_pixels: int = typer.Option(50_000_000, "--max-pixels", min=1,
+                                   help="Largest image in pixels (413 above)."),
     cors_origin: Optional[List[str]] = typer.Option(
         None, "--cors-origin", help="Allow browser calls from this origin (repeatable); none by default."
     ),
@@ -441,9 +424,8 @@ def serve(
 @handle_errors
 def plot(
     run_dir: Path = typer.Argument(..., help="A training run directory (holds metrics.csv)."),
-    out: Optional[Path] = typer.Option(
-        None, "--out", help="PNG to write (default RUN_DIR/training_curves.png)."
-    ),
+    out: Optional[Path] = typer.Option(None, "--out",
+                                       help="PNG to write (default RUN_DIR/training_curves.png)."),
 ):
     """Plot a run's training curves (loss, validation mean Jaccard / Dice, learning rate)."""
     from .run_dir import RunDir

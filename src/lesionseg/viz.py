@@ -60,9 +60,8 @@ def three_panel(
     panels = [(image, "image"), (truth, "ground truth"), (pred, "prediction"),
               (overlay(image, pred=pred, truth=truth), "overlay (green truth, red prediction)")]
     for ax, (picture, label) in zip(axes, panels):
-        ax.imshow(
-            picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1 if picture.ndim == 2 else None
-        )
+        ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0,
+                  vmax=1 if picture.ndim == 2 else None)
         ax.set_title(label, fontsize=9)
         ax.axis("off")
     if title:

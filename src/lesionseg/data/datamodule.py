@@ -29,9 +29,8 @@ from .preprocess import EvalTransform
 
 def _sources(folder: Path, cfg: DataConfig):
     pairs = discover(folder)
-    cache = validate(
-        pairs, cfg.mask_threshold, keep=cfg.cache, keep_limit_bytes=int(cfg.cache_limit_gb * 2**30)
-    )
+    cache = validate(pairs, cfg.mask_threshold, keep=cfg.cache,
+                     keep_limit_bytes=int(cfg.cache_limit_gb * 2**30))
     return pairs, cache
 
 
@@ -65,9 +64,8 @@ def resident_tensors(dataset: SegmentationDataset, size: int) -> tuple[torch.Ten
         mask = mask.view(np.uint8)
         if image.shape[:2] != (size, size):
             shrink = image.shape[0] * image.shape[1] > size * size
-            image = cv2.resize(
-                image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-            )
+            image = cv2.resize(image, (size, size),
+                               interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
             mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
         x[i] = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         y[i, 0] = torch.from_numpy(np.ascontiguousarray(mask > 0)).to(torch.uint8)
@@ -137,12 +135,11 @@ class SegmentationDataModule(L.LightningDataModule):
             )
         size = cfg.image_size
         # The training transform is chosen in setup(), once the device (and so the feeding path) is known.
-        self.train_set = SegmentationDataset(
-            train_pairs, None, train_cache, cfg.mask_threshold, cfg.color_constancy
-        )
-        self.val_set = SegmentationDataset(
-            val_pairs, EvalTransform(size, color_constancy=cfg.color_constancy), val_cache, cfg.mask_threshold
-        )
+        self.train_set = SegmentationDataset(train_pairs, None, train_cache, cfg.mask_threshold,
+                                             cfg.color_constancy)
+        self.val_set = SegmentationDataset(val_pairs,
+                                           EvalTransform(size, color_constancy=cfg.color_constancy),
+                                           val_cache, cfg.mask_threshold)
         self.resident: tuple[torch.Tensor, torch.Tensor] | None = None
         self.batch_augment = None
         self.generator: torch.Generator | None = None

@@ -289,9 +289,8 @@ def _shrink(array: np.ndarray, max_side: int | None) -> np.ndarray:
     if max_side is None or max(h, w) <= max_side:
         return array
     scale = max_side / max(h, w)
-    return cv2.resize(
-        array, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
-    )
+    return cv2.resize(array, (max(1, round(w * scale)), max(1, round(h * scale))),
+                      interpolation=cv2.INTER_AREA)
 
 
 def describe_mask(mask: np.ndarray) -> dict:

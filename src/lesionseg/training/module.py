@@ -171,11 +171,9 @@ class SegmentationModule(L.LightningModule):
         o = self.cfg.optim
         opt = torch.optim.AdamW(self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
         if o.schedule == "cosine_time":
-            sched = TimeCosine(
-                opt, self.elapsed_s, self.cfg.trainer.max_minutes * 60, o.warmup_steps, o.eta_min
-            )
+            sched = TimeCosine(opt, self.elapsed_s, self.cfg.trainer.max_minutes * 60, o.warmup_steps,
+                               o.eta_min)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-            opt, T_max=self.cfg.trainer.max_epochs, eta_min=o.eta_min
-        )
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.cfg.trainer.max_epochs,
+                                                           eta_min=o.eta_min)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

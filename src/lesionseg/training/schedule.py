@@ -21,9 +21,8 @@ class TimeCosine(torch.optim.lr_scheduler.LambdaLR):
     Lightning's Timer, the clock that also stops the run at trainer.max_minutes and whose state a
     checkpoint keeps, so a resumed run continues the schedule where it was cut."""
 
-    def __init__(
-        self, optimizer, clock: Callable[[], float], budget_s: float, warmup_steps: int, eta_min: float
-    ):
+    def __init__(self, optimizer, clock: Callable[[], float], budget_s: float, warmup_steps: int,
+                 eta_min: float):
         base = [g["lr"] for g in optimizer.param_groups]
 
         def factor(i):
