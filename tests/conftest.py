@@ -75,3 +75,15 @@ def shared_or_skip(name: str) -> Path:
     if not (root / "train" / "images").is_dir():
         pytest.skip(f"{name} data not found at {root} (only present on the project's machines)")
     return root
+
+
+def cli_in_child(args: list, then: str = "", imports: str = ""):
+    """`lesionseg ARGS` in a fresh Python process (what it imports, its own peak memory); `then` runs after a
+    clean exit, its prints on stdout. Returns the CompletedProcess."""
+    import subprocess
+    import sys
+
+    code = (f"import sys\nfrom lesionseg.cli import app\n{imports}try:\n    app(sys.argv[1:])\n"
+            f"except SystemExit as e:\n    assert e.code == 0, e.code\n{then}")
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True)
+

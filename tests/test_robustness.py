@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import make_dataset, synthetic_case
+from conftest import cli_in_child, make_dataset, synthetic_case
 from lesionseg.cli import app
 
 runner = CliRunner()
@@ -68,16 +68,9 @@ def test_large_photo_predicts_under_2_gb(tmp_path, tiny_model_file):
     img = np.zeros((3000, 4000, 3), np.uint8)
     img[1000:2000, 1500:2500] = 120
     Image.fromarray(img).save(tmp_path / "big.jpg", quality=90)
-    code = (
-        "import sys\nfrom lesionseg.cli import app\nfrom lesionseg.memory import peak_rss_mb\ntry:\n"
-        "    app(sys.argv[1:])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\nprint(peak_rss_mb())"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, "predict", str(tmp_path / "big.jpg"), "--out", str(tmp_path / "o"),
-         "--weights", str(tiny_model_file)],
-        capture_output=True,
-        text=True,
-    )
+    args = ["predict", tmp_path / "big.jpg", "--out", tmp_path / "o", "--weights", tiny_model_file]
+    proc = cli_in_child(args, then="print(peak_rss_mb())",
+                        imports="from lesionseg.memory import peak_rss_mb\n")
     assert proc.returncode == 0, proc.stderr
     # the child's own peak, not its parent's (memory.py)
     peak_mb = float(proc.stdout.strip().splitlines()[-1])

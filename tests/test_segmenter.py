@@ -64,25 +64,15 @@ def test_onnx_backend_matches_torch(tiny_model_file, tmp_path, rng):
 
 
 def test_onnx_predict_does_not_import_torch(tiny_model_file, tmp_path, rng):
-    import subprocess
-    import sys
-
     from PIL import Image
 
+    from conftest import cli_in_child
     from lesionseg.export import export_onnx
 
     onnx_path = export_onnx(tiny_model_file, tmp_path / "tiny.onnx")
     Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(tmp_path / "x.png")
-    code = (
-        "import sys\nfrom lesionseg.cli import app\ntry:\n    app(sys.argv[1:])\nexcept SystemExit as e:\n"
-        "    assert e.code == 0, e.code\nassert 'torch' not in sys.modules, 'torch was imported'\nprint('ok')"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, "predict", str(tmp_path / "x.png"), "--out", str(tmp_path / "o"),
-         "--weights", str(onnx_path)],
-        capture_output=True,
-        text=True,
-    )
+    proc = cli_in_child(["predict", tmp_path / "x.png", "--out", tmp_path / "o", "--weights", onnx_path],
+                        then="assert 'torch' not in sys.modules, 'torch was imported'\nprint('ok')")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("ok") and (tmp_path / "o" / "x_mask.png").is_file()
 
