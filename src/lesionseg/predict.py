@@ -20,9 +20,10 @@ from .errors import UserError
 from .inference import Segmenter
 from .inference.pipeline import Progress, Segmented, run_pipeline
 from .io import FAST_PNG, Input, check_unique_ids, list_images, read_input, write_csv, write_mask, write_png
+from .io.registry import companion_suffixes
 from .viz import overlay
 
-RESULT_SUFFIXES = ("_mask.png", "_overlay.png", "_seg.dcm")
+RESULT_SUFFIXES = ("_mask.png", "_overlay.png", *companion_suffixes())
 MANIFEST_FIELDS = ["id", "source", "mask", "status", "foreground_fraction", "width", "height", "error"]
 
 

@@ -16,6 +16,7 @@ from ..errors import UserError
 from .atomic import atomic_path
 from .photo import NotAnImage
 
+SEG_SUFFIX = "_seg.dcm"  # `<id>_seg.dcm` beside `<id>_mask.png`
 SUPPORTED_PHOTOMETRIC = {"MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422"}
 
 
@@ -97,7 +98,7 @@ class DicomSeg:
         self.source = source
 
     def name(self, input_id: str) -> str:
-        return f"{input_id}_seg.dcm"
+        return input_id + SEG_SUFFIX
 
     def write(self, path: Path, masks: list[np.ndarray], label: str) -> None:
         write_seg(path, self.source, masks, label)

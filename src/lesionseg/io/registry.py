@@ -15,6 +15,7 @@ from typing import Iterable, Protocol
 import numpy as np
 
 from ..errors import UserError
+from . import dicom
 from .photo import IMAGE_EXTENSIONS, read_image
 
 
@@ -47,6 +48,7 @@ class Reader:
 
     name = ""
     suffixes: tuple[str, ...] = ()
+    companion_suffix: str | None = None  # the ending of its companion result's name, if it has one
 
     def claims(self, path: Path, head: bytes) -> bool:
         return path.suffix.lower() in self.suffixes
@@ -74,31 +76,27 @@ class DicomReader(Reader):
 
     name = "dicom"
     suffixes = (".dcm", ".dicom")
+    companion_suffix = dicom.SEG_SUFFIX
 
     def claims(self, path: Path, head: bytes) -> bool:
         return super().claims(path, head) or head[128:132] == b"DICM"
 
     def read(self, path: Path) -> Input:
-        from .dicom import read_frames
-
-        ds, frames = read_frames(path)
+        ds, frames = dicom.read_frames(path)
         return self._input(path, ds, frames)
 
     def read_bytes(self, data: bytes, label: str) -> Input:
         import io
 
-        from .dicom import frames_from_dataset, parse_dataset
-
-        ds = parse_dataset(io.BytesIO(data), label)
-        return self._input(Path(label), ds, frames_from_dataset(ds, label))
+        ds = dicom.parse_dataset(io.BytesIO(data), label)
+        return self._input(Path(label), ds, dicom.frames_from_dataset(ds, label))
 
     @staticmethod
     def _input(path: Path, ds, frames: list[np.ndarray]) -> Input:
-        from .dicom import DicomSeg
-
         if len(frames) == 1:
-            return Input(path, [(path.stem, frames[0])], DicomSeg(ds))
-        return Input(path, [(f"{path.stem}_frame{k:03d}", f) for k, f in enumerate(frames)], DicomSeg(ds))
+            return Input(path, [(path.stem, frames[0])], dicom.DicomSeg(ds))
+        frame_ids = [f"{path.stem}_frame{k:03d}" for k in range(len(frames))]
+        return Input(path, list(zip(frame_ids, frames)), dicom.DicomSeg(ds))
 
 
 # Tried in order; the photo reader takes whatever no other reader claims (and says when it is no image).
@@ -108,6 +106,11 @@ FALLBACK = READERS[-1]
 
 def reader_by_name(name: str) -> Reader:
     return next(r for r in READERS if r.name == name)
+
+
+def companion_suffixes() -> tuple[str, ...]:
+    """The endings of every format's own results (`<id>_seg.dcm`), for recognising a folder's results."""
+    return tuple(r.companion_suffix for r in READERS if r.companion_suffix)
 
 
 def input_suffixes() -> set[str]:
