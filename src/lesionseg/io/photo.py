@@ -58,20 +58,17 @@ def _read_rgb(source, label, max_pixels: int = MAX_PIXELS, draft: int | None = N
 
 
 def _second_reader(source, label, max_pixels: int, first: UserError | None) -> np.ndarray:
-    tries = [readers.read_tiff, readers.read_opencv] if readers.is_tiff(source) else [readers.read_opencv]
     reasons = []
-    for read in tries:
+    for reader in (r for r in readers.SECOND_READERS if r.claims(source)):
         try:
-            return read(source, max_pixels)
+            return reader.read(source, max_pixels)
         except OverflowError as exc:
             raise ImageTooLarge(
                 f"{label}: image too large ({exc}; the limit is {max_pixels:,} pixels)"
             ) from None
         except Exception as exc:  # a second reader's own failure: try the next, then report the first
-            reasons.append(
-                f"{read.__name__.removeprefix('read_')}: "
-                f"{str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__}"
-            )
+            why = str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__
+            reasons.append(f"{reader.name}: {why}")
     if first is not None:
         raise UserError(f"{first} (also tried {'; '.join(reasons)})") from None
     raise UserError(f"{label}: cannot decode image ({'; '.join(reasons)})")

@@ -1,4 +1,5 @@
-"""Second readers for what Pillow reads wrongly or not at all, as public medical datasets ship it.
+"""Second readers (classes in SECOND_READERS) for what Pillow reads wrongly or not at all, as datasets
+ship it.
 
 - TIFF with more than 8 bits per sample, float samples, or that Pillow cannot open (float RGB, odd tag
   combinations, some compressions): read with `tifffile` (installed with scikit-image), first page only.
@@ -122,3 +123,41 @@ def read_opencv(source, max_pixels: int) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[2] >= 3:  # OpenCV's channel order is BGR(A)
         arr = arr[..., [2, 1, 0, *range(3, arr.shape[2])]]
     return to_rgb(arr)
+
+
+class SecondReader:
+    """A decoder tried after Pillow, for the content it `claims` (io/photo.py walks SECOND_READERS)."""
+
+    name = ""
+
+    def claims(self, source) -> bool:
+        return True
+
+    def read(self, source, max_pixels: int) -> np.ndarray:
+        raise NotImplementedError
+
+
+class TiffReader(SecondReader):
+    """High-depth, float or odd TIFFs, through tifffile."""
+
+    name = "tiff"
+
+    def claims(self, source) -> bool:
+        return is_tiff(source)
+
+    def read(self, source, max_pixels: int) -> np.ndarray:
+        return read_tiff(source, max_pixels)
+
+
+class OpenCVReader(SecondReader):
+    """Anything OpenCV decodes (16-bit colour PNGs among them): the last try."""
+
+    name = "opencv"
+
+    def read(self, source, max_pixels: int) -> np.ndarray:
+        return read_opencv(source, max_pixels)
+
+
+# In the order they are tried; a new fallback decoder is one class here.
+SECOND_READERS: list[SecondReader] = [TiffReader(), OpenCVReader()]
+
