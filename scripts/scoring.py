@@ -21,7 +21,7 @@ def file_key(path: Path) -> str:
     return hashlib.sha1(Path(path).read_bytes()).hexdigest()[:12]
 
 
-def labelled_splits(data: Path, of: str | Path | None = None) -> dict:
+def labelled_splits(data: Path, of: str | Path | dict | None = None) -> dict:
     """{"carved": the seeded split of data/train (with `of`'s split settings), "val": data/val}."""
     from lesionseg.evaluation import carved_split, load_labelled
 
@@ -41,7 +41,7 @@ def score(model: str | Path, data: Path, cache: Path | None = None, tta: bool = 
         stored = json.loads(cache.read_text())
         if key in stored:
             return stored[key]
-    labelled = labelled_splits(data, of=run or seg.weights_path)
+    labelled = labelled_splits(data, of=run or seg.card)  # the card is loaded already: no second read
     out = {}
     for split in splits:
         out[split] = evaluate(seg, labelled[split]).metrics

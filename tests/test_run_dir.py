@@ -43,6 +43,9 @@ def test_the_carved_split_is_the_runs_own(run):
         == ids(carved_split(data, of=run_dir.model_path))
     assert ids(carved_split(data, of=run_dir.path)) != ids(carved_split(data))  # the defaults: another set
     assert split_settings(run_dir.path) == split_settings(run_dir.model_path) == (0.25, 7)
+    from lesionseg.models import load_model
+
+    assert split_settings(load_model(run_dir.model_path).card) == (0.25, 7)
     assert split_settings(None) == (0.1, 42)
 
 

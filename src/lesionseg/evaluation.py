@@ -38,10 +38,10 @@ def load_labelled(data: str | Path, mask_threshold: int | None = None) -> Labell
 
 
 def carved_split(train_dir: str | Path, fraction: float = DataConfig.val_fraction,
-                 seed: int = DataConfig.split_seed, of: str | Path | None = None) -> LabelledSet:
+                 seed: int = DataConfig.split_seed, of: str | Path | dict | None = None) -> LabelledSet:
     """The seeded split `lesionseg train` carves from a training folder when no --val-data is given
     (the same ids for the same folder, fraction and seed): the set that model selection may look at.
-    `of` (a run directory, model file or bundled name): that model's own fraction and seed."""
+    `of` (a run directory, model file, bundled name or model card): that model's own fraction and seed."""
     if of is not None:
         from .run_dir import split_settings
 

@@ -84,22 +84,21 @@ class RunDir:
             csv.DictWriter(f, fieldnames=METRICS_FIELDS).writerow(row)
 
 
-def split_settings(source: str | Path | None) -> tuple[float, int]:
+def split_settings(source: str | Path | dict | None) -> tuple[float, int]:
     """(data.val_fraction, data.split_seed) a model was trained with: from a run directory's config, or
-    from a model file's card (`recipe` of a run's model.pt, `recipe_config` of a bundled one); the
-    schema's defaults when neither says (a model from elsewhere)."""
-    if source is not None and RunDir(source).is_run():
-        data = RunDir(source).config().data
-        return data.val_fraction, data.split_seed
-    recipe = {}
-    if source is not None:
+    from a model's card (`recipe` of a run's model.pt, `recipe_config` of a bundled one; given as the card
+    itself, or as a .pt file or bundled name to read it from); the schema's defaults when neither says."""
+    card = source if isinstance(source, dict) else {}
+    if isinstance(source, (str, Path)):
+        if RunDir(source).is_run():
+            data = RunDir(source).config().data
+            return data.val_fraction, data.split_seed
         from .model_file import ModelFile
         from .models.bundled import resolve_weights
 
         path = resolve_weights(source)
         if path.suffix == ".pt" and path.is_file():
             card = ModelFile.read(path).card
-            recipes = (card.get("recipe"), card.get("recipe_config"))
-            recipe = next((r for r in recipes if isinstance(r, dict)), {})
-    data = recipe.get("data", {})
+    recipes = (card.get("recipe"), card.get("recipe_config"))
+    data = next((r for r in recipes if isinstance(r, dict)), {}).get("data", {})
     return data.get("val_fraction", DataConfig.val_fraction), data.get("split_seed", DataConfig.split_seed)

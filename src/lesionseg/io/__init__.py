@@ -23,7 +23,6 @@ from .registry import (
     Input,
     Reader,
     check_unique_ids,
-    input_suffixes,
     list_images,
     read_input,
     reader_by_name,
@@ -34,7 +33,7 @@ from .writers import FAST_PNG, encode_png, mask_to_uint8, write_mask, write_png
 __all__ = [
     "FAST_PNG", "IMAGE_EXTENSIONS", "ImageTooLarge", "Input", "JPEG_MASK_NOISE", "JPEG_MASK_THRESHOLD",
     "MAX_PIXELS", "NotAnImage", "READERS", "Reader", "atomic_path", "check_unique_ids", "decode_image",
-    "encode_png", "image_size", "input_suffixes", "list_images", "mask_to_uint8", "read_image",
+    "encode_png", "image_size", "list_images", "mask_to_uint8", "read_image",
     "read_input", "read_mask", "reader_by_name", "reader_for", "write_bytes", "write_csv", "write_mask",
     "write_png", "write_text",
 ]

@@ -113,10 +113,6 @@ def companion_suffixes() -> tuple[str, ...]:
     return tuple(r.companion_suffix for r in READERS if r.companion_suffix)
 
 
-def input_suffixes() -> set[str]:
-    return {s for reader in READERS for s in reader.suffixes}
-
-
 def _input_files(folder: Path) -> list[Path]:
     """A folder's inputs by suffix: photos first, then each other format, each sorted by name."""
     files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
