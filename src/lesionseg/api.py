@@ -75,16 +75,20 @@ def segmenter(weights: str | Path | None = None, *, backend: str = "auto", **opt
 
 
 def evaluate(data: str | Path, weights: str | Path | None = None, *, out: str | Path | None = None,
-             mask_threshold: int | None = None, report: bool = False, **options: Any) -> dict[str, float]:
+             mask_threshold: int | None = None, report: bool = False, ids: str | Path | None = None,
+             pixel_spacing: float | None = None, nsd_tolerance: float = 2.0,
+             **options: Any) -> dict[str, float]:
     """Score a model (a model file, an .onnx, or a bundled name; default: the bundled `default`) on a labelled
     folder at each image's original size; returns the metrics (mean_jaccard, mean_dice, thresholded_jaccard,
     pooled_iou, miou_fg_bg, pixel_accuracy, sensitivity, specificity, n_images).
 
     `options` are `segmenter()`'s (threshold, tta, largest_component, ...). With `out`, writes metrics.json
-    and per_image.csv there (and report.html with `report=True`).
+    and per_image.csv there (and report.html with `report=True`). `ids`: a file listing the ids to score.
+    Models of several structures: per structure Dice, Jaccard, HD95, ASSD, NSD (at `nsd_tolerance`), distances
+    in mm with `pixel_spacing` (default: the model's training data's, when its card says), else pixels.
     """
+    from .evaluation import Spacing, load_labelled, write_report, write_results
     from .evaluation import evaluate as score
-    from .evaluation import load_labelled, write_report, write_results
     from .inference import InferenceOptions
 
     unknown = sorted(set(options) - {"backend", *InferenceOptions.names()})
@@ -93,9 +97,11 @@ def evaluate(data: str | Path, weights: str | Path | None = None, *, out: str | 
                         f"(known: backend, {', '.join(InferenceOptions.names())})")
     if report and out is None:
         raise UserError("evaluate: report=True needs an out folder to write report.html into")
-    labelled = load_labelled(data, mask_threshold)  # every data problem reported before a model is loaded
+    # every data problem is reported before a model is loaded
+    labelled = load_labelled(data, mask_threshold, ids)
     seg = segmenter(weights, **options)
-    result = score(seg, labelled)
+    result = score(seg, labelled, spacing=Spacing.choose(pixel_spacing, seg.card),
+                   nsd_tolerance=nsd_tolerance)
     if out is not None:
         settings = {"weights": str(seg.weights_path), "backend": seg.backend.name, "data": str(data),
                     "tta": list(seg.tta_scales) if seg.tta else False, "postprocess": seg.post.describe()}

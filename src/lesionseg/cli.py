@@ -51,7 +51,7 @@ def handle_errors(fn):
         except ValidationError as exc:
             if _state["debug"]:
                 raise
-            for line in exc.problems:
+            for line in exc.lines():
                 _err(line)
             _err(f"error: {exc}")
             raise typer.Exit(exc.exit_code) from None
@@ -127,6 +127,9 @@ def train(
 WEIGHTS = typer.Option(None, "--weights", help="Model file: .pt (torch) or .onnx (ONNX Runtime), or a "
                        "bundled model: default, cpu, polyp. Default: default.")
 BACKEND = typer.Option("auto", "--backend", help="auto (by file type) | torch | onnx.")
+PIXEL_SPACING = typer.Option(None, "--pixel-spacing", min=0.0,
+                             help="Pixel size in mm at the images' original size, for distances and areas "
+                             "(default: the model's training data's, if known).")
 
 
 # The command-line type of each InferenceOptions field (`--tta-scales` is comma-separated text).
@@ -193,13 +196,20 @@ def evaluate(
     backend: str = BACKEND,
     report: bool = typer.Option(False, "--report", help="Also write report.html (histogram, worst/best "
                                 "cases)."),
+    ids: Optional[Path] = typer.Option(None, "--ids", help="Score only the ids listed in this file (one per "
+                                       "line; relative to --data or absolute): a fixed validation list."),
+    pixel_spacing: Optional[float] = PIXEL_SPACING,
+    nsd_tolerance: float = typer.Option(2.0, "--nsd-tolerance", min=0.0,
+                                        help="Several structures: the normalised surface Dice's tolerance, "
+                                        "in mm when the spacing is known, else pixels."),
     options: InferenceOptions = None,
 ):
     """Evaluate a model on a labelled folder; metrics at each image's original size."""
     from .api import evaluate as run_evaluate
 
     metrics = run_evaluate(data, weights, out=out, mask_threshold=mask_threshold, report=report,
-                           backend=backend, **dataclasses.asdict(options))
+                           backend=backend, ids=ids, pixel_spacing=pixel_spacing, nsd_tolerance=nsd_tolerance,
+                           **dataclasses.asdict(options))
     _print_metrics(metrics)
     print(f"wrote {out / 'metrics.json'} and {out / 'per_image.csv'}")
     if report:
@@ -210,12 +220,34 @@ def _print_metrics(metrics: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    if "per_class" in metrics:
+        _print_structures(metrics)
+        return
     table = Table(title=f"{metrics['n_images']} images")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
         if key != "n_images":
             table.add_row(key, f"{value:.4f}")
+    Console().print(table)
+
+
+def _print_structures(metrics: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    unit = metrics["distance_unit"]
+    table = Table(title=f"{metrics['n_images']} images, {metrics['label_mode']} structures; distances in "
+                        f"{unit} ({metrics['pixel_spacing_source']}); NSD at {metrics['nsd_tolerance']} "
+                        f"{unit}")
+    for column in ("structure", "Dice", "Jaccard", f"HD95 {unit}", f"ASSD {unit}", "NSD", "scored",
+                   "both empty", "worst case"):
+        table.add_column(column, justify="left" if column == "structure" else "right")
+    means = {m[5:]: v for m, v in metrics.items() if m.startswith("mean_")}
+    for name, v in [*metrics["per_class"].items(), ("mean", means)]:
+        table.add_row(name, *(f"{v[m]:.4f}" for m in ("dice", "jaccard")),
+                      *(f"{v[m]:.2f}" for m in ("hd95", "assd")), f"{v['nsd']:.4f}",
+                      *(str(v.get(k, "")) for k in ("n_scored", "n_both_empty", "n_worst_case")))
     Console().print(table)
 
 
@@ -242,6 +274,7 @@ def predict(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="One line per image written."),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Also write <id>_overlay.png "
                                   "(default on)."),
+    pixel_spacing: Optional[float] = PIXEL_SPACING,
     options: InferenceOptions = None,
 ):
     """Segment images; masks are 0/255 PNGs at each input's original size. A progress bar on a terminal."""
@@ -253,7 +286,7 @@ def predict(
 
     failures = run_predict(inputs, out, make, overwrite=overwrite, strict=strict, report=report,
                            on_failure=_err, shard=shard, skip_existing=skip_existing, manifest=manifest,
-                           workers=workers, verbose=verbose, overlays=overlays)
+                           workers=workers, verbose=verbose, overlays=overlays, pixel_spacing=pixel_spacing)
     if failures:
         raise typer.Exit(1)
 

@@ -59,7 +59,10 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     image_size: int = 256  # square side the network sees; predictions go back to the original size
-    val_fraction: float = 0.1  # used only when no --val-data is given
+    val_fraction: float = 0.1  # used only when no --val-data or data.val_ids is given
+    # A file of validation ids, one per line (relative to the training folder, or absolute): a dataset's
+    # fixed split, used instead of a seeded carve when no --val-data is given.
+    val_ids: str | None = None
     split_seed: int = 42
     batch_size: int = 8
     num_workers: int = 0  # 2-core machines: augmenting in the main process is fastest
@@ -74,6 +77,15 @@ class DataConfig:
     # Colour constancy applied to every image before augmentation and normalisation, recorded in the model
     # file so that evaluate/predict/serve apply it too: none, or shades_of_grey (data/preprocess.py).
     color_constancy: str = "none"
+    # The structures, when the folder has no dataset.json (labels.py): name → value in index label maps,
+    # e.g. {heart: 1, lung: 2}. One sub-folder per structure under masks/ needs no declaration.
+    labels: dict | None = None
+    # auto: one sub-folder per structure → overlapping, declared index maps → exclusive, else binary
+    label_mode: str = "auto"
+    ignore_value: int | None = None  # a label-map value left out of the loss and the metrics (e.g. 255)
+    # Physical size of a pixel in mm at the images' original size, for boundary metrics and areas when the
+    # files do not say (DICOM PixelSpacing does); null: pixels.
+    pixel_spacing_mm: float | None = None
 
 
 @dataclass
@@ -160,6 +172,7 @@ CHOICES = {
     "trainer.precision": {"auto", "bf16", "fp32"},
     "data.on_device": {"auto", "true", "false"},
     "data.color_constancy": set(COLOR_CONSTANCY),
+    "data.label_mode": {"auto", "binary", "exclusive", "overlapping"},
     "optim.schedule": {"cosine", "cosine_time"},
     "trainer.compile_mode": {"default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"},
     "trainer.accelerator": {"auto", "cpu", "gpu"},
@@ -194,6 +207,9 @@ def _check_value(key: str, value: Any, annotation: Any) -> Any:
             return value
         if isinstance(value, bool):  # YAML reads `data.on_device: true` as a boolean; the choices are words
             return "true" if value else "false"
+    elif annotation is dict:
+        if isinstance(value, dict):
+            return value
     else:  # pragma: no cover - schema only uses the types above
         return value
     raise UserError(f"config key '{key}': expected {annotation.__name__}, got {value!r}")
@@ -330,7 +346,7 @@ def diff_configs(a: Config, b: Config, prefix: str = "") -> list[str]:
 
     def walk(x: dict, y: dict, pre: str) -> None:
         for k in x:
-            if isinstance(x[k], dict):
+            if isinstance(x[k], dict) and isinstance(y[k], dict) and k != "labels":
                 walk(x[k], y[k], f"{pre}{k}.")
             elif x[k] != y[k]:
                 out.append(f"{pre}{k}")

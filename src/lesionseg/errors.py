@@ -12,7 +12,16 @@ class UserError(Exception):
 class ValidationError(UserError):
     """Several problems found in one pass over a data folder; each is reported on its own line."""
 
-    def __init__(self, problems: list[str], what: str = "data check"):
+    MAX_SHOWN = 20
+
+    def __init__(self, problems: list[str], what: str = "data check", cause: str | None = None):
         self.problems = list(problems)
+        self.cause = cause  # one line on the likely cause when most problems share it
         n = len(self.problems)
         super().__init__(f"{what} failed: {n} problem{'s' if n != 1 else ''}")
+
+    def lines(self) -> list[str]:
+        """What the user reads: the likely cause, then at most MAX_SHOWN problems."""
+        shown = self.problems[: self.MAX_SHOWN]
+        more = len(self.problems) - len(shown)
+        return ([self.cause] if self.cause else []) + shown + ([f"... and {more} more"] if more else [])

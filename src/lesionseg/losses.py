@@ -1,4 +1,7 @@
-"""Dice + BCE (+ optionally the Lovász hinge) on logits."""
+"""Losses on logits: Dice + BCE (+ optionally the Lovász hinge) per sigmoid channel (one structure, or
+overlapping structures), Dice + cross-entropy over a softmax (exclusive classes). Dice is per image and per
+structure, then averaged, so a small structure weighs as much as a large one. Targets are (N, C, H, W)
+with labels.IGNORED where nothing is scored."""
 
 from __future__ import annotations
 
@@ -35,6 +38,64 @@ def lovasz_hinge(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         grad = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
         losses.append(torch.dot(F.relu(errors_sorted), grad))
     return torch.stack(losses).mean()
+
+
+IGNORED = 255.0  # labels.IGNORED, as a float target
+
+
+def _dice_per_channel(prob: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None,
+                      smooth: float) -> torch.Tensor:
+    """1 - soft Dice per (image, channel), averaged: prob and target (N, C, H, W) fp32."""
+    if valid is not None:
+        prob, target = prob * valid, target * valid
+    inter = (prob * target).flatten(2).sum(2)
+    denom = prob.flatten(2).sum(2) + target.flatten(2).sum(2)
+    return (1.0 - (2.0 * inter + smooth) / (denom + smooth)).mean()
+
+
+class OverlappingDiceBCELoss(nn.Module):
+    """Dice + BCE per sigmoid channel, with ignored pixels left out (nnU-Net's region-based training)."""
+
+    def __init__(self, dice_weight: float = 1.0, bce_weight: float = 1.0, smooth: float = 1.0):
+        super().__init__()
+        self.dice_weight, self.bce_weight, self.smooth = dice_weight, bce_weight, smooth
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits, target = logits.float(), target.float()
+        valid = (target != IGNORED).float() if (target == IGNORED).any() else None
+        target = target.clamp(max=1.0)
+        bce = F.binary_cross_entropy_with_logits(logits, target, weight=valid, reduction="sum")
+        bce = bce / (valid.sum().clamp(min=1.0) if valid is not None else target.numel())
+        dice = _dice_per_channel(torch.sigmoid(logits), target, valid, self.smooth)
+        return self.bce_weight * bce + self.dice_weight * dice
+
+
+class ExclusiveDiceCELoss(nn.Module):
+    """Dice (on the softmax's structure channels) + cross-entropy over background + the structures."""
+
+    def __init__(self, dice_weight: float = 1.0, ce_weight: float = 1.0, smooth: float = 1.0):
+        super().__init__()
+        self.dice_weight, self.ce_weight, self.smooth = dice_weight, ce_weight, smooth
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits, target = logits.float(), target.float()
+        ignored = target[:, 0] == IGNORED
+        onehot = (target == 1.0).float()
+        classes = torch.arange(1, target.shape[1] + 1, device=target.device).view(1, -1, 1, 1)
+        index = (onehot.long() * classes).sum(1).masked_fill(ignored, -100)
+        ce = F.cross_entropy(logits, index, ignore_index=-100) if (~ignored).any() else logits.sum() * 0
+        valid = (~ignored).float()[:, None] if ignored.any() else None
+        dice = _dice_per_channel(torch.softmax(logits, 1)[:, 1:], onehot, valid, self.smooth)
+        return self.ce_weight * ce + self.dice_weight * dice
+
+
+def loss_for(mode: str, dice_weight: float, bce_weight: float, lovasz_weight: float) -> nn.Module:
+    """The loss of a label mode (labels.MODES); `bce_weight` weighs the cross-entropy term of each."""
+    if mode == "exclusive":
+        return ExclusiveDiceCELoss(dice_weight, bce_weight)
+    if mode == "overlapping":
+        return OverlappingDiceBCELoss(dice_weight, bce_weight)
+    return DiceBCELoss(dice_weight, bce_weight, lovasz_weight=lovasz_weight)
 
 
 class DiceBCELoss(nn.Module):

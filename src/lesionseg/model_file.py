@@ -6,7 +6,8 @@ and written here only: `save_model` / `load_model` (below), training's model.pt,
 ONNX export's metadata and both inference backends go through it.
 
 Format versions (`format_version` in the file): 1 is the original layout; 2 adds
-`preprocess.color_constancy`. A file is written with the lowest version that can hold what it records, so
+`preprocess.color_constancy`; 3 adds `labels` (several structures, labels.py). A file is written with the
+lowest version that can hold what it records, so
 readers older than a feature still read every file that does not use it, and refuse those that do. Every
 version has a reader in `_READERS`. Importing this module does not import torch (the ONNX path needs it
 without).
@@ -21,9 +22,10 @@ from typing import Any
 
 from .config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 from .errors import UserError
+from .labels import Labels
 
 FORMAT = "lesionseg-model"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # The input size assumed for an ONNX file whose metadata does not say (exported by another tool).
 FALLBACK_IMAGE_SIZE = 256
 
@@ -71,6 +73,12 @@ class ModelFile:
     card: dict[str, Any] = dataclasses.field(default_factory=dict)
     state_dict: dict[str, Any] | None = None  # torch tensors; None for an ONNX file
     path: Path | None = None
+    labels: Labels = dataclasses.field(default_factory=Labels.binary)
+
+    @property
+    def format_version(self) -> int:
+        """The lowest file format that records what this file holds."""
+        return 3 if self.labels.multi else self.preprocessing.format_version
 
     @property
     def inference_defaults(self) -> dict[str, Any]:
@@ -82,8 +90,9 @@ class ModelFile:
 
     @classmethod
     def from_model(cls, model, architecture: ModelConfig, preprocessing: Preprocessing,
-                   card: dict[str, Any] | None = None) -> "ModelFile":
-        return cls(architecture, preprocessing, dict(card or {}), dict(model.state_dict()))
+                   card: dict[str, Any] | None = None, labels: Labels | None = None) -> "ModelFile":
+        return cls(architecture, preprocessing, dict(card or {}), dict(model.state_dict()),
+                   labels=labels or Labels.binary())
 
     @classmethod
     def read(cls, path: str | Path) -> "ModelFile":
@@ -114,9 +123,11 @@ class ModelFile:
 
         state = {k: (v.half() if fp16_weights and v.is_floating_point() else v).detach().cpu().contiguous()
                  for k, v in (self.state_dict or {}).items()}
-        payload = {"format": FORMAT, "format_version": self.preprocessing.format_version,
+        payload = {"format": FORMAT, "format_version": self.format_version,
                    "model": _architecture_on_disk(self.architecture),
                    "preprocess": self.preprocessing.to_dict(), "card": self.card, "state_dict": state}
+        if self.labels.multi:
+            payload["labels"] = self.labels.to_dict()
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
 
@@ -137,9 +148,12 @@ class ModelFile:
 
     def onnx_metadata(self) -> dict[str, str]:
         p = self.preprocessing
-        return {"image_size": str(p.image_size), "mean": json.dumps(list(p.mean)),
+        meta = {"image_size": str(p.image_size), "mean": json.dumps(list(p.mean)),
                 "std": json.dumps(list(p.std)), "card": json.dumps(self.card, default=str),
                 "producer": "lesionseg", "color_constancy": p.color_constancy}
+        if self.labels.multi:
+            meta["labels"] = json.dumps(self.labels.to_dict())
+        return meta
 
     @classmethod
     def from_onnx_metadata(cls, meta: dict[str, str], path: Path | None = None) -> "ModelFile":
@@ -149,7 +163,9 @@ class ModelFile:
         for key in ("mean", "std"):
             if key in meta:
                 values[key] = json.loads(meta[key])
-        return cls(None, Preprocessing.from_dict(values), json.loads(meta.get("card", "{}")), None, path)
+        labels = Labels.from_dict(json.loads(meta["labels"])) if "labels" in meta else Labels.binary()
+        card = json.loads(meta.get("card", "{}"))
+        return cls(None, Preprocessing.from_dict(values), card, None, path, labels)
 
 
 class FileView:
@@ -172,6 +188,10 @@ class FileView:
     @property
     def path(self) -> Path | None:
         return self.file.path
+
+    @property
+    def labels(self) -> Labels:
+        return self.file.labels
 
 
 @dataclasses.dataclass
@@ -216,6 +236,13 @@ def _read_v2(payload: dict[str, Any], path: Path) -> ModelFile:
     return _read(payload, payload.get("preprocess", {}), path)
 
 
+def _read_v3(payload: dict[str, Any], path: Path) -> ModelFile:
+    file = _read(payload, payload.get("preprocess", {}), path)
+    if "labels" in payload:
+        file.labels = Labels.from_dict(payload["labels"])
+    return file
+
+
 def _architecture_on_disk(architecture: ModelConfig) -> dict[str, Any]:
     """The `model` section in the vocabulary every version reads: the built network, so a stage trained
     only (`train_only`) is never in a file, and `full_resolution_decoder` says whether the stage is there."""
@@ -237,4 +264,4 @@ def _read(payload: dict[str, Any], preprocess: dict[str, Any], path: Path) -> Mo
                      payload["state_dict"], path)
 
 
-_READERS = {1: _read_v1, 2: _read_v2}
+_READERS = {1: _read_v1, 2: _read_v2, 3: _read_v3}

@@ -1,21 +1,107 @@
-"""Finding image/mask pairs by id, and checking a whole folder in one pass.
+"""Finding image/mask pairs by id, reading their masks in the folder's layout, checking a folder in one pass.
 
-A data folder holds `images/` and `masks/`. A mask pairs with an image by id: `ID.<ext>` pairs with
-`ID_segmentation.<ext>` or `ID.<ext>`. Never by sorted order.
+A data folder holds `images/` and a mask folder (`masks/`, or `mask/`, `labels/`, `annotations/`,
+`ground_truth/`). A mask pairs with an image by id, never by sorted order: `ID.<ext>` pairs with `ID.<ext>`
+or `ID<suffix>.<ext>` (`_segmentation`, `_mask`, `_seg`, `_label`, `_gt`); `ID<suffix>_N.<ext>` are
+instance masks of one image, merged by union. Three layouts (one `MaskLayout` class each):
+- binary masks (one structure; 0/255, 0/1, JPEG-noisy): `BinaryMasks`;
+- index label maps (8/16-bit or palette PNG), read when the structures are declared (labels.py):
+  `LabelMaps`;
+- one sub-folder per structure, `masks/<structure>/ID.<ext>`, structures may overlap: `StructureFolders`.
 """
 
 from __future__ import annotations
 
+import collections
+import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .errors import UserError, ValidationError
-from .io import IMAGE_EXTENSIONS, JPEG_MASK_THRESHOLD, read_image, read_mask
+from .io import IMAGE_EXTENSIONS, JPEG_MASK_THRESHOLD, read_image, read_label_map, read_mask
+from .labels import IGNORED, Declared, Labels
 
-MASK_SUFFIX = "_segmentation"
+MASK_FOLDERS = ("masks", "mask", "labels", "annotations", "ground_truth")
+MASK_SUFFIXES = ("_segmentation", "_mask", "_seg", "_label", "_gt")
+MASK_SUFFIX = MASK_SUFFIXES[0]
+MASK_EXTENSIONS = IMAGE_EXTENSIONS | {".gif"}  # SCR ships its masks as GIFs
+
+
+class MaskLayout:
+    """How a folder's masks become a training target: bool (H, W) for one structure, uint8 (H, W, C)
+    channels (0/1, labels.IGNORED) for several."""
+
+    labels: Labels = Labels.binary()
+
+    def read(self, pair: "Pair", threshold: int | None = None, on_auto=None) -> np.ndarray:
+        raise NotImplementedError
+
+
+class BinaryMasks(MaskLayout):
+    def read(self, pair, threshold=None, on_auto=None):
+        masks = [read_mask(p, threshold=threshold, on_auto=on_auto) for p in pair.mask_paths]
+        for p, m in zip(pair.mask_paths[1:], masks[1:]):
+            if m.shape != masks[0].shape:
+                raise UserError(f"{p}: instance mask is {m.shape[1]}x{m.shape[0]}, its first is "
+                                f"{masks[0].shape[1]}x{masks[0].shape[0]}")
+        return np.logical_or.reduce(masks) if len(masks) > 1 else masks[0]
+
+
+@dataclass(frozen=True)
+class LabelMaps(MaskLayout):
+    labels: Labels
+
+    def read(self, pair, threshold=None, on_auto=None):
+        path = pair.mask_path
+        index = read_label_map(path)
+        values = set(np.unique(index).tolist())
+        known = {0, *(s.value for s in self.labels.structures)}
+        ignore = self.labels.ignore_value
+        if ignore is not None:
+            known.add(ignore)
+        unknown = sorted(values - known)
+        if unknown:
+            declared = ", ".join(f"{s.value} {s.name}" for s in self.labels.structures)
+            what = "palette index" if _is_palette(path) else "value"
+            raise UserError(f"{path}: {what} {', '.join(map(str, unknown[:5]))} not declared "
+                            f"(declared: 0 background, {declared}"
+                            f"{f', {ignore} ignore' if ignore is not None else ''})")
+        out = np.stack([index == s.value for s in self.labels.structures], -1).astype(np.uint8)
+        if ignore is not None:
+            out[index == ignore] = IGNORED
+        return out
+
+
+@dataclass(frozen=True)
+class StructureFolders(MaskLayout):
+    labels: Labels
+
+    def read(self, pair, threshold=None, on_auto=None):
+        masks = [read_mask(p, threshold=threshold, on_auto=on_auto) for p in pair.mask_paths]
+        for p, m in zip(pair.mask_paths[1:], masks[1:]):
+            if m.shape != masks[0].shape:
+                raise UserError(f"{p}: mask is {m.shape[1]}x{m.shape[0]}, {pair.mask_paths[0]} is "
+                                f"{masks[0].shape[1]}x{masks[0].shape[0]}")
+        out = np.stack(masks, -1).astype(np.uint8)
+        if self.labels.mode == "exclusive":
+            shared = out.sum(-1) > 1
+            if shared.any():
+                y, x = np.argwhere(shared)[0]
+                a, b = np.flatnonzero(out[y, x])[:2]
+                names = self.labels.names
+                raise UserError(f"{pair.mask_path.parent.parent}/*/{pair.mask_path.name}: structures "
+                                f"{names[a]} and {names[b]} overlap ({int(shared.sum())} pixels) but the "
+                                "labels are exclusive (set data.label_mode: overlapping)")
+        return out
+
+
+def _is_palette(path: Path) -> bool:
+    from .io import open_image
+
+    return open_image(path).mode == "P"
 
 
 @dataclass(frozen=True)
@@ -23,60 +109,188 @@ class Pair:
     id: str
     image_path: Path
     mask_path: Path
+    more_masks: tuple[Path, ...] = ()  # instance masks merged by union, or the other structures' masks
+    layout: MaskLayout = field(default_factory=BinaryMasks, compare=False)
+
+    @property
+    def mask_paths(self) -> tuple[Path, ...]:
+        return (self.mask_path, *self.more_masks)
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+def _image_files(folder: Path, extensions=IMAGE_EXTENSIONS) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in extensions
                   and not p.name.startswith("."))
 
 
+def _mask_files(folder: Path) -> list[Path]:
+    return _image_files(folder, MASK_EXTENSIONS)
+
+
 def mask_id(path: Path) -> str:
+    """The id a mask file names: its stem without a known mask suffix."""
     stem = path.stem
-    return stem[: -len(MASK_SUFFIX)] if stem.endswith(MASK_SUFFIX) else stem
+    for suffix in MASK_SUFFIXES:
+        if stem.endswith(suffix):
+            return stem[: -len(suffix)]
+    return stem
 
 
-def _by_id(files: list[Path], key, kind: str, problems: list[str]) -> dict[str, Path]:
-    out: dict[str, Path] = {}
+def _match(stem: str, ids: set[str]) -> tuple[str, bool] | None:
+    """(image id, is an instance mask) for a mask stem, or None when it names no image."""
+    if stem in ids:
+        return stem, False
+    for suffix in MASK_SUFFIXES:
+        if stem.endswith(suffix) and stem[: -len(suffix)] in ids:
+            return stem[: -len(suffix)], False
+        m = re.fullmatch(rf"(.+){suffix}_(\d+)", stem)
+        if m and m.group(1) in ids:
+            return m.group(1), True
+    return None
+
+
+@dataclass
+class _Masks:
+    by_id: dict[str, list[Path]]
+    unmatched: list[Path]
+    instances: int = 0
+
+
+def _pair_masks(files: list[Path], ids: set[str], problems: list[str]) -> _Masks:
+    out = _Masks({}, [])
+    plain: dict[str, Path] = {}
     for f in files:
-        k = key(f)
-        if k in out:
-            problems.append(f"{f}: duplicate {kind} id '{k}' (also {out[k].name})")
-        else:
-            out[k] = f
+        hit = _match(f.stem, ids)
+        if hit is None:
+            out.unmatched.append(f)
+            continue
+        key, instance = hit
+        if not instance:
+            if key in plain:
+                problems.append(f"{f}: duplicate mask id '{key}' (also {plain[key].name})")
+                continue
+            plain[key] = f
+        out.instances += instance
+        out.by_id.setdefault(key, []).append(f)
+    for key, paths in out.by_id.items():  # the plain mask first, then instances by number
+        paths.sort(key=lambda p: (p != plain.get(key), _instance_number(p)))
     return out
 
 
-def discover(folder: str | Path) -> list[Pair]:
-    """Pairs in `folder/images` + `folder/masks`. Raises ValidationError listing every pairing problem."""
+def _instance_number(path: Path) -> int:
+    m = re.search(r"_(\d+)$", path.stem)
+    return int(m.group(1)) if m else -1
+
+
+def _likely_cause(images: dict[str, Path], unmatched: list[Path], paired: int) -> str | None:
+    """One line when most images failed to pair, with what the mask names have in common."""
+    if paired * 2 >= len(images) or not unmatched:
+        return None
+    ends = collections.Counter(
+        ("_" + f.stem.rsplit("_", 1)[1]) if "_" in f.stem else f.suffix for f in unmatched
+    ).most_common(1)[0]
+    cause = f"{paired} of {len(images)} images paired"
+    if ends[1] * 2 >= len(unmatched):
+        cause += f"; the masks end in `{ends[0]}`"
+    example = sorted(images.values())[0].name
+    return f"{cause} (e.g. image {example}, mask {unmatched[0].name}; masks pair by id, optionally + " \
+           f"{', '.join(MASK_SUFFIXES)})"
+
+
+def _mask_folder(folder: Path) -> Path | None:
+    for name in MASK_FOLDERS:
+        if (folder / name).is_dir():
+            return folder / name
+    return None
+
+
+def _images(folder: Path, problems: list[str]) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for f in _image_files(folder / "images"):
+        if f.stem in out:
+            problems.append(f"{f}: duplicate image id '{f.stem}' (also {out[f.stem].name})")
+        else:
+            out[f.stem] = f
+    if not out:
+        raise UserError(f"{folder}: no images found in images/ "
+                        f"(extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return out
+
+
+def _layout(declared: Declared, structure_dirs: list[Path]) -> MaskLayout:
+    pairs, ignore = declared.structures()
+    if structure_dirs:
+        names = [d.name for d in structure_dirs]
+        declared_names = [n for n, _ in pairs]
+        if declared_names and sorted(declared_names) != sorted(names):
+            raise UserError(f"{declared.source}: declares {', '.join(declared_names)} but the mask folder "
+                            f"has {', '.join(names)}")
+        order = declared_names or names
+        mode = "overlapping" if declared.mode in ("auto", "binary") else declared.mode
+        return StructureFolders(Labels.of(mode, [(n, i + 1) for i, n in enumerate(order)]))
+    if declared.mode == "binary" or (not pairs and declared.mode == "auto"):
+        return BinaryMasks()
+    if not pairs:
+        raise UserError(f"data.label_mode={declared.mode} needs the structures declared (a dataset.json with "
+                        "\"labels\", or data.labels in the config)")
+    mode = "exclusive" if declared.mode == "auto" else declared.mode
+    return LabelMaps(Labels.of(mode, pairs, ignore))
+
+
+def discover(folder: str | Path, declared: Declared | None = None) -> list[Pair]:
+    """Pairs of `folder` in its mask layout. Raises ValidationError listing every pairing problem."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder}: data folder not found")
-    images_dir, masks_dir = folder / "images", folder / "masks"
-    missing = [d.name for d in (images_dir, masks_dir) if not d.is_dir()]
-    if missing:
+    masks_dir = _mask_folder(folder)
+    if not (folder / "images").is_dir() or masks_dir is None:
+        missing = ["images/"] if not (folder / "images").is_dir() else []
+        missing += [] if masks_dir is not None else ["masks/ (or " + ", ".join(MASK_FOLDERS[1:]) + ")"]
         raise UserError(f"{folder}: expected sub-folders images/ and masks/ (missing: {', '.join(missing)})")
+    declared = declared or Declared.for_folder(folder)
     problems: list[str] = []
-    images = _by_id(_image_files(images_dir), lambda p: p.stem, "image", problems)
-    masks = _by_id(_image_files(masks_dir), mask_id, "mask", problems)
-    if not images and not masks:
-        raise UserError(
-            f"{folder}: no images found in images/ (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})"
-        )
-    for i in sorted(images.keys() - masks.keys()):
-        problems.append(
-            f"{images[i]}: no mask for this image (looked for {i}{MASK_SUFFIX}.* or {i}.* in masks/)"
-        )
-    for i in sorted(masks.keys() - images.keys()):
-        problems.append(f"{masks[i]}: no image for this mask (looked for {i}.* in images/)")
+    images = _images(folder, problems)
+    structure_dirs = sorted(d for d in masks_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    layout = _layout(declared, structure_dirs if not _mask_files(masks_dir) else [])
+    ids = set(images)
+    if isinstance(layout, StructureFolders):
+        dirs = {d.name: d for d in structure_dirs}
+        per = {}
+        unmatched: list[Path] = []
+        for name in layout.labels.names:
+            found = _pair_masks(_mask_files(dirs[name]), ids, problems)
+            per[name] = found.by_id
+            unmatched += found.unmatched
+            for i in sorted(ids - found.by_id.keys()):
+                problems.append(f"{dirs[name]}: no mask for image {images[i].name} (structure {name})")
+        paired = [i for i in sorted(ids) if all(i in per[n] for n in per)]
+        by_id = {i: [per[n][i][0] for n in layout.labels.names] for i in paired}
+        instances = 0
+    else:
+        found = _pair_masks(_mask_files(masks_dir), ids, problems)
+        by_id, unmatched, instances = found.by_id, found.unmatched, found.instances
+        for i in sorted(ids - by_id.keys()):
+            problems.append(f"{images[i]}: no mask for this image (looked for {i}.* or {i}<suffix>.* in "
+                            f"{masks_dir.name}/, suffixes {', '.join(MASK_SUFFIXES)})")
+    for f in unmatched:
+        problems.append(f"{f}: no image for this mask (looked for {mask_id(f)}.* in images/)")
     if problems:
-        raise ValidationError(problems, what=f"pairing in {folder}")
-    return [Pair(i, images[i], masks[i]) for i in sorted(images)]
+        raise ValidationError(problems, what=f"pairing in {folder}",
+                              cause=_likely_cause(images, unmatched, len(by_id)))
+    if instances:
+        example = next(p for ps in by_id.values() for p in ps[1:]).name
+        print(f"data: {instances} instance mask(s) (e.g. {example}) merged by union with their image's other "
+              "masks", file=sys.stderr, flush=True)
+    return [Pair(i, images[i], by_id[i][0], tuple(by_id[i][1:]), layout) for i in sorted(by_id)]
+
+
+def labels_of(pairs: list[Pair]) -> Labels:
+    return pairs[0].layout.labels if pairs else Labels.binary()
 
 
 def load_pair(pair: Pair, mask_threshold: int | None = None, on_auto=None) -> tuple[np.ndarray, np.ndarray]:
     image = read_image(pair.image_path)
-    mask = read_mask(pair.mask_path, threshold=mask_threshold, on_auto=on_auto)
-    if image.shape[:2] != mask.shape:
+    mask = pair.layout.read(pair, mask_threshold, on_auto)
+    if image.shape[:2] != mask.shape[:2]:
         raise UserError(
             f"{pair.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
             f"{image.shape[1]}x{image.shape[0]}"
@@ -84,9 +298,26 @@ def load_pair(pair: Pair, mask_threshold: int | None = None, on_auto=None) -> tu
     return image, mask
 
 
+@dataclass
+class _Tally:
+    """What the check reports: empty masks, and each structure's share of the pixels."""
+
+    empty: int = 0
+    pixels: int = 0
+    per_structure: np.ndarray | None = None
+
+    def add(self, mask: np.ndarray) -> None:
+        channels = mask.reshape(-1, 1) if mask.ndim == 2 else mask.reshape(-1, mask.shape[-1])
+        on = (channels == 1).sum(0) if mask.ndim == 3 else channels.sum(0)
+        self.per_structure = on if self.per_structure is None else self.per_structure + on
+        self.pixels += channels.shape[0]
+        self.empty += int(on.sum() == 0)
+
+
 def validate(pairs: list[Pair], mask_threshold: int | None = None, keep: bool = False,
              keep_limit_bytes: int = 4 << 30) -> list[tuple[np.ndarray, np.ndarray]] | None:
-    """Read every pair once and report *all* problems together.
+    """Read every pair once and report *all* problems together; a set whose masks are all empty is
+    refused. Several structures: one line with each one's pixel share.
 
     With `keep`, the decoded arrays are returned (a cache for training) as long as they stay under
     `keep_limit_bytes`; past that, None, and the dataset reads from disk.
@@ -95,12 +326,14 @@ def validate(pairs: list[Pair], mask_threshold: int | None = None, keep: bool = 
     kept: list[tuple[np.ndarray, np.ndarray]] | None = [] if keep else None
     used = 0
     auto: list[Path] = []
+    tally = _Tally()
     for pair in pairs:
         try:
             image, mask = load_pair(pair, mask_threshold, on_auto=auto.append)
         except UserError as exc:
             problems.append(str(exc))
             continue
+        tally.add(mask)
         if kept is not None:
             used += image.nbytes + mask.nbytes
             if used > keep_limit_bytes:
@@ -109,6 +342,17 @@ def validate(pairs: list[Pair], mask_threshold: int | None = None, keep: bool = 
                 kept.append((image, mask))
     if problems:
         raise ValidationError(problems, what="data check")
+    if pairs and tally.empty == len(pairs):
+        raise UserError(f"{pairs[0].mask_path.parent}: all {len(pairs)} masks are empty: nothing to learn "
+                        "or score (masks inverted, or saved as 0/1 in a format read as 0/255?)")
+    labels = labels_of(pairs)
+    if labels.multi and pairs:
+        shares = ", ".join(f"{n} {100 * c / tally.pixels:.1f}%"
+                           for n, c in zip(labels.names, tally.per_structure))
+        print(f"data: {len(pairs)} pairs, {labels.mode} structures: {shares}"
+              f"{f'; {tally.empty} with no structure' if tally.empty else ''}", file=sys.stderr, flush=True)
+    elif tally.empty:
+        print(f"data: {tally.empty} of {len(pairs)} masks are empty", file=sys.stderr, flush=True)
     if auto:
         print(
             f"data: {len(auto)} JPEG mask(s) with compression grey levels around 0 and 255 (e.g. "

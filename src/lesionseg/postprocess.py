@@ -87,7 +87,11 @@ def apply(prob: np.ndarray, cfg: PostprocessConfig, image: np.ndarray | None = N
         if image is None:
             raise ValueError("dense CRF needs the image")
         prob = dense_crf(prob, image, cfg)
-    mask = threshold(prob, cfg.threshold)
+    return clean(threshold(prob, cfg.threshold), cfg)
+
+
+def clean(mask: np.ndarray, cfg: PostprocessConfig) -> np.ndarray:
+    """The clean-up steps on one structure's bool mask."""
     if cfg.largest_component:
         mask = largest_component(mask)
     if cfg.fill_holes:
@@ -95,3 +99,17 @@ def apply(prob: np.ndarray, cfg: PostprocessConfig, image: np.ndarray | None = N
     if cfg.min_area > 0:
         mask = remove_small(mask, cfg.min_area)
     return mask
+
+
+def apply_structures(prob: np.ndarray, cfg: PostprocessConfig, mode: str) -> np.ndarray:
+    """(C, H, W) probabilities of several structures → bool (C, H, W) masks. Overlapping: each channel
+    thresholded and cleaned on its own. Exclusive: each pixel goes to its most probable class (background
+    included; the threshold does not apply), then each class is cleaned, and a pixel two cleaned classes
+    claim (a filled hole over a neighbour) stays with its most probable class."""
+    if mode != "exclusive":
+        return np.stack([apply(p, cfg) for p in prob])
+    background = np.clip(1.0 - prob.sum(0), 0.0, 1.0)
+    winner = np.concatenate([background[None], prob]).argmax(0)
+    chosen = np.stack([winner == k + 1 for k in range(len(prob))])
+    cleaned = np.stack([clean(c, cfg) for c in chosen])
+    return cleaned & (chosen | (cleaned.sum(0) == 1))

@@ -11,27 +11,38 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from .errors import UserError
 from .inference import Segmenter
 from .inference.pipeline import Progress, Segmented, run_pipeline
 from .io import FAST_PNG, Input, check_unique_ids, list_images, read_input, write_csv, write_mask, write_png
+from .io.atomic import write_bytes
 from .io.registry import companion_suffixes
-from .viz import overlay
+from .io.writers import encode_label_map, structure_mask_names
+from .labels import Labels
+from .viz import overlay, structures_overlay
 
 RESULT_SUFFIXES = ("_mask.png", "_overlay.png", *companion_suffixes())
-MANIFEST_FIELDS = ["id", "source", "mask", "status", "foreground_fraction", "width", "height", "error"]
+MANIFEST_FIELDS = ["id", "source", "mask", "status", "foreground_fraction", "width", "height", "error",
+                   "areas"]
+OLD_MANIFEST_FIELDS = MANIFEST_FIELDS[:-1]  # before per-structure areas
 
 
 def _result_id(name: str) -> str | None:
-    """The input id a result file name belongs to (`x_mask.png`, `x_frame001_overlay.png` → `x`), or None."""
+    """The input id a result file name belongs to (`x_mask.png`, `x_frame001_overlay.png`,
+    `x_mask_heart.png` → `x`), or None."""
     suffix = next((s for s in RESULT_SUFFIXES if name.endswith(s)), None)
     if suffix is None:
-        return None
+        if not name.endswith(".png") or "_mask_" not in name:
+            return None
+        suffix = name[name.rindex("_mask_"):]  # a structure's mask
     stem = name[: -len(suffix)]
     head, _, tail = stem.rpartition("_frame")
     return head if head and tail.isdigit() and len(tail) == 3 else stem
@@ -75,8 +86,7 @@ def select_inputs(inputs, out: Path, shard: str | None, skip_existing: bool, ove
     if part is not None:
         files = [f for f in files if shard_of(f.stem, part[1]) == part[0]]
     done_ids = {_result_id(n) for n in (p.name for p in out.iterdir())} if out.is_dir() else set()
-    skipped = [f for f in files if f.stem in done_ids and (out / output_names(f.stem)[0]).exists()] \
-        if skip_existing else []
+    skipped = [f for f in files if f.stem in done_ids and _has_mask(out, f.stem)] if skip_existing else []
     files = [f for f in files if f not in set(skipped)]
     if not overwrite and not skip_existing:
         taken = sorted(f.stem for f in files if f.stem in done_ids)
@@ -85,6 +95,16 @@ def select_inputs(inputs, out: Path, shard: str | None, skip_existing: bool, ove
             raise UserError(f"{out}: already holds results ({taken[0]}{more}); "
                             "pass --overwrite to replace them or --skip-existing to resume")
     return Selection(files, skipped, part)
+
+
+def _has_mask(out: Path, image_id: str) -> bool:
+    return (out / output_names(image_id)[0]).exists() or any(out.glob(f"{glob_escape(image_id)}_mask_*.png"))
+
+
+def glob_escape(text: str) -> str:
+    import glob
+
+    return glob.escape(text)
 
 
 def _writable(out: Path) -> None:
@@ -103,10 +123,10 @@ class Manifest:
         self.records: list[dict] = []
 
     def add(self, image_id: str, source, status: str, mask: str = "", fraction: str = "", width="", height="",
-            error: str = "") -> None:
+            error: str = "", areas: str = "") -> None:
         self.records.append({"id": image_id, "source": str(source), "mask": mask, "status": status,
                              "foreground_fraction": fraction, "width": width, "height": height,
-                             "error": error})
+                             "error": error, "areas": areas})
 
     def failed_sources(self) -> set[str]:
         return {r["source"] for r in self.records if r["status"] == "failed"}
@@ -124,23 +144,49 @@ class Written:
     error: str | None = None  # why the companion could not be written
 
 
-def _write_results(out: Path, overlays: bool, label: str, source: Path, companion,
-                   frames: list[Segmented]) -> Written:
+def structure_areas(masks: np.ndarray, labels: Labels, spacing_mm: float | None) -> dict[str, dict]:
+    """Per structure: area in pixels (and mm² when the pixel spacing is known)."""
+    out = {}
+    for mask, name in zip(masks, labels.names):
+        px = int(np.count_nonzero(mask))
+        out[name] = {"px": px, **({"mm2": round(px * spacing_mm**2, 3)} if spacing_mm else {})}
+    return out
+
+
+def _write_masks(out: Path, frame: Segmented, labels: Labels) -> str:
+    """The mask file(s) of one frame; returns the name(s) for the manifest (`;`-separated)."""
+    if not labels.multi:
+        write_mask(out / output_names(frame.id)[0], frame.mask)
+        return output_names(frame.id)[0]
+    if labels.mode == "exclusive":
+        write_bytes(out / output_names(frame.id)[0], encode_label_map(frame.mask, labels))
+        return output_names(frame.id)[0]
+    names = structure_mask_names(frame.id, labels)
+    for name, mask in zip(names, frame.mask):
+        write_mask(out / name, mask)
+    return ";".join(names)
+
+
+def _write_results(out: Path, overlays: bool, labels: Labels, label: str, source: Path, companion,
+                   frames: list[Segmented], spacing_mm: float | None = None) -> Written:
     rows = []
     for frame in frames:
-        mask_name, overlay_name = output_names(frame.id)
-        write_mask(out / mask_name, frame.mask)
+        overlay_name = output_names(frame.id)[1]
+        mask_name = _write_masks(out, frame, labels)
         if overlays:
-            write_png(out / overlay_name, overlay(frame.image, pred=frame.mask), FAST_PNG)
+            picture = structures_overlay(frame.image, frame.mask, labels) if labels.multi else \
+                overlay(frame.image, pred=frame.mask)
+            write_png(out / overlay_name, picture, FAST_PNG)
         h, w = frame.image.shape[:2]
+        fraction = float(frame.mask.any(0).mean()) if labels.multi else float(frame.mask.mean())
         rows.append({"id": frame.id, "source": str(source), "size": f"{w}x{h}", "overlay": overlay_name,
-                     "foreground_fraction": float(frame.mask.mean()), "mask": mask_name, "width": w,
-                     "height": h})
+                     "foreground_fraction": fraction, "mask": mask_name, "width": w, "height": h,
+                     "areas": structure_areas(frame.mask, labels, spacing_mm) if labels.multi else None})
     if companion is None:
         return Written(rows)
     name = companion.name(source.stem)
     try:
-        companion.write(out / name, [f.mask for f in frames], label)
+        companion.write(out / name, [f.mask for f in frames], labels if labels.multi else label)
     except UserError as exc:
         return Written(rows, error=str(exc))
     return Written(rows, companion=f"{name} ({companion.description})")
@@ -164,7 +210,7 @@ def run_predict(inputs, out: str | Path, segmenter_factory: Callable[[], Segment
                 strict: bool = False, report: bool = False, on_failure: Callable[[str], None] = print,
                 shard: str | None = None, skip_existing: bool = False, manifest: str | Path | None = None,
                 workers: int = 2, progress: bool | None = None, verbose: bool = False,
-                overlays: bool = True) -> list[str]:
+                overlays: bool = True, pixel_spacing: float | None = None) -> list[str]:
     """Returns the failure lines (one per input that could not be processed). `overlays=False` writes masks
     only (on full-size photos the overlay PNG costs more than the network).
 
@@ -190,7 +236,8 @@ def run_predict(inputs, out: str | Path, segmenter_factory: Callable[[], Segment
         return item.frames, item.companion
 
     def write(f: Path, companion, frames: list[Segmented]) -> Written:
-        return _write_results(out, overlays, segmenter.label, f, companion, frames)
+        return _write_results(out, overlays, segmenter.labels, segmenter.label, f, companion, frames,
+                              pixel_spacing)
 
     try:
         for outcome in run_pipeline(files, read, segmenter, write, workers):
@@ -223,7 +270,8 @@ def _record(written: Written, f: Path, out: Path, records: Manifest, rows: list,
     rows.extend(written.rows)
     for r in written.rows:
         records.add(r["id"], r["source"], "ok", mask=r["mask"], fraction=f"{r['foreground_fraction']:.6f}",
-                    width=r["width"], height=r["height"])
+                    width=r["width"], height=r["height"],
+                    areas=json.dumps(r["areas"], separators=(",", ":")) if r["areas"] else "")
         if verbose_label is not None:
             print(f"{f} -> {out / r['mask']} ({r['size']}, {verbose_label} {r['foreground_fraction']:.1%})")
     if written.error:
@@ -256,7 +304,7 @@ def merge_manifests(paths: list[str | Path], out: str | Path) -> dict:
             raise UserError(f"{path}: manifest not found")
         with path.open(newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
-            if reader.fieldnames != MANIFEST_FIELDS:
+            if reader.fieldnames not in (MANIFEST_FIELDS, OLD_MANIFEST_FIELDS):
                 raise UserError(f"{path}: not a lesionseg manifest (columns {reader.fieldnames})")
             for row in reader:
                 if (
@@ -268,7 +316,7 @@ def merge_manifests(paths: list[str | Path], out: str | Path) -> dict:
                         f"{path}: id '{row['id']}' is also in another manifest (overlapping shards?)"
                     )
                 if row["id"] not in merged or merged[row["id"]]["status"] == "skipped":
-                    merged[row["id"]] = row
+                    merged[row["id"]] = {"areas": "", **row}
     write_manifest(out, list(merged.values()))
     counts: dict[str, int] = {}
     for row in merged.values():

@@ -62,3 +62,29 @@ def write_evaluation_report(path: str | Path, metrics: dict, settings: dict, his
         f"cases</h2>{figures(best)}"
     )
     write_text(path, _page("lesionseg evaluation", body))
+
+
+def write_structures_report(path: str | Path, metrics: dict, settings: dict,
+                            worst: dict[str, list[tuple[str, float, str]]]) -> None:
+    """A model of several structures: the per-structure table, then each structure's worst cases
+    (id, Dice, picture of truth | prediction relative to the page)."""
+    esc = html.escape
+    unit = metrics["distance_unit"]
+    head = ["structure", "Dice", "Jaccard", f"HD95 ({unit})", f"ASSD ({unit})",
+            f"NSD ({metrics['nsd_tolerance']} {unit})", "scored", "both empty", "worst case"]
+    rows = [*metrics["per_class"].items(),
+            ("mean", {m[5:]: v for m, v in metrics.items() if m.startswith("mean_")})]
+    table = "<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>" + "".join(
+        f"<tr><th>{esc(name)}</th>" + "".join(f"<td>{v[m]:.4f}</td>" for m in ("dice", "jaccard"))
+        + "".join(f"<td>{v[m]:.2f}</td>" for m in ("hd95", "assd")) + f"<td>{v['nsd']:.4f}</td>"
+        + "".join(f"<td>{v.get(k, '')}</td>" for k in ("n_scored", "n_both_empty", "n_worst_case")) + "</tr>"
+        for name, v in rows) + "</table>"
+    cases = "".join(
+        f"<h3>{esc(name)}</h3>" + "".join(
+            f'<figure><img src="{esc(src)}" alt="{esc(i)}"><figcaption>{esc(i)} · Dice {d:.3f} '
+            f"(left: truth, right: prediction)</figcaption></figure>" for i, d, src in shown)
+        for name, shown in worst.items())
+    notes = {k: metrics[k] for k in ("label_mode", "pixel_spacing_source", "hd_rules", "n_images")}
+    body = (f"<h2>Per structure</h2>{table}{_table(notes)}<h2>Settings</h2>{_table(settings)}"
+            f"<h2>Worst cases per structure</h2>{cases}")
+    write_text(path, _page("lesionseg evaluation", body))

@@ -36,6 +36,39 @@ def overlay(image: np.ndarray, pred: np.ndarray | None = None, truth: np.ndarray
     return out
 
 
+def structures_overlay(image: np.ndarray, masks: np.ndarray, labels, alpha: float = 0.35) -> np.ndarray:
+    """RGB uint8 picture: each structure of bool (C, H, W) `masks` tinted and outlined in its colour (where
+    structures overlap, the later one is on top), with a legend of the structures in the top-left corner."""
+    out = image.copy()
+    thickness = max(1, round(max(image.shape[:2]) / 256))
+    for mask, s in zip(masks, labels.structures):
+        if not mask.any():
+            continue
+        tint = np.empty_like(out)
+        tint[:] = s.color
+        np.copyto(out, cv2.addWeighted(out, 1 - alpha, tint, alpha, 0), where=mask[..., None])
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, s.color, thickness)
+    return draw_legend(out, labels)
+
+
+def draw_legend(image: np.ndarray, labels) -> np.ndarray:
+    scale = max(0.4, max(image.shape[:2]) / 1400)
+    line = int(round(22 * scale / 0.6))
+    pad = line // 3
+    text = max(cv2.getTextSize(n, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] for n in labels.names)
+    width = int(text) + 3 * line
+    height = line * len(labels.structures) + pad
+    box = image[:height, : width + pad]
+    box[:] = (box * 0.4).astype(np.uint8)
+    for i, s in enumerate(labels.structures):
+        y = pad + i * line
+        cv2.rectangle(image, (pad, y), (pad + line - pad, y + line - pad), s.color, -1)
+        cv2.putText(image, s.name, (pad + line + pad, y + line - 2 * pad // 1 - 1), cv2.FONT_HERSHEY_SIMPLEX,
+                    scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return image
+
+
 def _pyplot():
     import matplotlib
 

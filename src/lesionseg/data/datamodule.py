@@ -22,16 +22,43 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import AugmentConfig, DataConfig
 from ..errors import UserError
-from ..pairs import discover, split_pairs, validate
+from ..labels import Declared, Labels
+from ..pairs import discover, labels_of, split_pairs, validate
 from .dataset import SegmentationDataset
 from .preprocess import EvalTransform
 
 
+def declared(folder: Path, cfg: DataConfig) -> Declared:
+    return Declared.for_folder(folder, cfg.labels, cfg.label_mode, cfg.ignore_value)
+
+
 def _sources(folder: Path, cfg: DataConfig):
-    pairs = discover(folder)
+    pairs = discover(folder, declared(folder, cfg))
     cache = validate(pairs, cfg.mask_threshold, keep=cfg.cache,
                      keep_limit_bytes=int(cfg.cache_limit_gb * 2**30))
     return pairs, cache
+
+
+def read_ids(folder: Path, listing: str) -> list[str]:
+    path = Path(listing) if Path(listing).is_absolute() else folder / listing
+    try:
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read the id list ({exc})") from None
+
+
+def listed_split(pairs, folder: Path, listing: str) -> tuple[list[int], list[int]]:
+    """(train, validation) indices with the ids of `listing` (data.val_ids) as validation."""
+    ids = read_ids(folder, listing)
+    known = {p.id: i for i, p in enumerate(pairs)}
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        raise UserError(f"{listing}: {len(unknown)} id(s) not in {folder} (e.g. {unknown[0]})")
+    val = sorted(known[i] for i in set(ids))
+    if not val or len(val) == len(pairs):
+        raise UserError(f"{listing}: the list must leave some pairs for training and name at least one")
+    chosen = set(val)
+    return [i for i in range(len(pairs)) if i not in chosen], val
 
 
 def _reseed_worker(worker_id: int) -> None:
@@ -53,12 +80,13 @@ class _Indices(Dataset):
         return i
 
 
-def resident_tensors(dataset: SegmentationDataset, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every training pair decoded once, resized to size×size: images (N,3,S,S) and masks (N,1,S,S), uint8
-    0/1."""
+def resident_tensors(dataset: SegmentationDataset, size: int,
+                     channels: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every training pair decoded once, resized to size×size: images (N,3,S,S) and masks (N,C,S,S), uint8
+    0/1 (labels.IGNORED kept)."""
     n = len(dataset)
     x = torch.empty((n, 3, size, size), dtype=torch.uint8)
-    y = torch.empty((n, 1, size, size), dtype=torch.uint8)
+    y = torch.empty((n, channels, size, size), dtype=torch.uint8)
     for i in range(n):
         image, mask = dataset.load(i)
         mask = mask.view(np.uint8)
@@ -68,12 +96,15 @@ def resident_tensors(dataset: SegmentationDataset, size: int) -> tuple[torch.Ten
                                interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
             mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
         x[i] = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        y[i, 0] = torch.from_numpy(np.ascontiguousarray(mask > 0)).to(torch.uint8)
+        if mask.ndim == 3:
+            y[i] = torch.from_numpy(np.ascontiguousarray(mask.reshape(size, size, -1).transpose(2, 0, 1)))
+        else:
+            y[i, 0] = torch.from_numpy(np.ascontiguousarray(mask > 0)).to(torch.uint8)
     return x, y
 
 
-def resident_bytes(n: int, size: int) -> int:
-    return n * 4 * size * size  # 3 image channels + 1 mask channel, uint8
+def resident_bytes(n: int, size: int, channels: int = 1) -> int:
+    return n * (3 + channels) * size * size  # image and mask channels, uint8
 
 
 def choose_on_device(choice: str, device: torch.device, nbytes: int, fraction: float) -> tuple[bool, str]:
@@ -114,15 +145,23 @@ class SegmentationDataModule(L.LightningDataModule):
                 raise UserError(
                     f"{folders[0]}: need at least 2 image/mask pairs to split off validation data"
                 )
-            train_idx, val_idx = split_pairs(pairs, cfg.val_fraction, cfg.split_seed)
+            train_idx, val_idx = (listed_split(pairs, folders[0], cfg.val_ids) if cfg.val_ids else
+                                  split_pairs(pairs, cfg.val_fraction, cfg.split_seed))
             val_pairs = [pairs[i] for i in val_idx]
             val_cache = [cache[i] for i in val_idx] if cache is not None else None
+        self.labels: Labels = labels_of(pairs)
+        if labels_of(val_pairs) != self.labels:
+            theirs = ", ".join(labels_of(val_pairs).names)
+            raise UserError(f"{val_data}: its structures ({theirs}) differ from the training data's "
+                            f"({', '.join(self.labels.names)})")
         train_pairs = [pairs[i] for i in train_idx]
         train_cache = [cache[i] for i in train_idx] if cache is not None else None
         held_out = {p.id: "validation" for p in val_pairs}
         seen = {p.id: str(folders[0]) for p in train_pairs}
         for folder in folders[1:]:
             more, more_cache = _sources(folder, cfg)
+            if labels_of(more) != self.labels:
+                raise UserError(f"{folder}: its structures differ from those of {folders[0]}")
             for pair in more:  # an image twice would be weighted twice, or leak into the validation scores
                 if pair.id in held_out or pair.id in seen:
                     where = "the validation set" if pair.id in held_out else seen[pair.id]
@@ -152,16 +191,16 @@ class SegmentationDataModule(L.LightningDataModule):
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         self._rank = self.trainer.global_rank if self.trainer is not None else 0
         size = self.cfg.image_size
-        resident, why = choose_on_device(self.cfg.on_device, device,
-                                         resident_bytes(len(self.train_set), size),
-                                         self.cfg.device_memory_fraction)
+        channels = len(self.labels.structures)
+        nbytes = resident_bytes(len(self.train_set), size, channels)
+        resident, why = choose_on_device(self.cfg.on_device, device, nbytes, self.cfg.device_memory_fraction)
         if resident:
             from .batch_augment import BatchAugment
 
-            x, y = resident_tensors(self.train_set, size)
+            x, y = resident_tensors(self.train_set, size, channels)
             self.resident = (x.to(device), y.to(device))
             self.batch_augment = BatchAugment(size, self.aug)
-            mib = resident_bytes(len(self.train_set), size) / 2**20
+            mib = nbytes / 2**20
             self.feeding = (f"training set resident on {device} ({mib:.0f} MiB uint8), "
                             f"batched augmentation there ({why})")
         else:

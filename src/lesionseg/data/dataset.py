@@ -11,10 +11,13 @@ from .preprocess import color_constancy_fn
 
 
 def to_tensors(image: np.ndarray, mask: np.ndarray | None = None):
-    """HWC float image → CHW tensor; bool/uint8 mask → 1HW float tensor."""
+    """HWC float image → CHW tensor; bool/uint8 HW mask → 1HW float tensor, HWC channel masks → CHW (0/1,
+    labels.IGNORED kept)."""
     x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
     if mask is None:
         return x
+    if mask.ndim == 3:
+        return x, torch.from_numpy(np.ascontiguousarray(mask.transpose(2, 0, 1), dtype=np.float32))
     return x, torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
 
 

@@ -41,7 +41,7 @@ class TorchBackend(Backend):
         torch = self._torch
         with torch.inference_mode():
             x = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
-            return self.model(x)[:, 0].float().numpy()
+            return self.model(x).float().numpy()
 
 
 class OnnxBackend(Backend):
@@ -66,7 +66,7 @@ class OnnxBackend(Backend):
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, np.float32)})[0][:, 0]
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, np.float32)})[0]
 
 
 BACKENDS = {"torch": TorchBackend, "onnx": OnnxBackend}

@@ -11,7 +11,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .. import postprocess
-from ..data.preprocess import resize_to, sigmoid
+from ..data.preprocess import resize_to, sigmoid, softmax
+from ..errors import UserError
+from ..labels import Labels
 from .backends import Backend, open_backend
 from .options import InferenceOptions
 
@@ -37,6 +39,9 @@ class Segmenter:
         self.options = (options or InferenceOptions()).resolved(backend.file.inference_defaults)
         self.post = self.options.postprocess()
         self.transform = backend.preprocessing.transform()
+        if self.labels.multi and self.post.crf:
+            raise UserError("--crf refines one structure's probabilities; this model has "
+                            f"{len(self.labels.structures)} ({', '.join(self.labels.names)})")
 
     @classmethod
     def load(cls, weights: str | Path | None = None, backend: str = "auto", threads: int | None = None,
@@ -76,6 +81,10 @@ class Segmenter:
         return str(self.card.get("label") or "foreground")
 
     @property
+    def labels(self) -> Labels:
+        return self.backend.labels
+
+    @property
     def weights_path(self) -> Path:
         return self.backend.path
 
@@ -89,21 +98,30 @@ class Segmenter:
         sizes = sorted({max(8, int(round(self.image_size * s))) for s in self.tta_scales})
         return [(s, f) for s in sizes for f in (None, 1, 0)]
 
+    def _probabilities(self, logit: np.ndarray, height: int, width: int) -> np.ndarray:
+        """One image's (K, h, w) logits → probabilities at (H, W): one structure's (H, W) map, or (C, H, W)
+        for several (an exclusive model's structure channels of its softmax; background is the rest)."""
+        if not self.labels.multi:
+            return sigmoid(resize_to(np.ascontiguousarray(logit[0]), height, width))
+        resized = np.stack([resize_to(np.ascontiguousarray(c), height, width) for c in logit])
+        return softmax(resized)[1:] if self.labels.mode == "exclusive" else sigmoid(resized)
+
     def predict_batch(self, images: Sequence[np.ndarray], tta: bool | None = None) -> list[np.ndarray]:
-        """Probability maps (float32, HxW of each input). `tta` None: this Segmenter's setting."""
+        """Probability maps (float32, H×W of each input; C×H×W for several structures). `tta` None: this
+        Segmenter's setting."""
         out: list[np.ndarray] = []
         views = self._views(self.tta if tta is None else tta)
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size]
-            acc = [np.zeros(im.shape[:2], np.float32) for im in chunk]
+            acc: list[Any] = [0.0] * len(chunk)
             for size, flip in views:
                 src = [im if flip is None else np.flip(self.transform.resize(im, size), flip) for im in chunk]
                 logits = self.backend(self.transform.batch(src, size))
                 for i, (im, logit) in enumerate(zip(chunk, logits)):
                     if flip is not None:
-                        logit = np.flip(logit, flip)  # axes of (H, W) match those of HWC
-                    acc[i] += sigmoid(resize_to(np.ascontiguousarray(logit), im.shape[0], im.shape[1]))
-            out.extend(a / len(views) for a in acc)
+                        logit = np.flip(logit, flip + 1)  # (K, H, W): HWC's axis + 1
+                    acc[i] = acc[i] + self._probabilities(logit, im.shape[0], im.shape[1])
+            out.extend((a / len(views)).astype(np.float32) for a in acc)
         return out
 
     def predict(self, image: np.ndarray) -> np.ndarray:
@@ -111,6 +129,9 @@ class Segmenter:
 
     def to_mask(self, prob: np.ndarray, image: np.ndarray | None = None,
                 post: postprocess.PostprocessConfig | None = None) -> np.ndarray:
+        """Bool (H, W), or (C, H, W) per structure."""
+        if self.labels.multi:
+            return postprocess.apply_structures(prob, post or self.post, self.labels.mode)
         return postprocess.apply(prob, post or self.post, image)
 
     def predict_mask(self, image: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@
 """
 
 from .atomic import atomic_path, write_bytes, write_csv, write_text
-from .masks import JPEG_MASK_NOISE, JPEG_MASK_THRESHOLD, read_mask
+from .masks import JPEG_MASK_NOISE, JPEG_MASK_THRESHOLD, read_label_map, read_mask
 from .photo import (
     IMAGE_EXTENSIONS,
     MAX_PIXELS,
@@ -34,6 +34,7 @@ __all__ = [
     "FAST_PNG", "IMAGE_EXTENSIONS", "ImageTooLarge", "Input", "JPEG_MASK_NOISE", "JPEG_MASK_THRESHOLD",
     "MAX_PIXELS", "NotAnImage", "READERS", "Reader", "atomic_path", "check_unique_ids", "decode_image",
     "encode_png", "image_size", "list_images", "mask_to_uint8", "read_image",
-    "read_input", "read_mask", "reader_by_name", "reader_for", "write_bytes", "write_csv", "write_mask",
+    "read_input", "read_label_map", "read_mask", "reader_by_name", "reader_for", "write_bytes", "write_csv",
+    "write_mask",
     "write_png", "write_text",
 ]

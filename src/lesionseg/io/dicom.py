@@ -100,10 +100,10 @@ class DicomSeg:
     def name(self, input_id: str) -> str:
         return input_id + SEG_SUFFIX
 
-    def write(self, path: Path, masks: list[np.ndarray], label: str) -> None:
+    def write(self, path: Path, masks: list[np.ndarray], label) -> None:
         write_seg(path, self.source, masks, label)
 
-    def encode(self, masks: list[np.ndarray], where: str, label: str) -> bytes:
+    def encode(self, masks: list[np.ndarray], where: str, label) -> bytes:
         """The SEG as bytes (the service's answer); errors name `where`."""
         import io
 
@@ -112,38 +112,61 @@ class DicomSeg:
         return buf.getvalue()
 
 
-def write_seg(path: str | Path, source, masks: list[np.ndarray], segment_label: str = "lesion") -> None:
+def write_seg(path: str | Path, source, masks: list[np.ndarray], segment_label="lesion") -> None:
     """A BINARY DICOM SEG referencing `source` (same rows/columns, one frame per source frame)."""
     seg = build_seg(source, masks, path, segment_label)
     with atomic_path(path) as tmp:
         seg.save_as(tmp)
 
 
-def build_seg(source, masks: list[np.ndarray], label, segment_label: str = "lesion"):
-    """The highdicom Segmentation object of `write_seg`; errors name `label`. The segment is coded as a
-    morphologically abnormal structure / lesion (SNOMED CT), named `segment_label` (the model's label)."""
+def _segment_descriptions(segments):
+    """One SegmentDescription per structure. A str: one lesion segment so named (SNOMED CT morphologically
+    abnormal structure / lesion); a labels.Labels: one anatomical-structure segment per structure, typed by
+    the SNOMED CT concept its name's last word names (heart, lung, clavicle...), else "tissue", with the
+    structure's colour."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
+
+    algorithm = hd.AlgorithmIdentificationSequence(name="lesionseg", version=__version__,
+                                                   family=codes.cid7162.ArtificialIntelligence)
+    if isinstance(segments, str):
+        return [hd.seg.SegmentDescription(
+            segment_number=1, segment_label=segments,
+            segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+            segmented_property_type=codes.SCT.Lesion,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm)]
+    out = []
+    for number, s in enumerate(segments.structures, start=1):
+        concept = getattr(codes.SCT, s.name.replace("-", "_").split("_")[-1].capitalize(), codes.SCT.Tissue)
+        out.append(hd.seg.SegmentDescription(
+            segment_number=number, segment_label=s.name,
+            segmented_property_category=codes.SCT.AnatomicalStructure, segmented_property_type=concept,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm,
+            display_color=hd.color.CIELabColor.from_rgb(*s.color)))
+    return out
+
+
+def build_seg(source, masks: list[np.ndarray], label, segment_label="lesion"):
+    """The highdicom Segmentation object of `write_seg`; errors name `label`. `segment_label`: the model's
+    label (one segment), or its labels.Labels (a segment per structure; each mask then (C, H, W))."""
+    import highdicom as hd
     from pydicom.uid import generate_uid
 
-    description = hd.seg.SegmentDescription(
-        segment_number=1,
-        segment_label=segment_label,
-        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-        segmented_property_type=codes.SCT.Lesion,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=hd.AlgorithmIdentificationSequence(
-            name="lesionseg", version=__version__, family=codes.cid7162.ArtificialIntelligence),
-    )
+    descriptions = _segment_descriptions(segment_label)
     if len(masks) > 1 and "FrameOfReferenceUID" not in source:
         # highdicom maps SEG frames to source frames through plane positions, which need a frame of reference.
         raise UserError(f"{label}: no DICOM SEG for a multi-frame source without a frame of reference "
                         "(the per-frame PNG masks were written)")
     pixels = np.stack([m.astype(np.uint8) for m in masks])
+    if len(descriptions) > 1:  # (frames, C, H, W) → highdicom's (frames, H, W, segments)
+        pixels = pixels.transpose(0, 2, 3, 1)
+    elif len(masks) == 1:
+        pixels = pixels[0]
     try:
-        seg = hd.seg.Segmentation(source_images=[source], pixel_array=pixels if len(masks) > 1 else pixels[0],
+        seg = hd.seg.Segmentation(source_images=[source], pixel_array=pixels,
                                   segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-                                  segment_descriptions=[description], series_instance_uid=generate_uid(),
+                                  segment_descriptions=descriptions, series_instance_uid=generate_uid(),
                                   series_number=int(source.get("SeriesNumber", 0) or 0) + 1000,
                                   sop_instance_uid=generate_uid(), instance_number=1,
                                   manufacturer="lesionseg", manufacturer_model_name="lesionseg U-Net",

@@ -56,3 +56,22 @@ def read_mask(path: str | Path, threshold: int | None = None, on_auto=None) -> n
     return arr > 0
 
 
+
+def read_label_map(path: str | Path) -> np.ndarray:
+    """An index label map as an integer (H, W) array: 8- or 16-bit grayscale, or a palette PNG read as its
+    indices (never its colours). Colour images are refused: their colours are not labels."""
+    path = Path(path)
+    img = open_image(path)
+    if img.mode == "P":
+        return np.asarray(img)
+    if img.mode in ("RGB", "RGBA", "CMYK", "YCbCr"):
+        arr = np.asarray(img.convert("RGB"))
+        if not (np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2])):
+            raise UserError(f"{path}: label map has colour; expected an index map (8/16-bit grey or palette)")
+        return arr[..., 0]
+    arr = pixel_array(img)
+    if arr.ndim == 3:
+        arr = arr[..., 0]
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise UserError(f"{path}: label map has non-integer values ({arr.dtype})")
+    return arr

@@ -39,3 +39,28 @@ def write_mask(path: str | Path, mask: np.ndarray) -> None:
     write_png(path, mask_to_uint8(mask))
 
 
+
+def label_map(masks: np.ndarray, labels) -> np.ndarray:
+    """Exclusive structures' bool (C, H, W) masks → uint8 index map of their declared values (0 elsewhere)."""
+    index = np.zeros(masks.shape[1:], np.uint8)
+    for mask, structure in zip(masks, labels.structures):
+        index[mask] = structure.value
+    return index
+
+
+def encode_label_map(masks: np.ndarray, labels) -> bytes:
+    """An index label map PNG with a palette, so that viewers show each structure in its colour while tools
+    read the indices."""
+    image = Image.fromarray(label_map(masks, labels), mode="P")
+    palette = [0, 0, 0] * 256
+    for s in labels.structures:
+        palette[3 * s.value: 3 * s.value + 3] = s.color
+    image.putpalette(palette)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def structure_mask_names(image_id: str, labels) -> list[str]:
+    """Overlapping structures' masks: one 0/255 PNG each, `<id>_mask_<structure>.png`."""
+    return [f"{image_id}_mask_{name}.png" for name in labels.names]

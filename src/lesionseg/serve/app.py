@@ -87,6 +87,7 @@ class Options:
     inference: InferenceOptions = field(default_factory=InferenceOptions)
     format: str = "mask"
     max_side: int | None = None  # downscale overlay / probability images (a page needs no 12 MP map)
+    structure: str | None = None  # models of several structures: answer for this one only
 
     def post(self) -> postprocess.PostprocessConfig:
         return self.inference.postprocess()
@@ -96,10 +97,13 @@ class Options:
         return {name: getattr(self.inference, name) for name in InferenceOptions.names(query_only=True)}
 
 
+RESPONSE_PARAMETERS = ("format", "max_side", "structure")
+
+
 def parse_options(request: Request) -> Options:
     """Every refused parameter is named in one 400 message."""
     query = request.query_params
-    known = sorted({"format", "max_side", *InferenceOptions.names(query_only=True)})
+    known = sorted({*RESPONSE_PARAMETERS, *InferenceOptions.names(query_only=True)})
     unknown = sorted(set(query) - set(known))
     if unknown:
         raise HTTPError(400, f"unknown query parameter '{unknown[0]}' (known: {', '.join(known)})")
@@ -110,7 +114,7 @@ def parse_options(request: Request) -> Options:
         problems.append(f"query parameter 'format': {fmt!r} is not one of {', '.join(FORMATS)}")
     inference = InferenceOptions()
     try:
-        given = {k: v for k, v in query.items() if k not in ("format", "max_side")}
+        given = {k: v for k, v in query.items() if k not in RESPONSE_PARAMETERS}
         inference = InferenceOptions.from_text(given)
     except OptionError as exc:
         problems.append(exc.named(lambda name: f"query parameter '{name}':"))
@@ -125,7 +129,7 @@ def parse_options(request: Request) -> Options:
                 problems.append(f"query parameter 'max_side': must be ≥ 1, got {max_side}")
     if problems:
         raise HTTPError(400, "; ".join(problems))
-    return Options(inference, fmt, max_side)
+    return Options(inference, fmt, max_side, query.get("structure"))
 
 
 class Service:
@@ -164,9 +168,13 @@ class Service:
 
     def card(self) -> dict:
         seg = self.segmenter
+        labels = seg.labels
         return {"name": self.model_name(), "file": str(seg.weights_path), "backend": seg.backend.name,
                 "input_size": seg.image_size, "default_tta": self.default_tta,
-                "lesionseg_version": __version__, "card": seg.card}
+                "lesionseg_version": __version__, "label_mode": labels.mode,
+                "structures": [{"name": s.name, "value": s.value, "color": list(s.color)}
+                               for s in labels.structures] if labels.multi else [{"name": seg.label}],
+                "card": seg.card}
 
 
 def header_value(text: str) -> str:
@@ -313,6 +321,12 @@ def render(service: Service, image: np.ndarray, prob: np.ndarray, opts: Options,
     uploaded image's (width, height); `image` may be a preview of it (overlay / prob with max_side)."""
     from ..viz import overlay
 
+    labels = service.segmenter.labels
+    if labels.multi:
+        return render_structures(service, image, prob, opts, timings, size)
+    if opts.structure is not None and opts.structure != service.segmenter.label:
+        raise HTTPError(400, f"query parameter 'structure': this model segments one structure "
+                        f"({service.segmenter.label}), not {opts.structure!r}")
     start = time.perf_counter()
     mask = postprocess.apply(prob, opts.post(), image)
     headers = {"X-Lesionseg-Model": header_value(service.model_name()),
@@ -333,6 +347,54 @@ def render(service: Service, image: np.ndarray, prob: np.ndarray, opts: Options,
         payload = {"model": service.model_name(), "image": {"width": size[0], "height": size[1]},
                    "options": opts.shown(),
                    **describe_mask(mask), "timings_ms": {k: round(v, 2) for k, v in timings.items()}}
+        return JSONResponse(payload, headers=headers)
+    return Response(body, media_type=FORMATS[opts.format], headers=headers)
+
+
+def render_structures(service: Service, image: np.ndarray, prob: np.ndarray, opts: Options, timings: dict,
+                      size: tuple[int, int]) -> Response:
+    """`render` for a model of several structures: masks as `predict` writes them (an exclusive model's
+    palette label map; with `structure`, that structure's 0/255 mask), its overlay with a legend, and JSON
+    per structure (area, bounding box, contours)."""
+    from ..io.writers import encode_label_map
+    from ..viz import structures_overlay
+
+    seg = service.segmenter
+    labels = seg.labels
+    try:
+        chosen = None if opts.structure is None else labels.index(opts.structure)
+    except UserError as exc:
+        raise HTTPError(400, f"query parameter 'structure': {exc}") from None
+    if chosen is None and opts.format in ("prob",) or (chosen is None and opts.format == "mask"
+                                                     and labels.mode == "overlapping"):
+        raise HTTPError(400, f"query parameter 'structure': this model's {len(labels.names)} structures "
+                        f"({'overlap' if labels.mode == 'overlapping' else 'are several'}): ask for one of "
+                        f"{', '.join(labels.names)} for format={opts.format}, or use format=json")
+    start = time.perf_counter()
+    masks = seg.to_mask(prob, image, opts.post())
+    shown = masks if chosen is None else masks[chosen]
+    headers = {"X-Lesionseg-Model": header_value(service.model_name()),
+               "X-Image-Size": f"{size[0]}x{size[1]}",
+               "X-Area-Fraction": f"{(masks.any(0) if chosen is None else shown).mean():.6f}"}
+    if opts.format == "mask":
+        body = encode_png(mask_to_uint8(shown)) if chosen is not None else encode_label_map(masks, labels)
+    elif opts.format == "overlay":
+        body = encode_png(structures_overlay(image, masks, labels), FAST_PNG)
+    elif opts.format == "prob":
+        body = encode_png(np.round(prob[chosen] * 255).astype(np.uint8))
+    elif opts.format == "npy":
+        buf = io.BytesIO()
+        np.save(buf, (prob if chosen is None else prob[chosen]).astype(np.float32))
+        body = buf.getvalue()
+    timings["post_ms"] = (time.perf_counter() - start) * 1000
+    headers["Server-Timing"] = ", ".join(f"{k[:-3]};dur={v:.1f}" for k, v in timings.items())
+    if opts.format == "json":
+        names = labels.names if chosen is None else [labels.names[chosen]]
+        structures = {n: {**describe_mask(masks[labels.index(n)]),
+                          "color": list(labels.structures[labels.index(n)].color)} for n in names}
+        payload = {"model": service.model_name(), "image": {"width": size[0], "height": size[1]},
+                   "options": opts.shown(), "label_mode": labels.mode, "structures": structures,
+                   "timings_ms": {k: round(v, 2) for k, v in timings.items()}}
         return JSONResponse(payload, headers=headers)
     return Response(body, media_type=FORMATS[opts.format], headers=headers)
 
@@ -381,9 +443,10 @@ async def segment_dicom(request: Request, service: Service) -> Response:
     results = [await _segment(service, frame, service.tta(opts), started) for frame in frames]
 
     def build() -> bytes:
-        masks = [postprocess.apply(r.prob, opts.post(), f) for r, f in zip(results, frames)]
+        seg = service.segmenter
+        masks = [seg.to_mask(r.prob, f, opts.post()) for r, f in zip(results, frames)]
         try:
-            return item.companion.encode(masks, label, service.segmenter.label)
+            return item.companion.encode(masks, label, seg.labels if seg.labels.multi else seg.label)
         except UserError as exc:
             raise HTTPError(400, str(exc)) from None
 

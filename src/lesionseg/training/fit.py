@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import Checkpoint, EarlyStopping, ModelCheckpoi
 from .. import __version__
 from ..config import Config, diff_configs
 from ..errors import UserError
+from ..labels import Labels
 from ..machine import native_bf16
 from ..model_file import ModelFile, Preprocessing
 from ..models import count_parameters, drop_full_resolution_stage
@@ -51,8 +52,10 @@ class RunRecorder(Checkpoint):
     Subclasses Checkpoint so Lightning calls it after the module's epoch-end logging.
     """
 
-    def __init__(self, run_dir: Path, cfg: Config, data_desc: dict, command: str | None = None):
+    def __init__(self, run_dir: Path, cfg: Config, data_desc: dict, command: str | None = None,
+                 labels: Labels | None = None):
         self.run_dir, self.cfg, self.data_desc, self.command = run_dir, cfg, data_desc, command
+        self.labels = labels or Labels.binary()
         self.run = RunDir(run_dir)
         self.best = -math.inf
         self.best_epoch = -1
@@ -122,7 +125,7 @@ class RunRecorder(Checkpoint):
                                   "output; selection_value and metrics.csv score the model with the stage")
         # channels_last weights are saved contiguous; the file does not depend on memory format.
         preprocessing = Preprocessing(self.cfg.data.image_size, color_constancy=self.cfg.data.color_constancy)
-        ModelFile.from_model(model, model_cfg, preprocessing, card).write(self.run.model_path)
+        ModelFile.from_model(model, model_cfg, preprocessing, card, self.labels).write(self.run.model_path)
 
 
 def device_name(device: torch.device) -> str:
@@ -201,14 +204,14 @@ def _train(data, out, cfg: Config, val_data, devices, strategy: str, num_nodes: 
     folders = [str(f) for f in datamodule.folders]
     data_desc = {
         "train": folders[0] if len(folders) == 1 else folders,
-        "val": str(val_data)
-        if val_data
-        else f"{cfg.data.val_fraction:.0%} of train (seed {cfg.data.split_seed})",
+        "val": str(val_data) if val_data else (
+            f"the ids listed in {cfg.data.val_ids}" if cfg.data.val_ids
+            else f"{cfg.data.val_fraction:.0%} of train (seed {cfg.data.split_seed})"),
         "n_train": len(datamodule.train_set),
         "n_val": len(datamodule.val_set),
     }
-    module = SegmentationModule(cfg)
-    recorder = RunRecorder(run_dir, cfg, data_desc, command)
+    module = SegmentationModule(cfg, datamodule.labels)
+    recorder = RunRecorder(run_dir, module.cfg, data_desc, command, datamodule.labels)
     best_ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=METRIC, mode="max",
                                 save_last=True, save_top_k=1, enable_version_counter=False)
     callbacks = [

@@ -10,7 +10,8 @@ import torch
 from torchmetrics import MeanMetric
 
 from ..config import Config
-from ..losses import DeepSupervisionLoss, DiceBCELoss
+from ..labels import IGNORED, Labels
+from ..losses import DeepSupervisionLoss, loss_for
 from ..metrics import batch_jaccard_dice
 from ..models import build_model
 from .schedule import TimeCosine
@@ -61,15 +62,50 @@ def load_initial_weights(model: torch.nn.Module, cfg: Config) -> None:
         raise UserError(f"trainer.init_from {cfg.trainer.init_from}: weights do not fit ({misfits[0]})")
 
 
+def with_labels(cfg: Config, labels: Labels) -> Config:
+    """The config whose network has one output channel per structure (+ background for exclusive ones)."""
+    import dataclasses
+
+    from ..errors import UserError
+
+    if labels.multi and cfg.loss.lovasz_weight:
+        raise UserError("config key 'loss.lovasz_weight': the Lovász hinge is for one structure; set it to 0")
+    if cfg.model.out_channels not in (1, labels.out_channels):
+        raise UserError(f"config key 'model.out_channels': {cfg.model.out_channels}, but the data has "
+                        f"{labels.out_channels} output channels ({labels.mode}: {', '.join(labels.names)})")
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, out_channels=labels.out_channels))
+
+
+def predicted_channels(logits: torch.Tensor, mode: str) -> torch.Tensor:
+    """Bool (N, C, H, W) per structure: sigmoid channels > 0.5, or the softmax's argmax one-hot."""
+    if mode != "exclusive":
+        return logits > 0
+    winner = logits.argmax(1, keepdim=True)
+    return winner == torch.arange(1, logits.shape[1], device=logits.device).view(1, -1, 1, 1)
+
+
+def image_jaccard_dice(logits: torch.Tensor, y: torch.Tensor, mode: str):
+    """Per-image Jaccard and Dice, averaged over structures, ignored pixels left out."""
+    pred = predicted_channels(logits, mode)
+    if mode == "binary":
+        return batch_jaccard_dice(pred, y > 0.5)
+    valid = y != IGNORED
+    n, c = y.shape[:2]
+    jac, dice = batch_jaccard_dice((pred & valid).reshape(n * c, 1, -1),
+                                   ((y == 1) & valid).reshape(n * c, 1, -1))
+    return jac.view(n, c).mean(1), dice.view(n, c).mean(1)
+
+
 class SegmentationModule(L.LightningModule):
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, labels: Labels | None = None):
         super().__init__()
-        self.cfg = cfg
+        self.labels = labels or Labels.binary()
+        self.cfg = cfg = with_labels(cfg, self.labels)
         self.model = build_model(cfg.model, pretrained=cfg.trainer.init_from is None)
         if cfg.trainer.init_from is not None:
             load_initial_weights(self.model, cfg)
-        self.loss = DeepSupervisionLoss(DiceBCELoss(cfg.loss.dice_weight, cfg.loss.bce_weight,
-                                                    lovasz_weight=cfg.loss.lovasz_weight))
+        self.loss = DeepSupervisionLoss(loss_for(self.labels.mode, cfg.loss.dice_weight, cfg.loss.bce_weight,
+                                                 cfg.loss.lovasz_weight))
         self.memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         # The compiled wrapper is kept outside the module tree, so checkpoints and model.pt hold the plain
@@ -137,14 +173,15 @@ class SegmentationModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
+        mode = self.labels.mode
         if self.ema is not None:
-            raw, _ = batch_jaccard_dice(self(x) > 0, y > 0.5)
+            raw, _ = image_jaccard_dice(self(x), y, mode)
             self.val_jaccard_raw.update(raw.float())
             logits = self.ema.module(x.contiguous(memory_format=self.memory_format))
         else:
             logits = self(x)
         self.val_loss.update(self.loss(logits, y).detach(), weight=x.shape[0])
-        jac, dice = batch_jaccard_dice(logits > 0, y > 0.5)
+        jac, dice = image_jaccard_dice(logits, y, mode)
         self.val_jaccard.update(jac.float())
         self.val_dice.update(dice.float())
 

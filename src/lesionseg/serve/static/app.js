@@ -1,10 +1,12 @@
 // The lesionseg page: upload an image, show the model's probability map as an overlay, and re-threshold it
 // here, without another request. The server returns the probability map (8-bit PNG, at most MAX_SIDE px on a
-// side); area figures are scaled to the original image size.
+// side); area figures are scaled to the original image size. A model of several structures answers in JSON
+// (each structure's contours and colour): the page draws them with a legend, one toggle per structure.
 "use strict";
 const MAX_SIDE = 1024;
 const $ = (id) => document.getElementById(id);
-const state = { file: null, photo: null, prob: null, width: 0, height: 0, origW: 0, origH: 0 };
+const state = { file: null, photo: null, prob: null, width: 0, height: 0, origW: 0, origH: 0,
+                structures: null, labelMode: null, shown: {}, result: null };
 
 function authHeaders() {
   const token = $("token").value.trim();
@@ -25,7 +27,68 @@ async function post(file, query) {
   return fetch("/v1/segment?" + new URLSearchParams(query), { method: "POST", body: file, headers });
 }
 
+async function uploadStructures(file) {
+  const started = performance.now();
+  const resp = await post(file, { format: "json", threshold: $("threshold").value });
+  if (!resp.ok) { setStatus(await errorText(resp), true); return; }
+  const result = await resp.json();
+  let photo = null;
+  try { photo = await createImageBitmap(file); } catch (e) { photo = null; }
+  const scale = Math.min(1, MAX_SIDE / Math.max(result.image.width, result.image.height));
+  Object.assign(state, { photo, result, origW: result.image.width, origH: result.image.height,
+                         width: Math.round(result.image.width * scale), height: Math.round(result.image.height * scale) });
+  $("timing").textContent = `${(performance.now() - started).toFixed(0)} ms`;
+  $("size").textContent = `${state.origW} × ${state.origH}`;
+  $("download").disabled = false;
+  setStatus(file.name);
+  renderStructures();
+}
+
+function legend() {
+  const box = $("legend");
+  box.innerHTML = "";
+  for (const s of state.structures) {
+    if (!(s.name in state.shown)) state.shown[s.name] = true;
+    const label = document.createElement("label");
+    const check = document.createElement("input");
+    check.type = "checkbox"; check.checked = state.shown[s.name]; check.dataset.structure = s.name;
+    check.addEventListener("change", () => { state.shown[s.name] = check.checked; renderStructures(); });
+    const swatch = document.createElement("span");
+    swatch.className = "swatch"; swatch.style.background = `rgb(${s.color.join(",")})`;
+    label.append(check, swatch, document.createTextNode(" " + s.name));
+    box.append(label);
+  }
+  box.hidden = false;
+}
+
+function renderStructures() {
+  if (!state.result) return;
+  const opacity = Number($("opacity").value);
+  $("opacity-value").textContent = opacity.toFixed(2);
+  const { width: w, height: h } = state, f = w / state.origW;
+  const canvas = $("view");
+  canvas.width = w; canvas.height = h;
+  const ctx = canvas.getContext("2d");
+  if (state.photo) ctx.drawImage(state.photo, 0, 0, w, h);
+  else { ctx.fillStyle = "#888"; ctx.fillRect(0, 0, w, h); }
+  const areas = [];
+  for (const [name, s] of Object.entries(state.result.structures)) {
+    if (!state.shown[name]) continue;
+    ctx.beginPath();
+    for (const contour of s.contours) {
+      contour.forEach(([x, y], i) => (i ? ctx.lineTo(x * f, y * f) : ctx.moveTo(x * f, y * f)));
+      ctx.closePath();
+    }
+    ctx.fillStyle = `rgba(${s.color.join(",")},${opacity})`;
+    ctx.strokeStyle = `rgb(${s.color.join(",")})`;
+    ctx.fill("evenodd"); ctx.stroke();
+    areas.push(`${name} ${(100 * s.area_fraction).toFixed(1)} %`);
+  }
+  $("area").textContent = areas.join(", ") || "–";
+}
+
 async function upload(file) {
+  if (state.structures) return uploadStructures(file);
   state.file = file;
   $("download").disabled = true;
   setStatus("segmenting " + file.name + " …");
@@ -88,23 +151,31 @@ function render() {
 
 async function download() {
   if (!state.file) return;
-  const resp = await post(state.file, { format: "mask", threshold: $("threshold").value });
+  // overlapping structures have no single mask: their JSON (areas, boxes, contours) instead
+  const format = state.labelMode === "overlapping" ? "json" : "mask";
+  const resp = await post(state.file, { format, threshold: $("threshold").value });
   if (!resp.ok) { setStatus(await errorText(resp), true); return; }
   const link = document.createElement("a");
   link.href = URL.createObjectURL(await resp.blob());
-  link.download = state.file.name.replace(/\.[^.]+$/, "") + "_mask.png";
+  link.download = state.file.name.replace(/\.[^.]+$/, "") + (format === "json" ? ".json" : "_mask.png");
   link.click();
   URL.revokeObjectURL(link.href);
 }
 
 async function showModel() {
   const resp = await fetch("/v1/model", { headers: authHeaders() });
-  $("model").textContent = resp.ok ? "model: " + (await resp.json()).name : "model: (token needed)";
+  if (!resp.ok) { $("model").textContent = "model: (token needed)"; return; }
+  const model = await resp.json();
+  $("model").textContent = "model: " + model.name;
+  if (model.structures && model.structures.length > 1) {
+    state.structures = model.structures; state.labelMode = model.label_mode;
+    legend();
+  }
 }
 
-$("file").addEventListener("change", (e) => e.target.files[0] && upload(e.target.files[0]));
-$("threshold").addEventListener("input", render);
-$("opacity").addEventListener("input", render);
+$("file").addEventListener("change", (e) => e.target.files[0] && (state.file = e.target.files[0]) && upload(e.target.files[0]));
+$("threshold").addEventListener("input", () => (state.structures ? state.file && uploadStructures(state.file) : render()));
+$("opacity").addEventListener("input", () => (state.structures ? renderStructures() : render()));
 $("download").addEventListener("click", download);
 $("token").addEventListener("change", showModel);
 const drop = $("drop");
@@ -112,6 +183,6 @@ drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.ad
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));
 drop.addEventListener("drop", (e) => {
   e.preventDefault(); drop.classList.remove("over");
-  if (e.dataTransfer.files[0]) upload(e.dataTransfer.files[0]);
+  if (e.dataTransfer.files[0]) { state.file = e.dataTransfer.files[0]; upload(state.file); }
 });
 showModel();
