@@ -14,6 +14,9 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -r requirements.lock
+	# MONAI: the reference for the boundary metrics' tests (and a benchmark peer); without its dependencies,
+	# so that the pinned torch stays
+	$(PY) -m pip install -q --no-deps monai==1.6.1
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
@@ -21,10 +24,9 @@ demo: venv
 	$(VENV)/bin/lesionseg predict src/lesionseg/assets/samples --out out/demo --overwrite --report
 	@echo "masks, overlays and report.html written under out/demo/"
 
-# Peers (MONAI) are an optional extra, installed without touching the pinned torch. Every script writes JSON
+# Peers (MONAI) are installed with the venv, without touching the pinned torch. Every script writes JSON
 # under benchmarks/results/ with the machine's description; docs/performance.md reads them.
 bench: venv
-	$(PY) -m pip install -q --no-deps monai==1.6.1
 	$(PY) benchmarks/throughput.py
 	$(PY) benchmarks/int8.py
 	$(PY) benchmarks/predict_throughput.py

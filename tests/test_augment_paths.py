@@ -117,3 +117,42 @@ def test_hair_and_ink_draw_on_the_image_only(path):
     x, m = PATHS[path](dataclasses.replace(OFF, hair=1.0, ink=1.0), image, mask, seed=2)
     assert (m == mask).all()
     assert np.abs(unnormalise(x) - image / 255).max() > 0.1
+
+
+def structures(seed: int = 0):
+    """Three overlapping structures as channel masks (the third with an ignored patch) and an image whose
+    channel k is structure k (255 inside)."""
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    a = ((yy - 28) / 14) ** 2 + ((xx - 36) / 20) ** 2 <= 1
+    b = (abs(yy - 20) < 6) & (xx > 10) & (xx < 50)  # overlaps a
+    c = (yy > 44) & (xx < 24)
+    mask = np.stack([a, b, c], -1).astype(np.uint8)
+    mask[2:8, 50:60, :] = 255  # labels.IGNORED in every channel
+    image = np.where(mask == 1, 255, 0).astype(np.uint8)
+    return image, mask
+
+
+def per_image_structures(aug, image, mask, seed):
+    out = train_transform(SIZE, aug, seed=seed)(image=image, mask=mask)
+    return out["image"], out["mask"]
+
+
+def batched_structures(aug, image, mask, seed):
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].contiguous()
+    y = torch.from_numpy(mask).permute(2, 0, 1)[None].contiguous()
+    xa, ya = BatchAugment(SIZE, aug)(x, y, torch.Generator().manual_seed(seed))
+    return xa[0].permute(1, 2, 0).numpy(), ya[0].permute(1, 2, 0).numpy()
+
+
+@pytest.mark.parametrize("path", [per_image_structures, batched_structures], ids=["albumentations", "batch"])
+def test_every_structure_channel_moves_with_the_image(path):
+    geometry = dataclasses.replace(OFF, crop_scale_min=0.5, hflip=0.5, vflip=0.5, rot90=1.0)
+    image, mask = structures()
+    for seed in range(3):
+        x, m = path(geometry, image, mask, seed)
+        assert m.shape == (SIZE, SIZE, 3)
+        assert set(np.unique(m).tolist()) <= {0, 1, 255}  # nearest: no value between labels
+        drawn = unnormalise(x) > 0.5
+        for k in range(3):
+            assert (drawn[..., k] != (m[..., k] == 1)).mean() < 0.03, (seed, k)
+        assert (m == 255).all(-1).sum() == (m == 255).any(-1).sum()  # ignored in every channel alike

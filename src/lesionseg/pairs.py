@@ -99,7 +99,7 @@ class StructureFolders(MaskLayout):
 
 
 def _is_palette(path: Path) -> bool:
-    from .io import open_image
+    from .io.photo import open_image
 
     return open_image(path).mode == "P"
 

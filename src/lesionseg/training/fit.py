@@ -136,8 +136,9 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def prepare_run_dir(run_dir: Path, cfg: Config) -> Path | None:
-    """Create or reopen a run directory. Returns the checkpoint to resume from, if any."""
+def prepare_run_dir(run_dir: Path, cfg: Config, write: bool = True) -> Path | None:
+    """Create or reopen a run directory (`write=False`: only the checks). Returns the checkpoint to resume
+    from, if any."""
     run = RunDir(run_dir)
     last = run.last_checkpoint
     if run_dir.exists() and not run_dir.is_dir():
@@ -150,7 +151,7 @@ def prepare_run_dir(run_dir: Path, cfg: Config) -> Path | None:
                             "use another --out or the same settings to resume")
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise UserError(f"{run_dir}: folder is not empty and holds no lesionseg run (config.yaml missing)")
-    if launcher_rank() == 0:  # DDP children re-run this command: only the first process writes
+    if write and launcher_rank() == 0:  # DDP children re-run this command: only the first process writes
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in run_dir.rglob(".*.part"):  # temp files of writes cut short by a kill; targets are intact
             stale.unlink()
@@ -198,9 +199,11 @@ def _train(data, out, cfg: Config, val_data, devices, strategy: str, num_nodes: 
     from ..data.datamodule import SegmentationDataModule
 
     run_dir = Path(out)
-    resume = prepare_run_dir(run_dir, cfg)
+    prepare_run_dir(run_dir, cfg, write=False)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    # the data are checked before the run directory is written: a refused folder leaves nothing behind
     datamodule = SegmentationDataModule(data, val_data, cfg.data, cfg.augment, seed=cfg.trainer.seed)
+    resume = prepare_run_dir(run_dir, cfg)
     folders = [str(f) for f in datamodule.folders]
     data_desc = {
         "train": folders[0] if len(folders) == 1 else folders,
