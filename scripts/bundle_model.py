@@ -76,6 +76,9 @@ def main() -> None:
         return
     if not (args.run_dir and args.name and args.recipe and args.training):
         ap.error("bundling a run needs RUN_DIR, --name, --recipe and --training")
+    if not (args.data / "train").is_dir():
+        bundle_with_fixed_split(args)
+        return
     source = load_model(args.run_dir / "model.pt")
     carved = carved_split(args.data / "train", of=args.run_dir)
     full = evaluate(Segmenter(TorchBackend(source)), carved).metrics
@@ -134,6 +137,58 @@ def main() -> None:
     write_model_cards()
 
 
+def bundle_with_fixed_split(args) -> None:
+    """A dataset in one folder with a fixed validation list (`data.val_ids`, e.g. JSRT), trained with
+    `trainer.selection: last`: the list's figures are a report, never a choice. fp16 storage is decided on
+    the training ids instead (it must not move their mean Dice by ≥ 0.0005)."""
+    from lesionseg.data.datamodule import read_ids
+    from lesionseg.evaluation import LabelledSet, Spacing
+
+    source = load_model(args.run_dir / "model.pt")
+    recipe = source.card["recipe"]
+    listing = recipe["data"]["val_ids"]
+    if recipe["trainer"]["selection"] != "last":
+        raise SystemExit("this run chose its epoch on the validation list: train with "
+                         "trainer.selection: last")
+    val_ids = set(read_ids(args.data, listing))
+    everything = load_labelled(args.data)
+    train = LabelledSet([p for p in everything.pairs if p.id not in val_ids], None)
+    spacing = Spacing.choose(None, source.card)
+    full = evaluate(Segmenter(TorchBackend(source)), train, spacing=spacing).metrics
+    with tempfile.TemporaryDirectory() as tmp:
+        fp16_path = Path(tmp) / "half.pt"
+        source.file.write(fp16_path, fp16_weights=True)
+        fp16 = evaluate(Segmenter(TorchBackend(fp16_path)), train, spacing=spacing).metrics
+        use_fp16 = abs(fp16["mean_dice"] - full["mean_dice"]) < 5e-4
+        stored = Segmenter(TorchBackend(fp16_path if use_fp16 else source))
+        val = load_labelled(args.data, ids=args.data / listing)
+        figures = {f"{args.data.name}_val": evaluate(stored, val, spacing=spacing).metrics}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    card = {
+        **{k: v for k, v in source.card.items()
+           if k not in ("figures", "weights_storage", "recipe", "training")},
+        "recipe_config": recipe, "name": args.name, "data": source.card.get("training_data"),
+        "recipe": args.recipe, "training": args.training, **({"label": args.label} if args.label else {}),
+        **reproduction(args.bundle_as, args.data), "licence": args.licence,
+        "weights_storage": "fp16" if use_fp16 else "fp32",
+        "figures": {
+            f"{args.data.name}_val": rounded(figures[f"{args.data.name}_val"]),
+            "training_ids_mean_dice": {"fp32": round(full["mean_dice"], 4),
+                                       "fp16": round(fp16["mean_dice"], 4)},
+            "evaluated_with": f"lesionseg evaluate --ids {listing} (threshold 0.5, no TTA, no "
+                              "post-processing; "
+                              f"{len(val.pairs)} validation ids, never trained or chosen on)",
+            "source_run": str(args.run_dir), "commit": commit,
+        },
+    }
+    target = bundled_model_path(args.bundle_as)
+    dataclasses.replace(source.file, card=card).write(target, fp16_weights=use_fp16)
+    print(json.dumps(card["figures"], indent=2))
+    print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB)")
+    write_model_cards()
+
+
 def choose_tta(segmenter: Segmenter, carved, plain_jaccard: float, scales: list[float],
                val) -> tuple[dict, dict | None]:
     """The card's `inference` entry, and the val metrics with TTA when it wins. TTA at `scales` becomes the
@@ -172,8 +227,9 @@ def reproduction(name: str, data: Path = ISIC) -> dict:
     recipe = BUNDLED[name]
     root = f"../shared/data/{data.name}"
     prefix = "" if data.name == ISIC.name else f"DATA={root} "
+    folder = root if data.exists() and not (data / "train").is_dir() else f"{root}/train"
     return {"config": f"configs/{recipe}.yaml",
-            "command": f"{prefix}scripts/train_model.sh {recipe}  (= lesionseg train --data {root}/train "
+            "command": f"{prefix}scripts/train_model.sh {recipe}  (= lesionseg train --data {folder} "
                        f"--config configs/{recipe}.yaml --out runs/{recipe})"}
 
 
@@ -240,7 +296,14 @@ def write_model_cards() -> None:
                          f"{checked['cost']}; carved split mean Jaccard {scores['without']:.4f} without, "
                          f"{scores['with']:.4f} with; {switch})")
         for label, fig in shown:
-            if isinstance(fig, dict) and "mean_jaccard" in fig:
+            if isinstance(fig, dict) and "per_class" in fig:
+                unit = fig["distance_unit"]
+                lines.append(f"- {label}, per structure (Dice / Jaccard / HD95 {unit} / NSD at "
+                             f"{fig['nsd_tolerance']} {unit}; {fig['pixel_spacing_source']}):")
+                lines += [f"  - {n}: {v['dice']:.4f} / {v['jaccard']:.4f} / {v['hd95']:.2f} / {v['nsd']:.4f}"
+                          for n, v in [*fig["per_class"].items(),
+                                       ("mean", {m[5:]: x for m, x in fig.items() if m.startswith("mean_")})]]
+            if isinstance(fig, dict) and "mean_jaccard" in fig and "per_class" not in fig:
                 lines.append(f"- {label}: mean Jaccard {fig['mean_jaccard']:.4f}, thresholded Jaccard "
                              f"{fig['thresholded_jaccard']:.4f}, Dice {fig['mean_dice']:.4f}, sensitivity "
                              f"{fig['sensitivity']:.4f}, specificity {fig['specificity']:.4f}")

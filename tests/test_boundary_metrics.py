@@ -19,7 +19,9 @@ def monai_reference(pred: np.ndarray, truth: np.ndarray, spacing, tolerance: flo
     t = torch.from_numpy(np.stack([~truth, truth])[None].astype(np.float32))
     kw = {} if spacing is None else {"spacing": spacing}
     hd95 = monai_metrics.compute_hausdorff_distance(p, t, include_background=False, percentile=95, **kw)
-    assd = monai_metrics.compute_average_surface_distance(p, t, include_background=False, symmetric=True, **kw)
+    assd = monai_metrics.compute_average_surface_distance(
+        p, t, include_background=False, symmetric=True, **kw
+    )
     nsd = monai_metrics.compute_surface_dice(p, t, [tolerance], include_background=False, **kw)
     return float(hd95), float(assd), float(nsd)
 

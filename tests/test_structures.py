@@ -51,8 +51,15 @@ def make_folders(root: Path, n: int = 8, seed: int = 0, ext: str = ".gif") -> Pa
     return root
 
 
-def make_index_maps(root: Path, n: int = 8, seed: int = 0, kind: str = "L", values=(1, 2),
-                    declare: str = "nnunet", ignore: int | None = None) -> Path:
+def make_index_maps(
+    root: Path,
+    n: int = 8,
+    seed: int = 0,
+    kind: str = "L",
+    values=(1, 2),
+    declare: str = "nnunet",
+    ignore: int | None = None,
+) -> Path:
     """Layout (a): masks/<id>.png holding the values (the bar drawn over the disc: exclusive)."""
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True, exist_ok=True)
@@ -166,7 +173,8 @@ def binary_folder(root: Path, folder: str, suffix: str, n: int = 4, instances: b
             second = np.zeros_like(disc)
             second[:4, :4] = True
             Image.fromarray(np.where(second, 255, 0).astype(np.uint8)).save(
-                root / folder / f"u{i}{suffix}_1.png")
+                root / folder / f"u{i}{suffix}_1.png"
+            )
     return root
 
 
@@ -186,8 +194,9 @@ def test_instance_masks_are_merged_by_union_and_said_so(tmp_path, capsys):
 
 def test_when_most_files_fail_to_pair_one_line_gives_the_cause(tmp_path):
     root = binary_folder(tmp_path / "d", "masks", "_annotation", n=30)
-    result = runner.invoke(app, ["evaluate", "--data", str(root), "--weights", "cpu", "--out",
-                                 str(tmp_path / "ev")])
+    result = runner.invoke(
+        app, ["evaluate", "--data", str(root), "--weights", "cpu", "--out", str(tmp_path / "ev")]
+    )
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert "0 of 30 images paired; the masks end in `_annotation`" in lines[0]
@@ -229,22 +238,28 @@ def test_palette_index_beyond_the_classes_is_refused(tmp_path):
     root = make_index_maps(tmp_path / "d", kind="P", values=(1, 5))
     (root / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "disc": 1, "bar": 2}}))
     out = tmp_path / "run"
-    cli_refuses(["train", "--data", str(root), "--out", str(out)], "s0.png: palette index 5 not declared", out)
+    cli_refuses(
+        ["train", "--data", str(root), "--out", str(out)], "s0.png: palette index 5 not declared", out
+    )
 
 
 def test_structure_folder_missing_an_id_is_refused(tmp_path):
     root = make_folders(tmp_path / "d")
     (root / "masks" / "disc" / "s3.gif").unlink()
     out = tmp_path / "run"
-    cli_refuses(["train", "--data", str(root), "--out", str(out)], "no mask for image s3.png (structure disc)",
-                out)
+    cli_refuses(
+        ["train", "--data", str(root), "--out", str(out)], "no mask for image s3.png (structure disc)", out
+    )
 
 
 def test_overlap_in_exclusive_mode_is_refused_by_train(tmp_path):
     root = make_folders(tmp_path / "d")
     out = tmp_path / "run"
-    cli_refuses(["train", "--data", str(root), "--out", str(out), "data.label_mode=exclusive"],
-                "structures bar and disc overlap", out)
+    cli_refuses(
+        ["train", "--data", str(root), "--out", str(out), "data.label_mode=exclusive"],
+        "structures bar and disc overlap",
+        out,
+    )
 
 
 # losses
@@ -306,8 +321,15 @@ def test_one_structure_files_keep_their_old_format(tmp_path, tiny_model_file):
 # every command
 
 
-TINY = ["model.base_width=4", "model.depth=2", "data.image_size=32", "data.batch_size=4", "trainer.max_epochs=2",
-        "trainer.precision=fp32", "data.val_fraction=0.25"]
+TINY = [
+    "model.base_width=4",
+    "model.depth=2",
+    "data.image_size=32",
+    "data.batch_size=4",
+    "trainer.max_epochs=2",
+    "trainer.precision=fp32",
+    "data.val_fraction=0.25",
+]
 
 
 @pytest.fixture(scope="module")
@@ -331,8 +353,21 @@ def test_train_writes_the_structures_into_the_model_file(trained):
 def test_evaluate_reports_every_structure_with_boundary_metrics(trained, tmp_path):
     data, model = trained
     out = tmp_path / "ev"
-    result = runner.invoke(app, ["evaluate", "--data", str(data), "--weights", str(model), "--out", str(out),
-                                 "--pixel-spacing", "0.5", "--report"])
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--data",
+            str(data),
+            "--weights",
+            str(model),
+            "--out",
+            str(out),
+            "--pixel-spacing",
+            "0.5",
+            "--report",
+        ],
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["per_class"]) == {"bar", "disc"} and metrics["distance_unit"] == "mm"
@@ -352,13 +387,30 @@ def test_evaluate_scores_what_predict_writes(trained, tmp_path):
 
     data, model = trained
     out = tmp_path / "pred"
-    result = runner.invoke(app, ["predict", str(data / "images"), "--weights", str(model), "--out", str(out),
-                                 "--manifest", str(out / "manifest.csv"), "--pixel-spacing", "0.5"])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(data / "images"),
+            "--weights",
+            str(model),
+            "--out",
+            str(out),
+            "--manifest",
+            str(out / "manifest.csv"),
+            "--pixel-spacing",
+            "0.5",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert (out / "s0_mask_bar.png").is_file() and (out / "s0_mask_disc.png").is_file()
     assert (out / "s0_overlay.png").is_file() and not (out / "s0_mask.png").exists()
-    runner.invoke(app, ["evaluate", "--data", str(data), "--weights", str(model), "--out", str(tmp_path / "ev")])
-    rows = {r.split(",")[0]: r.split(",") for r in (tmp_path / "ev" / "per_image.csv").read_text().splitlines()}
+    runner.invoke(
+        app, ["evaluate", "--data", str(data), "--weights", str(model), "--out", str(tmp_path / "ev")]
+    )
+    rows = {
+        r.split(",")[0]: r.split(",") for r in (tmp_path / "ev" / "per_image.csv").read_text().splitlines()
+    }
     header = rows.pop("id")
     for image_id, row in rows.items():
         _, truth = load_pair(next(p for p in discover(data) if p.id == image_id))
@@ -370,12 +422,17 @@ def test_evaluate_scores_what_predict_writes(trained, tmp_path):
             dice = 2 * (pred & t).sum() / (pred.sum() + t.sum())
             assert float(row[header.index(f"{name}_dice")]) == pytest.approx(dice, abs=1e-6)
     manifest = (out / "manifest.csv").read_text().splitlines()
-    areas = json.loads(next(line for line in manifest if line.startswith("s0,")).split(",", 8)[8]
-                       .strip('"').replace('""', '"'))
+    areas = json.loads(
+        next(line for line in manifest if line.startswith("s0,"))
+        .split(",", 8)[8]
+        .strip('"')
+        .replace('""', '"')
+    )
     assert set(areas) == {"bar", "disc"}
     assert areas["bar"]["mm2"] == pytest.approx(areas["bar"]["px"] * 0.25)
-    again = runner.invoke(app, ["predict", str(data / "images"), "--weights", str(model), "--out", str(out),
-                                "--skip-existing"])
+    again = runner.invoke(
+        app, ["predict", str(data / "images"), "--weights", str(model), "--out", str(out), "--skip-existing"]
+    )
     assert "8 already done" in again.output
 
 
@@ -407,24 +464,42 @@ def test_onnx_and_int8_exports_carry_the_structures(trained, tmp_path):
     result = runner.invoke(app, ["export", "--weights", str(model), "--out", str(onnx_path), "--check"])
     assert result.exit_code == 0, result.output
     int8_path = tmp_path / "m8.onnx"
-    result = runner.invoke(app, ["export", "--weights", str(model), "--out", str(int8_path), "--int8",
-                                 "--calibration", str(data / "images")])
+    result = runner.invoke(
+        app,
+        [
+            "export",
+            "--weights",
+            str(model),
+            "--out",
+            str(int8_path),
+            "--int8",
+            "--calibration",
+            str(data / "images"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     outs = {}
     for name, weights in (("torch", model), ("onnx", onnx_path), ("int8", int8_path)):
         outs[name] = tmp_path / name
-        result = runner.invoke(app, ["predict", str(data / "images"), "--weights", str(weights), "--out",
-                                     str(outs[name])])
+        result = runner.invoke(
+            app, ["predict", str(data / "images"), "--weights", str(weights), "--out", str(outs[name])]
+        )
         assert result.exit_code == 0, result.output
     from lesionseg.io import read_mask
 
     for name in ("bar", "disc"):
-        a, b = read_mask(outs["torch"] / f"s1_mask_{name}.png"), read_mask(outs["onnx"] / f"s1_mask_{name}.png")
+        a, b = (
+            read_mask(outs["torch"] / f"s1_mask_{name}.png"),
+            read_mask(outs["onnx"] / f"s1_mask_{name}.png"),
+        )
         assert (a != b).mean() < 0.002
         assert (outs["int8"] / f"s1_mask_{name}.png").is_file()
-    assert ModelFile.from_onnx_metadata(
-        __import__("onnxruntime").InferenceSession(str(onnx_path)).get_modelmeta().custom_metadata_map
-    ).labels == ModelFile.read(model).labels
+    assert (
+        ModelFile.from_onnx_metadata(
+            __import__("onnxruntime").InferenceSession(str(onnx_path)).get_modelmeta().custom_metadata_map
+        ).labels
+        == ModelFile.read(model).labels
+    )
 
 
 def test_service_answers_per_structure_and_refuses_unknown_ones(trained, tmp_path):
@@ -435,11 +510,16 @@ def test_service_answers_per_structure_and_refuses_unknown_ones(trained, tmp_pat
 
     data, model = trained
     out = tmp_path / "pred"
-    runner.invoke(app, ["predict", str(data / "images" / "s2.png"), "--weights", str(model), "--out", str(out)])
+    runner.invoke(
+        app, ["predict", str(data / "images" / "s2.png"), "--weights", str(model), "--out", str(out)]
+    )
     body = (data / "images" / "s2.png").read_bytes()
     with TestClient(create_app(ServeConfig(weights=str(model)))) as client:
         card = client.get("/v1/model").json()
-        assert card["label_mode"] == "overlapping" and [s["name"] for s in card["structures"]] == ["bar", "disc"]
+        assert card["label_mode"] == "overlapping" and [s["name"] for s in card["structures"]] == [
+            "bar",
+            "disc",
+        ]
         resp = client.post("/v1/segment?format=json", content=body, headers={"Content-Type": "image/png"})
         assert resp.status_code == 200, resp.text
         structures = resp.json()["structures"]
@@ -447,13 +527,19 @@ def test_service_answers_per_structure_and_refuses_unknown_ones(trained, tmp_pat
             mask = read_mask(out / f"s2_mask_{name}.png")
             assert structures[name]["area_px"] == int(mask.sum())
             assert set(structures[name]) >= {"bbox", "contours", "color", "area_fraction"}
-            one = client.post(f"/v1/segment?structure={name}", content=body, headers={"Content-Type": "image/png"})
+            one = client.post(
+                f"/v1/segment?structure={name}", content=body, headers={"Content-Type": "image/png"}
+            )
             assert one.content == encode_png(np.where(mask, 255, 0).astype(np.uint8))
         bad = client.post("/v1/segment?structure=heart", content=body, headers={"Content-Type": "image/png"})
-        assert bad.status_code == 400 and "heart" in bad.json()["error"] and "bar, disc" in bad.json()["error"]
+        assert (
+            bad.status_code == 400 and "heart" in bad.json()["error"] and "bar, disc" in bad.json()["error"]
+        )
         need = client.post("/v1/segment", content=body, headers={"Content-Type": "image/png"})
         assert need.status_code == 400 and "structure" in need.json()["error"]
-        overlay = client.post("/v1/segment?format=overlay", content=body, headers={"Content-Type": "image/png"})
+        overlay = client.post(
+            "/v1/segment?format=overlay", content=body, headers={"Content-Type": "image/png"}
+        )
         assert overlay.status_code == 200 and overlay.headers["content-type"] == "image/png"
 
 
@@ -463,15 +549,32 @@ def test_dicom_seg_has_one_segment_per_structure(tmp_path):
 
     from test_dicom import build_dicom
 
-    labels = Labels.of("overlapping", [("heart", 1), ("left_lung", 2), ("right_lung", 3), ("left_clavicle", 4),
-                                       ("right_clavicle", 5)])
+    labels = Labels.of(
+        "overlapping",
+        [("heart", 1), ("left_lung", 2), ("right_lung", 3), ("left_clavicle", 4), ("right_clavicle", 5)],
+    )
     model = multi_file(tmp_path, labels)
     image, _, _ = shapes(np.random.default_rng(0))
-    build_dicom(tmp_path / "cxr.dcm", image[..., 0].copy(), "MONOCHROME2",
-                extra={"FrameOfReferenceUID": pydicom.uid.generate_uid()})
+    build_dicom(
+        tmp_path / "cxr.dcm",
+        image[..., 0].copy(),
+        "MONOCHROME2",
+        extra={"FrameOfReferenceUID": pydicom.uid.generate_uid()},
+    )
     out = tmp_path / "out"
-    result = runner.invoke(app, ["predict", str(tmp_path / "cxr.dcm"), "--weights", str(model), "--out", str(out),
-                                 "--threshold", "0.5"])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(tmp_path / "cxr.dcm"),
+            "--weights",
+            str(model),
+            "--out",
+            str(out),
+            "--threshold",
+            "0.5",
+        ],
+    )
     assert result.exit_code == 0, result.output
     seg = hd.seg.segread(out / "cxr_seg.dcm")
     assert seg.number_of_segments == 5

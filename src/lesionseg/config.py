@@ -146,6 +146,10 @@ class TrainerConfig:
     init_from: str | None = None
     # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
     compile_mode: str = "default"
+    # Which weights model.pt holds: best (the epoch with the best validation mean Jaccard) or last (the final
+    # epoch, fixed in advance by the schedule): with `last` the validation data are only watched, never chosen
+    # on, so they stay an honest report (a dataset's fixed validation list).
+    selection: str = "best"
 
 
 @dataclass
@@ -176,6 +180,7 @@ CHOICES = {
     "optim.schedule": {"cosine", "cosine_time"},
     "trainer.compile_mode": {"default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"},
     "trainer.accelerator": {"auto", "cpu", "gpu"},
+    "trainer.selection": {"best", "last"},
 }
 
 

@@ -60,6 +60,11 @@ class RunDir:
         with self.metrics_path.open(newline="") as f:
             return list(csv.DictReader(f))
 
+    def last_score(self) -> float | None:
+        """The last epoch's validation mean Jaccard in metrics.csv (None without one)."""
+        rows = self.metrics_text_rows()
+        return float(rows[-1]["val_mean_jaccard"]) if rows and rows[-1].get("val_mean_jaccard") else None
+
     def metrics(self) -> list[dict[str, float | int | None]]:
         """One dict per epoch: `epoch` an int, the other columns floats, None where a column is empty
         (e.g. `val_mean_jaccard_raw` without an EMA). A run without metrics.csv is a UserError."""

@@ -23,13 +23,13 @@ from ..machine import native_bf16
 from ..model_file import ModelFile, Preprocessing
 from ..models import count_parameters, drop_full_resolution_stage
 from ..run_dir import METRICS_FIELDS, RunDir
-from .module import SegmentationModule, fit_to_initial_model
+from .module import SegmentationModule, fit_to_initial_model, with_labels
 
 METRIC = "val_mean_jaccard"
 # Changing these between a run and its resumption is allowed; anything else is a different experiment.
 # (max_epochs: the cosine schedule is re-aimed at the new last epoch, see SegmentationModule.on_train_start.)
 RESUMABLE_CHANGES = {"trainer.max_epochs", "trainer.max_minutes", "trainer.patience", "data.num_workers",
-                     "data.on_device", "data.device_memory_fraction"}
+                     "data.on_device", "data.device_memory_fraction", "trainer.selection"}
 
 
 def resolve_precision(choice: str, accelerator: str) -> str:
@@ -97,7 +97,8 @@ class RunRecorder(Checkpoint):
         improved = score > self.best
         if improved:
             self.best, self.best_epoch = score, trainer.current_epoch
-            self.save_best(pl_module.selected_model(), trainer.current_epoch)
+        if improved or self.cfg.trainer.selection == "last":
+            self.save_best(pl_module.selected_model(), trainer.current_epoch, score)
         print(
             f"epoch {trainer.current_epoch + 1}/{self.cfg.trainer.max_epochs}  "
             f"train_loss {m.get('train_loss', float('nan')):.4f}  val_loss "
@@ -109,13 +110,16 @@ class RunRecorder(Checkpoint):
             flush=True,
         )
 
-    def save_best(self, model, epoch: int):
+    def save_best(self, model, epoch: int, score: float | None = None):
+        """model.pt from `model` at `epoch`: the best so far, or (trainer.selection: last) the latest."""
+        last = self.cfg.trainer.selection == "last"
         card = {"lesionseg_version": __version__,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "training_data": self.data_desc, "recipe": self.cfg.to_dict(), "command": self.command,
-                "parameters": count_parameters(model), "best_epoch": epoch + 1, "selection_metric": METRIC,
-                "selection_value": round(self.best, 5), "training_minutes": round(self.elapsed_min(), 2),
-                "hardware": self.hardware}
+                "parameters": count_parameters(model), "best_epoch": epoch + 1,
+                "selection_metric": "none: the last epoch (trainer.selection: last)" if last else METRIC,
+                "selection_value": round(self.best if score is None or not last else score, 5),
+                "training_minutes": round(self.elapsed_min(), 2), "hardware": self.hardware}
         model_cfg = self.cfg.model
         if model_cfg.full_resolution_stage == "train_only":
             model, model_cfg = drop_full_resolution_stage(model, model_cfg)
@@ -145,7 +149,9 @@ def prepare_run_dir(run_dir: Path, cfg: Config, write: bool = True) -> Path | No
         raise UserError(f"{run_dir}: exists and is not a folder")
     if run.is_run():
         old = run.config()
-        changed = [k for k in diff_configs(old, cfg) if k not in RESUMABLE_CHANGES]
+        # before the data are read, the network's output channels are not known yet
+        changed = [k for k in diff_configs(old, cfg) if k not in RESUMABLE_CHANGES
+                   and (write or k != "model.out_channels")]
         if changed:
             raise UserError(f"{run_dir}: holds a run with a different config ({', '.join(changed)}); "
                             "use another --out or the same settings to resume")
@@ -203,6 +209,7 @@ def _train(data, out, cfg: Config, val_data, devices, strategy: str, num_nodes: 
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     # the data are checked before the run directory is written: a refused folder leaves nothing behind
     datamodule = SegmentationDataModule(data, val_data, cfg.data, cfg.augment, seed=cfg.trainer.seed)
+    cfg = with_labels(cfg, datamodule.labels)
     resume = prepare_run_dir(run_dir, cfg)
     folders = [str(f) for f in datamodule.folders]
     data_desc = {
@@ -257,10 +264,17 @@ def _train(data, out, cfg: Config, val_data, devices, strategy: str, num_nodes: 
         warnings.filterwarnings("ignore", ".*treespec.*")
         warnings.filterwarnings("ignore", ".*exists and is not empty.*")
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
-    # model.pt always ends equal to the best checkpoint, even if an earlier session was killed between writes.
-    if trainer.global_rank == 0 and Path(best_ckpt.best_model_path or "").is_file():
-        state = torch.load(best_ckpt.best_model_path, map_location="cpu", weights_only=False)
-        recorder.best = float(best_ckpt.best_model_score)
+    # model.pt always ends equal to the chosen checkpoint (best, or last with trainer.selection: last), even
+    # if an earlier session was killed between writes.
+    last = cfg.trainer.selection == "last"
+    chosen = Path((best_ckpt.last_model_path if last else best_ckpt.best_model_path) or "")
+    if not chosen.is_file() and last:
+        chosen = run_dir / "checkpoints" / "last.ckpt"
+    if trainer.global_rank == 0 and chosen.is_file():
+        state = torch.load(chosen, map_location="cpu", weights_only=False)
+        if best_ckpt.best_model_score is not None:
+            recorder.best = float(best_ckpt.best_model_score)
         module.load_state_dict(state["state_dict"])
-        recorder.save_best(module.selected_model(), state["epoch"])
+        recorder.save_best(module.selected_model(), state["epoch"],
+                           RunDir(run_dir).last_score() if last else None)
     return RunDir(run_dir).model_path
