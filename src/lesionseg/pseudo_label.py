@@ -69,6 +69,10 @@ def pseudo_label(segmenter: Segmenter, data: str | Path, out: str | Path, min_co
     """
     if not 0.0 <= min_confidence <= 1.0:
         raise UserError(f"--min-confidence must be between 0 and 1, got {min_confidence}")
+    if segmenter.labels.multi:
+        names = segmenter.labels.names
+        raise UserError(f"pseudo-label writes one-structure masks; this model has {len(names)} structures "
+                        f"({', '.join(names)})")
     data, out = Path(data), Path(out)
     files = check_unique_ids(list_images([_input_folder(data)]))
     _check_out(out)
