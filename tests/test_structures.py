@@ -559,7 +559,7 @@ def test_dicom_seg_has_one_segment_per_structure(tmp_path):
         tmp_path / "cxr.dcm",
         image[..., 0].copy(),
         "MONOCHROME2",
-        extra={"FrameOfReferenceUID": pydicom.uid.generate_uid()},
+        extra={"FrameOfReferenceUID": pydicom.uid.generate_uid(), "ImagerPixelSpacing": [0.35, 0.35]},
     )
     out = tmp_path / "out"
     result = runner.invoke(
@@ -573,6 +573,8 @@ def test_dicom_seg_has_one_segment_per_structure(tmp_path):
             str(out),
             "--threshold",
             "0.5",
+            "--manifest",
+            str(tmp_path / "m.csv"),
         ],
     )
     assert result.exit_code == 0, result.output
@@ -588,3 +590,15 @@ def test_dicom_seg_has_one_segment_per_structure(tmp_path):
     assert pixels.shape == (40, 48, 5)
     for k, name in enumerate(labels.names):
         np.testing.assert_array_equal(pixels[..., k].astype(bool), read_mask(out / f"cxr_mask_{name}.png"))
+
+
+def test_dicom_pixel_spacing_gives_areas_in_mm2(tmp_path):
+    import csv
+
+    test_dicom_seg_has_one_segment_per_structure(tmp_path)
+    with (tmp_path / "m.csv").open() as f:
+        row = next(csv.DictReader(f))
+    areas = json.loads(row["areas"])
+    assert set(areas) == {"heart", "left_lung", "right_lung", "left_clavicle", "right_clavicle"}
+    for area in areas.values():
+        assert area["mm2"] == pytest.approx(area["px"] * 0.35**2, abs=1e-3)

@@ -170,6 +170,7 @@ def _write_masks(out: Path, frame: Segmented, labels: Labels) -> str:
 def _write_results(out: Path, overlays: bool, labels: Labels, label: str, source: Path, companion,
                    frames: list[Segmented], spacing_mm: float | None = None) -> Written:
     rows = []
+    spacing_mm = spacing_mm or getattr(companion, "pixel_spacing_mm", None)
     for frame in frames:
         overlay_name = output_names(frame.id)[1]
         mask_name = _write_masks(out, frame, labels)

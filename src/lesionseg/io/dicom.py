@@ -97,6 +97,15 @@ class DicomSeg:
     def __init__(self, source):
         self.source = source
 
+    @property
+    def pixel_spacing_mm(self) -> float | None:
+        """The source's PixelSpacing (mean of row and column spacing; areas need one number), if it says."""
+        spacing = self.source.get("PixelSpacing") or self.source.get("ImagerPixelSpacing")
+        try:
+            return float(np.mean([float(v) for v in spacing])) if spacing else None
+        except (TypeError, ValueError):
+            return None
+
     def name(self, input_id: str) -> str:
         return input_id + SEG_SUFFIX
 
