@@ -248,7 +248,9 @@ def _print_structures(metrics: dict) -> None:
         table.add_row(name, *(f"{v[m]:.4f}" for m in ("dice", "jaccard")),
                       *(f"{v[m]:.2f}" for m in ("hd95", "assd")), f"{v['nsd']:.4f}",
                       *(str(v.get(k, "")) for k in ("n_scored", "n_both_empty", "n_worst_case")))
-    Console().print(table)
+    console = Console()
+    console.width = max(console.width, 120)  # piped output is 80 columns: names would be cut
+    console.print(table)
 
 
 @app.command()

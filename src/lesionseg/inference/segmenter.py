@@ -113,15 +113,16 @@ class Segmenter:
         views = self._views(self.tta if tta is None else tta)
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size]
-            acc: list[Any] = [0.0] * len(chunk)
+            acc: list[Any] = [None] * len(chunk)
             for size, flip in views:
                 src = [im if flip is None else np.flip(self.transform.resize(im, size), flip) for im in chunk]
                 logits = self.backend(self.transform.batch(src, size))
                 for i, (im, logit) in enumerate(zip(chunk, logits)):
                     if flip is not None:
                         logit = np.flip(logit, flip + 1)  # (K, H, W): HWC's axis + 1
-                    acc[i] = acc[i] + self._probabilities(logit, im.shape[0], im.shape[1])
-            out.extend((a / len(views)).astype(np.float32) for a in acc)
+                    prob = self._probabilities(logit, im.shape[0], im.shape[1])
+                    acc[i] = prob if views.index((size, flip)) == 0 else acc[i] + prob
+            out.extend((a if len(views) == 1 else a / len(views)).astype(np.float32, copy=False) for a in acc)
         return out
 
     def predict(self, image: np.ndarray) -> np.ndarray:
