@@ -25,11 +25,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server():
+def start_server(weights: str) -> tuple[subprocess.Popen, str]:
+    """`lesionseg serve --weights W` on a free loopback port, once it answers /readyz."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lesionseg", "serve", "--weights", "cpu", "--port", str(port)],
+        [sys.executable, "-m", "lesionseg", "serve", "--weights", weights, "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -39,12 +39,17 @@ def server():
     while True:
         try:
             if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                break
+                return proc, url
         except httpx.HTTPError:
             pass
         assert proc.poll() is None, proc.stderr.read()
         assert time.time() < deadline, "server not ready in 120 s"
         time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def server():
+    proc, url = start_server("cpu")
     yield url
     proc.terminate()
     proc.wait(timeout=30)
@@ -163,20 +168,7 @@ def test_page_shows_a_legend_with_a_toggle_per_structure(tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "lesionseg", "serve", "--weights", "chest", "--port",
-                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None, proc.stderr.read()
-        assert time.time() < deadline, "server not ready in 120 s"
-        time.sleep(0.2)
+    proc, url = start_server("chest")
     # a radiograph-like picture: two dark lung fields, a bright mediastinum
     yy, xx = np.mgrid[:512, :512]
     picture = np.full((512, 512), 200, np.uint8)

@@ -40,13 +40,19 @@ class MaskLayout:
         raise NotImplementedError
 
 
+def _read_masks(pair: "Pair", threshold, on_auto) -> list[np.ndarray]:
+    """Every binary mask file of a pair (instances, or one per structure), all of one size."""
+    masks = [read_mask(p, threshold=threshold, on_auto=on_auto) for p in pair.mask_paths]
+    for p, m in zip(pair.mask_paths[1:], masks[1:]):
+        if m.shape != masks[0].shape:
+            raise UserError(f"{p}: mask is {m.shape[1]}x{m.shape[0]}, {pair.mask_path.name} is "
+                            f"{masks[0].shape[1]}x{masks[0].shape[0]}")
+    return masks
+
+
 class BinaryMasks(MaskLayout):
     def read(self, pair, threshold=None, on_auto=None):
-        masks = [read_mask(p, threshold=threshold, on_auto=on_auto) for p in pair.mask_paths]
-        for p, m in zip(pair.mask_paths[1:], masks[1:]):
-            if m.shape != masks[0].shape:
-                raise UserError(f"{p}: instance mask is {m.shape[1]}x{m.shape[0]}, its first is "
-                                f"{masks[0].shape[1]}x{masks[0].shape[0]}")
+        masks = _read_masks(pair, threshold, on_auto)
         return np.logical_or.reduce(masks) if len(masks) > 1 else masks[0]
 
 
@@ -80,12 +86,7 @@ class StructureFolders(MaskLayout):
     labels: Labels
 
     def read(self, pair, threshold=None, on_auto=None):
-        masks = [read_mask(p, threshold=threshold, on_auto=on_auto) for p in pair.mask_paths]
-        for p, m in zip(pair.mask_paths[1:], masks[1:]):
-            if m.shape != masks[0].shape:
-                raise UserError(f"{p}: mask is {m.shape[1]}x{m.shape[0]}, {pair.mask_paths[0]} is "
-                                f"{masks[0].shape[1]}x{masks[0].shape[0]}")
-        out = np.stack(masks, -1).astype(np.uint8)
+        out = np.stack(_read_masks(pair, threshold, on_auto), -1).astype(np.uint8)
         if self.labels.mode == "exclusive":
             shared = out.sum(-1) > 1
             if shared.any():
