@@ -602,3 +602,21 @@ def test_dicom_pixel_spacing_gives_areas_in_mm2(tmp_path):
     assert set(areas) == {"heart", "left_lung", "right_lung", "left_clavicle", "right_clavicle"}
     for area in areas.values():
         assert area["mm2"] == pytest.approx(area["px"] * 0.35**2, abs=1e-3)
+
+
+def test_exclusive_classes_with_an_ignore_value_train_and_evaluate(tmp_path):
+    data = make_index_maps(tmp_path / "data", n=8, ignore=255)
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(run), *TINY])
+    assert result.exit_code == 0, result.output
+    file = ModelFile.read(run / "model.pt")
+    assert file.labels.mode == "exclusive" and file.labels.ignore_value == 255
+    assert file.architecture.out_channels == 3  # background + disc + bar
+    out = tmp_path / "ev"
+    result = runner.invoke(
+        app, ["evaluate", "--data", str(data), "--weights", str(run / "model.pt"), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["label_mode"] == "exclusive" and metrics["distance_unit"] == "px"
+    assert set(metrics["per_class"]) == {"disc", "bar"}
