@@ -620,3 +620,20 @@ def test_exclusive_classes_with_an_ignore_value_train_and_evaluate(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["label_mode"] == "exclusive" and metrics["distance_unit"] == "px"
     assert set(metrics["per_class"]) == {"disc", "bar"}
+
+
+def test_service_gives_an_exclusive_models_label_map_as_predict_writes_it(tmp_path):
+    from starlette.testclient import TestClient
+
+    from lesionseg.serve import ServeConfig, create_app
+
+    model = multi_file(tmp_path, EXCLUSIVE)
+    data = make_index_maps(tmp_path / "d", n=1)
+    out = tmp_path / "pred"
+    runner.invoke(app, ["predict", str(data / "images"), "--weights", str(model), "--out", str(out)])
+    body = (data / "images" / "s0.png").read_bytes()
+    with TestClient(create_app(ServeConfig(weights=str(model)))) as client:
+        resp = client.post("/v1/segment", content=body, headers={"Content-Type": "image/png"})
+        assert resp.status_code == 200 and resp.content == (out / "s0_mask.png").read_bytes()
+        prob = client.post("/v1/segment?format=prob", content=body, headers={"Content-Type": "image/png"})
+        assert prob.status_code == 400 and "disc, bar" in prob.json()["error"]
