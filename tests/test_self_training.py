@@ -227,7 +227,7 @@ def test_init_from_starts_from_a_model_file_and_refuses_another_architecture(tmp
     assert load_model(tuned / "model.pt").card["recipe"]["trainer"]["init_from"] == str(first / "model.pt")
 
 
-@pytest.mark.parametrize("name", ["default", "cpu", "polyp"])
+@pytest.mark.parametrize("name", ["default", "cpu", "polyp", "chest"])
 def test_a_bundled_model_fine_tunes_with_its_own_config(name):
     """`--config configs/<its recipe>.yaml trainer.init_from=<its name>` needs no other override: the
     recipe trains its full-resolution stage only (train_only), the shipped file has none, so the run
@@ -240,7 +240,7 @@ def test_a_bundled_model_fine_tunes_with_its_own_config(name):
     cfg = fit_to_initial_model(config(recipe, [f"trainer.init_from={name}"]))
     shipped = load_model(name)
     assert dataclasses.replace(cfg.model, deep_supervision=shipped.config.deep_supervision) == shipped.config
-    module = SegmentationModule(cfg)
+    module = SegmentationModule(cfg, shipped.labels)
     source = shipped.model.state_dict()
     for key, value in module.model.state_dict().items():
         assert torch.equal(value, source[key].to(value.dtype)), key

@@ -19,7 +19,8 @@ from .options import InferenceOptions
 
 
 class Segmenter:
-    """Image (RGB uint8, any size) → foreground probability map at the image's original size.
+    """Image (RGB uint8, any size) → foreground probability map at the image's original size (C×H×W, one
+    map per structure, for a model of several: `labels`).
 
     The network sees the image resized to its training size; logits are resized back (bilinear) before
     the sigmoid, which keeps boundaries sharper than resizing probabilities.
