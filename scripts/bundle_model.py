@@ -161,7 +161,7 @@ def bundle_with_fixed_split(args) -> None:
         fp16 = evaluate(Segmenter(TorchBackend(fp16_path)), train, spacing=spacing).metrics
         use_fp16 = abs(fp16["mean_dice"] - full["mean_dice"]) < 5e-4
         stored = Segmenter(TorchBackend(fp16_path if use_fp16 else source))
-        val = load_labelled(args.data, ids=args.data / listing)
+        val = load_labelled(args.data, ids=listing)
         figures = {f"{args.data.name}_val": evaluate(stored, val, spacing=spacing).metrics}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()

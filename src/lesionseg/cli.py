@@ -197,7 +197,7 @@ def evaluate(
     report: bool = typer.Option(False, "--report", help="Also write report.html (histogram, worst/best "
                                 "cases)."),
     ids: Optional[Path] = typer.Option(None, "--ids", help="Score only the ids listed in this file (one per "
-                                       "line; relative to --data or absolute): a fixed validation list."),
+                                       "line; a path, or a name inside --data): a fixed validation list."),
     pixel_spacing: Optional[float] = PIXEL_SPACING,
     nsd_tolerance: float = typer.Option(2.0, "--nsd-tolerance", min=0.0,
                                         help="Several structures: the normalised surface Dice's tolerance, "

@@ -60,7 +60,7 @@ class ModelConfig:
 class DataConfig:
     image_size: int = 256  # square side the network sees; predictions go back to the original size
     val_fraction: float = 0.1  # used only when no --val-data or data.val_ids is given
-    # A file of validation ids, one per line (relative to the training folder, or absolute): a dataset's
+    # A file of validation ids, one per line (a path, or a name inside the training folder): a dataset's
     # fixed split, used instead of a seeded carve when no --val-data is given.
     val_ids: str | None = None
     split_seed: int = 42

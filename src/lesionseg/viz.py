@@ -42,12 +42,17 @@ def structures_overlay(image: np.ndarray, masks: np.ndarray, labels, alpha: floa
     out = image.copy()
     thickness = max(1, round(max(image.shape[:2]) / 256))
     for mask, s in zip(masks, labels.structures):
-        if not mask.any():
+        ys, xs = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+        if not len(ys):
             continue
-        tint = np.empty_like(out)
+        # each structure's bounding box only: five structures on a 1024² radiograph cost little
+        box = (slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1))
+        region, inside = out[box], mask[box]
+        tint = np.empty_like(region)
         tint[:] = s.color
-        np.copyto(out, cv2.addWeighted(out, 1 - alpha, tint, alpha, 0), where=mask[..., None])
-        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        np.copyto(region, cv2.addWeighted(region, 1 - alpha, tint, alpha, 0), where=inside[..., None])
+        contours, _ = cv2.findContours(inside.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE,
+                                       offset=(int(xs[0]), int(ys[0])))
         cv2.drawContours(out, contours, -1, s.color, thickness)
     return draw_legend(out, labels)
 

@@ -40,7 +40,8 @@ def _sources(folder: Path, cfg: DataConfig):
 
 
 def read_ids(folder: Path, listing: str) -> list[str]:
-    path = Path(listing) if Path(listing).is_absolute() else folder / listing
+    given = Path(listing)  # as given (absolute, or from the working directory), else inside the folder
+    path = given if given.is_absolute() or given.is_file() else folder / listing
     try:
         return [line.strip() for line in path.read_text().splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as exc:
