@@ -31,6 +31,15 @@ class LabelledSet:
     cache: list | None  # decoded (image, mask) when they fit in memory
     mask_threshold: int | None = None
 
+    def load(self, i: int):
+        """(image, truth) of pair i, from the cache when there is one."""
+        return self.cache[i] if self.cache is not None else load_pair(self.pairs[i], self.mask_threshold)
+
+    def read(self, i: int):
+        """The pipeline's read step: pair i's frame, with its truth as the step's extra."""
+        image, truth = self.load(i)
+        return [(self.pairs[i].id, image)], truth
+
 
 def load_labelled(data: str | Path, mask_threshold: int | None = None,
                   ids: str | Path | None = None) -> LabelledSet:
@@ -97,17 +106,11 @@ def evaluate(segmenter: Segmenter, data: LabelledSet | str | Path, workers: int 
         return _evaluate_structures(segmenter, labelled, workers, spacing or Spacing(None, "pixels"),
                                     nsd_tolerance)
 
-    def read(i: int):
-        pair = labelled.pairs[i]
-        image, truth = labelled.cache[i] if labelled.cache is not None else \
-            load_pair(pair, labelled.mask_threshold)
-        return [(pair.id, image)], truth
-
     def score(i: int, truth, frames: list[Segmented]):
         return confusion(frames[0].mask, truth), truth.mean()
 
     counts, rows = [], []
-    for outcome in run_pipeline(range(len(labelled.pairs)), read, segmenter, score, workers):
+    for outcome in run_pipeline(range(len(labelled.pairs)), labelled.read, segmenter, score, workers):
         if outcome.error is not None:  # validated before: only a file changed since can fail here
             raise outcome.error
         c, fraction = outcome.result
@@ -131,18 +134,13 @@ def _evaluate_structures(segmenter: Segmenter, labelled: LabelledSet, workers: i
     names = segmenter.labels.names
     order = _truth_order(segmenter, labelled)
 
-    def read(i: int):
-        image, truth = labelled.cache[i] if labelled.cache is not None else \
-            load_pair(labelled.pairs[i], labelled.mask_threshold)
-        return [(labelled.pairs[i].id, image)], truth
-
     def score(i: int, truth, frames: list[Segmented]):
         pred = frames[0].mask
         return [structure_scores(pred[k], truth[..., c] == 1, truth[..., c] != IGNORED, spacing.mm, tolerance)
                 for k, c in enumerate(order)]
 
     scored, rows = [], []
-    for outcome in run_pipeline(range(len(labelled.pairs)), read, segmenter, score, workers):
+    for outcome in run_pipeline(range(len(labelled.pairs)), labelled.read, segmenter, score, workers):
         if outcome.error is not None:
             raise outcome.error
         scored.append(outcome.result)
@@ -200,8 +198,7 @@ def write_report(result: EvaluationResult, segmenter: Segmenter, labelled: Label
         cases = []
         for r in rows:
             i = index[r["id"]]
-            image, truth = (labelled.cache[i] if labelled.cache is not None
-                            else load_pair(labelled.pairs[i], labelled.mask_threshold))
+            image, truth = labelled.load(i)
             pred = segmenter.predict_mask(image)
             name = f"{tag}_{r['id']}.png"
             three_panel(files / name, image, truth, pred, title=f"{r['id']}  Jaccard {r['jaccard']:.3f}")
@@ -232,8 +229,7 @@ def _write_structures_report(result: EvaluationResult, segmenter: Segmenter, lab
         worst[name] = []
         for r in scored[:n_worst]:
             i = index[r["id"]]
-            image, truth = (labelled.cache[i] if labelled.cache is not None
-                            else load_pair(labelled.pairs[i], labelled.mask_threshold))
+            image, truth = labelled.load(i)
             pred = segmenter.predict_mask(image)
             truth_masks = np.stack([truth[..., c] == 1 for c in order])
             picture = np.concatenate([structures_overlay(image, truth_masks, labels),

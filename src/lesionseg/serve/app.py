@@ -365,8 +365,8 @@ def render_structures(service: Service, image: np.ndarray, prob: np.ndarray, opt
         chosen = None if opts.structure is None else labels.index(opts.structure)
     except UserError as exc:
         raise HTTPError(400, f"query parameter 'structure': {exc}") from None
-    if chosen is None and opts.format in ("prob",) or (chosen is None and opts.format == "mask"
-                                                     and labels.mode == "overlapping"):
+    one_picture = opts.format == "prob" or (opts.format == "mask" and labels.mode == "overlapping")
+    if chosen is None and one_picture:
         raise HTTPError(400, f"query parameter 'structure': this model's {len(labels.names)} structures "
                         f"({'overlap' if labels.mode == 'overlapping' else 'are several'}): ask for one of "
                         f"{', '.join(labels.names)} for format={opts.format}, or use format=json")
