@@ -16,6 +16,7 @@ from lesionseg.cli import app
 from lesionseg.config import load_config
 from lesionseg.data.datamodule import SegmentationDataModule
 from lesionseg.errors import UserError
+from lesionseg.labels import Labels
 from lesionseg.io import read_mask
 from lesionseg.models import load_model
 from lesionseg.pseudo_label import confidence, pseudo_label
@@ -44,6 +45,7 @@ class FixedSegmenter:
     """A stand-in teacher: a fixed probability map per image (by mean brightness), the real mask rule."""
 
     batch_size = 2
+    labels = Labels.binary()
 
     def predict_batch(self, images):
         out = []
