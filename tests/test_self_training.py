@@ -16,8 +16,8 @@ from lesionseg.cli import app
 from lesionseg.config import load_config
 from lesionseg.data.datamodule import SegmentationDataModule
 from lesionseg.errors import UserError
-from lesionseg.labels import Labels
 from lesionseg.io import read_mask
+from lesionseg.labels import Labels
 from lesionseg.models import load_model
 from lesionseg.pseudo_label import confidence, pseudo_label
 
