@@ -86,6 +86,14 @@ class DataConfig:
     # Physical size of a pixel in mm at the images' original size, for boundary metrics and areas when the
     # files do not say (DICOM PixelSpacing does); null: pixels.
     pixel_spacing_mm: float | None = None
+    # Volumes (NIfTI / DICOM series; an imagesTr/ + labelsTr/ dataset): a 2-D network on slices, with
+    # image_size the side of the square training patches the slices are padded and cropped to.
+    # auto: dataset.json's modality (CT → clip + z-score over the dataset, anything else z-score per volume)
+    modality: str = "auto"
+    slice_axis: int | None = None  # null: each volume's coarsest axis (ties: the first)
+    slice_context: int = 1  # k neighbouring slices as the network's channels (2.5-D); odd
+    slice_spacing_mm: float | None = None  # in-plane spacing slices are resampled to; null: the data's median
+    foreground_oversample: float = 0.33  # at least this share of training slices show a structure
 
 
 @dataclass
@@ -177,6 +185,7 @@ CHOICES = {
     "data.on_device": {"auto", "true", "false"},
     "data.color_constancy": set(COLOR_CONSTANCY),
     "data.label_mode": {"auto", "binary", "exclusive", "overlapping"},
+    "data.modality": {"auto", "MR", "CT"},
     "optim.schedule": {"cosine", "cosine_time"},
     "trainer.compile_mode": {"default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"},
     "trainer.accelerator": {"auto", "cpu", "gpu"},
@@ -276,6 +285,12 @@ def _validate(cfg: Config) -> None:
         raise UserError(f"config key 'data.image_size': must be a multiple of 2**model.depth = {2**m.depth}")
     if not 0.0 < d.val_fraction < 1.0:
         raise UserError("config key 'data.val_fraction': must be between 0 and 1")
+    if not 0.0 <= d.foreground_oversample <= 1.0:
+        raise UserError("config key 'data.foreground_oversample': a share in [0, 1]")
+    if d.slice_context < 1 or d.slice_context % 2 == 0:
+        raise UserError("config key 'data.slice_context': an odd number of slices (1, 3, 5, ...)")
+    if d.slice_axis is not None and d.slice_axis not in (0, 1, 2):
+        raise UserError("config key 'data.slice_axis': 0, 1, 2 or null (the coarsest axis)")
     if d.batch_size < 1:
         raise UserError("config key 'data.batch_size': must be ≥ 1")
     if not 0.0 < a.crop_scale_min <= a.crop_scale_max <= 1.0:

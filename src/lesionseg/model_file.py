@@ -6,7 +6,8 @@ and written here only: `save_model` / `load_model` (below), training's model.pt,
 ONNX export's metadata and both inference backends go through it.
 
 Format versions (`format_version` in the file): 1 is the original layout; 2 adds
-`preprocess.color_constancy`; 3 adds `labels` (several structures, labels.py). A file is written with the
+`preprocess.color_constancy`; 3 adds `labels` (several structures, labels.py); 4 adds `preprocess.intensity`
+and `preprocess.slicing` (a model for volumes). A file is written with the
 lowest version that can hold what it records, so
 readers older than a feature still read every file that does not use it, and refuse those that do. Every
 version has a reader in `_READERS`. Importing this module does not import torch (the ONNX path needs it
@@ -25,45 +26,67 @@ from .errors import UserError
 from .labels import Labels
 
 FORMAT = "lesionseg-model"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 # The input size assumed for an ONNX file whose metadata does not say (exported by another tool).
 FALLBACK_IMAGE_SIZE = 256
 
 
 @dataclasses.dataclass(frozen=True)
 class Preprocessing:
-    """What every input goes through before the network: resized to image_size², the colour-constancy step
-    (data/preprocess.py), then normalised with mean/std (of [0, 1] intensities)."""
+    """What every input goes through before the network. Photos: resized to image_size², the
+    colour-constancy step (data/preprocess.py), then normalised with mean/std (of [0, 1] intensities).
+    Volumes (`slicing` and `intensity` set): normalised by modality (intensity.py), cut into slices
+    (inference/slices.py) at the model's in-plane spacing and fed at that size (image_size 0)."""
 
     image_size: int = FALLBACK_IMAGE_SIZE
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     color_constancy: str = "none"
+    intensity: Any = None  # intensity.Intensity, for volumes
+    slicing: Any = None  # inference.slices.Slicing, for volumes
+
+    @property
+    def volumes(self) -> bool:
+        return self.slicing is not None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std)}
         # only then do version-1 readers, which would skip the step, need refusing
         if self.color_constancy != "none":
             out["color_constancy"] = self.color_constancy
+        if self.volumes:
+            out["intensity"] = self.intensity.to_dict()
+            out["slicing"] = self.slicing.to_dict()
         return out
 
     @property
     def format_version(self) -> int:
         """The lowest file format that records these settings."""
+        if self.volumes:
+            return 4
         return 2 if self.color_constancy != "none" else 1
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Preprocessing":
+        intensity = slicing = None
+        if values.get("slicing") is not None:
+            from .inference.slices import Slicing
+            from .intensity import Intensity
+
+            intensity = Intensity.from_dict(values.get("intensity") or {})
+            slicing = Slicing.from_dict(values["slicing"])
         return cls(image_size=int(values.get("image_size", FALLBACK_IMAGE_SIZE)),
                    mean=tuple(float(v) for v in values.get("mean", IMAGENET_MEAN)),
                    std=tuple(float(v) for v in values.get("std", IMAGENET_STD)),
-                   color_constancy=str(values.get("color_constancy", "none")))
+                   color_constancy=str(values.get("color_constancy", "none")),
+                   intensity=intensity, slicing=slicing)
 
     def transform(self):
         """The numpy pre-processing (`EvalTransform`) for these settings."""
         from .data.preprocess import EvalTransform
 
-        return EvalTransform(self.image_size, self.mean, self.std, self.color_constancy)
+        return EvalTransform(self.image_size, self.mean, self.std, self.color_constancy,
+                             normalize=not self.volumes)
 
 
 @dataclasses.dataclass
@@ -78,7 +101,7 @@ class ModelFile:
     @property
     def format_version(self) -> int:
         """The lowest file format that records what this file holds."""
-        return 3 if self.labels.multi else self.preprocessing.format_version
+        return max(3 if self.labels.multi else 1, self.preprocessing.format_version)
 
     @property
     def inference_defaults(self) -> dict[str, Any]:
@@ -153,6 +176,9 @@ class ModelFile:
                 "producer": "lesionseg", "color_constancy": p.color_constancy}
         if self.labels.multi:
             meta["labels"] = json.dumps(self.labels.to_dict())
+        if p.volumes:
+            meta["intensity"] = json.dumps(p.intensity.to_dict())
+            meta["slicing"] = json.dumps(p.slicing.to_dict())
         return meta
 
     @classmethod
@@ -160,7 +186,7 @@ class ModelFile:
         values: dict[str, Any] = {"color_constancy": meta.get("color_constancy", "none")}
         if "image_size" in meta:
             values["image_size"] = meta["image_size"]
-        for key in ("mean", "std"):
+        for key in ("mean", "std", "intensity", "slicing"):
             if key in meta:
                 values[key] = json.loads(meta[key])
         labels = Labels.from_dict(json.loads(meta["labels"])) if "labels" in meta else Labels.binary()
@@ -264,4 +290,5 @@ def _read(payload: dict[str, Any], preprocess: dict[str, Any], path: Path) -> Mo
                      payload["state_dict"], path)
 
 
-_READERS = {1: _read_v1, 2: _read_v2, 3: _read_v3}
+# version 4 differs from 3 only in what `preprocess` may hold, which Preprocessing.from_dict reads
+_READERS = {1: _read_v1, 2: _read_v2, 3: _read_v3, 4: _read_v3}

@@ -218,14 +218,22 @@ def run_predict(inputs, out: str | Path, segmenter_factory: Callable[[], Segment
     An input whose format has its own result (a DICOM's DICOM SEG, `io.registry`) gets it beside the masks;
     multi-frame inputs get one mask and overlay per frame (`<id>_frameNNN_mask.png`).
     """
+    from .predict_volumes import is_volume_input, run_predict_volumes
+
     out = Path(out)
     if workers < 1:
         raise UserError(f"--workers must be ≥ 1, got {workers}")
     if report and not overlays:
         raise UserError("--report shows the overlays: drop --no-overlays or --report")
+    volume_args = dict(overwrite=overwrite, report=report, on_failure=on_failure, manifest=manifest,
+                       overlays=overlays)
+    if any(is_volume_input(Path(i)) for i in inputs):
+        return run_predict_volumes(inputs, out, segmenter_factory, **volume_args)
     chosen = select_inputs(inputs, out, shard, skip_existing, overwrite)
     _writable(out)
     segmenter = segmenter_factory()  # after the cheap checks: a model load costs seconds
+    if segmenter.backend.preprocessing.volumes:  # a folder of DICOM files is one series for a volume model
+        return run_predict_volumes(inputs, out, segmenter_factory, segmenter=segmenter, **volume_args)
     files, failures, records, rows = chosen.files, [], Manifest(), []
     for f in chosen.skipped:
         records.add(f.stem, f, "skipped", mask=output_names(f.stem)[0])

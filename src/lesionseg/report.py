@@ -88,3 +88,19 @@ def write_structures_report(path: str | Path, metrics: dict, settings: dict,
     body = (f"<h2>Per structure</h2>{table}{_table(notes)}<h2>Settings</h2>{_table(settings)}"
             f"<h2>Worst cases per structure</h2>{cases}")
     write_text(path, _page("lesionseg evaluation", body))
+
+
+def write_volumes_report(path: str | Path, records: list[dict], settings: dict) -> None:
+    """Segmented volumes: each one's views (orthogonal planes and a slice montage) and structure volumes."""
+    esc = html.escape
+    parts = []
+    for r in records:
+        rows = {name: f"{v['ml']:.3f} mL ({v['mm3']:.0f} mm³, {v['voxels']} voxels)"
+                for name, v in r["structures"].items()}
+        rows["grid"] = f"{'x'.join(map(str, r['shape']))} voxels of {' x '.join(f'{s:g}' for s in r['spacing_mm'])} mm"
+        views = next((f for f in r["files"] if f.endswith("_views.png")), None)
+        picture = f'<img src="{esc(views)}" alt="views of {esc(r["id"])}">' if views else ""
+        links = " · ".join(f'<a href="{esc(f)}">{esc(f)}</a>' for f in r["files"] if not f.endswith(".png"))
+        parts.append(f"<h2>{esc(r['id'])}</h2>{_table(rows)}<p>{links}</p>{picture}")
+    body = f"<p>{len(records)} volume(s).</p>{_table(settings)}" + "".join(parts)
+    write_text(path, _page("lesionseg volumes", body))

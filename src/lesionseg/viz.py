@@ -144,3 +144,54 @@ def jaccard_histogram(values: list[float], path: str | Path, threshold: float = 
     ax.set_ylabel("images")
     ax.legend()
     _save(fig, path)
+
+
+def _display(plane: np.ndarray) -> np.ndarray:
+    """A slice of (any) intensities as RGB uint8, windowed to its 1–99th percentiles."""
+    lo, hi = np.percentile(plane, (1, 99)) if plane.size else (0.0, 1.0)
+    grey = np.clip((plane - lo) / max(hi - lo, 1e-6) * 255, 0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+def _tile(image: np.ndarray, labels_plane: np.ndarray, labels, scale: int) -> np.ndarray:
+    values = [s.value for s in labels.structures]
+    masks = np.stack([labels_plane == v for v in values])
+    big = cv2.resize(_display(image), None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+    masks = np.stack([cv2.resize(m.astype(np.uint8), None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+                      for m in masks]).astype(bool)
+    out = big.copy()
+    for mask, s in zip(masks, labels.structures):
+        out[mask] = (0.6 * out[mask] + 0.4 * np.asarray(s.color)).astype(np.uint8)
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(out, contours, -1, tuple(int(c) for c in s.color), 1)
+    return out
+
+
+def _row(tiles: list[np.ndarray], gap: int = 4) -> np.ndarray:
+    h = max(t.shape[0] for t in tiles)
+    padded = [np.pad(t, ((0, h - t.shape[0]), (0, gap), (0, 0))) for t in tiles]
+    return np.concatenate(padded, axis=1)
+
+
+def volume_views(image: np.ndarray, label_volume: np.ndarray, labels, slice_axis: int,
+                 montage: int = 8) -> np.ndarray:
+    """RGB uint8 picture of a segmented volume: the three orthogonal planes through the structures' centre
+    (the whole volume's when empty) on top, a montage of `montage` slices along the slice axis that show a
+    structure below, each outlined in the structures' colours, with a legend."""
+    on = np.argwhere(label_volume > 0)
+    centre = on.mean(0).round().astype(int) if len(on) else np.asarray(label_volume.shape) // 2
+    scale = max(1, int(round(192 / max(label_volume.shape))))
+    planes = [_tile(np.take(image, centre[a], axis=a), np.take(label_volume, centre[a], axis=a), labels, scale)
+              for a in range(3)]
+    along = np.flatnonzero(np.moveaxis(label_volume, slice_axis, 0).reshape(label_volume.shape[slice_axis], -1)
+                           .any(1))
+    picks = along if len(along) else np.arange(label_volume.shape[slice_axis])
+    picks = picks[np.linspace(0, len(picks) - 1, min(montage, len(picks))).round().astype(int)]
+    tiles = [_tile(np.take(image, i, axis=slice_axis), np.take(label_volume, i, axis=slice_axis), labels, scale)
+             for i in picks]
+    top, bottom = _row(planes), _row(tiles[: montage // 2]) if tiles else None
+    rows = [top, bottom] + ([_row(tiles[montage // 2:])] if len(tiles) > montage // 2 else [])
+    rows = [r for r in rows if r is not None]
+    width = max(r.shape[1] for r in rows)
+    picture = np.concatenate([np.pad(r, ((0, 6), (0, width - r.shape[1]), (0, 0))) for r in rows], axis=0)
+    return draw_legend(np.ascontiguousarray(picture), labels)

@@ -23,7 +23,9 @@ from torch.utils.data import DataLoader, Dataset
 from ..config import AugmentConfig, DataConfig
 from ..errors import UserError
 from ..labels import Declared, Labels
+from ..model_file import Preprocessing
 from ..pairs import discover, labels_of, split_pairs, validate
+from ..volume_pairs import is_volume_dataset
 from .dataset import SegmentationDataset
 from .preprocess import EvalTransform
 
@@ -137,6 +139,17 @@ class SegmentationDataModule(L.LightningDataModule):
         self.folders = folders = [Path(data)] if isinstance(data, (str, Path)) else [Path(d) for d in data]
         if not folders:
             raise UserError("training data: give at least one --data folder")
+        self.resident: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.batch_augment = None
+        self.generator: torch.Generator | None = None
+        self.feeding = "not set up"  # one line for the run's log and model card
+        self._epoch, self._rank = 0, 0
+        self.sample_weights: torch.Tensor | None = None
+        self.volumes = is_volume_dataset(folders[0])
+        if self.volumes:
+            self._init_volumes(folders, val_data)
+            return
+        self.preprocessing = Preprocessing(cfg.image_size, color_constancy=cfg.color_constancy)
         pairs, cache = _sources(folders[0], cfg)
         if val_data is not None:
             val_pairs, val_cache = _sources(Path(val_data), cfg)
@@ -180,11 +193,35 @@ class SegmentationDataModule(L.LightningDataModule):
         self.val_set = SegmentationDataset(val_pairs,
                                            EvalTransform(size, color_constancy=cfg.color_constancy),
                                            val_cache, cfg.mask_threshold)
-        self.resident: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.batch_augment = None
-        self.generator: torch.Generator | None = None
-        self.feeding = "not set up"  # one line for the run's log and model card
-        self._epoch, self._rank = 0, 0
+
+    def _init_volumes(self, folders: list[Path], val_data) -> None:
+        """Slices of an imagesTr/ + labelsTr/ dataset (data/volume_slices.py) in place of photo pairs."""
+        from .transforms import slice_eval_transform
+        from .volume_slices import foreground_weights, volume_data
+
+        if len(folders) > 1 or val_data is not None:
+            raise UserError(f"{folders[0]}: a volume dataset trains alone (give its validation cases with "
+                            "data.val_ids, not --val-data or more --data folders)")
+        cfg = self.cfg
+
+        def split(pairs):
+            if len(pairs) < 2:
+                raise UserError(f"{folders[0]}: need at least 2 volumes to split off validation data")
+            return (listed_split(pairs, folders[0], cfg.val_ids) if cfg.val_ids
+                    else split_pairs(pairs, cfg.val_fraction, cfg.split_seed))
+
+        data = volume_data(folders[0], cfg, split)
+        self.labels, self.preprocessing = data.labels, data.preprocessing
+        self.n_volumes = data.n_volumes
+        self.train_set = SegmentationDataset(data.train.ids, None, data.train.items)
+        self.val_set = SegmentationDataset(data.val.ids, slice_eval_transform(cfg.image_size), data.val.items)
+        self.sample_weights = foreground_weights(data.train.foreground, cfg.foreground_oversample)
+        share = float(data.train.foreground.mean()) if len(data.train.foreground) else 0.0
+        print(f"data: {data.n_volumes[0]} training volumes → {len(data.train.ids)} slices "
+              f"({share:.0%} with a structure{', over-sampled to ' + format(cfg.foreground_oversample, '.0%') if self.sample_weights is not None else ''}), "
+              f"{data.n_volumes[1]} validation volumes → {len(data.val.ids)} slices; "
+              f"slicing {data.preprocessing.slicing.to_dict()}, intensity {data.preprocessing.intensity.to_dict()}",
+              file=sys.stderr, flush=True)
 
     def setup(self, stage: str) -> None:
         if stage != "fit" or self.train_set.transform is not None or self.resident is not None:
@@ -195,6 +232,8 @@ class SegmentationDataModule(L.LightningDataModule):
         channels = len(self.labels.structures)
         nbytes = resident_bytes(len(self.train_set), size, channels)
         resident, why = choose_on_device(self.cfg.on_device, device, nbytes, self.cfg.device_memory_fraction)
+        if self.volumes:  # float slices of varied sizes: the resident path holds uint8 squares
+            resident, why = False, "slices of volumes"
         if resident:
             from .batch_augment import BatchAugment
 
@@ -207,7 +246,7 @@ class SegmentationDataModule(L.LightningDataModule):
         else:
             from .transforms import train_transform
 
-            self.train_set.transform = train_transform(size, self.aug, self.seed)
+            self.train_set.transform = train_transform(size, self.aug, self.seed, volumes=self.volumes)
             self.feeding = (
                 f"albumentations per image on the CPU, {self.cfg.num_workers} loader workers ({why})"
             )
@@ -225,6 +264,8 @@ class SegmentationDataModule(L.LightningDataModule):
             )
         elif self.train_set.transform is not None:
             self.train_set.transform.set_random_seed(seed)
+        if self.sample_weights is not None:
+            self.generator = torch.Generator().manual_seed(seed * 1009 + self._rank)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if self.resident is None or not (isinstance(batch, torch.Tensor) and batch.ndim == 1):
@@ -246,6 +287,14 @@ class SegmentationDataModule(L.LightningDataModule):
             n = len(self.train_set)
             return DataLoader(_Indices(n), batch_size=self.cfg.batch_size, shuffle=True,
                               drop_last=n > self.cfg.batch_size)
+        if self.sample_weights is not None:
+            if self.generator is None:
+                self.reseed(self._epoch)
+            sampler = torch.utils.data.WeightedRandomSampler(self.sample_weights, len(self.train_set),
+                                                             generator=self.generator)
+            return DataLoader(self.train_set, batch_size=self.cfg.batch_size, sampler=sampler,
+                              num_workers=self.cfg.num_workers, drop_last=len(self.train_set) > self.cfg.batch_size,
+                              worker_init_fn=_reseed_worker)
         return self._loader(self.train_set, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:

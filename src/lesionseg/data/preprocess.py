@@ -64,19 +64,25 @@ class Normalization:
         return x * scale - offset
 
 
+def _as_float32(image: np.ndarray) -> np.ndarray:
+    return image.astype(np.float32, copy=False)
+
+
 class EvalTransform:
     """Resize to size×size (bilinear image, nearest mask), apply the model's colour constancy (on the resized
-    image, so a 4000×3000 photo costs no more than a small one) and normalise; albumentations-style call."""
+    image, so a 4000×3000 photo costs no more than a small one) and normalise; albumentations-style call.
+    Size 0 keeps each image's size, and `normalize=False` passes values through: slices of a volume arrive
+    normalised, at the model's spacing (inference/slices.py)."""
 
     def __init__(self, size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 color_constancy: str = "none"):
+                 color_constancy: str = "none", normalize: bool = True):
         self.size = int(size)
         self.color_constancy = color_constancy_fn(color_constancy)
-        self.normalize = Normalization(mean, std)
+        self.normalize = Normalization(mean, std) if normalize else _as_float32
 
     def resize(self, image: np.ndarray, size: int | None = None) -> np.ndarray:
         s = size or self.size
-        if image.shape[:2] == (s, s):
+        if s == 0 or image.shape[:2] == (s, s):
             return image
         return cv2.resize(image, (s, s), interpolation=cv2.INTER_LINEAR)
 
@@ -88,7 +94,7 @@ class EvalTransform:
         if mask is not None:
             s = size or self.size
             out["mask"] = (
-                mask if mask.shape == (s, s) else cv2.resize(mask, (s, s), interpolation=cv2.INTER_NEAREST)
+                mask if s == 0 or mask.shape[:2] == (s, s) else cv2.resize(mask, (s, s), interpolation=cv2.INTER_NEAREST)
             )
         return out
 

@@ -49,14 +49,23 @@ class SkinArtifacts(A.ImageOnlyTransform):
 
 
 class Normalize(A.ImageOnlyTransform):
-    """preprocess.Normalization as the last albumentations step (the formula every path shares)."""
+    """preprocess.Normalization as the last albumentations step (the formula every path shares); slices of
+    volumes arrive normalised (intensity.py) and only become float32."""
 
-    def __init__(self):
+    def __init__(self, volumes: bool = False):
         super().__init__(p=1.0)
-        self.normalization = Normalization()
+        self.normalization = None if volumes else Normalization()
 
     def apply(self, img: np.ndarray, **params) -> np.ndarray:
-        return self.normalization(img)
+        return img.astype(np.float32, copy=False) if self.normalization is None else self.normalization(img)
+
+
+def pad_to(size: int) -> A.PadIfNeeded:
+    """Slices smaller than the training patch are padded with zeros (background after normalisation)."""
+    import cv2
+
+    return A.PadIfNeeded(min_height=size, min_width=size, border_mode=cv2.BORDER_CONSTANT, fill=0,
+                         fill_mask=0, position="center")
 
 
 def _stage_steps(stage: str, size: int, aug: AugmentConfig) -> list:
@@ -85,8 +94,15 @@ def train_stages(size: int, aug: AugmentConfig) -> list[tuple[str, list]]:
     return [(stage, steps) for stage, _ in AUGMENT_STAGES if (steps := _stage_steps(stage, size, aug))]
 
 
-def train_transform(size: int, aug: AugmentConfig, seed: int | None = None) -> A.Compose:
-    """The original recipe. Crop scale stays ≤ 1.0: the original 1.2 is not a valid crop fraction."""
+def train_transform(size: int, aug: AugmentConfig, seed: int | None = None, volumes: bool = False) -> A.Compose:
+    """The original recipe. Crop scale stays ≤ 1.0: the original 1.2 is not a valid crop fraction.
+    `volumes`: slices, padded to the patch first and already normalised."""
     steps = [step for _, stage_steps in train_stages(size, aug) for step in stage_steps]
+    first = [pad_to(size)] if volumes else []
     # Compose keeps its own RNG (global seeds do not reach it): seed it, or runs are not reproducible.
-    return A.Compose([*steps, Normalize()], seed=seed)
+    return A.Compose([*first, *steps, Normalize(volumes)], seed=seed)
+
+
+def slice_eval_transform(size: int) -> A.Compose:
+    """Validation slices in training: padded to the patch (batches need one size), values as they are."""
+    return A.Compose([pad_to(size), A.CenterCrop(size, size), Normalize(volumes=True)])

@@ -96,6 +96,8 @@ class Segmenter:
         """(input size, flip axis) pairs; flip axis is numpy's on HWC (1 = horizontal, 0 = vertical)."""
         if not tta:
             return [(self.image_size, None)]
+        if self.image_size == 0:  # slices fed at their own size: flips only
+            return [(0, f) for f in (None, 1, 0)]
         sizes = sorted({max(8, int(round(self.image_size * s))) for s in self.tta_scales})
         return [(s, f) for s in sizes for f in (None, 1, 0)]
 

@@ -186,3 +186,45 @@ def build_seg(source, masks: list[np.ndarray], label, segment_label="lesion"):
             f"{label}: cannot build a DICOM SEG for this source ({str(exc).splitlines()[0][:200]})"
         ) from None
     return seg
+
+
+TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def build_series_seg(datasets: list, label_volume: np.ndarray, labels, where):
+    """A multi-frame BINARY DICOM SEG of a series: one frame per source instance (all referenced, in slice
+    order) and one segment per structure. `label_volume` is on the series' (column, row, slice) grid."""
+    import highdicom as hd
+    from pydicom.uid import generate_uid
+
+    descriptions = _segment_descriptions(labels)
+    values = [s.value for s in labels.structures]
+    for ds in datasets:  # attributes a SEG copies (type 2: present, may be empty) that exports often drop
+        for keyword in TYPE2_COPIED:
+            if keyword not in ds:
+                setattr(ds, keyword, "")
+    # (slice, row, column, segment), the order of `datasets`
+    pixels = np.stack([label_volume.transpose(2, 1, 0) == v for v in values], axis=-1).astype(np.uint8)
+    first = datasets[0]
+    try:
+        return hd.seg.Segmentation(source_images=datasets, pixel_array=pixels,
+                                   segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+                                   segment_descriptions=descriptions, series_instance_uid=generate_uid(),
+                                   series_number=int(first.get("SeriesNumber", 0) or 0) + 1000,
+                                   sop_instance_uid=generate_uid(), instance_number=1,
+                                   manufacturer="lesionseg", manufacturer_model_name="lesionseg U-Net",
+                                   software_versions=__version__, device_serial_number="0",
+                                   omit_empty_frames=False)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise UserError(
+            f"{where}: cannot build a DICOM SEG for this series ({str(exc).splitlines()[0][:200]})"
+        ) from None
+
+
+def series_seg_bytes(datasets: list, label_volume: np.ndarray, labels, where) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    build_series_seg(datasets, label_volume, labels, where).save_as(buf)
+    return buf.getvalue()

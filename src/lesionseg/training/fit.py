@@ -53,9 +53,11 @@ class RunRecorder(Checkpoint):
     """
 
     def __init__(self, run_dir: Path, cfg: Config, data_desc: dict, command: str | None = None,
-                 labels: Labels | None = None):
+                 labels: Labels | None = None, preprocessing: Preprocessing | None = None):
         self.run_dir, self.cfg, self.data_desc, self.command = run_dir, cfg, data_desc, command
         self.labels = labels or Labels.binary()
+        self.preprocessing = preprocessing or Preprocessing(cfg.data.image_size,
+                                                            color_constancy=cfg.data.color_constancy)
         self.run = RunDir(run_dir)
         self.best = -math.inf
         self.best_epoch = -1
@@ -128,8 +130,7 @@ class RunRecorder(Checkpoint):
                                   "(model.full_resolution_stage: train_only); the 1/2-resolution head is the "
                                   "output; selection_value and metrics.csv score the model with the stage")
         # channels_last weights are saved contiguous; the file does not depend on memory format.
-        preprocessing = Preprocessing(self.cfg.data.image_size, color_constancy=self.cfg.data.color_constancy)
-        ModelFile.from_model(model, model_cfg, preprocessing, card, self.labels).write(self.run.model_path)
+        ModelFile.from_model(model, model_cfg, self.preprocessing, card, self.labels).write(self.run.model_path)
 
 
 def device_name(device: torch.device) -> str:
@@ -151,7 +152,7 @@ def prepare_run_dir(run_dir: Path, cfg: Config, write: bool = True) -> Path | No
         old = run.config()
         # before the data are read, the network's output channels are not known yet
         changed = [k for k in diff_configs(old, cfg) if k not in RESUMABLE_CHANGES
-                   and (write or k != "model.out_channels")]
+                   and (write or k not in ("model.out_channels", "model.in_channels"))]
         if changed:
             raise UserError(f"{run_dir}: holds a run with a different config ({', '.join(changed)}); "
                             "use another --out or the same settings to resume")
@@ -209,7 +210,7 @@ def _train(data, out, cfg: Config, val_data, devices, strategy: str, num_nodes: 
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     # the data are checked before the run directory is written: a refused folder leaves nothing behind
     datamodule = SegmentationDataModule(data, val_data, cfg.data, cfg.augment, seed=cfg.trainer.seed)
-    cfg = with_labels(cfg, datamodule.labels)
+    cfg = with_labels(cfg, datamodule.labels, datamodule.preprocessing)
     resume = prepare_run_dir(run_dir, cfg)
     folders = [str(f) for f in datamodule.folders]
     data_desc = {
@@ -220,8 +221,11 @@ def _train(data, out, cfg: Config, val_data, devices, strategy: str, num_nodes: 
         "n_train": len(datamodule.train_set),
         "n_val": len(datamodule.val_set),
     }
+    if datamodule.volumes:
+        data_desc.update(n_train_volumes=datamodule.n_volumes[0], n_val_volumes=datamodule.n_volumes[1],
+                         samples="slices (n_train, n_val count slices)")
     module = SegmentationModule(cfg, datamodule.labels)
-    recorder = RunRecorder(run_dir, module.cfg, data_desc, command, datamodule.labels)
+    recorder = RunRecorder(run_dir, module.cfg, data_desc, command, datamodule.labels, datamodule.preprocessing)
     best_ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=METRIC, mode="max",
                                 save_last=True, save_top_k=1, enable_version_counter=False)
     callbacks = [

@@ -62,12 +62,19 @@ def load_initial_weights(model: torch.nn.Module, cfg: Config) -> None:
         raise UserError(f"trainer.init_from {cfg.trainer.init_from}: weights do not fit ({misfits[0]})")
 
 
-def with_labels(cfg: Config, labels: Labels) -> Config:
-    """The config whose network has one output channel per structure (+ background for exclusive ones)."""
+def with_labels(cfg: Config, labels: Labels, preprocessing=None) -> Config:
+    """The config whose network has one output channel per structure (+ background for exclusive ones), and
+    for volumes one input channel per slice of context (3 for a lone slice, repeated for RGB encoders)."""
     import dataclasses
 
     from ..errors import UserError
 
+    slicing = getattr(preprocessing, "slicing", None)
+    if slicing is not None and slicing.channels != cfg.model.in_channels:
+        if cfg.model.encoder != "plain":
+            raise UserError(f"config key 'data.slice_context': {slicing.context} slices as channels, but "
+                            f"model.encoder {cfg.model.encoder} is pretrained on 3 (RGB): use 1 or 3")
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, in_channels=slicing.channels))
     if labels.multi and cfg.loss.lovasz_weight:
         raise UserError("config key 'loss.lovasz_weight': the Lovász hinge is for one structure; set it to 0")
     if cfg.model.out_channels not in (1, labels.out_channels):

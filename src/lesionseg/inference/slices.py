@@ -1,0 +1,158 @@
+"""How a 2-D network is applied to a volume (MONAI's SliceInferer, nnU-Net's `2d`): the volume is
+normalised as its model says (intensity.py), cut along its slice axis into 2-D images of k neighbouring
+slices as channels (2.5-D), resampled in-plane to the spacing the model was trained at, run through the
+`Segmenter` a batch at a time, and stacked back into a label volume on the input's own grid.
+
+Memory stays bounded by the batch: only the uint8 label volume (and the normalised input) is held whole,
+never the volume's probabilities, so a 512×512×600 CT needs ~0.2 GB beyond its own voxels. Clean-up
+(largest component, holes, small objects) then runs in 3-D on the label volume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterator
+
+import cv2
+import numpy as np
+
+from .. import postprocess
+from ..errors import UserError
+from ..intensity import Intensity
+from ..io.volumes import Volume
+from ..labels import Labels
+
+# in-plane spacings within this fraction of the model's are used as they are
+SPACING_TOLERANCE = 0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class Slicing:
+    """How a model cuts volumes into network inputs (the model file's `preprocess.slicing`)."""
+
+    axis: int | None = None  # None: each volume's coarsest axis (ties: the first), as nnU-Net's 2d picks
+    context: int = 1  # k neighbouring slices as channels (odd; edges repeat the outer slice)
+    spacing_mm: tuple[float, float] | None = None  # in-plane spacing the network was trained at
+    channels: int = 3  # network input channels: k, or 3 for k = 1 (the slice repeated for an RGB encoder)
+
+    def __post_init__(self):
+        if self.context < 1 or self.context % 2 == 0:
+            raise UserError(f"data.slice_context must be an odd number of slices, not {self.context}")
+        if self.axis is not None and self.axis not in (0, 1, 2):
+            raise UserError(f"data.slice_axis must be 0, 1 or 2, not {self.axis}")
+        if self.channels not in (self.context, 3) or (self.channels == 3 and self.context not in (1, 3)):
+            raise UserError(f"data.slice_context {self.context} needs model.in_channels {self.context} "
+                            f"(it is {self.channels})")
+
+    def axis_for(self, spacing) -> int:
+        return self.axis if self.axis is not None else int(np.argmax(np.round(np.asarray(spacing), 3)))
+
+    @staticmethod
+    def plane_spacing(spacing, axis: int) -> tuple[float, float]:
+        s = [float(v) for i, v in enumerate(spacing) if i != axis]
+        return s[0], s[1]
+
+    def plane_size(self, shape, spacing, axis: int) -> tuple[int, int]:
+        """(rows, columns) of a slice once resampled to the model's in-plane spacing."""
+        rows, cols = (n for i, n in enumerate(shape) if i != axis)
+        if self.spacing_mm is None:
+            return rows, cols
+        sr, sc = self.plane_spacing(spacing, axis)
+        tr, tc = self.spacing_mm
+        if abs(sr / tr - 1) <= SPACING_TOLERANCE and abs(sc / tc - 1) <= SPACING_TOLERANCE:
+            return rows, cols
+        return max(1, round(rows * sr / tr)), max(1, round(cols * sc / tc))
+
+    def images(self, normalised: np.ndarray, axis: int, size: tuple[int, int] | None = None,
+               indices=None) -> Iterator[np.ndarray]:
+        """Each slice's network input (rows, columns, channels) float32, in slice order."""
+        stack = np.moveaxis(normalised, axis, 0)
+        n, half = stack.shape[0], self.context // 2
+        for i in range(n) if indices is None else indices:
+            picked = [min(max(j, 0), n - 1) for j in range(i - half, i + half + 1)]
+            image = np.stack([stack[j] for j in picked], axis=-1).astype(np.float32, copy=False)
+            if size is not None and image.shape[:2] != size:
+                image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+                image = image[..., None] if image.ndim == 2 else image
+            if self.channels == 3 and self.context == 1:
+                image = np.repeat(image, 3, axis=-1)
+            yield np.ascontiguousarray(image)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"axis": self.axis, "context": self.context, "channels": self.channels,
+                "spacing_mm": list(self.spacing_mm) if self.spacing_mm else None}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "Slicing":
+        spacing = values.get("spacing_mm")
+        axis = values.get("axis")
+        return cls(None if axis is None else int(axis), int(values.get("context", 1)),
+                   tuple(float(v) for v in spacing) if spacing else None, int(values.get("channels", 3)))
+
+
+def label_values(labels: Labels) -> np.ndarray:
+    """Channel k's label value in the label volume (k = 0 is background)."""
+    return np.asarray([0, *(s.value for s in labels.structures)], np.int64)
+
+
+def _resize_probabilities(prob: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    if prob.shape[-2:] == (rows, cols):
+        return prob
+    if prob.ndim == 2:
+        return cv2.resize(prob, (cols, rows), interpolation=cv2.INTER_LINEAR)
+    return np.stack([cv2.resize(p, (cols, rows), interpolation=cv2.INTER_LINEAR) for p in prob])
+
+
+def segment_volume(segmenter, volume: Volume) -> np.ndarray:
+    """The label volume (uint8 values of the model's structures, 0 background) on `volume`'s grid.
+    Overlapping structures cannot share one label map: such models are refused."""
+    labels, pre = segmenter.labels, segmenter.backend.preprocessing
+    if pre.slicing is None or pre.intensity is None:
+        raise UserError(f"{volume.source}: {segmenter.weights_path.name} is a model for photos; a volume "
+                        "needs a model trained on volumes")
+    if labels.mode == "overlapping":
+        raise UserError(f"{volume.source}: the model's structures overlap; a label volume holds one per voxel")
+    slicing: Slicing = pre.slicing
+    axis = slicing.axis_for(volume.spacing)
+    normalised = pre.intensity.apply(volume.array)
+    stack_shape = np.moveaxis(normalised, axis, 0).shape
+    rows, cols = stack_shape[1:]
+    size = slicing.plane_size(volume.array.shape, volume.spacing, axis)
+    out = np.zeros(stack_shape, np.uint8)
+    values = label_values(labels)
+    threshold_only = dataclasses.replace(segmenter.post, largest_component=False, fill_holes=False,
+                                         min_area=0, crf=False)
+    n, batch = stack_shape[0], max(1, segmenter.batch_size)
+    for start in range(0, n, batch):
+        indices = range(start, min(start + batch, n))
+        images = list(slicing.images(normalised, axis, size, indices))
+        for i, prob in zip(indices, segmenter.predict_batch(images)):
+            prob = _resize_probabilities(prob, rows, cols)
+            if labels.multi:
+                masks = postprocess.apply_structures(prob, threshold_only, labels.mode)
+                out[i] = values[np.concatenate([np.zeros((1, rows, cols), bool), masks]).argmax(0)]
+            else:
+                out[i] = postprocess.threshold(prob, threshold_only.threshold) * values[1]
+    return np.ascontiguousarray(np.moveaxis(clean_volume(out, values[1:], segmenter.post), 0, axis))
+
+
+def clean_volume(label_volume: np.ndarray, values, post: postprocess.PostprocessConfig) -> np.ndarray:
+    """The clean-up steps per structure in 3-D; a voxel two cleaned structures claim keeps its label."""
+    if not (post.largest_component or post.fill_holes or post.min_area > 0):
+        return label_volume
+    out = np.zeros_like(label_volume)
+    for v in values:
+        cleaned = postprocess.clean(label_volume == v, post)
+        out[cleaned & ((label_volume == v) | (out == 0))] = v
+    return out
+
+
+def structure_volumes(label_volume: np.ndarray, labels: Labels, voxel_mm3: float) -> dict[str, dict]:
+    """Per structure: voxels, mm³ and mL."""
+    counts = np.bincount(label_volume.ravel(), minlength=256)
+    out = {}
+    for s in labels.structures:
+        voxels = int(counts[s.value]) if s.value < counts.size else 0
+        out[s.name] = {"voxels": voxels, "mm3": round(voxels * voxel_mm3, 3),
+                       "ml": round(voxels * voxel_mm3 / 1000.0, 4)}
+    return out

@@ -1,0 +1,150 @@
+"""`predict` on volumes: each NIfTI file or DICOM series folder → a NIfTI label map on its own grid
+(`<id>_labels.nii.gz`, the input's affine and header), a multi-frame DICOM SEG for a series
+(`<id>_seg.dcm`), orthogonal views and a slice montage (`<id>_views.png`), and each structure's volume in
+mm³ and mL (printed, in `volumes.json`, the manifest and the report). An input's files are built in memory
+and then written, each atomically: a failure leaves none of them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import UserError
+from .inference.slices import Slicing, segment_volume, structure_volumes
+from .io.atomic import write_bytes, write_text
+from .io.dicom import SEG_SUFFIX, series_seg_bytes
+from .io.volumes import LABELS_SUFFIX, Volume, is_dicom_series, is_nifti, nifti_bytes, nifti_id, read_volume
+from .io.writers import encode_png
+
+VIEWS_SUFFIX = "_views.png"
+VOLUMES_FILE = "volumes.json"
+
+
+def is_volume_input(path: Path) -> bool:
+    """A NIfTI file, or a folder holding NIfTI files or DICOM series folders (a folder of DICOM files is a
+    series only for a volume model; for a photo model its files are images)."""
+    if path.is_file():
+        return is_nifti(path)
+    return path.is_dir() and any(is_nifti(p) or is_dicom_series(p) for p in path.iterdir())
+
+
+def list_volumes(inputs) -> list[Path]:
+    """Each input: a NIfTI file, a folder of one DICOM series, or a folder of NIfTI files and series
+    sub-folders."""
+    found: list[Path] = []
+    for given in map(Path, inputs):
+        if not given.exists():
+            raise UserError(f"{given}: not found")
+        if given.is_file() or is_dicom_series(given):
+            found.append(given)
+            continue
+        found += sorted(p for p in given.iterdir() if not p.name.startswith(".")
+                        and ((p.is_file() and is_nifti(p)) or is_dicom_series(p)))
+    if not found:
+        raise UserError(f"{', '.join(map(str, inputs))}: no volumes (.nii / .nii.gz files or DICOM series folders)")
+    return found
+
+
+def volume_id(path: Path) -> str:
+    return nifti_id(path) if path.is_file() else path.name
+
+
+@dataclass
+class VolumeOutcome:
+    volume: Volume
+    labels: np.ndarray
+    volumes: dict[str, dict]
+    files: list[str]
+
+
+def output_files(out: Path, volume: Volume) -> dict[str, Path]:
+    names = {"labels": volume.id + LABELS_SUFFIX, "views": volume.id + VIEWS_SUFFIX}
+    if volume.datasets is not None:
+        names["seg"] = volume.id + SEG_SUFFIX
+    return {k: out / v for k, v in names.items()}
+
+
+def encode_outputs(segmenter, volume: Volume, label_volume: np.ndarray, views: bool) -> dict[str, bytes]:
+    """Every file of one volume, in memory (so that a failure writes none)."""
+    labels = segmenter.labels
+    files = {"labels": nifti_bytes(label_volume, volume)}
+    if volume.datasets is not None:
+        files["seg"] = series_seg_bytes(volume.datasets, label_volume, labels, volume.source)
+    if views:
+        from .viz import volume_views
+
+        slicing: Slicing = segmenter.backend.preprocessing.slicing
+        files["views"] = encode_png(volume_views(volume.array, label_volume, labels,
+                                                 slicing.axis_for(volume.spacing)), 1)
+    return files
+
+
+def segment_one(segmenter, path: Path, out: Path, views: bool) -> VolumeOutcome:
+    volume = read_volume(path)
+    label_volume = segment_volume(segmenter, volume)
+    encoded = encode_outputs(segmenter, volume, label_volume, views)
+    targets = output_files(out, volume)
+    for key, data in encoded.items():
+        write_bytes(targets[key], data)
+    return VolumeOutcome(volume, label_volume, structure_volumes(label_volume, segmenter.labels, volume.voxel_mm3),
+                         [targets[k].name for k in encoded])
+
+
+def volume_record(o: VolumeOutcome) -> dict:
+    v = o.volume
+    return {"id": v.id, "source": str(v.source), "shape": list(v.array.shape),
+            "spacing_mm": [round(s, 5) for s in v.spacing], "affine": np.round(v.affine, 6).tolist(),
+            "files": o.files, "structures": o.volumes}
+
+
+def run_predict_volumes(inputs, out: str | Path, segmenter_factory: Callable, overwrite: bool = False,
+                        report: bool = False, on_failure: Callable[[str], None] = print,
+                        manifest: str | Path | None = None, overlays: bool = True, segmenter=None) -> list[str]:
+    from .predict import Manifest, _writable
+
+    out = Path(out)
+    files = list_volumes(inputs)
+    _writable(out)
+    segmenter = segmenter or segmenter_factory()
+    if not segmenter.backend.preprocessing.volumes:
+        raise UserError(f"{files[0]}: a volume, and {segmenter.weights_path.name} is a model for photos; "
+                        "give a model trained on volumes (e.g. --weights hippocampus)")
+    if not overwrite:
+        for path in files:
+            if (out / (volume_id(path) + LABELS_SUFFIX)).exists():
+                raise UserError(f"{out}: already holds results for {path} (use --overwrite or another --out)")
+    failures, records, done = [], Manifest(), []
+    for path in files:
+        try:
+            outcome = segment_one(segmenter, path, out, overlays)
+        except UserError as exc:
+            failures.append(str(exc))
+            on_failure(str(exc))
+            records.add(path.name, path, "failed", error=str(exc))
+            continue
+        done.append(volume_record(outcome))
+        text = ", ".join(f"{n} {v['ml']:.3f} mL" for n, v in outcome.volumes.items())
+        print(f"{path} -> {out / outcome.files[0]} ({text})")
+        fraction = float((outcome.labels > 0).mean())
+        records.add(outcome.volume.id, path, "ok", mask=";".join(outcome.files), fraction=f"{fraction:.6f}",
+                    width="x".join(map(str, outcome.volume.array.shape)),
+                    areas=json.dumps(outcome.volumes, separators=(",", ":")))
+    if done:
+        write_text(out / VOLUMES_FILE, json.dumps({"unit": "mm3 and mL (1 mL = 1000 mm3)", "volumes": done},
+                                                  indent=1))
+    if manifest is not None:
+        records.write(manifest)
+    if report and done:
+        from .report import write_volumes_report
+
+        write_volumes_report(out / "report.html", done, {"model": segmenter.weights_path,
+                                                          "backend": segmenter.backend.name,
+                                                          "inputs": ", ".join(map(str, inputs))})
+    if failures:
+        on_failure(f"{len(failures)} of {len(files)} volumes failed; {len(done)} written to {out}")
+    print(f"segmented {len(done)} of {len(files)} volumes into {out}")
+    return failures
