@@ -97,6 +97,10 @@ def evaluate(data: str | Path, weights: str | Path | None = None, *, out: str | 
                         f"(known: backend, {', '.join(InferenceOptions.names())})")
     if report and out is None:
         raise UserError("evaluate: report=True needs an out folder to write report.html into")
+    from .volume_pairs import is_volume_dataset
+
+    if is_volume_dataset(data):
+        return _evaluate_volumes(data, weights, out, report, ids, nsd_tolerance, options)
     # every data problem is reported before a model is loaded
     labelled = load_labelled(data, mask_threshold, ids)
     seg = segmenter(weights, **options)
@@ -108,4 +112,24 @@ def evaluate(data: str | Path, weights: str | Path | None = None, *, out: str | 
         write_results(result, out, extra=settings)
         if report:
             write_report(result, seg, labelled, out, settings)
+    return dict(result.metrics)
+
+
+def _evaluate_volumes(data, weights, out, report: bool, ids, nsd_tolerance: float, options: dict) -> dict:
+    """A labelled-volume dataset: scored per volume in 3-D, in mm (volume_evaluation.py)."""
+    from .evaluation import write_results
+    from .volume_evaluation import evaluate_volumes, load_labelled_volumes, write_volume_report
+
+    seg = segmenter(weights, **options)
+    if not seg.backend.preprocessing.volumes:
+        raise UserError(f"{data}: a dataset of volumes, and {seg.weights_path.name} is a model for photos")
+    items = load_labelled_volumes(data, seg, ids)
+    result = evaluate_volumes(seg, items, nsd_tolerance)
+    if out is not None:
+        settings = {"weights": str(seg.weights_path), "backend": seg.backend.name, "data": str(data),
+                    "ids": str(ids) if ids else "all", "tta": "flips" if seg.tta else False,
+                    "postprocess": seg.post.describe()}
+        write_results(result, out, extra=settings)
+        if report:
+            write_volume_report(result, seg, items, Path(out), settings)
     return dict(result.metrics)

@@ -237,7 +237,8 @@ def _print_structures(metrics: dict) -> None:
     from rich.table import Table
 
     unit = metrics["distance_unit"]
-    table = Table(title=f"{metrics['n_images']} images, {metrics['label_mode']} structures; distances in "
+    counted = f"{metrics['n_volumes']} volumes" if "n_volumes" in metrics else f"{metrics['n_images']} images"
+    table = Table(title=f"{counted}, {metrics['label_mode']} structures; distances in "
                         f"{unit} ({metrics['pixel_spacing_source']}); NSD at {metrics['nsd_tolerance']} "
                         f"{unit}")
     for column in ("structure", "Dice", "Jaccard", f"HD95 {unit}", f"ASSD {unit}", "NSD", "scored",
@@ -257,8 +258,10 @@ def _print_structures(metrics: dict) -> None:
 @handle_errors
 @inference_flags()
 def predict(
-    inputs: List[Path] = typer.Argument(..., help="Image files or folders."),
-    out: Path = typer.Option(..., "--out", help="Output folder for <id>_mask.png and <id>_overlay.png."),
+    inputs: List[Path] = typer.Argument(..., help="Image files or folders; volumes: .nii / .nii.gz files or "
+                                        "DICOM series folders."),
+    out: Path = typer.Option(..., "--out", help="Output folder for <id>_mask.png and <id>_overlay.png "
+                             "(volumes: <id>_labels.nii.gz, <id>_seg.dcm, <id>_views.png, volumes.json)."),
     weights: Optional[Path] = WEIGHTS,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace results already in --out."),
     strict: bool = typer.Option(False, "--strict",
@@ -429,7 +432,9 @@ def serve(
     timeout: float = typer.Option(30.0, "--timeout", help="Seconds a request may take before 504."),
     max_body_mb: float = typer.Option(50.0, "--max-body-mb", help="Largest request body (413 above)."),
     max_pixels: int = typer.Option(50_000_000, "--max-pixels", min=1,
-                                   help="Largest image in pixels (413 above)."),
+                                   help="Largest image in pixels (413 above; a volume: 4x this in voxels)."),
+    max_unpacked_mb: float = typer.Option(1024.0, "--max-unpacked-mb",
+                                          help="Largest volume upload once unzipped or gunzipped (413 above)."),
     cors_origin: Optional[List[str]] = typer.Option(
         None, "--cors-origin", help="Allow browser calls from this origin (repeatable); none by default."
     ),
@@ -443,7 +448,8 @@ def serve(
 
     cfg = ServeConfig(weights=str(weights) if weights else None, backend=backend, token=token or None,
                       max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, timeout_s=timeout,
-                      max_body_mb=max_body_mb, max_pixels=max_pixels, cors_origins=list(cors_origin or []),
+                      max_body_mb=max_body_mb, max_pixels=max_pixels,
+                      max_unpacked_mb=max_unpacked_mb, cors_origins=list(cors_origin or []),
                       threads=max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None)
     cfg.check()
     from .inference.backends import open_backend

@@ -3,6 +3,8 @@
     POST /v1/segment          an image (multipart field `file`, or the raw body) → mask PNG (default),
                               overlay PNG, probability PNG / .npy, or JSON (area, bounding box, contours)
     POST /v1/segment/dicom    a DICOM image → a DICOM SEG
+    POST /v1/segment/volume   a NIfTI volume → a NIfTI label map; a zip of one DICOM series → a DICOM SEG;
+                              format=json: each structure's volume in mm³ and mL
     GET  /v1/model            the model card          GET /healthz, /readyz, /metrics (Prometheus)
     GET  /                    the browser page        GET /docs  the API reference
 
@@ -59,6 +61,7 @@ class ServeConfig:
     timeout_s: float = 30.0
     max_body_mb: float = 50.0
     max_pixels: int = 50_000_000
+    max_unpacked_mb: float = 1024.0  # a volume upload once unzipped / gunzipped (413 above)
     cors_origins: list[str] = field(default_factory=list)
     threads: int | None = None  # the model's intra-op threads; None = every core (--workers N sets cores/N)
 
@@ -100,18 +103,19 @@ class Options:
 RESPONSE_PARAMETERS = ("format", "max_side", "structure")
 
 
-def parse_options(request: Request) -> Options:
-    """Every refused parameter is named in one 400 message."""
+def parse_options(request: Request, formats=FORMATS) -> Options:
+    """Every refused parameter is named in one 400 message; `formats`: what the route answers with."""
     query = request.query_params
     known = sorted({*RESPONSE_PARAMETERS, *InferenceOptions.names(query_only=True)})
     unknown = sorted(set(query) - set(known))
     if unknown:
         raise HTTPError(400, f"unknown query parameter '{unknown[0]}' (known: {', '.join(known)})")
     accept = request.headers.get("accept", "")
-    fmt = query.get("format") or next((f for mime, f in ACCEPT.items() if mime in accept), "mask")
+    fmt = query.get("format") or next((f for mime, f in ACCEPT.items() if mime in accept and f in formats),
+                                      formats[0] if isinstance(formats, tuple) else "mask")
     problems = []
-    if fmt not in FORMATS:
-        problems.append(f"query parameter 'format': {fmt!r} is not one of {', '.join(FORMATS)}")
+    if fmt not in formats:
+        problems.append(f"query parameter 'format': {fmt!r} is not one of {', '.join(formats)}")
     inference = InferenceOptions()
     try:
         given = {k: v for k, v in query.items() if k not in RESPONSE_PARAMETERS}
@@ -455,6 +459,54 @@ async def segment_dicom(request: Request, service: Service) -> Response:
                     headers={"X-Lesionseg-Model": header_value(service.model_name())})
 
 
+VOLUME_FORMATS = ("nifti", "seg", "json")
+
+
+@endpoint("/v1/segment/volume", auth=True)
+async def segment_volume_upload(request: Request, service: Service) -> Response:
+    """A volume in, its label volume out in the input's own space: NIfTI (same affine and header) for a
+    NIfTI, a DICOM SEG referencing every instance for a zipped series (format=nifti for a NIfTI instead),
+    or JSON volumes."""
+    from ..inference.slices import segment_volume, structure_volumes
+    from ..io.dicom import series_seg_bytes
+    from ..io.volumes import nifti_bytes
+    from .volumes import BatcherSlices, TooLarge, read_volume_upload
+
+    opts = parse_options(request, VOLUME_FORMATS)
+    wanted = opts.format if "format" in request.query_params or opts.format == "json" else None
+    seg = service.segmenter
+    if not seg.backend.preprocessing.volumes:
+        raise HTTPError(400, f"the model {service.model_name()} segments photos; volumes need a volume model")
+    data, label = await read_upload(request, int(service.cfg.max_body_mb * 2**20))
+
+    def run() -> Response:
+        try:
+            volume = read_volume_upload(data, label, int(service.cfg.max_unpacked_mb * 2**20))
+            if volume.array.size > service.cfg.max_pixels * 4:
+                raise TooLarge(f"{label}: {volume.array.size:,} voxels over the limit of "
+                               f"{service.cfg.max_pixels * 4:,}")
+            fmt = wanted or ("seg" if volume.datasets is not None else "nifti")
+            if fmt == "seg" and volume.datasets is None:
+                raise UserError(f"{label}: format=seg needs a DICOM series (a NIfTI has no instances to reference)")
+            slices = BatcherSlices(seg, service.batcher, max(1, min(service.cfg.max_batch, service.cfg.max_queue)),
+                                   service.tta(opts), opts.post(), service.cfg.timeout_s)
+            labels = segment_volume(slices, volume)
+            if fmt == "json":
+                return JSONResponse({"shape": list(volume.array.shape),
+                                     "spacing_mm": [round(v, 5) for v in volume.spacing],
+                                     "structures": structure_volumes(labels, seg.labels, volume.voxel_mm3)})
+            body = series_seg_bytes(volume.datasets, labels, seg.labels, label) if fmt == "seg" else \
+                nifti_bytes(labels, volume)
+        except TooLarge as exc:
+            raise HTTPError(413, str(exc)) from None
+        except UserError as exc:
+            raise HTTPError(400, str(exc)) from None
+        media = "application/dicom" if fmt == "seg" else "application/gzip"
+        return Response(body, media_type=media, headers={"X-Lesionseg-Model": header_value(service.model_name())})
+
+    return await run_in_threadpool(run)
+
+
 @endpoint("/v1/model", auth=True)
 async def model_card(request: Request, service: Service) -> Response:
     return JSONResponse(json.loads(json.dumps(service.card(), default=str)))
@@ -512,7 +564,8 @@ def create_app(cfg: ServeConfig | None = None, segmenter=None) -> Starlette:
               Route("/docs", _static("docs.html", "text/html; charset=utf-8")),
               Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics),
               Route("/v1/model", model_card), Route("/v1/segment", segment, methods=["POST"]),
-              Route("/v1/segment/dicom", segment_dicom, methods=["POST"])]
+              Route("/v1/segment/dicom", segment_dicom, methods=["POST"]),
+              Route("/v1/segment/volume", segment_volume_upload, methods=["POST"])]
     middleware = [Middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST"],
                              allow_headers=["Authorization", "Content-Type"])] if cfg.cors_origins else []
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
