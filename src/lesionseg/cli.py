@@ -433,8 +433,8 @@ def serve(
     max_body_mb: float = typer.Option(50.0, "--max-body-mb", help="Largest request body (413 above)."),
     max_pixels: int = typer.Option(50_000_000, "--max-pixels", min=1,
                                    help="Largest image in pixels (413 above; a volume: 4x this in voxels)."),
-    max_unpacked_mb: float = typer.Option(1024.0, "--max-unpacked-mb",
-                                          help="Largest volume upload once unzipped or gunzipped (413 above)."),
+    max_unpacked_mb: float = typer.Option(
+        1024.0, "--max-unpacked-mb", help="Largest volume upload once unzipped or gunzipped (413 above)."),
     cors_origin: Optional[List[str]] = typer.Option(
         None, "--cors-origin", help="Allow browser calls from this origin (repeatable); none by default."
     ),

@@ -14,6 +14,7 @@ from .io import atomic_path
 from .model_file import ModelFile
 
 ONNX_OPSET = 18
+VOLUME_EXAMPLE_SIDE = 64  # the traced example's side for a model fed slices at their own size
 # The quantization lesionseg applies (recorded in the int8 model's metadata as `quantization`).
 INT8_SETTINGS = {"format": "QDQ", "activations": "QUInt8", "weights": "QInt8", "per_channel": True,
                  "calibration": "MinMax", "calibration_images": 64}
@@ -29,7 +30,7 @@ def export_onnx(weights: str | Path | None, out: str | Path, opset: int = ONNX_O
         raise UserError(f"--opset {opset}: lesionseg exports need opset ≥ 17")
     loaded = load_model(weights)
     model = loaded.model.eval().float().to(memory_format=torch.contiguous_format)
-    size = loaded.image_size
+    size = loaded.image_size or VOLUME_EXAMPLE_SIDE  # 0: slices of volumes come at their own size
     example = torch.randn(2, loaded.config.in_channels, size, size)
     dims = {0: torch.export.Dim("batch", min=1, max=1024), 2: torch.export.Dim("height", min=1, max=16384),
             3: torch.export.Dim("width", min=1, max=16384)}
@@ -72,6 +73,11 @@ def export_int8(weights: str | Path | None, out: str | Path, calibration: str | 
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from .io import list_images, read_image
+    from .models.bundled import resolve_weights
+
+    if ModelFile.read(resolve_weights(weights)).preprocessing.volumes:
+        raise UserError(f"{weights}: INT8 calibration reads photos; export a volume model with `export` "
+                        "(fp32)")
 
     if n_images < 1:
         raise UserError(f"--calibration-images must be ≥ 1, got {n_images}")

@@ -28,8 +28,11 @@ CT_SAMPLE_PER_VOLUME = 10_000  # foreground voxels drawn per training volume for
 
 def modality_scheme(modality: str | None) -> str:
     """The scheme for a modality as datasets name it ("CT", "MRI", "T2", "FLAIR", ...)."""
-    return "ct" if modality is not None and modality.strip().upper() in {"CT", "COMPUTED TOMOGRAPHY"} \
+    return (
+        "ct"
+        if modality is not None and modality.strip().upper() in {"CT", "COMPUTED TOMOGRAPHY"}
         else "zscore"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +44,10 @@ class Intensity:
 
     def __post_init__(self):
         if self.scheme not in SCHEMES:
-            raise UserError(f"unknown intensity normalisation {self.scheme!r} (choose from {', '.join(SCHEMES)}; "
-                            "a model from a newer lesionseg?)")
+            raise UserError(
+                f"unknown intensity normalisation {self.scheme!r} (choose from {', '.join(SCHEMES)}; "
+                "a model from a newer lesionseg?)"
+            )
 
     def apply(self, volume: np.ndarray) -> np.ndarray:
         """float32, same shape."""
@@ -67,8 +72,12 @@ class Intensity:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Intensity":
         clip = values.get("clip")
-        return cls(str(values.get("scheme", "zscore")), tuple(float(v) for v in clip) if clip else None,
-                   float(values.get("mean", 0.0)), float(values.get("std", 1.0)))
+        return cls(
+            str(values.get("scheme", "zscore")),
+            tuple(float(v) for v in clip) if clip else None,
+            float(values.get("mean", 0.0)),
+            float(values.get("std", 1.0)),
+        )
 
     @classmethod
     def fit(cls, scheme: str, volumes: Iterable[tuple[np.ndarray, np.ndarray]], seed: int = 0) -> "Intensity":

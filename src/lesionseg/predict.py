@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -22,17 +21,15 @@ import numpy as np
 from .errors import UserError
 from .inference import Segmenter
 from .inference.pipeline import Progress, Segmented, run_pipeline
-from .io import FAST_PNG, Input, check_unique_ids, list_images, read_input, write_csv, write_mask, write_png
+from .io import FAST_PNG, Input, check_unique_ids, list_images, read_input, write_mask, write_png
 from .io.atomic import write_bytes
 from .io.registry import companion_suffixes
 from .io.writers import encode_label_map, structure_mask_names
 from .labels import Labels
+from .manifest import MANIFEST_FIELDS, OLD_MANIFEST_FIELDS, Manifest, writable_folder, write_manifest
 from .viz import overlay, structures_overlay
 
 RESULT_SUFFIXES = ("_mask.png", "_overlay.png", *companion_suffixes())
-MANIFEST_FIELDS = ["id", "source", "mask", "status", "foreground_fraction", "width", "height", "error",
-                   "areas"]
-OLD_MANIFEST_FIELDS = MANIFEST_FIELDS[:-1]  # before per-structure areas
 
 
 def _result_id(name: str) -> str | None:
@@ -105,34 +102,6 @@ def glob_escape(text: str) -> str:
     import glob
 
     return glob.escape(text)
-
-
-def _writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"{out}: cannot create output folder ({exc.strerror})") from None
-    if not os.access(out, os.W_OK):
-        raise UserError(f"{out}: output folder is not writable")
-
-
-class Manifest:
-    """One record per input: id → mask, status (ok, failed, skipped), foreground fraction, size, error."""
-
-    def __init__(self):
-        self.records: list[dict] = []
-
-    def add(self, image_id: str, source, status: str, mask: str = "", fraction: str = "", width="", height="",
-            error: str = "", areas: str = "") -> None:
-        self.records.append({"id": image_id, "source": str(source), "mask": mask, "status": status,
-                             "foreground_fraction": fraction, "width": width, "height": height,
-                             "error": error, "areas": areas})
-
-    def failed_sources(self) -> set[str]:
-        return {r["source"] for r in self.records if r["status"] == "failed"}
-
-    def write(self, path: str | Path) -> None:
-        write_manifest(path, self.records)
 
 
 @dataclass
@@ -230,7 +199,7 @@ def run_predict(inputs, out: str | Path, segmenter_factory: Callable[[], Segment
     if any(is_volume_input(Path(i)) for i in inputs):
         return run_predict_volumes(inputs, out, segmenter_factory, **volume_args)
     chosen = select_inputs(inputs, out, shard, skip_existing, overwrite)
-    _writable(out)
+    writable_folder(out)
     segmenter = segmenter_factory()  # after the cheap checks: a model load costs seconds
     if segmenter.backend.preprocessing.volumes:  # a folder of DICOM files is one series for a volume model
         return run_predict_volumes(inputs, out, segmenter_factory, segmenter=segmenter, **volume_args)
@@ -297,10 +266,6 @@ def _report(out: Path, rows: list[dict], segmenter: Segmenter, inputs) -> None:
         "model": segmenter.weights_path, "backend": segmenter.backend.name,
         "test-time augmentation": segmenter.describe_tta(),
         "post-processing": segmenter.post.describe(), "inputs": ", ".join(str(i) for i in inputs)})
-
-
-def write_manifest(path: str | Path, records: list[dict]) -> None:
-    write_csv(path, MANIFEST_FIELDS, sorted(records, key=lambda r: r["id"]))
 
 
 def merge_manifests(paths: list[str | Path], out: str | Path) -> dict:

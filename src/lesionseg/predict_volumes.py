@@ -19,6 +19,7 @@ from .io.atomic import write_bytes, write_text
 from .io.dicom import SEG_SUFFIX, series_seg_bytes
 from .io.volumes import LABELS_SUFFIX, Volume, is_dicom_series, is_nifti, nifti_bytes, nifti_id, read_volume
 from .io.writers import encode_png
+from .manifest import Manifest, writable_folder
 
 VIEWS_SUFFIX = "_views.png"
 VOLUMES_FILE = "volumes.json"
@@ -42,10 +43,15 @@ def list_volumes(inputs) -> list[Path]:
         if given.is_file() or is_dicom_series(given):
             found.append(given)
             continue
-        found += sorted(p for p in given.iterdir() if not p.name.startswith(".")
-                        and ((p.is_file() and is_nifti(p)) or is_dicom_series(p)))
+        found += sorted(
+            p
+            for p in given.iterdir()
+            if not p.name.startswith(".") and ((p.is_file() and is_nifti(p)) or is_dicom_series(p))
+        )
     if not found:
-        raise UserError(f"{', '.join(map(str, inputs))}: no volumes (.nii / .nii.gz files or DICOM series folders)")
+        raise UserError(
+            f"{', '.join(map(str, inputs))}: no volumes (.nii / .nii.gz files or DICOM series folders)"
+        )
     return found
 
 
@@ -78,8 +84,9 @@ def encode_outputs(segmenter, volume: Volume, label_volume: np.ndarray, views: b
         from .viz import volume_views
 
         slicing: Slicing = segmenter.backend.preprocessing.slicing
-        files["views"] = encode_png(volume_views(volume.array, label_volume, labels,
-                                                 slicing.axis_for(volume.spacing)), 1)
+        files["views"] = encode_png(
+            volume_views(volume.array, label_volume, labels, slicing.axis_for(volume.spacing)), 1
+        )
     return files
 
 
@@ -90,29 +97,47 @@ def segment_one(segmenter, path: Path, out: Path, views: bool) -> VolumeOutcome:
     targets = output_files(out, volume)
     for key, data in encoded.items():
         write_bytes(targets[key], data)
-    return VolumeOutcome(volume, label_volume, structure_volumes(label_volume, segmenter.labels, volume.voxel_mm3),
-                         [targets[k].name for k in encoded])
+    return VolumeOutcome(
+        volume,
+        label_volume,
+        structure_volumes(label_volume, segmenter.labels, volume.voxel_mm3),
+        [targets[k].name for k in encoded],
+    )
 
 
 def volume_record(o: VolumeOutcome) -> dict:
     v = o.volume
-    return {"id": v.id, "source": str(v.source), "shape": list(v.array.shape),
-            "spacing_mm": [round(s, 5) for s in v.spacing], "affine": np.round(v.affine, 6).tolist(),
-            "files": o.files, "structures": o.volumes}
+    return {
+        "id": v.id,
+        "source": str(v.source),
+        "shape": list(v.array.shape),
+        "spacing_mm": [round(s, 5) for s in v.spacing],
+        "affine": np.round(v.affine, 6).tolist(),
+        "files": o.files,
+        "structures": o.volumes,
+    }
 
 
-def run_predict_volumes(inputs, out: str | Path, segmenter_factory: Callable, overwrite: bool = False,
-                        report: bool = False, on_failure: Callable[[str], None] = print,
-                        manifest: str | Path | None = None, overlays: bool = True, segmenter=None) -> list[str]:
-    from .predict import Manifest, _writable
-
+def run_predict_volumes(
+    inputs,
+    out: str | Path,
+    segmenter_factory: Callable,
+    overwrite: bool = False,
+    report: bool = False,
+    on_failure: Callable[[str], None] = print,
+    manifest: str | Path | None = None,
+    overlays: bool = True,
+    segmenter=None,
+) -> list[str]:
     out = Path(out)
     files = list_volumes(inputs)
-    _writable(out)
+    writable_folder(out)
     segmenter = segmenter or segmenter_factory()
     if not segmenter.backend.preprocessing.volumes:
-        raise UserError(f"{files[0]}: a volume, and {segmenter.weights_path.name} is a model for photos; "
-                        "give a model trained on volumes (e.g. --weights hippocampus)")
+        raise UserError(
+            f"{files[0]}: a volume, and {segmenter.weights_path.name} is a model for photos; "
+            "give a model trained on volumes (e.g. --weights hippocampus)"
+        )
     if not overwrite:
         for path in files:
             if (out / (volume_id(path) + LABELS_SUFFIX)).exists():
@@ -130,20 +155,34 @@ def run_predict_volumes(inputs, out: str | Path, segmenter_factory: Callable, ov
         text = ", ".join(f"{n} {v['ml']:.3f} mL" for n, v in outcome.volumes.items())
         print(f"{path} -> {out / outcome.files[0]} ({text})")
         fraction = float((outcome.labels > 0).mean())
-        records.add(outcome.volume.id, path, "ok", mask=";".join(outcome.files), fraction=f"{fraction:.6f}",
-                    width="x".join(map(str, outcome.volume.array.shape)),
-                    areas=json.dumps(outcome.volumes, separators=(",", ":")))
+        records.add(
+            outcome.volume.id,
+            path,
+            "ok",
+            mask=";".join(outcome.files),
+            fraction=f"{fraction:.6f}",
+            width="x".join(map(str, outcome.volume.array.shape)),
+            areas=json.dumps(outcome.volumes, separators=(",", ":")),
+        )
     if done:
-        write_text(out / VOLUMES_FILE, json.dumps({"unit": "mm3 and mL (1 mL = 1000 mm3)", "volumes": done},
-                                                  indent=1))
+        write_text(
+            out / VOLUMES_FILE,
+            json.dumps({"unit": "mm3 and mL (1 mL = 1000 mm3)", "volumes": done}, indent=1),
+        )
     if manifest is not None:
         records.write(manifest)
     if report and done:
         from .report import write_volumes_report
 
-        write_volumes_report(out / "report.html", done, {"model": segmenter.weights_path,
-                                                          "backend": segmenter.backend.name,
-                                                          "inputs": ", ".join(map(str, inputs))})
+        write_volumes_report(
+            out / "report.html",
+            done,
+            {
+                "model": segmenter.weights_path,
+                "backend": segmenter.backend.name,
+                "inputs": ", ".join(map(str, inputs)),
+            },
+        )
     if failures:
         on_failure(f"{len(failures)} of {len(files)} volumes failed; {len(done)} written to {out}")
     print(f"segmented {len(done)} of {len(files)} volumes into {out}")

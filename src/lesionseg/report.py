@@ -97,7 +97,8 @@ def write_volumes_report(path: str | Path, records: list[dict], settings: dict) 
     for r in records:
         rows = {name: f"{v['ml']:.3f} mL ({v['mm3']:.0f} mm³, {v['voxels']} voxels)"
                 for name, v in r["structures"].items()}
-        rows["grid"] = f"{'x'.join(map(str, r['shape']))} voxels of {' x '.join(f'{s:g}' for s in r['spacing_mm'])} mm"
+        spacing = " x ".join(f"{s:g}" for s in r["spacing_mm"])
+        rows["grid"] = f"{'x'.join(map(str, r['shape']))} voxels of {spacing} mm"
         views = next((f for f in r["files"] if f.endswith("_views.png")), None)
         picture = f'<img src="{esc(views)}" alt="views of {esc(r["id"])}">' if views else ""
         links = " · ".join(f'<a href="{esc(f)}">{esc(f)}</a>' for f in r["files"] if not f.endswith(".png"))

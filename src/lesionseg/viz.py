@@ -157,8 +157,8 @@ def _tile(image: np.ndarray, labels_plane: np.ndarray, labels, scale: int) -> np
     values = [s.value for s in labels.structures]
     masks = np.stack([labels_plane == v for v in values])
     big = cv2.resize(_display(image), None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
-    masks = np.stack([cv2.resize(m.astype(np.uint8), None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
-                      for m in masks]).astype(bool)
+    masks = np.stack([cv2.resize(m.astype(np.uint8), None, fx=scale, fy=scale,
+                                 interpolation=cv2.INTER_NEAREST) for m in masks]).astype(bool)
     out = big.copy()
     for mask, s in zip(masks, labels.structures):
         out[mask] = (0.6 * out[mask] + 0.4 * np.asarray(s.color)).astype(np.uint8)
@@ -181,14 +181,15 @@ def volume_views(image: np.ndarray, label_volume: np.ndarray, labels, slice_axis
     on = np.argwhere(label_volume > 0)
     centre = on.mean(0).round().astype(int) if len(on) else np.asarray(label_volume.shape) // 2
     scale = max(1, int(round(192 / max(label_volume.shape))))
-    planes = [_tile(np.take(image, centre[a], axis=a), np.take(label_volume, centre[a], axis=a), labels, scale)
-              for a in range(3)]
-    along = np.flatnonzero(np.moveaxis(label_volume, slice_axis, 0).reshape(label_volume.shape[slice_axis], -1)
-                           .any(1))
+    def tile(index: int, axis: int) -> np.ndarray:
+        return _tile(np.take(image, index, axis=axis), np.take(label_volume, index, axis=axis), labels, scale)
+
+    planes = [tile(centre[a], a) for a in range(3)]
+    stack = np.moveaxis(label_volume, slice_axis, 0)
+    along = np.flatnonzero(stack.reshape(stack.shape[0], -1).any(1))
     picks = along if len(along) else np.arange(label_volume.shape[slice_axis])
     picks = picks[np.linspace(0, len(picks) - 1, min(montage, len(picks))).round().astype(int)]
-    tiles = [_tile(np.take(image, i, axis=slice_axis), np.take(label_volume, i, axis=slice_axis), labels, scale)
-             for i in picks]
+    tiles = [tile(i, slice_axis) for i in picks]
     top, bottom = _row(planes), _row(tiles[: montage // 2]) if tiles else None
     rows = [top, bottom] + ([_row(tiles[montage // 2:])] if len(tiles) > montage // 2 else [])
     rows = [r for r in rows if r is not None]

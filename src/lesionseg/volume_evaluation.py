@@ -16,8 +16,10 @@ from .labels import DECLARATION_FILE, Declared
 from .metrics import aggregate_structures, structure_scores
 from .volume_pairs import LabelledVolume, discover_volumes, validate_volumes, volume_labels
 
-HD_RULES = ("both masks empty: left out and counted (n_both_empty); one empty: HD95 and ASSD are the "
-            "volume's diagonal in mm, NSD 0 (n_worst_case)")
+HD_RULES = (
+    "both masks empty: left out and counted (n_both_empty); one empty: HD95 and ASSD are the "
+    "volume's diagonal in mm, NSD 0 (n_worst_case)"
+)
 
 
 def load_labelled_volumes(data: str | Path, segmenter, ids: str | Path | None = None) -> list[LabelledVolume]:
@@ -35,22 +37,30 @@ def load_labelled_volumes(data: str | Path, segmenter, ids: str | Path | None = 
     found = (folder / DECLARATION_FILE).is_file()
     labels = volume_labels(folder, Declared.for_folder(folder)) if found else segmenter.labels
     if labels.names != segmenter.labels.names:
-        raise UserError(f"{folder}: its structures ({', '.join(labels.names)}) are not the model's "
-                        f"({', '.join(segmenter.labels.names)})")
+        raise UserError(
+            f"{folder}: its structures ({', '.join(labels.names)}) are not the model's "
+            f"({', '.join(segmenter.labels.names)})"
+        )
     return validate_volumes(pairs, segmenter.labels)
 
 
-def score_volume(pred: np.ndarray, truth: np.ndarray, labels, spacing, voxel_mm3: float,
-                 tolerance: float) -> list[dict | None]:
+def score_volume(
+    pred: np.ndarray, truth: np.ndarray, labels, spacing, voxel_mm3: float, tolerance: float
+) -> list[dict | None]:
     out = []
     for s in labels.structures:
         p, t = pred == s.value, truth == s.value
         scores = structure_scores(p, t, None, spacing, tolerance)
         if scores is not None:
             pred_ml, truth_ml = p.sum() * voxel_mm3 / 1000, t.sum() * voxel_mm3 / 1000
-            scores.update(pred_ml=float(pred_ml), truth_ml=float(truth_ml), volume_diff_ml=float(pred_ml - truth_ml),
-                          abs_volume_diff_pct=float(abs(pred_ml - truth_ml) / truth_ml * 100) if truth_ml else
-                          float("nan"))
+            scores.update(
+                pred_ml=float(pred_ml),
+                truth_ml=float(truth_ml),
+                volume_diff_ml=float(pred_ml - truth_ml),
+                abs_volume_diff_pct=float(abs(pred_ml - truth_ml) / truth_ml * 100)
+                if truth_ml
+                else float("nan"),
+            )
         out.append(scores)
     return out
 
@@ -76,19 +86,35 @@ def evaluate_volumes(segmenter, items: list[LabelledVolume], tolerance: float = 
     for k, name in enumerate(names):
         present = [row[k] for row in scored if row[k] is not None]
         entry = metrics["per_class"][name]
-        entry["mean_volume_diff_ml"] = float(np.mean([s["volume_diff_ml"] for s in present])) if present else 0.0
-        entry["mean_abs_volume_diff_pct"] = float(np.nanmean([s["abs_volume_diff_pct"] for s in present])) \
-            if present else 0.0
+        entry["mean_volume_diff_ml"] = (
+            float(np.mean([s["volume_diff_ml"] for s in present])) if present else 0.0
+        )
+        entry["mean_abs_volume_diff_pct"] = (
+            float(np.nanmean([s["abs_volume_diff_pct"] for s in present])) if present else 0.0
+        )
         entry["mean_truth_ml"] = float(np.mean([s["truth_ml"] for s in present])) if present else 0.0
     metrics["n_volumes"] = metrics.pop("n_images")
-    metrics.update(n_images=metrics["n_volumes"], label_mode=labels.mode, distance_unit="mm",
-                   pixel_spacing_source="each volume's own voxel spacing", pixel_spacing_mm=None,
-                   nsd_tolerance=tolerance, hd_rules=HD_RULES, scored_in="3-D, per volume")
+    metrics.update(
+        n_images=metrics["n_volumes"],
+        label_mode=labels.mode,
+        distance_unit="mm",
+        pixel_spacing_source="each volume's own voxel spacing",
+        pixel_spacing_mm=None,
+        nsd_tolerance=tolerance,
+        hd_rules=HD_RULES,
+        scored_in="3-D, per volume",
+    )
     return EvaluationResult(metrics, rows)
 
 
-def write_volume_report(result: EvaluationResult, segmenter, items: list[LabelledVolume], out: Path,
-                        settings: dict, n_worst: int = 3) -> Path:
+def write_volume_report(
+    result: EvaluationResult,
+    segmenter,
+    items: list[LabelledVolume],
+    out: Path,
+    settings: dict,
+    n_worst: int = 3,
+) -> Path:
     """The per-structure table and, per structure, its worst volumes (truth | prediction views)."""
     from .io import write_png
     from .report import write_structures_report
@@ -98,15 +124,19 @@ def write_volume_report(result: EvaluationResult, segmenter, items: list[Labelle
     worst: dict[str, list] = {}
     axis_for = segmenter.backend.preprocessing.slicing.axis_for
     for name in segmenter.labels.names:
-        scored = sorted((r for r in result.per_image if r[f"{name}_dice"] != ""), key=lambda r: r[f"{name}_dice"])
+        scored = sorted(
+            (r for r in result.per_image if r[f"{name}_dice"] != ""), key=lambda r: r[f"{name}_dice"]
+        )
         worst[name] = []
         for r in scored[:n_worst]:
             item = index[r["id"]]
             v = item.volume
             pred = segment_volume(segmenter, v)
             axis = axis_for(v.spacing)
-            picture = _side_by_side(volume_views(v.array, item.labels, segmenter.labels, axis),
-                                    volume_views(v.array, pred, segmenter.labels, axis))
+            picture = _side_by_side(
+                volume_views(v.array, item.labels, segmenter.labels, axis),
+                volume_views(v.array, pred, segmenter.labels, axis),
+            )
             rel = f"report_files/worst_{name}_{r['id']}.png"
             write_png(out / rel, picture, 1)
             worst[name].append((r["id"], r[f"{name}_dice"], rel))

@@ -33,7 +33,11 @@ def volume_folders(folder: Path) -> tuple[Path, Path] | None:
     """(images, labels) when `folder` is a labelled-volume dataset (NIfTI files in both), else None."""
     for images, labels in zip(IMAGE_FOLDERS, LABEL_FOLDERS):
         i, lab = folder / images, folder / labels
-        if i.is_dir() and lab.is_dir() and any(is_nifti(p) for p in i.iterdir() if not p.name.startswith(".")):
+        if (
+            i.is_dir()
+            and lab.is_dir()
+            and any(is_nifti(p) for p in i.iterdir() if not p.name.startswith("."))
+        ):
             return i, lab
     return None
 
@@ -59,8 +63,10 @@ def read_modality(folder: Path) -> str | None:
         raise UserError(f"{path}: not readable JSON ({exc})") from None
     channels = doc.get("channel_names") or doc.get("modality") or {}
     if isinstance(channels, dict) and len(channels) > 1:
-        raise UserError(f"{path}: {len(channels)} input channels ({', '.join(map(str, channels.values()))}); "
-                        "volumes of one channel are supported")
+        raise UserError(
+            f"{path}: {len(channels)} input channels ({', '.join(map(str, channels.values()))}); "
+            "volumes of one channel are supported"
+        )
     value = next(iter(channels.values()), None) if isinstance(channels, dict) else None
     return str(value) if value is not None else None
 
@@ -78,8 +84,9 @@ def discover_volumes(folder: str | Path) -> list[VolumePair]:
         m = CHANNEL_SUFFIX.match(case)
         if m and m["case"] in labels:  # nnU-Net v2: case_0000 is channel 0 of case
             if m["channel"] != "0000":
-                problems.append(f"{path}: a second input channel ({m['channel']}); volumes of one channel "
-                                "are supported")
+                problems.append(
+                    f"{path}: a second input channel ({m['channel']}); volumes of one channel are supported"
+                )
                 continue
             case = m["case"]
         if case not in labels:
@@ -97,9 +104,13 @@ def volume_labels(folder: Path, declared: Declared) -> Labels:
     """The structures the dataset declares (exclusive values of one label map)."""
     structures, ignore = declared.structures()
     if not structures:
-        raise UserError(f"{folder}: label volumes need their values declared (a {DECLARATION_FILE} with "
-                        "\"labels\", or data.labels in the config)")
-    return Labels.of("exclusive" if declared.mode in ("auto", "exclusive") else declared.mode, structures, ignore)
+        raise UserError(
+            f"{folder}: label volumes need their values declared (a {DECLARATION_FILE} with "
+            '"labels", or data.labels in the config)'
+        )
+    return Labels.of(
+        "exclusive" if declared.mode in ("auto", "exclusive") else declared.mode, structures, ignore
+    )
 
 
 @dataclasses.dataclass
@@ -118,7 +129,9 @@ def load_volume_pair(pair: VolumePair) -> LabelledVolume:
 def validate_volumes(pairs: list[VolumePair], labels: Labels) -> list[LabelledVolume]:
     """Read every pair, report every problem at once, and print each structure's share of the voxels."""
     problems: list[str] = []
-    known = {0, *(s.value for s in labels.structures)} | ({labels.ignore_value} if labels.ignore_value else set())
+    known = {0, *(s.value for s in labels.structures)} | (
+        {labels.ignore_value} if labels.ignore_value else set()
+    )
     out: list[LabelledVolume] = []
     counts = np.zeros(256, np.int64)
     empty = 0
@@ -131,8 +144,10 @@ def validate_volumes(pairs: list[VolumePair], labels: Labels) -> list[LabelledVo
         values = np.unique(item.labels)
         unknown = sorted(set(values.tolist()) - known)
         if unknown:
-            problems.append(f"{pair.label_path}: label value(s) {unknown} not declared "
-                            f"({', '.join(f'{s.name}={s.value}' for s in labels.structures)})")
+            problems.append(
+                f"{pair.label_path}: label value(s) {unknown} not declared "
+                f"({', '.join(f'{s.name}={s.value}' for s in labels.structures)})"
+            )
             continue
         counts += np.bincount(item.labels.ravel(), minlength=256)[:256]
         empty += int(not np.isin(item.labels, [s.value for s in labels.structures]).any())
@@ -140,9 +155,15 @@ def validate_volumes(pairs: list[VolumePair], labels: Labels) -> list[LabelledVo
     if problems:
         raise ValidationError(problems, what="data check")
     if empty == len(out):
-        raise UserError(f"{pairs[0].label_path.parent}: all {len(out)} label volumes are empty: nothing to learn")
+        raise UserError(
+            f"{pairs[0].label_path.parent}: all {len(out)} label volumes are empty: nothing to learn"
+        )
     total = max(1, int(counts.sum()))
     shares = ", ".join(f"{s.name} {100 * counts[s.value] / total:.2f}%" for s in labels.structures)
-    print(f"data: {len(out)} volumes, {labels.mode} structures: {shares}"
-          f"{f'; {empty} with no structure' if empty else ''}", file=sys.stderr, flush=True)
+    print(
+        f"data: {len(out)} volumes, {labels.mode} structures: {shares}"
+        f"{f'; {empty} with no structure' if empty else ''}",
+        file=sys.stderr,
+        flush=True,
+    )
     return out

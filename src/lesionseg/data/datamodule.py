@@ -217,10 +217,12 @@ class SegmentationDataModule(L.LightningDataModule):
         self.val_set = SegmentationDataset(data.val.ids, slice_eval_transform(cfg.image_size), data.val.items)
         self.sample_weights = foreground_weights(data.train.foreground, cfg.foreground_oversample)
         share = float(data.train.foreground.mean()) if len(data.train.foreground) else 0.0
+        drawn = "" if self.sample_weights is None else f", drawn {cfg.foreground_oversample:.0%} of the time"
+        pre = data.preprocessing
         print(f"data: {data.n_volumes[0]} training volumes → {len(data.train.ids)} slices "
-              f"({share:.0%} with a structure{', over-sampled to ' + format(cfg.foreground_oversample, '.0%') if self.sample_weights is not None else ''}), "
+              f"({share:.0%} with a structure{drawn}), "
               f"{data.n_volumes[1]} validation volumes → {len(data.val.ids)} slices; "
-              f"slicing {data.preprocessing.slicing.to_dict()}, intensity {data.preprocessing.intensity.to_dict()}",
+              f"slicing {pre.slicing.to_dict()}, intensity {pre.intensity.to_dict()}",
               file=sys.stderr, flush=True)
 
     def setup(self, stage: str) -> None:
@@ -293,8 +295,8 @@ class SegmentationDataModule(L.LightningDataModule):
             sampler = torch.utils.data.WeightedRandomSampler(self.sample_weights, len(self.train_set),
                                                              generator=self.generator)
             return DataLoader(self.train_set, batch_size=self.cfg.batch_size, sampler=sampler,
-                              num_workers=self.cfg.num_workers, drop_last=len(self.train_set) > self.cfg.batch_size,
-                              worker_init_fn=_reseed_worker)
+                              num_workers=self.cfg.num_workers, worker_init_fn=_reseed_worker,
+                              drop_last=len(self.train_set) > self.cfg.batch_size)
         return self._loader(self.train_set, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:

@@ -93,8 +93,9 @@ class EvalTransform:
         out = {"image": self.normalize(image)}
         if mask is not None:
             s = size or self.size
+            same = s == 0 or mask.shape[:2] == (s, s)
             out["mask"] = (
-                mask if s == 0 or mask.shape[:2] == (s, s) else cv2.resize(mask, (s, s), interpolation=cv2.INTER_NEAREST)
+                mask if same else cv2.resize(mask, (s, s), interpolation=cv2.INTER_NEAREST)
             )
         return out
 

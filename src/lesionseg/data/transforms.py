@@ -94,7 +94,8 @@ def train_stages(size: int, aug: AugmentConfig) -> list[tuple[str, list]]:
     return [(stage, steps) for stage, _ in AUGMENT_STAGES if (steps := _stage_steps(stage, size, aug))]
 
 
-def train_transform(size: int, aug: AugmentConfig, seed: int | None = None, volumes: bool = False) -> A.Compose:
+def train_transform(size: int, aug: AugmentConfig, seed: int | None = None,
+                    volumes: bool = False) -> A.Compose:
     """The original recipe. Crop scale stays ≤ 1.0: the original 1.2 is not a valid crop fraction.
     `volumes`: slices, padded to the patch first and already normalised."""
     steps = [step for _, stage_steps in train_stages(size, aug) for step in stage_steps]

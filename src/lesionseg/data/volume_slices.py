@@ -97,8 +97,13 @@ def volume_data(folder: Path, cfg: DataConfig, split) -> VolumeData:
     channels = 3 if cfg.slice_context == 1 else cfg.slice_context
     slicing = plan_slicing(train_items, cfg, channels)
     preprocessing = Preprocessing(image_size=0, intensity=intensity, slicing=slicing)
-    return VolumeData(labels, preprocessing, cut(train_items, labels, intensity, slicing),
-                      cut(val_items, labels, intensity, slicing), (len(train_items), len(val_items)))
+    return VolumeData(
+        labels,
+        preprocessing,
+        cut(train_items, labels, intensity, slicing),
+        cut(val_items, labels, intensity, slicing),
+        (len(train_items), len(val_items)),
+    )
 
 
 def foreground_weights(foreground: np.ndarray, share: float) -> torch.Tensor | None:

@@ -18,7 +18,6 @@ import numpy as np
 
 from .. import postprocess
 from ..errors import UserError
-from ..intensity import Intensity
 from ..io.volumes import Volume
 from ..labels import Labels
 
@@ -41,8 +40,10 @@ class Slicing:
         if self.axis is not None and self.axis not in (0, 1, 2):
             raise UserError(f"data.slice_axis must be 0, 1 or 2, not {self.axis}")
         if self.channels not in (self.context, 3) or (self.channels == 3 and self.context not in (1, 3)):
-            raise UserError(f"data.slice_context {self.context} needs model.in_channels {self.context} "
-                            f"(it is {self.channels})")
+            raise UserError(
+                f"data.slice_context {self.context} needs model.in_channels {self.context} "
+                f"(it is {self.channels})"
+            )
 
     def axis_for(self, spacing) -> int:
         return self.axis if self.axis is not None else int(np.argmax(np.round(np.asarray(spacing), 3)))
@@ -63,8 +64,9 @@ class Slicing:
             return rows, cols
         return max(1, round(rows * sr / tr)), max(1, round(cols * sc / tc))
 
-    def images(self, normalised: np.ndarray, axis: int, size: tuple[int, int] | None = None,
-               indices=None) -> Iterator[np.ndarray]:
+    def images(
+        self, normalised: np.ndarray, axis: int, size: tuple[int, int] | None = None, indices=None
+    ) -> Iterator[np.ndarray]:
         """Each slice's network input (rows, columns, channels) float32, in slice order."""
         stack = np.moveaxis(normalised, axis, 0)
         n, half = stack.shape[0], self.context // 2
@@ -79,15 +81,23 @@ class Slicing:
             yield np.ascontiguousarray(image)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"axis": self.axis, "context": self.context, "channels": self.channels,
-                "spacing_mm": list(self.spacing_mm) if self.spacing_mm else None}
+        return {
+            "axis": self.axis,
+            "context": self.context,
+            "channels": self.channels,
+            "spacing_mm": list(self.spacing_mm) if self.spacing_mm else None,
+        }
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Slicing":
         spacing = values.get("spacing_mm")
         axis = values.get("axis")
-        return cls(None if axis is None else int(axis), int(values.get("context", 1)),
-                   tuple(float(v) for v in spacing) if spacing else None, int(values.get("channels", 3)))
+        return cls(
+            None if axis is None else int(axis),
+            int(values.get("context", 1)),
+            tuple(float(v) for v in spacing) if spacing else None,
+            int(values.get("channels", 3)),
+        )
 
 
 def label_values(labels: Labels) -> np.ndarray:
@@ -108,10 +118,14 @@ def segment_volume(segmenter, volume: Volume) -> np.ndarray:
     Overlapping structures cannot share one label map: such models are refused."""
     labels, pre = segmenter.labels, segmenter.backend.preprocessing
     if pre.slicing is None or pre.intensity is None:
-        raise UserError(f"{volume.source}: {segmenter.weights_path.name} is a model for photos; a volume "
-                        "needs a model trained on volumes")
+        raise UserError(
+            f"{volume.source}: {segmenter.weights_path.name} is a model for photos; a volume "
+            "needs a model trained on volumes"
+        )
     if labels.mode == "overlapping":
-        raise UserError(f"{volume.source}: the model's structures overlap; a label volume holds one per voxel")
+        raise UserError(
+            f"{volume.source}: the model's structures overlap; a label volume holds one per voxel"
+        )
     slicing: Slicing = pre.slicing
     axis = slicing.axis_for(volume.spacing)
     normalised = pre.intensity.apply(volume.array)
@@ -120,8 +134,9 @@ def segment_volume(segmenter, volume: Volume) -> np.ndarray:
     size = slicing.plane_size(volume.array.shape, volume.spacing, axis)
     out = np.zeros(stack_shape, np.uint8)
     values = label_values(labels)
-    threshold_only = dataclasses.replace(segmenter.post, largest_component=False, fill_holes=False,
-                                         min_area=0, crf=False)
+    threshold_only = dataclasses.replace(
+        segmenter.post, largest_component=False, fill_holes=False, min_area=0, crf=False
+    )
     n, batch = stack_shape[0], max(1, segmenter.batch_size)
     for start in range(0, n, batch):
         indices = range(start, min(start + batch, n))
@@ -153,6 +168,9 @@ def structure_volumes(label_volume: np.ndarray, labels: Labels, voxel_mm3: float
     out = {}
     for s in labels.structures:
         voxels = int(counts[s.value]) if s.value < counts.size else 0
-        out[s.name] = {"voxels": voxels, "mm3": round(voxels * voxel_mm3, 3),
-                       "ml": round(voxels * voxel_mm3 / 1000.0, 4)}
+        out[s.name] = {
+            "voxels": voxels,
+            "mm3": round(voxels * voxel_mm3, 3),
+            "ml": round(voxels * voxel_mm3 / 1000.0, 4),
+        }
     return out

@@ -60,8 +60,11 @@ def nifti_id(path: Path) -> str:
 
 
 def _dicom_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and (p.suffix.lower() in DICOM_SUFFIXES or (not p.suffix and _has_dicm(p))))
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and (p.suffix.lower() in DICOM_SUFFIXES or (not p.suffix and _has_dicm(p)))
+    )
 
 
 def _has_dicm(path: Path) -> bool:
@@ -106,8 +109,10 @@ class NiftiReader(VolumeReader):
         if array.ndim == 4 and array.shape[3] == 1:
             array = array[..., 0]
         if array.ndim != 3:
-            raise UserError(f"{path}: a {array.ndim}-D NIfTI (shape {'x'.join(map(str, array.shape))}) where a "
-                            "3-D volume is expected (one channel per file: split multi-channel images)")
+            raise UserError(
+                f"{path}: a {array.ndim}-D NIfTI (shape {'x'.join(map(str, array.shape))}) where a "
+                "3-D volume is expected (one channel per file: split multi-channel images)"
+            )
         affine = np.asarray(image.affine, float)
         if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
             raise UserError(f"{path}: the NIfTI affine is singular or not finite")
@@ -130,8 +135,10 @@ class DicomSeriesReader(VolumeReader):
         datasets = _read_instances(path)
         uids = sorted({_series_uid(ds) for ds in datasets})
         if len(uids) > 1:
-            raise UserError(f"{path}: {len(uids)} DICOM series in one folder ({', '.join(uids)}); "
-                            "give one series per folder")
+            raise UserError(
+                f"{path}: {len(uids)} DICOM series in one folder ({', '.join(uids)}); "
+                "give one series per folder"
+            )
         return series_volume(datasets, path, path.name)
 
 
@@ -159,8 +166,10 @@ def _geometry(ds, where) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[floa
         position = np.asarray([float(v) for v in ds.ImagePositionPatient], float)
         spacing = tuple(float(v) for v in ds.PixelSpacing)
     except (AttributeError, TypeError, ValueError):
-        raise UserError(f"{where}: missing ImageOrientationPatient, ImagePositionPatient or PixelSpacing; "
-                        "a series needs them to be stacked") from None
+        raise UserError(
+            f"{where}: missing ImageOrientationPatient, ImagePositionPatient or PixelSpacing; "
+            "a series needs them to be stacked"
+        ) from None
     row, col = orientation[:3], orientation[3:]
     return row, col, position, spacing
 
@@ -175,7 +184,9 @@ def series_volume(datasets: list, source: Path, series_id: str) -> Volume:
     entries = []
     for ds in datasets:
         r, c, position, p = _geometry(ds, ds.filename)
-        if not (np.allclose(r, row, atol=GEOMETRY_TOLERANCE) and np.allclose(c, col, atol=GEOMETRY_TOLERANCE)):
+        if not (
+            np.allclose(r, row, atol=GEOMETRY_TOLERANCE) and np.allclose(c, col, atol=GEOMETRY_TOLERANCE)
+        ):
             raise UserError(f"{ds.filename}: its orientation differs from the series' other slices")
         if (ds.Rows, ds.Columns) != (datasets[0].Rows, datasets[0].Columns) or not np.allclose(p, pixel):
             raise UserError(f"{ds.filename}: its size or pixel spacing differs from the series' other slices")
@@ -183,18 +194,24 @@ def series_volume(datasets: list, source: Path, series_id: str) -> Volume:
     entries.sort(key=lambda e: e[0])
     steps = np.diff([e[0] for e in entries])
     if np.any(steps < GEOMETRY_TOLERANCE):
-        raise UserError(f"{source}: two slices at the same position ({entries[int(np.argmin(steps))][2].filename})")
+        raise UserError(
+            f"{source}: two slices at the same position ({entries[int(np.argmin(steps))][2].filename})"
+        )
     gap = float(np.median(steps))
     uneven = np.flatnonzero(np.abs(steps - gap) > max(GEOMETRY_TOLERANCE, 0.01 * gap))
     if uneven.size:
         at = entries[int(uneven[0]) + 1][2].filename
-        raise UserError(f"{source}: uneven slice spacing ({steps[uneven[0]]:.3f} mm against {gap:.3f} mm "
-                        f"before {at}): a slice is missing")
+        raise UserError(
+            f"{source}: uneven slice spacing ({steps[uneven[0]]:.3f} mm against {gap:.3f} mm "
+            f"before {at}): a slice is missing"
+        )
     offsets = entries[-1][1] - entries[0][1]
     along = offsets / np.linalg.norm(offsets)
     if abs(float(along @ normal)) < 1 - GEOMETRY_TOLERANCE:
-        raise UserError(f"{source}: oblique stack: the slices are not stacked along their normal (gantry "
-                        "tilt); resample the series first")
+        raise UserError(
+            f"{source}: oblique stack: the slices are not stacked along their normal (gantry "
+            "tilt); resample the series first"
+        )
     lps = np.eye(4)
     # PixelSpacing is (between rows, between columns): a column step moves along the row direction
     lps[:3, 0], lps[:3, 1], lps[:3, 2] = row * pixel[1], col * pixel[0], normal * gap
@@ -203,11 +220,18 @@ def series_volume(datasets: list, source: Path, series_id: str) -> Volume:
     try:
         pixels = np.stack([_modality_values(ds) for ds in ordered])  # (slice, row, column)
     except Exception as exc:  # pixel data pydicom cannot decode
-        raise UserError(f"{source}: cannot decode the series' pixel data ({str(exc).splitlines()[0][:120]})") \
-            from None
+        raise UserError(
+            f"{source}: cannot decode the series' pixel data ({str(exc).splitlines()[0][:120]})"
+        ) from None
     modality = str(ordered[0].get("Modality", "")) or None
-    return Volume(series_id, np.ascontiguousarray(pixels.transpose(2, 1, 0)), RAS_FROM_LPS @ lps, source,
-                  datasets=ordered, modality=modality)
+    return Volume(
+        series_id,
+        np.ascontiguousarray(pixels.transpose(2, 1, 0)),
+        RAS_FROM_LPS @ lps,
+        source,
+        datasets=ordered,
+        modality=modality,
+    )
 
 
 def _modality_values(ds) -> np.ndarray:
@@ -245,8 +269,10 @@ def read_label_volume(path: str | Path, like: Volume) -> np.ndarray:
     path = Path(path)
     labels = NiftiReader().read(path)
     if labels.array.shape != like.array.shape:
-        raise UserError(f"{path}: label volume of shape {'x'.join(map(str, labels.array.shape))} on another "
-                        f"grid than its image ({'x'.join(map(str, like.array.shape))})")
+        raise UserError(
+            f"{path}: label volume of shape {'x'.join(map(str, labels.array.shape))} on another "
+            f"grid than its image ({'x'.join(map(str, like.array.shape))})"
+        )
     if not np.allclose(labels.affine, like.affine, atol=1e-3):
         raise UserError(f"{path}: label volume has another affine than its image (not on the same grid)")
     values = labels.array

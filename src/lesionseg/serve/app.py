@@ -487,9 +487,11 @@ async def segment_volume_upload(request: Request, service: Service) -> Response:
                                f"{service.cfg.max_pixels * 4:,}")
             fmt = wanted or ("seg" if volume.datasets is not None else "nifti")
             if fmt == "seg" and volume.datasets is None:
-                raise UserError(f"{label}: format=seg needs a DICOM series (a NIfTI has no instances to reference)")
-            slices = BatcherSlices(seg, service.batcher, max(1, min(service.cfg.max_batch, service.cfg.max_queue)),
-                                   service.tta(opts), opts.post(), service.cfg.timeout_s)
+                raise UserError(f"{label}: format=seg needs a DICOM series (a NIfTI has no instances to "
+                                "reference)")
+            batch = max(1, min(service.cfg.max_batch, service.cfg.max_queue))
+            slices = BatcherSlices(seg, service.batcher, batch, service.tta(opts), opts.post(),
+                                   service.cfg.timeout_s)
             labels = segment_volume(slices, volume)
             if fmt == "json":
                 return JSONResponse({"shape": list(volume.array.shape),
@@ -502,7 +504,8 @@ async def segment_volume_upload(request: Request, service: Service) -> Response:
         except UserError as exc:
             raise HTTPError(400, str(exc)) from None
         media = "application/dicom" if fmt == "seg" else "application/gzip"
-        return Response(body, media_type=media, headers={"X-Lesionseg-Model": header_value(service.model_name())})
+        return Response(body, media_type=media,
+                        headers={"X-Lesionseg-Model": header_value(service.model_name())})
 
     return await run_in_threadpool(run)
 

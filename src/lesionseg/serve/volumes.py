@@ -26,7 +26,7 @@ def gunzip_capped(data: bytes, limit: int, label: str) -> bytes:
     view = memoryview(data)
     try:
         for start in range(0, len(data), CHUNK):
-            piece = inflater.decompress(view[start:start + CHUNK], limit + 1 - size)
+            piece = inflater.decompress(view[start : start + CHUNK], limit + 1 - size)
             size += len(piece)
             out.append(piece)
             while inflater.unconsumed_tail and size <= limit:
@@ -58,7 +58,9 @@ def series_from_zip(data: bytes, limit: int, label: str) -> Volume:
 
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-        members = [i for i in archive.infolist() if not i.is_dir() and not Path(i.filename).name.startswith(".")]
+        members = [
+            i for i in archive.infolist() if not i.is_dir() and not Path(i.filename).name.startswith(".")
+        ]
     except (zipfile.BadZipFile, OSError) as exc:
         raise UserError(f"{label}: not a readable zip ({exc})") from None
     if sum(i.file_size for i in members) > limit:
@@ -93,8 +95,11 @@ def read_volume_upload(data: bytes, label: str, limit: int) -> Volume:
         data = gunzip_capped(data, limit, label)
     elif len(data) > limit:
         raise TooLarge(f"{label}: over the limit of {limit:,} bytes")
-    if len(data) < 348 or int.from_bytes(data[:4], "little") not in (348, 540) and \
-            int.from_bytes(data[:4], "big") not in (348, 540):
+    if (
+        len(data) < 348
+        or int.from_bytes(data[:4], "little") not in (348, 540)
+        and int.from_bytes(data[:4], "big") not in (348, 540)
+    ):
         raise UserError(f"{label}: not a NIfTI file or a zip of a DICOM series")
     return read_nifti_bytes(data, label)
 
@@ -104,7 +109,13 @@ class BatcherSlices:
     the service's MicroBatcher (the one thread that owns the model), a batch at a time."""
 
     def __init__(self, segmenter, batcher, batch: int, tta: bool, post, timeout_s: float):
-        self.segmenter, self.batcher, self.batch_size, self.tta, self.post = segmenter, batcher, batch, tta, post
+        self.segmenter, self.batcher, self.batch_size, self.tta, self.post = (
+            segmenter,
+            batcher,
+            batch,
+            tta,
+            post,
+        )
         self.timeout_s = timeout_s
 
     @property

@@ -130,7 +130,8 @@ class RunRecorder(Checkpoint):
                                   "(model.full_resolution_stage: train_only); the 1/2-resolution head is the "
                                   "output; selection_value and metrics.csv score the model with the stage")
         # channels_last weights are saved contiguous; the file does not depend on memory format.
-        ModelFile.from_model(model, model_cfg, self.preprocessing, card, self.labels).write(self.run.model_path)
+        file = ModelFile.from_model(model, model_cfg, self.preprocessing, card, self.labels)
+        file.write(self.run.model_path)
 
 
 def device_name(device: torch.device) -> str:
@@ -201,6 +202,23 @@ def train(data: str | Path | Sequence[str | Path], out: str | Path, cfg: Config,
         raise UserError(f"training setup: {str(exc).splitlines()[0]}") from None
 
 
+def describe_data(datamodule, cfg: Config, val_data) -> dict:
+    """The training data as the model card records them."""
+    folders = [str(f) for f in datamodule.folders]
+    desc = {
+        "train": folders[0] if len(folders) == 1 else folders,
+        "val": str(val_data) if val_data else (
+            f"the ids listed in {cfg.data.val_ids}" if cfg.data.val_ids
+            else f"{cfg.data.val_fraction:.0%} of train (seed {cfg.data.split_seed})"),
+        "n_train": len(datamodule.train_set),
+        "n_val": len(datamodule.val_set),
+    }
+    if datamodule.volumes:
+        desc.update(n_train_volumes=datamodule.n_volumes[0], n_val_volumes=datamodule.n_volumes[1],
+                    samples="slices (n_train, n_val count slices)")
+    return desc
+
+
 def _train(data, out, cfg: Config, val_data, devices, strategy: str, num_nodes: int, progress: bool | None,
            command: str | None) -> Path:
     from ..data.datamodule import SegmentationDataModule
@@ -212,20 +230,10 @@ def _train(data, out, cfg: Config, val_data, devices, strategy: str, num_nodes: 
     datamodule = SegmentationDataModule(data, val_data, cfg.data, cfg.augment, seed=cfg.trainer.seed)
     cfg = with_labels(cfg, datamodule.labels, datamodule.preprocessing)
     resume = prepare_run_dir(run_dir, cfg)
-    folders = [str(f) for f in datamodule.folders]
-    data_desc = {
-        "train": folders[0] if len(folders) == 1 else folders,
-        "val": str(val_data) if val_data else (
-            f"the ids listed in {cfg.data.val_ids}" if cfg.data.val_ids
-            else f"{cfg.data.val_fraction:.0%} of train (seed {cfg.data.split_seed})"),
-        "n_train": len(datamodule.train_set),
-        "n_val": len(datamodule.val_set),
-    }
-    if datamodule.volumes:
-        data_desc.update(n_train_volumes=datamodule.n_volumes[0], n_val_volumes=datamodule.n_volumes[1],
-                         samples="slices (n_train, n_val count slices)")
+    data_desc = describe_data(datamodule, cfg, val_data)
     module = SegmentationModule(cfg, datamodule.labels)
-    recorder = RunRecorder(run_dir, module.cfg, data_desc, command, datamodule.labels, datamodule.preprocessing)
+    recorder = RunRecorder(run_dir, module.cfg, data_desc, command, datamodule.labels,
+                           datamodule.preprocessing)
     best_ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=METRIC, mode="max",
                                 save_last=True, save_top_k=1, enable_version_counter=False)
     callbacks = [

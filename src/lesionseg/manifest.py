@@ -1,0 +1,75 @@
+"""The manifest of `predict` (photos and volumes): one record per input, written as CSV, and the output
+folder check both verbs make before they load a model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import UserError
+from .io import write_csv
+
+MANIFEST_FIELDS = [
+    "id",
+    "source",
+    "mask",
+    "status",
+    "foreground_fraction",
+    "width",
+    "height",
+    "error",
+    "areas",
+]
+OLD_MANIFEST_FIELDS = MANIFEST_FIELDS[:-1]  # before per-structure areas
+
+
+class Manifest:
+    """One record per input: id → mask, status (ok, failed, skipped), foreground fraction, size, error."""
+
+    def __init__(self):
+        self.records: list[dict] = []
+
+    def add(
+        self,
+        image_id: str,
+        source,
+        status: str,
+        mask: str = "",
+        fraction: str = "",
+        width="",
+        height="",
+        error: str = "",
+        areas: str = "",
+    ) -> None:
+        self.records.append(
+            {
+                "id": image_id,
+                "source": str(source),
+                "mask": mask,
+                "status": status,
+                "foreground_fraction": fraction,
+                "width": width,
+                "height": height,
+                "error": error,
+                "areas": areas,
+            }
+        )
+
+    def failed_sources(self) -> set[str]:
+        return {r["source"] for r in self.records if r["status"] == "failed"}
+
+    def write(self, path: str | Path) -> None:
+        write_manifest(path, self.records)
+
+
+def write_manifest(path: str | Path, records: list[dict]) -> None:
+    write_csv(path, MANIFEST_FIELDS, sorted(records, key=lambda r: r["id"]))
+
+
+def writable_folder(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{out}: cannot create output folder ({exc.strerror})") from None
+    if not os.access(out, os.W_OK):
+        raise UserError(f"{out}: output folder is not writable")

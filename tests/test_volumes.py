@@ -1,0 +1,549 @@
+"""Volumes: NIfTI and DICOM series in, slice-wise training and inference, NIfTI label maps and DICOM SEG out
+in the input's own space, volumes in mL, per-volume evaluation in mm, the service. Every volume here is
+made by the tests (small synthetic MR-like crops with two touching structures)."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from typer.testing import CliRunner
+
+from lesionseg.cli import app
+from lesionseg.errors import UserError
+from lesionseg.inference.slices import Slicing, clean_volume, structure_volumes
+from lesionseg.intensity import Intensity, modality_scheme
+from lesionseg.io.volumes import (
+    RAS_FROM_LPS,
+    Volume,
+    nifti_label_image,
+    read_label_volume,
+    read_volume,
+    write_nifti_labels,
+)
+from lesionseg.labels import Labels
+from lesionseg.metrics import structure_scores
+from lesionseg.model_file import ModelFile
+from lesionseg.volume_pairs import discover_volumes, validate_volumes
+
+runner = CliRunner()
+MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
+SHAPE = (20, 24, 10)
+SPACING = (0.8, 0.8, 2.5)  # anisotropic: the slice axis is the last
+LABELS = Labels.of("exclusive", [("Anterior", 1), ("Posterior", 2)])
+
+
+def synthetic_volume(rng: np.random.Generator, shape=SHAPE, scale: float = 1.0):
+    """(image float32, labels uint8): an ellipsoid split into a front (1) and back (2) part, brighter than
+    the tissue around it; intensities × `scale` (datasets mix wildly different ranges)."""
+    x, y, z = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    c = [n / 2 + rng.uniform(-1.5, 1.5) for n in shape]
+    r = [n * rng.uniform(0.22, 0.3) for n in shape]
+    inside = ((x - c[0]) / r[0]) ** 2 + ((y - c[1]) / r[1]) ** 2 + ((z - c[2]) / r[2]) ** 2 <= 1
+    labels = np.where(inside, np.where(y < c[1], 1, 2), 0).astype(np.uint8)
+    image = 100 + 60 * inside + 25 * (labels == 2) + rng.normal(0, 6, shape)
+    return (image * scale).astype(np.float32), labels
+
+
+def affine_for(spacing=SPACING, origin=(-10.0, 5.0, 3.0)) -> np.ndarray:
+    a = np.diag([*spacing, 1.0])
+    a[:3, 3] = origin
+    return a
+
+
+def save_nifti(path: Path, array: np.ndarray, affine: np.ndarray, dtype=None) -> Path:
+    image = nib.Nifti1Image(array.astype(dtype or array.dtype), affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=2)
+    nib.save(image, str(path))
+    return path
+
+
+def make_volume_dataset(root: Path, n: int = 6, layout: str = "msd", seed: int = 0) -> Path:
+    """MSD (imagesTr/case.nii.gz) or nnU-Net v2 (imagesTr/case_0000.nii.gz) layout with a dataset.json."""
+    rng = np.random.default_rng(seed)
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    for i in range(n):
+        image, labels = synthetic_volume(rng, scale=[1.0, 0.01, 3000.0][i % 3])
+        case = f"vol_{i:03d}"
+        name = f"{case}_0000.nii.gz" if layout == "nnunet" else f"{case}.nii.gz"
+        save_nifti(root / "imagesTr" / name, image, affine_for())
+        save_nifti(root / "labelsTr" / f"{case}.nii.gz", labels, affine_for())
+    if layout == "nnunet":
+        doc = {
+            "channel_names": {"0": "T1"},
+            "labels": {"background": 0, "Anterior": 1, "Posterior": 2},
+            "numTraining": n,
+            "file_ending": ".nii.gz",
+        }
+    else:
+        doc = {"modality": {"0": "MRI"}, "labels": {"0": "background", "1": "Anterior", "2": "Posterior"}}
+    (root / "dataset.json").write_text(json.dumps(doc))
+    (root / "val_ids.txt").write_text("vol_000\nvol_001\n")
+    return root
+
+
+def dicom_slice(
+    path: Path,
+    pixels: np.ndarray,
+    position,
+    orientation,
+    spacing,
+    series: str,
+    study: str,
+    frame_of_reference: str,
+    number: int,
+) -> Path:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MR_IMAGE, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = MR_IMAGE, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame_of_reference
+    ds.PatientID, ds.PatientName, ds.StudyID, ds.AccessionNumber = "VOL1", "Volume^Test", "1", "A1"
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "MR", 3, number
+    ds.StudyDate, ds.StudyTime, ds.Manufacturer = "20260101", "120000", "test"  # PatientBirthDate left out
+    ds.ImageOrientationPatient = [float(v) for v in orientation]
+    ds.ImagePositionPatient = [float(v) for v in position]
+    ds.PixelSpacing = [float(spacing[0]), float(spacing[1])]
+    ds.SliceThickness = 2.5
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    ds.PixelData = pixels.astype(np.int16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def make_series(
+    folder: Path,
+    image: np.ndarray,
+    gap: float = 2.5,
+    skip: int | None = None,
+    tilt: float = 0.0,
+    series: str | None = None,
+    prefix: str = "im",
+) -> Path:
+    """One DICOM series of `image` (column, row, slice order), written in shuffled file order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    series, study, frame = series or generate_uid(), generate_uid(), generate_uid()
+    order = np.random.default_rng(3).permutation(image.shape[2])
+    for n, k in enumerate(order):
+        if k == skip:
+            continue
+        position = (-12.0 + tilt * k, 7.0, 30.0 + gap * k)
+        dicom_slice(
+            folder / f"{prefix}{n:03d}.dcm",
+            image[:, :, k].T,
+            position,
+            (1, 0, 0, 0, 1, 0),
+            (0.8, 0.8),
+            series,
+            study,
+            frame,
+            int(k) + 1,
+        )
+    return folder
+
+
+# reading and writing
+
+
+def test_nifti_label_map_keeps_the_affine_and_header(tmp_path, rng):
+    image, labels = synthetic_volume(rng)
+    src = save_nifti(tmp_path / "case.nii.gz", image, affine_for())
+    volume = read_volume(src)
+    assert volume.array.shape == SHAPE and volume.spacing == pytest.approx(SPACING)
+    out = tmp_path / "case_labels.nii.gz"
+    write_nifti_labels(out, labels, volume)
+    back = nib.load(str(out))
+    original = nib.load(str(src))
+    np.testing.assert_array_equal(np.asarray(back.dataobj), labels)
+    np.testing.assert_array_equal(back.affine, original.affine)
+    for key in ("qform_code", "sform_code", "pixdim", "quatern_b", "qoffset_x", "srow_x", "dim"):
+        np.testing.assert_array_equal(back.header[key], original.header[key])
+    assert back.get_data_dtype() == np.uint8
+    assert np.asarray(read_label_volume(out, volume) == labels).all()
+
+
+def test_oblique_nifti_is_segmented_in_voxel_space_with_its_affine(tmp_path, rng):
+    image, labels = synthetic_volume(rng)
+    theta = np.deg2rad(20)
+    rot = np.array([[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0], [0, 0, 1]])
+    affine = affine_for()
+    affine[:3, :3] = rot @ np.diag(SPACING)
+    volume = read_volume(save_nifti(tmp_path / "oblique.nii", image, affine))
+    assert volume.spacing == pytest.approx(SPACING)
+    np.testing.assert_allclose(nifti_label_image(labels, volume).affine, affine, atol=1e-6)
+
+
+@pytest.mark.parametrize("problem", ["truncated", "4d", "garbage"])
+def test_bad_nifti_one_line_naming_the_file(tmp_path, rng, problem):
+    image, _ = synthetic_volume(rng)
+    path = save_nifti(
+        tmp_path / "bad.nii.gz", np.stack([image, image], -1) if problem == "4d" else image, affine_for()
+    )
+    if problem == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    if problem == "garbage":
+        path.write_bytes(b"not a nifti at all" * 40)
+    with pytest.raises(UserError) as err:
+        read_volume(path)
+    message = str(err.value)
+    assert str(path) in message and "\n" not in message
+    assert {"truncated": "truncated", "4d": "4-D", "garbage": "not a readable NIfTI"}[problem] in message
+
+
+def test_label_volume_on_another_grid_is_refused(tmp_path, rng):
+    image, labels = synthetic_volume(rng)
+    volume = read_volume(save_nifti(tmp_path / "a.nii.gz", image, affine_for()))
+    wrong_shape = save_nifti(tmp_path / "l1.nii.gz", labels[:-1], affine_for())
+    wrong_affine = save_nifti(tmp_path / "l2.nii.gz", labels, affine_for(origin=(0, 0, 0)))
+    with pytest.raises(UserError, match="another grid"):
+        read_label_volume(wrong_shape, volume)
+    with pytest.raises(UserError, match="another affine"):
+        read_label_volume(wrong_affine, volume)
+
+
+def test_dicom_series_sorted_by_position_with_its_affine(tmp_path, rng):
+    image, _ = synthetic_volume(rng)
+    pixels = np.round(image).astype(np.int16)
+    folder = make_series(tmp_path / "series", pixels)
+    volume = read_volume(folder)
+    np.testing.assert_array_equal(volume.array, pixels.astype(np.float32))  # shuffled files, sorted slices
+    assert volume.spacing == pytest.approx((0.8, 0.8, 2.5)) and volume.modality == "MR"
+    lps = np.eye(4)
+    lps[:3, :3] = np.diag([0.8, 0.8, 2.5])
+    lps[:3, 3] = (-12.0, 7.0, 30.0)
+    np.testing.assert_allclose(volume.affine, RAS_FROM_LPS @ lps)
+    assert len(volume.datasets) == SHAPE[2]
+
+
+def test_bad_series_one_line_each(tmp_path, rng):
+    image, _ = synthetic_volume(rng)
+    pixels = np.round(image).astype(np.int16)
+    two = make_series(tmp_path / "two", pixels[:, :, :4])
+    make_series(tmp_path / "two", pixels[:, :, 4:8], series="1.2.3.4", prefix="other")
+    cases = {
+        "two": (two, "2 DICOM series in one folder"),
+        "gap": (make_series(tmp_path / "gap", pixels, skip=4), "uneven slice spacing"),
+        "tilt": (make_series(tmp_path / "tilt", pixels, tilt=0.9), "oblique stack"),
+    }
+    for folder, expected in cases.values():
+        with pytest.raises(UserError) as err:
+            read_volume(folder)
+        assert expected in str(err.value) and str(folder) in str(err.value) and "\n" not in str(err.value)
+    assert "1.2.3.4" in str(pytest.raises(UserError, read_volume, two).value)
+
+
+# normalisation, slicing, clean-up, volumes
+
+
+def test_mr_zscore_ignores_a_cropped_background_and_ct_clips_to_the_foreground(rng):
+    x = np.zeros((10, 10, 10), np.float32)
+    x[2:8, 2:8, 2:8] = rng.normal(500, 50, (6, 6, 6))  # 78% zeros: background of a crop
+    out = Intensity("zscore").apply(x)
+    assert (out[x == 0] == 0).all()
+    assert out[x != 0].mean() == pytest.approx(0, abs=1e-5) and out[x != 0].std() == pytest.approx(
+        1, abs=1e-4
+    )
+    full = rng.normal(3, 2, (8, 8, 8)).astype(np.float32)
+    z = Intensity("zscore").apply(full)
+    assert z.mean() == pytest.approx(0, abs=1e-5) and z.std() == pytest.approx(1, abs=1e-4)
+    assert Intensity("zscore").apply(full * 1000 + 7) == pytest.approx(z, abs=1e-4)  # scale-free
+    hu = rng.normal(40, 300, (12, 12, 12)).astype(np.float32)
+    labels = np.zeros_like(hu, np.uint8)
+    labels[3:9, 3:9, 3:9] = 1
+    ct = Intensity.fit("ct", [(hu, labels)])
+    lo, hi = np.percentile(hu[labels > 0], (0.5, 99.5))
+    assert ct.clip == pytest.approx((lo, hi))
+    assert Intensity.from_dict(ct.to_dict()) == ct
+    assert ct.apply(hu).max() == pytest.approx((hi - ct.mean) / ct.std, rel=1e-4)
+    assert (
+        modality_scheme("CT") == "ct"
+        and modality_scheme("MRI") == "zscore"
+        and modality_scheme(None) == "zscore"
+    )
+
+
+def test_slice_axis_context_and_in_plane_resampling():
+    s = Slicing(context=3, spacing_mm=(0.8, 0.8))
+    assert s.axis_for((0.8, 0.8, 2.5)) == 2 and s.axis_for((1.0, 1.0, 1.0)) == 0
+    assert s.axis_for((3.0, 0.5, 0.5)) == 0 and Slicing(axis=1).axis_for((1, 1, 5)) == 1
+    volume = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    images = list(s.images(volume, 2))
+    assert len(images) == 6 and images[0].shape == (4, 5, 3)
+    np.testing.assert_array_equal(images[0][..., 0], volume[:, :, 0])  # the edge repeats the outer slice
+    np.testing.assert_array_equal(images[3][..., 2], volume[:, :, 4])
+    assert s.plane_size((4, 5, 6), (1.6, 0.8, 2.5), 2) == (8, 5)
+    assert s.plane_size((4, 5, 6), (0.8, 0.8, 2.5), 2) == (4, 5)
+    lone = list(Slicing(context=1).images(volume, 0))[1]
+    assert lone.shape == (5, 6, 3) and (lone[..., 0] == lone[..., 2]).all()
+    assert Slicing.from_dict(s.to_dict()) == s
+    with pytest.raises(UserError, match="odd"):
+        Slicing(context=2)
+
+
+def test_clean_up_runs_in_3d_and_volumes_are_in_ml():
+    labels = np.zeros((10, 10, 10), np.uint8)
+    labels[1:5, 1:5, 1:5] = 1
+    labels[8, 8, 8] = 1  # a stray voxel: another 3-D component
+    labels[5:9, 1:5, 1:5] = 2
+    from lesionseg.postprocess import PostprocessConfig
+
+    cleaned = clean_volume(labels, [1, 2], PostprocessConfig(largest_component=True))
+    assert cleaned[8, 8, 8] == 0 and (cleaned[1:5, 1:5, 1:5] == 1).all() and (cleaned == 2).sum() == 64
+    v = structure_volumes(cleaned, LABELS, voxel_mm3=0.8 * 0.8 * 2.5)
+    assert v["Anterior"] == {"voxels": 64, "mm3": pytest.approx(102.4), "ml": pytest.approx(0.1024)}
+
+
+def test_3d_scores_match_monai_with_anisotropic_spacing(rng):
+    import torch
+    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+
+    _, truth = synthetic_volume(rng)
+    pred = np.roll(truth, 1, axis=0)
+    for value in (1, 2):
+        p, t = pred == value, truth == value
+        ours = structure_scores(p, t, None, SPACING, 2.0)
+        onehot = [torch.from_numpy(np.stack([~m, m])[None].astype(np.float32)) for m in (p, t)]
+        hd = compute_hausdorff_distance(*onehot, percentile=95, spacing=list(SPACING))
+        nsd = compute_surface_dice(*onehot, class_thresholds=[2.0], spacing=list(SPACING))
+        assert ours["hd95"] == pytest.approx(float(hd[0, 0]), abs=1e-5)
+        assert ours["nsd"] == pytest.approx(float(nsd[0, 0]), abs=1e-5)
+
+
+# datasets, training, predict, evaluate, export, serve
+
+
+@pytest.mark.parametrize("layout", ["msd", "nnunet"])
+def test_dataset_layouts_are_read_without_renaming(tmp_path, layout):
+    root = make_volume_dataset(tmp_path / layout, n=3, layout=layout)
+    pairs = discover_volumes(root)
+    assert [p.id for p in pairs] == ["vol_000", "vol_001", "vol_002"]
+    items = validate_volumes(pairs, LABELS)
+    assert items[0].labels.max() == 2 and items[0].volume.array.shape == SHAPE
+
+
+def test_undeclared_label_value_and_channel_two_are_refused(tmp_path):
+    root = make_volume_dataset(tmp_path / "d", n=2)
+    labels = nib.load(str(root / "labelsTr" / "vol_001.nii.gz"))
+    data = np.asarray(labels.dataobj).copy()
+    data[0, 0, 0] = 7
+    save_nifti(root / "labelsTr" / "vol_001.nii.gz", data, labels.affine)
+    result = runner.invoke(app, ["train", "--data", str(root), "--out", str(tmp_path / "run"), *TINY])
+    assert result.exit_code == 2 and "vol_001.nii.gz: label value(s) [7] not declared" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+TINY = [
+    "model.encoder=plain",
+    "model.base_width=4",
+    "model.depth=2",
+    "data.image_size=32",
+    "data.batch_size=8",
+    "trainer.max_epochs=2",
+    "trainer.precision=fp32",
+    "data.val_ids=val_ids.txt",
+    "optim.lr=3e-3",
+    "data.slice_context=3",
+    "model.in_channels=3",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("volumes")
+    data = make_volume_dataset(root / "data", n=6, layout="nnunet")
+    run = root / "run"
+    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(run), *TINY])
+    assert result.exit_code == 0, result.output
+    return data, run / "model.pt"
+
+
+def test_train_records_how_volumes_are_cut_and_normalised(trained):
+    file = ModelFile.read(trained[1])
+    pre = file.preprocessing
+    assert file.format_version == 4 and file.labels.names == ("Anterior", "Posterior")
+    assert pre.volumes and pre.image_size == 0 and pre.intensity == Intensity("zscore")
+    assert pre.slicing == Slicing(axis=None, context=3, spacing_mm=(0.8, 0.8), channels=3)
+    assert file.card["training_data"]["n_train_volumes"] == 4
+
+
+def test_predict_nifti_and_series_write_label_maps_seg_and_volumes(trained, tmp_path, rng):
+    import highdicom as hd
+
+    _, model = trained
+    image, _ = synthetic_volume(rng)
+    (tmp_path / "in").mkdir()
+    nifti = save_nifti(tmp_path / "in" / "scan.nii.gz", image, affine_for())
+    series = make_series(tmp_path / "series_in" / "mr_series", np.round(image).astype(np.int16))
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(nifti),
+            str(series.parent),
+            "--weights",
+            str(model),
+            "--out",
+            str(out),
+            "--report",
+            "--manifest",
+            str(out / "manifest.csv"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "mL" in result.output
+    labels = nib.load(str(out / "scan_labels.nii.gz"))
+    np.testing.assert_array_equal(labels.affine, nib.load(str(nifti)).affine)
+    label_map = np.asarray(labels.dataobj)
+    assert label_map.shape == SHAPE
+    doc = json.loads((out / "volumes.json").read_text())
+    by_id = {v["id"]: v for v in doc["volumes"]}
+    voxel = 0.8 * 0.8 * 2.5
+    assert by_id["scan"]["structures"]["Anterior"]["ml"] == pytest.approx(
+        (label_map == 1).sum() * voxel / 1000, abs=1e-4
+    )
+    seg = hd.seg.segread(out / "mr_series_seg.dcm")
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Anterior", "Posterior"]
+    referenced = {
+        r.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence for r in s.ReferencedInstanceSequence
+    }
+    sources = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in series.iterdir()}
+    assert referenced == sources
+    series_labels = np.asarray(nib.load(str(out / "mr_series_labels.nii.gz")).dataobj)
+    volume = read_volume(series)
+    for number, value in ((1, 1), (2, 2)):
+        frames = seg.get_volume(segment_numbers=[number], combine_segments=False)  # (slice, row, col, 1)
+        np.testing.assert_array_equal(
+            np.asarray(frames.array)[..., 0].transpose(2, 1, 0) > 0, series_labels == value
+        )
+    assert (out / "scan_views.png").is_file() and (out / "report.html").is_file()
+    assert "Anterior" in (out / "manifest.csv").read_text()
+    # a NIfTI header stores the affine in float32
+    np.testing.assert_allclose(
+        nib.load(str(out / "mr_series_labels.nii.gz")).affine, volume.affine, atol=1e-5
+    )
+
+
+def test_predict_refuses_a_bad_volume_and_writes_nothing_for_it(trained, tmp_path, rng):
+    _, model = trained
+    bad = tmp_path / "in" / "broken.nii.gz"
+    bad.parent.mkdir()
+    image, _ = synthetic_volume(rng)
+    save_nifti(bad, image, affine_for())
+    bad.write_bytes(bad.read_bytes()[:400])
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["predict", str(bad), "--weights", str(model), "--out", str(out)])
+    assert result.exit_code == 1 and f"{bad}: not a readable NIfTI file" in result.output
+    assert not list(out.glob("broken*"))
+
+
+def test_photo_model_on_a_volume_says_so(tiny_model_file, tmp_path, rng):
+    image, _ = synthetic_volume(rng)
+    path = save_nifti(tmp_path / "scan.nii.gz", image, affine_for())
+    result = runner.invoke(
+        app, ["predict", str(path), "--weights", str(tiny_model_file), "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 2 and "a model for photos" in result.output
+
+
+def test_evaluate_scores_each_volume_in_mm(trained, tmp_path):
+    data, model = trained
+    out = tmp_path / "ev"
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--data",
+            str(data),
+            "--ids",
+            "val_ids.txt",
+            "--weights",
+            str(model),
+            "--out",
+            str(out),
+            "--report",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_volumes"] == 2 and metrics["distance_unit"] == "mm"
+    assert set(metrics["per_class"]) == {"Anterior", "Posterior"}
+    for entry in metrics["per_class"].values():
+        assert 0 <= entry["dice"] <= 1 and entry["hd95"] >= 0 and "mean_volume_diff_ml" in entry
+    rows = (out / "per_image.csv").read_text().splitlines()
+    assert len(rows) == 3 and "Anterior_hd95" in rows[0] and "Anterior_volume_diff_ml" in rows[0]
+    assert (out / "report.html").is_file()
+
+
+def test_onnx_volume_model_matches_torch(trained, tmp_path, rng):
+    from lesionseg.export import export_onnx
+    from lesionseg.inference import Segmenter
+    from lesionseg.inference.slices import segment_volume
+
+    _, model = trained
+    onnx = tmp_path / "m.onnx"
+    export_onnx(model, onnx)
+    image, _ = synthetic_volume(rng)
+    volume = Volume("v", image, affine_for(), tmp_path / "v.nii")
+    torch_labels = segment_volume(Segmenter.load(model, backend="torch"), volume)
+    onnx_seg = Segmenter.load(onnx, backend="onnx")
+    assert onnx_seg.backend.preprocessing.slicing.context == 3
+    onnx_labels = segment_volume(onnx_seg, volume)
+    assert (torch_labels == onnx_labels).mean() > 0.999
+
+
+def test_service_answers_volumes_like_predict(trained, tmp_path, rng):
+    from starlette.testclient import TestClient
+
+    from lesionseg.serve.app import ServeConfig, create_app
+
+    _, model = trained
+    image, _ = synthetic_volume(rng)
+    nifti = save_nifti(tmp_path / "scan.nii.gz", image, affine_for())
+    series = make_series(tmp_path / "s" / "series", np.round(image).astype(np.int16))
+    out = tmp_path / "pred"
+    assert (
+        runner.invoke(app, ["predict", str(nifti), "--weights", str(model), "--out", str(out)]).exit_code == 0
+    )
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in series.iterdir():
+            z.write(f, f.name)
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("a.dcm", b"\0" * (8 << 20))
+    with TestClient(create_app(ServeConfig(weights=str(model), max_unpacked_mb=4))) as client:
+        r = client.post("/v1/segment/volume", content=nifti.read_bytes())
+        assert r.status_code == 200 and r.headers["content-type"] == "application/gzip"
+        served = nib.Nifti1Image.from_bytes(gzip.decompress(r.content))
+        np.testing.assert_array_equal(
+            np.asarray(served.dataobj), np.asarray(nib.load(str(out / "scan_labels.nii.gz")).dataobj)
+        )
+        np.testing.assert_array_equal(served.affine, nib.load(str(nifti)).affine)
+        r = client.post("/v1/segment/volume?format=json", content=nifti.read_bytes())
+        assert r.status_code == 200 and set(r.json()["structures"]) == {"Anterior", "Posterior"}
+        r = client.post("/v1/segment/volume", files={"file": ("series.zip", zipped.getvalue())})
+        assert r.status_code == 200 and r.headers["content-type"] == "application/dicom"
+        assert pydicom.dcmread(io.BytesIO(r.content)).Modality == "SEG"
+        r = client.post("/v1/segment/volume", content=bomb.getvalue())
+        assert r.status_code == 413 and "limit" in r.json()["error"]
+        r = client.post("/v1/segment/volume", content=gzip.compress(b"\0" * (8 << 20)))
+        assert r.status_code == 413
+        r = client.post("/v1/segment/volume", content=nifti.read_bytes()[:500])
+        assert r.status_code == 400 and "truncated" in r.json()["error"]
