@@ -28,6 +28,7 @@ from lesionseg.inference.backends import TorchBackend
 from lesionseg.model_file import ModelFile
 from lesionseg.models import load_model
 from lesionseg.models.bundled import BUNDLED, bundled_model_path
+from lesionseg.volume_pairs import discover_volumes, is_volume_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 ISIC = ROOT.parent / "shared" / "data" / "isic2017"
@@ -151,18 +152,29 @@ def bundle_with_fixed_split(args) -> None:
         raise SystemExit("this run chose its epoch on the validation list: train with "
                          "trainer.selection: last")
     val_ids = set(read_ids(args.data, listing))
-    everything = load_labelled(args.data)
-    train = LabelledSet([p for p in everything.pairs if p.id not in val_ids], None)
-    spacing = Spacing.choose(None, source.card)
-    full = evaluate(Segmenter(TorchBackend(source)), train, spacing=spacing).metrics
+    if is_volume_dataset(args.data):  # scored per volume in 3-D (volume_evaluation.py)
+        from lesionseg.volume_evaluation import evaluate_volumes, load_labelled_volumes
+
+        train_ids = [p.id for p in discover_volumes(args.data) if p.id not in val_ids]
+
+        def score(segmenter, ids):
+            return evaluate_volumes(segmenter, load_labelled_volumes(args.data, segmenter, ids)).metrics
+    else:
+        everything = load_labelled(args.data)
+        train_ids = LabelledSet([p for p in everything.pairs if p.id not in val_ids], None)
+        spacing = Spacing.choose(None, source.card)
+
+        def score(segmenter, ids):
+            data = ids if isinstance(ids, LabelledSet) else load_labelled(args.data, ids=ids)
+            return evaluate(segmenter, data, spacing=spacing).metrics
+    full = score(Segmenter(TorchBackend(source)), train_ids)
     with tempfile.TemporaryDirectory() as tmp:
         fp16_path = Path(tmp) / "half.pt"
         source.file.write(fp16_path, fp16_weights=True)
-        fp16 = evaluate(Segmenter(TorchBackend(fp16_path)), train, spacing=spacing).metrics
+        fp16 = score(Segmenter(TorchBackend(fp16_path)), train_ids)
         use_fp16 = abs(fp16["mean_dice"] - full["mean_dice"]) < 5e-4
         stored = Segmenter(TorchBackend(fp16_path if use_fp16 else source))
-        val = load_labelled(args.data, ids=listing)
-        figures = {f"{args.data.name}_val": evaluate(stored, val, spacing=spacing).metrics}
+        figures = {f"{args.data.name}_val": score(stored, listing)}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     card = {
@@ -178,7 +190,7 @@ def bundle_with_fixed_split(args) -> None:
                                        "fp16": round(fp16["mean_dice"], 4)},
             "evaluated_with": f"lesionseg evaluate --ids {listing} (threshold 0.5, no TTA, no "
                               "post-processing; "
-                              f"{len(val.pairs)} validation ids, never trained or chosen on)",
+                              f"{len(val_ids)} validation ids, never trained or chosen on)",
             "source_run": str(args.run_dir), "commit": commit,
         },
     }
@@ -248,6 +260,14 @@ def recard(name: str, fields: dict) -> None:
     write_model_cards()
 
 
+def describe_slicing(pre) -> str:
+    s = pre.slicing
+    axis = "each volume's coarsest axis" if s.axis is None else f"axis {s.axis}"
+    return (f"volumes cut along {axis} into slices at {s.spacing_mm[0]:g} x {s.spacing_mm[1]:g} mm in-plane, "
+            f"{s.context} neighbouring slice(s) as channels, intensity {pre.intensity.scheme}; labels "
+            "stacked back on the input's grid")
+
+
 def write_model_cards() -> None:
     """docs/model_cards.md from the cards inside every bundled model file (what `lesionseg info` shows)."""
     from lesionseg.models import count_parameters
@@ -276,8 +296,9 @@ def write_model_cards() -> None:
             f"{card.get('weights_storage', 'fp32')}); `--weights {name}` or `--weights {BUNDLED[name]}`",
             f"- architecture: U-Net, encoder `{cfg.encoder}`, decoder base width {cfg.base_width}, depth "
             f"{cfg.depth}, {cfg.upsample} up-sampling, attention {cfg.attention}, deep supervision "
-            f"{cfg.deep_supervision}; {count_parameters(loaded.model):,} parameters; input "
-            f"{loaded.image_size}² (predictions resized back to each image's size)",
+            f"{cfg.deep_supervision}; {count_parameters(loaded.model):,} parameters; " + (
+                f"input {loaded.image_size}² (predictions resized back to each image's size)"
+                if not loaded.file.preprocessing.volumes else describe_slicing(loaded.file.preprocessing)),
         ]
         for key in ("label", "config", "command", "provenance", "data", "recipe", "training", "selection",
                     "licence"):

@@ -22,13 +22,15 @@ HD_RULES = (
 )
 
 
-def load_labelled_volumes(data: str | Path, segmenter, ids: str | Path | None = None) -> list[LabelledVolume]:
+def load_labelled_volumes(data: str | Path, segmenter, ids=None) -> list[LabelledVolume]:
+    """The labelled volumes of `data` (only `ids`: a listing file, or a list of ids), checked against the
+    model's structures."""
     from .data.datamodule import read_ids
 
     folder = Path(data)
     pairs = discover_volumes(folder)
     if ids is not None:
-        wanted = read_ids(folder, str(ids))
+        wanted = list(ids) if isinstance(ids, (list, tuple)) else read_ids(folder, str(ids))
         known = {p.id: p for p in pairs}
         missing = [i for i in wanted if i not in known]
         if missing:

@@ -109,13 +109,15 @@ class Segmenter:
         resized = np.stack([resize_to(np.ascontiguousarray(c), height, width) for c in logit])
         return softmax(resized)[1:] if self.labels.mode == "exclusive" else sigmoid(resized)
 
-    def predict_batch(self, images: Sequence[np.ndarray], tta: bool | None = None) -> list[np.ndarray]:
+    def predict_batch(self, images: Sequence[np.ndarray], tta: bool | None = None,
+                      batch_size: int | None = None) -> list[np.ndarray]:
         """Probability maps (float32, H×W of each input; C×H×W for several structures). `tta` None: this
-        Segmenter's setting."""
+        Segmenter's setting; `batch_size` None: this Segmenter's (slices of a volume pass more)."""
         out: list[np.ndarray] = []
         views = self._views(self.tta if tta is None else tta)
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start:start + self.batch_size]
+        step = batch_size or self.batch_size
+        for start in range(0, len(images), step):
+            chunk = images[start:start + step]
             acc: list[Any] = [None] * len(chunk)
             for size, flip in views:
                 src = [im if flip is None else np.flip(self.transform.resize(im, size), flip) for im in chunk]

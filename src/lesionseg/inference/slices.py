@@ -23,6 +23,9 @@ from ..labels import Labels
 
 # in-plane spacings within this fraction of the model's are used as they are
 SPACING_TOLERANCE = 0.01
+# Small slices go through the network many at a time (per-call overhead dominates a 50×40 slice): a batch
+# holds at least the Segmenter's batch size and up to this many pixels (one 512² CT slice).
+BATCH_PIXELS = 512 * 512
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,11 +140,12 @@ def segment_volume(segmenter, volume: Volume) -> np.ndarray:
     threshold_only = dataclasses.replace(
         segmenter.post, largest_component=False, fill_holes=False, min_area=0, crf=False
     )
-    n, batch = stack_shape[0], max(1, segmenter.batch_size)
+    n = stack_shape[0]
+    batch = max(1, segmenter.batch_size, BATCH_PIXELS // max(1, size[0] * size[1]))
     for start in range(0, n, batch):
         indices = range(start, min(start + batch, n))
         images = list(slicing.images(normalised, axis, size, indices))
-        for i, prob in zip(indices, segmenter.predict_batch(images)):
+        for i, prob in zip(indices, segmenter.predict_batch(images, batch_size=batch)):
             prob = _resize_probabilities(prob, rows, cols)
             if labels.multi:
                 masks = postprocess.apply_structures(prob, threshold_only, labels.mode)

@@ -130,6 +130,12 @@ class BatcherSlices:
     def weights_path(self):
         return self.segmenter.weights_path
 
-    def predict_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        futures = [self.batcher.submit(image, self.tta) for image in images]
-        return [f.result(timeout=self.timeout_s).prob for f in futures]
+    def predict_batch(self, images: list[np.ndarray], batch_size: int | None = None) -> list[np.ndarray]:
+        """In chunks of this adapter's batch size (the batcher's queue holds no more)."""
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            futures = [
+                self.batcher.submit(image, self.tta) for image in images[start : start + self.batch_size]
+            ]
+            out += [f.result(timeout=self.timeout_s).prob for f in futures]
+        return out
