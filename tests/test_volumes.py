@@ -449,7 +449,8 @@ def test_predict_refuses_a_bad_volume_and_writes_nothing_for_it(trained, tmp_pat
     bad.write_bytes(bad.read_bytes()[:400])
     out = tmp_path / "out"
     result = runner.invoke(app, ["predict", str(bad), "--weights", str(model), "--out", str(out)])
-    assert result.exit_code == 1 and f"{bad}: not a readable NIfTI file" in result.output
+    assert result.exit_code == 2 and f"{bad}: not a readable NIfTI file" in result.output
+    assert len(result.output.strip().splitlines()) == 1
     assert not list(out.glob("broken*"))
 
 
@@ -547,3 +548,27 @@ def test_service_answers_volumes_like_predict(trained, tmp_path, rng):
         assert r.status_code == 413
         r = client.post("/v1/segment/volume", content=nifti.read_bytes()[:500])
         assert r.status_code == 400 and "truncated" in r.json()["error"]
+
+
+def test_predict_on_a_bad_series_is_one_line_and_exit_2(trained, tmp_path, rng):
+    _, model = trained
+    image, _ = synthetic_volume(rng)
+    gap = make_series(tmp_path / "gap", np.round(image).astype(np.int16), skip=3)
+    result = runner.invoke(app, ["predict", str(gap), "--weights", str(model), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "uneven slice spacing" in result.output and str(gap) in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_foreground_slices_are_drawn_at_least_their_share():
+    import torch
+
+    from lesionseg.data.volume_slices import foreground_weights
+
+    foreground = np.zeros(100, bool)
+    foreground[:10] = True
+    weights = foreground_weights(foreground, 0.33)
+    draws = torch.multinomial(weights, 20000, replacement=True, generator=torch.Generator().manual_seed(0))
+    assert foreground[draws.numpy()].mean() == pytest.approx(0.33, abs=0.015)
+    assert foreground_weights(np.r_[foreground[:10], foreground[:10]], 0.33) is None  # already half
+    assert foreground_weights(np.zeros(5, bool), 0.33) is None

@@ -125,7 +125,7 @@ def train(
 
 
 WEIGHTS = typer.Option(None, "--weights", help="Model file: .pt (torch) or .onnx (ONNX Runtime), or a "
-                       "bundled model: default, cpu, polyp, chest. Default: default.")
+                       "bundled model: default, cpu, polyp, chest, hippocampus. Default: default.")
 BACKEND = typer.Option("auto", "--backend", help="auto (by file type) | torch | onnx.")
 PIXEL_SPACING = typer.Option(None, "--pixel-spacing", min=0.0,
                              help="Pixel size in mm at the images' original size, for distances and areas "
@@ -344,7 +344,7 @@ def merge_manifests(manifests: List[Path] = typer.Argument(..., help="The shards
 @handle_errors
 def info(
     weights: Optional[Path] = typer.Argument(None, help="Model file or bundled name (default, cpu, polyp, "
-                                             "chest)."),
+                                             "chest, hippocampus)."),
 ):
     """Show a model file's card: architecture, parameters, training data, recipe, figures."""
     from .models import count_parameters, load_model
@@ -357,6 +357,7 @@ def info(
         "architecture": {**loaded.config.__dict__, "parameters": count_parameters(loaded.model)},
         "input_size": loaded.image_size,
         "color_constancy": loaded.color_constancy,
+        **({"volumes": loaded.file.preprocessing.to_dict()} if loaded.file.preprocessing.volumes else {}),
         **({"labels": loaded.labels.to_dict()} if loaded.labels.multi else {}),
         **card,
         "bundled_models": {name: str(bundled_model_path(name)) for name in BUNDLED
@@ -369,7 +370,8 @@ def info(
 @handle_errors
 def export(
     weights: Optional[Path] = typer.Option(None, "--weights",
-                                           help="Model file or bundled name (default, cpu, polyp, chest)."),
+                                           help="Model file or bundled name (default, cpu, polyp, chest, "
+                                                "hippocampus)."),
     out: Path = typer.Option(Path("model.onnx"), "--out", help="The .onnx file to write."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset (≥ 17)."),
     check: bool = typer.Option(False, "--check",

@@ -148,7 +148,8 @@ def run_predict_volumes(
             outcome = segment_one(segmenter, path, out, overlays)
         except UserError as exc:
             failures.append(str(exc))
-            on_failure(str(exc))
+            if len(files) > 1:  # one input: its line is the command's error
+                on_failure(str(exc))
             records.add(path.name, path, "failed", error=str(exc))
             continue
         done.append(volume_record(outcome))
@@ -182,6 +183,10 @@ def run_predict_volumes(
                 "backend": segmenter.backend.name,
                 "inputs": ", ".join(map(str, inputs)),
             },
+        )
+    if failures and not done:  # nothing segmented: a user error (exit 2), in one line when one was given
+        raise UserError(
+            failures[0] if len(files) == 1 else f"all {len(files)} volumes failed; nothing written"
         )
     if failures:
         on_failure(f"{len(failures)} of {len(files)} volumes failed; {len(done)} written to {out}")
