@@ -216,7 +216,7 @@ def test_bundled_names_resolve_unless_a_file_of_that_name_exists(tmp_path, monke
     assert resolve_weights("some/model.pt") == tmp_path.joinpath("some/model.pt").relative_to(tmp_path)
 
 
-@pytest.mark.parametrize("name", ["default", "cpu", "polyp", "chest"])
+@pytest.mark.parametrize("name", ["default", "cpu", "polyp", "chest", "hippocampus"])
 def test_every_bundled_model_is_made_by_its_config(name):
     """A bundled model, its config and its command share a name; the config builds the very model shipped."""
     from lesionseg.config import load_config
@@ -231,7 +231,11 @@ def test_every_bundled_model_is_made_by_its_config(name):
     stage = cfg.model.full_resolution_stage
     shipped = dataclasses.replace(cfg.model, full_resolution_stage="none" if stage == "train_only" else stage)
     assert shipped == loaded.config
-    assert cfg.data.image_size == loaded.image_size
+    pre = loaded.file.preprocessing
+    if pre.volumes:  # slices at their own size; the config's image_size is the training patch
+        assert pre.slicing.context == cfg.data.slice_context and pre.slicing.axis == cfg.data.slice_axis
+    else:
+        assert cfg.data.image_size == loaded.image_size
     assert bundled_model_path(recipe).is_file()
 
 

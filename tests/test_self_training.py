@@ -229,7 +229,7 @@ def test_init_from_starts_from_a_model_file_and_refuses_another_architecture(tmp
     assert load_model(tuned / "model.pt").card["recipe"]["trainer"]["init_from"] == str(first / "model.pt")
 
 
-@pytest.mark.parametrize("name", ["default", "cpu", "polyp", "chest"])
+@pytest.mark.parametrize("name", ["default", "cpu", "polyp", "chest", "hippocampus"])
 def test_a_bundled_model_fine_tunes_with_its_own_config(name):
     """`--config configs/<its recipe>.yaml trainer.init_from=<its name>` needs no other override: the
     recipe trains its full-resolution stage only (train_only), the shipped file has none, so the run

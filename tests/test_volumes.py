@@ -548,6 +548,8 @@ def test_service_answers_volumes_like_predict(trained, tmp_path, rng):
         assert r.status_code == 413
         r = client.post("/v1/segment/volume", content=nifti.read_bytes()[:500])
         assert r.status_code == 400 and "truncated" in r.json()["error"]
+        r = client.post("/v1/segment", content=nifti.read_bytes())
+        assert r.status_code == 400 and "/v1/segment/volume" in r.json()["error"]
 
 
 def test_predict_on_a_bad_series_is_one_line_and_exit_2(trained, tmp_path, rng):
@@ -572,3 +574,24 @@ def test_foreground_slices_are_drawn_at_least_their_share():
     assert foreground[draws.numpy()].mean() == pytest.approx(0.33, abs=0.015)
     assert foreground_weights(np.r_[foreground[:10], foreground[:10]], 0.33) is None  # already half
     assert foreground_weights(np.zeros(5, bool), 0.33) is None
+
+
+SHARED_HIPPOCAMPUS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hippocampus"
+
+
+def test_bundled_hippocampus_model_on_the_shared_dicom_series(tmp_path):
+    import highdicom as hd
+
+    series = SHARED_HIPPOCAMPUS / "dicom"
+    if not series.is_dir():
+        pytest.skip(f"hippocampus DICOM series not found at {series} (only on the project's machines)")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["predict", str(series), "--weights", "hippocampus", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "volumes.json").read_text())
+    assert len(doc["volumes"]) == 3
+    for record in doc["volumes"]:
+        for structure in ("Anterior", "Posterior"):
+            assert 0.5 < record["structures"][structure]["ml"] < 6.0  # a hippocampus part is 1–3 mL
+        seg = hd.seg.segread(out / f"{record['id']}_seg.dcm")
+        assert len(seg.SegmentSequence) == 2 and seg.NumberOfFrames == 2 * record["shape"][2]

@@ -104,6 +104,9 @@ def evaluate(data: str | Path, weights: str | Path | None = None, *, out: str | 
     # every data problem is reported before a model is loaded
     labelled = load_labelled(data, mask_threshold, ids)
     seg = segmenter(weights, **options)
+    if seg.backend.preprocessing.volumes:
+        raise UserError(f"{data}: a folder of photos, and {seg.weights_path.name} is a model for volumes "
+                        "(give an imagesTr/ + labelsTr/ dataset)")
     result = score(seg, labelled, spacing=Spacing.choose(pixel_spacing, seg.card),
                    nsd_tolerance=nsd_tolerance)
     if out is not None:

@@ -407,6 +407,8 @@ def render_structures(service: Service, image: np.ndarray, prob: np.ndarray, opt
 async def segment(request: Request, service: Service) -> Response:
     started = time.perf_counter()
     opts = parse_options(request)
+    if service.segmenter.backend.preprocessing.volumes:
+        raise HTTPError(400, f"the model {service.model_name()} segments volumes: POST to /v1/segment/volume")
     data, label = await read_upload(request, int(service.cfg.max_body_mb * 2**20))
     t = time.perf_counter()
     # A picture to look at (overlay / prob with max_side) is computed at that size: the network sees its
