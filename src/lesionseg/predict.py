@@ -195,7 +195,8 @@ def run_predict(inputs, out: str | Path, segmenter_factory: Callable[[], Segment
     if report and not overlays:
         raise UserError("--report shows the overlays: drop --no-overlays or --report")
     volume_args = dict(overwrite=overwrite, report=report, on_failure=on_failure, manifest=manifest,
-                       overlays=overlays)
+                       overlays=overlays, batch_options={"--shard": shard, "--skip-existing": skip_existing,
+                                                         "--strict": strict})
     if any(is_volume_input(Path(i)) for i in inputs):
         return run_predict_volumes(inputs, out, segmenter_factory, **volume_args)
     chosen = select_inputs(inputs, out, shard, skip_existing, overwrite)

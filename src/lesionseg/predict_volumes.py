@@ -128,8 +128,17 @@ def run_predict_volumes(
     manifest: str | Path | None = None,
     overlays: bool = True,
     segmenter=None,
+    batch_options: dict | None = None,
 ) -> list[str]:
+    """Segment every volume of `inputs` into `out`; returns the failure lines. `batch_options`: the photo
+    batch flags the caller was given (refused here)."""
     out = Path(out)
+    given = [name for name, value in (batch_options or {}).items() if value]
+    if given:
+        raise UserError(
+            f"{', '.join(given)}: for folders of photos; volumes are segmented one after another, "
+            "each written whole or not at all"
+        )
     files = list_volumes(inputs)
     writable_folder(out)
     segmenter = segmenter or segmenter_factory()
