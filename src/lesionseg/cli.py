@@ -124,6 +124,25 @@ def train(
     print(f"best model: {model_path}")
 
 
+@app.command()
+@handle_errors
+def plan(
+    data: Path = typer.Option(..., "--data", help="A training folder (images/ + masks/, or imagesTr/ + "
+                              "labelsTr/ volumes)."),
+    out: Path = typer.Option(..., "--out", help="Where fingerprint.json and plan.yaml go."),
+    minutes: float = typer.Option(60.0, "--minutes", help="The training budget the plan is sized to."),
+):
+    """Fingerprint a dataset and write a training plan for this machine and budget (`train --config
+    DIR/plan.yaml`); the rules are in docs/planning.md."""
+    from .planning import make_plan
+
+    fp, made = make_plan(data, out, minutes)
+    size = made.config.data.image_size
+    print(f"{fp['n_cases']} {fp['kind']}, {fp['label_mode']} ({', '.join(fp['structures'])}); plan: "
+          f"input {size}², batch {made.config.data.batch_size}, {minutes:g} min; wrote "
+          f"{out / 'fingerprint.json'} and {out / 'plan.yaml'}")
+
+
 WEIGHTS = typer.Option(None, "--weights", help="Model file: .pt (torch) or .onnx (ONNX Runtime), or a "
                        "bundled model: default, cpu, polyp, chest, hippocampus. Default: default.")
 BACKEND = typer.Option("auto", "--backend", help="auto (by file type) | torch | onnx.")

@@ -1,0 +1,344 @@
+"""`lesionseg plan`: a dataset's fingerprint and a training plan derived from it by fixed rules
+(docs/planning.md), sized to the minutes and the machine at hand.
+
+The fingerprint reads every case once: count, sizes (and spacings for volumes), channels and modality,
+intensity statistics of the foreground, the structures and their shares, empty masks, aspect ratios. The
+plan is an ordinary config (`lesionseg train --config plan.yaml`). Its rules are deterministic: the same
+fingerprint and the same measured speed give the same plan. The one measurement is a probe of training
+img/s on this machine (a few steps per candidate input size), which picks the largest input size that
+still completes a full schedule in the budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import Config, dump_config, load_config
+from .errors import UserError
+from .io.atomic import write_text
+
+# Candidate square input sizes for photos, smallest first; the bundled recipes use 160 (skin), 192 (polyps)
+# and 384 (radiographs).
+PHOTO_SIZES = (128, 160, 192, 256, 320, 384, 512)
+MIN_EPOCHS = 40  # a plan's schedule passes the training set at least this often in the budget
+SAMPLE_PER_CASE = 2000  # foreground intensities drawn per case for the statistics
+SIDE_WORDS = ("left", "right")  # structures named by side: no flips
+
+
+def _stats(values: np.ndarray) -> dict[str, float]:
+    if values.size == 0:
+        return {"mean": float("nan"), "std": float("nan"), "p00_5": float("nan"), "p99_5": float("nan")}
+    lo, hi = np.percentile(values, (0.5, 99.5))
+    return {
+        "mean": round(float(values.mean()), 4),
+        "std": round(float(values.std()), 4),
+        "p00_5": round(float(lo), 4),
+        "p99_5": round(float(hi), 4),
+    }
+
+
+def _spread(values) -> dict[str, float]:
+    a = np.asarray(values, float)
+    return {
+        "min": round(float(a.min()), 4),
+        "median": round(float(np.median(a)), 4),
+        "max": round(float(a.max()), 4),
+    }
+
+
+def _photo_channels(path: Path) -> int:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return len(im.getbands())
+    except Exception:  # the readers behind read_image take what Pillow cannot open (16-bit TIFF, ...)
+        return 3
+
+
+def photo_fingerprint(folder: Path, declared) -> dict[str, Any]:
+    from .pairs import discover, labels_of, load_pair
+
+    pairs = discover(folder, declared)
+    if len(pairs) < 2:
+        raise UserError(
+            f"{folder}: {len(pairs)} image/mask pair; a plan needs at least 2 (one to validate on)"
+        )
+    labels = labels_of(pairs)
+    rng = np.random.default_rng(0)
+    sizes, channels, samples, empty = [], {}, [], 0
+    shares = np.zeros(len(labels.structures))
+    for pair in pairs:
+        image, mask = load_pair(pair)
+        sizes.append(image.shape[:2])
+        channels.setdefault(_photo_channels(pair.image_path), pair.image_path)
+        on = mask.reshape(*mask.shape[:2], -1) == 1 if mask.ndim == 3 else mask[..., None].astype(bool)
+        shares += on.reshape(-1, on.shape[-1]).mean(0)
+        fg = on.any(-1)
+        empty += int(not fg.any())
+        values = image[fg].astype(np.float32).mean(-1)
+        if values.size > SAMPLE_PER_CASE:
+            values = rng.choice(values, SAMPLE_PER_CASE, replace=False)
+        samples.append(values)
+    if len(channels) > 1:
+        (a, pa), (b, pb) = list(channels.items())[:2]
+        raise UserError(
+            f"{folder}: mixed channel counts ({pa.name} has {a}, {pb.name} has {b}); convert the "
+            "images to one kind"
+        )
+    if empty == len(pairs):
+        raise UserError(f"{folder}: all {len(pairs)} masks are empty: nothing to learn")
+    h, w = np.asarray(sizes, float).T
+    return {
+        "kind": "photos",
+        "n_cases": len(pairs),
+        "height": _spread(h),
+        "width": _spread(w),
+        "short_side": _spread(np.minimum(h, w)),
+        "aspect_ratio": _spread(w / h),
+        "channels": next(iter(channels)),
+        "modality": "photo",
+        "label_mode": labels.mode,
+        "structures": {s.name: round(float(v / len(pairs)), 5) for s, v in zip(labels.structures, shares)},
+        "empty_masks": empty,
+        "foreground_intensity": _stats(np.concatenate(samples)),
+    }
+
+
+def volume_fingerprint(folder: Path, declared) -> dict[str, Any]:
+    from .inference.slices import Slicing
+    from .volume_pairs import discover_volumes, read_modality, validate_volumes, volume_labels
+
+    labels = volume_labels(folder, declared)
+    pairs = discover_volumes(folder)
+    if len(pairs) < 2:
+        raise UserError(f"{folder}: {len(pairs)} volume; a plan needs at least 2 (one to validate on)")
+    items = validate_volumes(pairs, labels)
+    rng = np.random.default_rng(0)
+    shapes, spacings, planes, samples, empty = [], [], [], [], 0
+    shares = np.zeros(len(labels.structures))
+    for item in items:
+        v = item.volume
+        shapes.append(v.array.shape)
+        spacings.append(v.spacing)
+        axis = Slicing().axis_for(v.spacing)
+        planes.append([n * s for i, (n, s) in enumerate(zip(v.array.shape, v.spacing)) if i != axis])
+        shares += [float((item.labels == s.value).mean()) for s in labels.structures]
+        fg = item.labels > 0
+        empty += int(not fg.any())
+        values = v.array[fg]
+        if values.size > SAMPLE_PER_CASE:
+            values = rng.choice(values, SAMPLE_PER_CASE, replace=False)
+        samples.append(values)
+    shapes_a, spacing_a = np.asarray(shapes, float), np.asarray(spacings, float)
+    return {
+        "kind": "volumes",
+        "n_cases": len(items),
+        "modality": read_modality(folder) or "unknown",
+        "shape": [_spread(shapes_a[:, i]) for i in range(3)],
+        "spacing_mm": [_spread(spacing_a[:, i]) for i in range(3)],
+        "plane_extent_mm": [_spread(np.asarray(planes)[:, i]) for i in range(2)],
+        "channels": 1,
+        "label_mode": labels.mode,
+        "structures": {s.name: round(float(v / len(items)), 5) for s, v in zip(labels.structures, shares)},
+        "empty_masks": empty,
+        "foreground_intensity": _stats(np.concatenate(samples)),
+    }
+
+
+def fingerprint(data: str | Path, cfg: Config | None = None) -> dict[str, Any]:
+    from .labels import Declared
+    from .volume_pairs import is_volume_dataset
+
+    folder = Path(data)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: not a folder")
+    d = (cfg or Config()).data
+    declared = Declared.for_folder(folder, d.labels, d.label_mode, d.ignore_value)
+    if is_volume_dataset(folder):
+        return volume_fingerprint(folder, declared)
+    return photo_fingerprint(folder, declared)
+
+
+def probe_img_per_s(size: int, channels: int, out_channels: int, batch: int, steps: int = 3) -> float:
+    """Training img/s of the plan's network at `size`² on this machine (forward, backward, AdamW step)."""
+    import torch
+
+    from .config import ModelConfig
+    from .models.build import build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        encoder="efficientnet-lite0",
+        base_width=8,
+        depth=5,
+        deep_supervision=True,
+        in_channels=channels,
+        out_channels=out_channels,
+    )
+    model = build_model(cfg, pretrained=False).train().to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(batch, channels, size, size).to(memory_format=torch.channels_last)
+    start = None
+    for step in range(steps + 1):
+        if step == 1:
+            start = time.perf_counter()
+        out = model(x)
+        loss = sum(o.float().mean() for o in out) if isinstance(out, (list, tuple)) else out.float().mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return steps * batch / (time.perf_counter() - start)
+
+
+@dataclasses.dataclass
+class Plan:
+    config: Config
+    reasons: dict[str, str]
+    probe: dict[str, float]
+
+
+def _sided(names) -> bool:
+    return any(word in name.lower() for name in names for word in SIDE_WORDS)
+
+
+def plan_photos(fp: dict, minutes: float, probe=probe_img_per_s) -> Plan:
+    n_train = max(1, round(fp["n_cases"] * 0.9))
+    multi = fp["label_mode"] != "binary"
+    out_channels = len(fp["structures"]) + (1 if fp["label_mode"] == "exclusive" else 0)
+    cap = max(PHOTO_SIZES[0], int(fp["short_side"]["median"]) // 32 * 32)
+    measured, size = {}, PHOTO_SIZES[0]
+    for s in (s for s in PHOTO_SIZES if s <= cap):
+        batch = 16 if s <= 192 else 8
+        rate = probe(s, 3, out_channels, batch)
+        measured[str(s)] = round(rate, 2)
+        if rate * minutes * 60 / n_train < MIN_EPOCHS:
+            break
+        size = s
+    batch = 16 if size <= 192 else 8
+    steps = max(1.0, measured.get(str(size), 1.0) * minutes * 60 / batch)
+    ema = float(np.clip(1 - 20 / steps, 0.99, 0.998))
+    sided = _sided(fp["structures"])
+    flips = 0.0 if sided or multi else 0.5
+    values = {
+        "model": {
+            "encoder": "efficientnet-lite0",
+            "base_width": 8,
+            "depth": 5,
+            "deep_supervision": True,
+            "full_resolution_stage": "train_only",
+        },
+        "data": {"image_size": size, "batch_size": batch},
+        "augment": {
+            "crop_scale_min": 0.7 if multi else 0.5,
+            "crop_scale_max": 1.0,
+            "hflip": flips,
+            "vflip": flips,
+            "rot90": 1.0 if flips else 0.0,
+            "noise": 0.2,
+            "blur": 0.2,
+            "color_jitter": 0.5,
+            "color_jitter_strength": 0.2,
+        },
+        "optim": {
+            "lr": 8e-4 if multi else 5e-4,
+            "weight_decay": 1e-5,
+            "eta_min": 1e-6,
+            "schedule": "cosine_time",
+            "warmup_steps": 50,
+            "ema_decay": round(ema, 4),
+        },
+        "trainer": {"precision": "fp32", "max_minutes": minutes, "max_epochs": 1000, "patience": 1000},
+    }
+    reasons = {
+        "image_size": f"largest of {list(PHOTO_SIZES)} up to the median short side ({cap}) whose probed "
+        "speed "
+        f"passes the ~{n_train} training images ≥ {MIN_EPOCHS} times in {minutes:g} min",
+        "augment": "no flips or turns: structures named by side"
+        if sided
+        else (
+            "no flips or turns: several structures in a fixed layout"
+            if multi
+            else "flips and 90° turns: one structure, no preferred orientation"
+        ),
+        "ema_decay": f"1 - 20 / (the ~{steps:.0f} steps the budget holds), within [0.99, 0.998]",
+        "precision": "fp32: a Lite0 U-Net step measured faster in fp32 than in bf16 on the 2-core machines",
+    }
+    return Plan(load_config(None, values), reasons, measured)
+
+
+def plan_volumes(fp: dict, minutes: float) -> Plan:
+    spacing = min(s["median"] for s in fp["spacing_mm"][:3])
+    extent = max(e["max"] for e in fp["plane_extent_mm"])
+    # small crops (under 96 px across) are zoomed ×2 in-plane, so the encoder's stride-2 stem keeps
+    # features at the data's own resolution
+    slice_spacing = spacing / 2 if extent / spacing < 96 else spacing
+    patch = int(min(512, np.ceil(extent / slice_spacing / 32) * 32))
+    values = {
+        "model": {
+            "encoder": "efficientnet-lite0",
+            "base_width": 8,
+            "depth": 5,
+            "deep_supervision": True,
+            "full_resolution_stage": "kept",
+        },
+        "data": {
+            "image_size": patch,
+            "batch_size": 32 if patch <= 96 else 8,
+            "slice_context": 3,
+            "slice_spacing_mm": round(slice_spacing, 4),
+        },
+        "augment": {
+            "crop_scale_min": 0.8,
+            "crop_scale_max": 1.0,
+            "hflip": 0.0,
+            "vflip": 0.0,
+            "rot90": 0.0,
+            "noise": 0.2,
+            "blur": 0.1,
+        },
+        "optim": {
+            "lr": 1e-3,
+            "weight_decay": 1e-5,
+            "eta_min": 1e-6,
+            "schedule": "cosine_time",
+            "warmup_steps": 100,
+            "ema_decay": 0.995,
+        },
+        "trainer": {"precision": "fp32", "max_minutes": minutes, "max_epochs": 1000, "patience": 1000},
+    }
+    reasons = {
+        "slice_spacing_mm": f"the finest median spacing {spacing:g} mm"
+        + (", halved: slices under 96 px across" if slice_spacing < spacing else ""),
+        "image_size": f"the widest in-plane extent ({extent:g} mm) at {slice_spacing:g} mm, rounded up to "
+        "a multiple of 32 (at most 512)",
+        "augment": "no flips or turns: anatomy has sides",
+    }
+    return Plan(load_config(None, values), reasons, {})
+
+
+def make_plan(data: str | Path, out: str | Path, minutes: float = 60.0) -> tuple[dict, Plan]:
+    """Write DIR/fingerprint.json and DIR/plan.yaml; returns both."""
+    if minutes <= 0:
+        raise UserError(f"--minutes must be > 0, got {minutes}")
+    fp = fingerprint(data)
+    plan = plan_volumes(fp, minutes) if fp["kind"] == "volumes" else plan_photos(fp, minutes)
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{out}: cannot create output folder ({exc.strerror})") from None
+    fp = {**fp, "data": str(data), "budget_minutes": minutes, "probe_img_per_s": plan.probe}
+    write_text(out / "fingerprint.json", json.dumps(fp, indent=2) + "\n")
+    header = "".join(f"# {key}: {why}\n" for key, why in plan.reasons.items())
+    write_text(
+        out / "plan.yaml",
+        f"# lesionseg plan for {data} ({minutes:g} min)\n{header}{dump_config(plan.config)}",
+    )
+    return fp, plan

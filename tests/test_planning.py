@@ -1,0 +1,116 @@
+"""`lesionseg plan`: the fingerprint of a dataset, the plan's fixed rules, the budget probe, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import make_dataset
+from lesionseg.cli import app
+from lesionseg.config import load_config
+from lesionseg.errors import UserError
+from lesionseg.planning import fingerprint, plan_photos, plan_volumes
+from test_volumes import make_volume_dataset
+
+runner = CliRunner()
+
+
+def test_photo_fingerprint_counts_sizes_shares_and_foreground(tmp_path):
+    data = make_dataset(tmp_path / "d", n=6, size=(48, 64))
+    fp = fingerprint(data)
+    assert fp["kind"] == "photos" and fp["n_cases"] == 6 and fp["channels"] == 3
+    assert fp["height"]["median"] == 48 and fp["width"]["median"] == 64
+    assert fp["aspect_ratio"]["median"] == pytest.approx(64 / 48, abs=1e-3)
+    assert 0.05 < fp["structures"]["foreground"] < 0.5 and fp["empty_masks"] == 0
+    # the synthetic lesions are dark (~60 of 255): the foreground statistics say so
+    assert fp["foreground_intensity"]["mean"] < 100
+
+
+def test_volume_fingerprint_reads_spacing_modality_and_structures(tmp_path):
+    data = make_volume_dataset(tmp_path / "v", n=3)
+    fp = fingerprint(data)
+    assert fp["kind"] == "volumes" and fp["n_cases"] == 3 and fp["modality"] == "MRI"
+    assert [s["median"] for s in fp["spacing_mm"]] == pytest.approx([0.8, 0.8, 2.5])
+    assert set(fp["structures"]) == {"Anterior", "Posterior"} and fp["label_mode"] == "exclusive"
+
+
+def test_photo_plan_takes_the_largest_size_the_budget_allows():
+    fp = {
+        "n_cases": 1000,
+        "short_side": {"median": 600},
+        "label_mode": "binary",
+        "structures": {"lesion": 0.2},
+    }
+    speeds = {128: 40.0, 160: 26.0, 192: 18.0, 256: 10.0, 320: 6.0, 384: 4.0, 512: 2.0}
+
+    def probe(size, channels, out_channels, batch):
+        return speeds[size]
+
+    # 900 training images, 40 epochs: 36,000 images; in 60 min that needs 10 img/s
+    plan = plan_photos(fp, 60, probe)
+    assert plan.config.data.image_size == 256 and plan.config.data.batch_size == 8
+    assert plan.probe["320"] == 6.0 and "512" not in plan.probe  # stops at the first size that misses
+    assert plan_photos(fp, 30, probe).config.data.image_size == 160  # needs 20 img/s
+    small = {**fp, "short_side": {"median": 170}}
+    assert plan_photos(small, 600, probe).config.data.image_size == 160  # never above the images' own size
+    assert plan.config.augment.hflip == 0.5 and plan.config.trainer.max_minutes == 60
+    sided = {**fp, "label_mode": "overlapping", "structures": {"left lung": 0.2, "right lung": 0.2}}
+    assert plan_photos(sided, 60, probe).config.augment.hflip == 0.0
+    assert plan_photos(fp, 60, probe).config == plan.config  # deterministic
+
+
+def test_volume_plan_zooms_small_crops():
+    fp = {"spacing_mm": [{"median": 1.0}] * 3, "plane_extent_mm": [{"max": 59.0}, {"max": 47.0}]}
+    plan = plan_volumes(fp, 60)
+    assert plan.config.data.slice_spacing_mm == 0.5 and plan.config.data.image_size == 128
+    ct = {
+        "spacing_mm": [{"median": 0.7}, {"median": 0.7}, {"median": 2.5}],
+        "plane_extent_mm": [{"max": 358.0}, {"max": 358.0}],
+    }
+    assert plan_volumes(ct, 60).config.data.slice_spacing_mm == 0.7
+    assert plan_volumes(ct, 60).config.data.image_size == 512
+
+
+def test_plan_command_writes_a_config_train_reads(tmp_path):
+    data = make_dataset(tmp_path / "d", n=6, size=(48, 64))
+    out = tmp_path / "plan"
+    result = runner.invoke(app, ["plan", "--data", str(data), "--out", str(out), "--minutes", "5"])
+    assert result.exit_code == 0, result.output
+    fp = json.loads((out / "fingerprint.json").read_text())
+    assert fp["n_cases"] == 6 and fp["probe_img_per_s"]["128"] > 0
+    cfg = load_config(out / "plan.yaml")
+    assert cfg.data.image_size == 128 and cfg.trainer.max_minutes == 5
+    assert "image_size" in (out / "plan.yaml").read_text().split("model:")[0]  # the reasons, as comments
+    assert yaml.safe_load((out / "plan.yaml").read_text())["optim"]["schedule"] == "cosine_time"
+
+
+@pytest.mark.parametrize("problem", ["empty", "one", "all_empty", "mixed_channels"])
+def test_plan_bad_input_is_one_line_and_exit_2(tmp_path, problem):
+    data = tmp_path / "d"
+    if problem == "empty":
+        data.mkdir()
+    else:
+        make_dataset(data, n=1 if problem == "one" else 4, size=(32, 32))
+    if problem == "all_empty":
+        for m in (data / "masks").iterdir():
+            Image.fromarray(np.zeros((32, 32), np.uint8)).save(m)
+    if problem == "mixed_channels":
+        first = sorted((data / "images").iterdir())[0]
+        Image.open(first).convert("L").save(first)
+    result = runner.invoke(app, ["plan", "--data", str(data), "--out", str(tmp_path / "p")])
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1
+    expected = {
+        "empty": "",
+        "one": "at least 2",
+        "all_empty": "empty",
+        "mixed_channels": "mixed channel counts",
+    }
+    assert expected[problem] in result.output
+    with pytest.raises(UserError):
+        fingerprint(data)
