@@ -114,3 +114,36 @@ def test_plan_bad_input_is_one_line_and_exit_2(tmp_path, problem):
     assert expected[problem] in result.output
     with pytest.raises(UserError):
         fingerprint(data)
+
+
+def test_train_auto_plans_then_trains_and_resumes_with_the_same_plan(tmp_path):
+    from lesionseg.models import load_model
+
+    data = make_dataset(tmp_path / "d", n=6, size=(48, 64))
+    run = tmp_path / "run"
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--auto",
+        "--minutes",
+        "0.3",
+        "trainer.max_epochs=1",
+        "model.base_width=4",
+        "model.depth=2",
+        "data.image_size=32",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (run / "plan" / "plan.yaml").is_file() and (run / "plan" / "fingerprint.json").is_file()
+    plan_text = (run / "plan" / "plan.yaml").read_text()
+    assert load_model(run / "model.pt").card["recipe"]["trainer"]["max_minutes"] == 0.3
+    again = runner.invoke(app, args)  # the same command resumes: the plan is reused, not made again
+    assert again.exit_code == 0, again.output
+    assert (run / "plan" / "plan.yaml").read_text() == plan_text
+    refused = runner.invoke(
+        app, ["train", "--data", str(data), "--auto", "--config", str(run / "plan" / "plan.yaml")]
+    )
+    assert refused.exit_code == 2 and "--auto plans the config itself" in refused.output

@@ -103,6 +103,9 @@ def train(
     devices: str = typer.Option("1", "--devices", help="Number of devices (processes) or 'auto'."),
     strategy: str = typer.Option("auto", "--strategy", help="Lightning strategy, e.g. ddp."),
     num_nodes: int = typer.Option(1, "--num-nodes", help="Machines for multi-node training."),
+    auto: bool = typer.Option(False, "--auto", help="Plan the run for this data, machine and --minutes "
+                              "(`lesionseg plan`; written to OUT/plan/, reused on resume), not --config."),
+    minutes: float = typer.Option(60.0, "--minutes", help="With --auto: the training budget."),
 ):
     """Train a model; writes config.yaml, checkpoints/, metrics.csv and model.pt (the best model)."""
     import shlex
@@ -111,7 +114,12 @@ def train(
     from .config import parse_overrides
 
     if out is None:
-        out = Path("runs") / (config.stem if config else "original_unet")
+        out = Path("runs") / (config.stem if config else "auto" if auto else "original_unet")
+    if auto:
+        if config is not None:
+            raise UserError("--auto plans the config itself: drop --config (or train from a plan with "
+                            "--config PLAN.yaml)")
+        config = _auto_plan(data[0], out, minutes)
     options = [*[("--data", d) for d in data], ("--val-data", val_data), ("--config", config), ("--out", out),
                ("--mask-threshold", mask_threshold), ("--devices", None if devices == "1" else devices),
                ("--strategy", None if strategy == "auto" else strategy),
@@ -141,6 +149,18 @@ def plan(
     print(f"{fp['n_cases']} {fp['kind']}, {fp['label_mode']} ({', '.join(fp['structures'])}); plan: "
           f"input {size}², batch {made.config.data.batch_size}, {minutes:g} min; wrote "
           f"{out / 'fingerprint.json'} and {out / 'plan.yaml'}")
+
+
+def _auto_plan(data: Path, out: Path, minutes: float) -> Path:
+    """OUT/plan/plan.yaml: made once, then reused, so that rerunning the command resumes the same run."""
+    from .planning import make_plan
+
+    plan = out / "plan" / "plan.yaml"
+    if not plan.is_file():
+        _fp, made = make_plan(data, out / "plan", minutes)
+        print(f"plan: input {made.config.data.image_size}², batch {made.config.data.batch_size}, "
+              f"{minutes:g} min ({plan})", file=sys.stderr)
+    return plan
 
 
 WEIGHTS = typer.Option(None, "--weights", help="Model file: .pt (torch) or .onnx (ONNX Runtime), or a "

@@ -157,7 +157,7 @@ def prepare_run_dir(run_dir: Path, cfg: Config, write: bool = True) -> Path | No
         if changed:
             raise UserError(f"{run_dir}: holds a run with a different config ({', '.join(changed)}); "
                             "use another --out or the same settings to resume")
-    elif run_dir.exists() and any(run_dir.iterdir()):
+    elif run_dir.exists() and any(p.name != "plan" for p in run_dir.iterdir()):  # plan/: train --auto
         raise UserError(f"{run_dir}: folder is not empty and holds no lesionseg run (config.yaml missing)")
     if write and launcher_rank() == 0:  # DDP children re-run this command: only the first process writes
         run_dir.mkdir(parents=True, exist_ok=True)
