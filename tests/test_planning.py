@@ -147,3 +147,22 @@ def test_train_auto_plans_then_trains_and_resumes_with_the_same_plan(tmp_path):
         app, ["train", "--data", str(data), "--auto", "--config", str(run / "plan" / "plan.yaml")]
     )
     assert refused.exit_code == 2 and "--auto plans the config itself" in refused.output
+
+
+def test_warmed_ema_follows_the_weights_early_and_settles_at_its_decay():
+    import torch
+    from torch.optim.swa_utils import AveragedModel
+
+    from lesionseg.training.module import warmed_ema
+
+    net = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+    ema = AveragedModel(net, multi_avg_fn=warmed_ema(0.999), use_buffers=True)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    for _ in range(5):
+        ema.update_parameters(net)
+    # a fixed 0.999 would still sit near the start (0.996 of the way there after 5 updates: 0.004)
+    assert float(ema.module.weight) > 0.3
+    assert warmed_ema(0.9) is not None and min(0.9, (1 + 1000) / (10 + 1000)) == 0.9

@@ -135,6 +135,9 @@ class OptimConfig:
     # When on, validation scores both the EMA and the raw weights (val_mean_jaccard_raw in metrics.csv), and
     # selection and model.pt use the EMA weights. 0.998 averages over roughly the last 500 batches.
     ema_decay: float = 0.0
+    # Warm the average up: its decay grows as (1 + n) / (10 + n) over the first updates until it reaches
+    # ema_decay, so a short run's average does not keep its random start (plans turn it on).
+    ema_warmup: bool = False
 
 
 @dataclass

@@ -253,6 +253,7 @@ def plan_photos(fp: dict, minutes: float, probe=probe_img_per_s) -> Plan:
             "schedule": "cosine_time",
             "warmup_steps": 50,
             "ema_decay": round(ema, 4),
+            "ema_warmup": True,
         },
         "trainer": {"precision": "fp32", "max_minutes": minutes, "max_epochs": 1000, "patience": 1000},
     }
@@ -310,6 +311,7 @@ def plan_volumes(fp: dict, minutes: float) -> Plan:
             "schedule": "cosine_time",
             "warmup_steps": 100,
             "ema_decay": 0.995,
+            "ema_warmup": True,
         },
         "trainer": {"precision": "fp32", "max_minutes": minutes, "max_epochs": 1000, "patience": 1000},
     }

@@ -62,6 +62,21 @@ def load_initial_weights(model: torch.nn.Module, cfg: Config) -> None:
         raise UserError(f"trainer.init_from {cfg.trainer.init_from}: weights do not fit ({misfits[0]})")
 
 
+def warmed_ema(decay: float):
+    """An AveragedModel update whose decay is min(decay, (1 + n) / (10 + n)) after n updates."""
+
+    @torch.no_grad()
+    def update(ema_params, current_params, num_averaged):
+        d = min(decay, (1.0 + float(num_averaged)) / (10.0 + float(num_averaged)))
+        if torch.is_floating_point(ema_params[0]):
+            torch._foreach_lerp_(ema_params, current_params, 1.0 - d)
+        else:  # integer buffers (BatchNorm's batch count), as torch's own EMA update treats them
+            for e, c in zip(ema_params, current_params):
+                e.copy_(e * d + c * (1.0 - d))
+
+    return update
+
+
 def with_labels(cfg: Config, labels: Labels, preprocessing=None) -> Config:
     """The config whose network has one output channel per structure (+ background for exclusive ones), and
     for volumes one input channel per slice of context (3 for a lone slice, repeated for RGB encoders)."""
@@ -124,8 +139,9 @@ class SegmentationModule(L.LightningModule):
         if cfg.optim.ema_decay > 0:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema_decay),
-                                     use_buffers=True)
+            update = (warmed_ema(cfg.optim.ema_decay) if cfg.optim.ema_warmup
+                      else get_ema_multi_avg_fn(cfg.optim.ema_decay))
+            self.ema = AveragedModel(self.model, multi_avg_fn=update, use_buffers=True)
             self.ema.requires_grad_(False)  # not trained: DDP must not wait for its gradients
             self.val_jaccard_raw = MeanMetric()
         # MeanMetric reduces across processes, so DDP ranks report one figure.
