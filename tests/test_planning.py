@@ -139,7 +139,9 @@ def test_train_auto_plans_then_trains_and_resumes_with_the_same_plan(tmp_path):
     assert result.exit_code == 0, result.output
     assert (run / "plan" / "plan.yaml").is_file() and (run / "plan" / "fingerprint.json").is_file()
     plan_text = (run / "plan" / "plan.yaml").read_text()
-    assert load_model(run / "model.pt").card["recipe"]["trainer"]["max_minutes"] == 0.3
+    card = load_model(run / "model.pt").card
+    assert card["recipe"]["trainer"]["max_minutes"] == 0.3 and card["recipe"]["optim"]["ema_selection"]
+    assert card["selected_weights"] in ("ema", "raw")
     again = runner.invoke(app, args)  # the same command resumes: the plan is reused, not made again
     assert again.exit_code == 0, again.output
     assert (run / "plan" / "plan.yaml").read_text() == plan_text

@@ -138,6 +138,10 @@ class OptimConfig:
     # Warm the average up: its decay grows as (1 + n) / (10 + n) over the first updates until it reaches
     # ema_decay, so a short run's average does not keep its random start (plans turn it on).
     ema_warmup: bool = False
+    # Per epoch, validate, select and save whichever of the EMA and the raw weights scores better (the
+    # lagging average of a short run is not saved blindly); val_mean_jaccard is then the better score.
+    # Needs trainer.selection: best (choosing on a fixed validation list would spoil it as a report).
+    ema_selection: bool = False
 
 
 @dataclass
@@ -309,6 +313,9 @@ def _validate(cfg: Config) -> None:
         raise UserError(
             "config key 'optim.schedule': cosine_time needs a wall-clock budget, trainer.max_minutes"
         )
+    if cfg.optim.ema_selection and (cfg.optim.ema_decay == 0 or cfg.trainer.selection != "best"):
+        raise UserError("config key 'optim.ema_selection': needs optim.ema_decay > 0 and "
+                        "trainer.selection: best")
     if not 0.0 <= cfg.optim.ema_decay < 1.0:
         raise UserError("config key 'optim.ema_decay': must be in [0, 1) (0 = no weight averaging)")
     if min(cfg.loss.dice_weight, cfg.loss.bce_weight, cfg.loss.lovasz_weight) < 0:

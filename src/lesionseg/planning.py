@@ -325,12 +325,30 @@ def plan_volumes(fp: dict, minutes: float) -> Plan:
     return Plan(load_config(None, values), reasons, {})
 
 
+VAL_IDS = "val_ids.txt"
+
+
+def with_split(plan: Plan, folder: Path) -> Plan:
+    """A dataset's own validation list (val_ids.txt) is used and never chosen on (the last epoch is kept);
+    otherwise a seeded tenth is carved off and selection picks the best epoch, EMA or raw weights."""
+    values = plan.config.to_dict()
+    if (folder / VAL_IDS).is_file():
+        values["data"]["val_ids"], values["trainer"]["selection"] = VAL_IDS, "last"
+        values["optim"]["ema_selection"] = False
+        why = f"the dataset's {VAL_IDS}, never chosen on: model.pt is the last epoch"
+    else:
+        values["optim"]["ema_selection"] = True
+        why = "a seeded 10% carved off; the best epoch, and the better of the EMA and raw weights, are kept"
+    return Plan(load_config(None, values), {**plan.reasons, "validation": why}, plan.probe)
+
+
 def make_plan(data: str | Path, out: str | Path, minutes: float = 60.0) -> tuple[dict, Plan]:
     """Write DIR/fingerprint.json and DIR/plan.yaml; returns both."""
     if minutes <= 0:
         raise UserError(f"--minutes must be > 0, got {minutes}")
     fp = fingerprint(data)
     plan = plan_volumes(fp, minutes) if fp["kind"] == "volumes" else plan_photos(fp, minutes)
+    plan = with_split(plan, Path(data))
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -100,7 +100,8 @@ class RunRecorder(Checkpoint):
         if improved:
             self.best, self.best_epoch = score, trainer.current_epoch
         if improved or self.cfg.trainer.selection == "last":
-            self.save_best(pl_module.selected_model(), trainer.current_epoch, score)
+            self.save_best(pl_module.selected_model(), trainer.current_epoch, score,
+                           pl_module.selected_weights)
         print(
             f"epoch {trainer.current_epoch + 1}/{self.cfg.trainer.max_epochs}  "
             f"train_loss {m.get('train_loss', float('nan')):.4f}  val_loss "
@@ -112,8 +113,9 @@ class RunRecorder(Checkpoint):
             flush=True,
         )
 
-    def save_best(self, model, epoch: int, score: float | None = None):
-        """model.pt from `model` at `epoch`: the best so far, or (trainer.selection: last) the latest."""
+    def save_best(self, model, epoch: int, score: float | None = None, weights: str = "ema"):
+        """model.pt from `model` at `epoch`: the best so far, or (trainer.selection: last) the latest.
+        `weights`: which they are (ema: the average, raw: the trained weights themselves)."""
         last = self.cfg.trainer.selection == "last"
         card = {"lesionseg_version": __version__,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -121,6 +123,7 @@ class RunRecorder(Checkpoint):
                 "parameters": count_parameters(model), "best_epoch": epoch + 1,
                 "selection_metric": "none: the last epoch (trainer.selection: last)" if last else METRIC,
                 "selection_value": round(self.best if score is None or not last else score, 5),
+                "selected_weights": weights,
                 "training_minutes": round(self.elapsed_min(), 2), "hardware": self.hardware}
         model_cfg = self.cfg.model
         if model_cfg.full_resolution_stage == "train_only":
@@ -288,5 +291,5 @@ def _train(data, out, cfg: Config, val_data, devices, strategy: str, num_nodes: 
             recorder.best = float(best_ckpt.best_model_score)
         module.load_state_dict(state["state_dict"])
         recorder.save_best(module.selected_model(), state["epoch"],
-                           RunDir(run_dir).last_score() if last else None)
+                           RunDir(run_dir).last_score() if last else None, module.selected_weights)
     return RunDir(run_dir).model_path

@@ -144,6 +144,8 @@ class SegmentationModule(L.LightningModule):
             self.ema = AveragedModel(self.model, multi_avg_fn=update, use_buffers=True)
             self.ema.requires_grad_(False)  # not trained: DDP must not wait for its gradients
             self.val_jaccard_raw = MeanMetric()
+            if cfg.optim.ema_selection:  # a buffer, so that a checkpoint remembers which weights won
+                self.register_buffer("raw_selected", torch.tensor(False))
         # MeanMetric reduces across processes, so DDP ranks report one figure.
         self.val_loss, self.val_jaccard, self.val_dice = MeanMetric(), MeanMetric(), MeanMetric()
         self.train_loss = MeanMetric()
@@ -154,8 +156,14 @@ class SegmentationModule(L.LightningModule):
         return model(x.contiguous(memory_format=self.memory_format))
 
     def selected_model(self) -> torch.nn.Module:
-        """The weights that are validated, selected and saved: the EMA when it is on."""
-        return self.model if self.ema is None else self.ema.module
+        """The weights that are validated, selected and saved: the EMA when it is on (with
+        optim.ema_selection: the better-scoring of the EMA and the raw weights at the last validation)."""
+        raw = self.ema is None or bool(getattr(self, "raw_selected", False))
+        return self.model if raw else self.ema.module
+
+    @property
+    def selected_weights(self) -> str:
+        return "raw" if self.selected_model() is self.model else "ema"
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         if self.ema is not None:
@@ -209,14 +217,19 @@ class SegmentationModule(L.LightningModule):
         self.val_dice.update(dice.float())
 
     def on_validation_epoch_end(self) -> None:
+        score = self.val_jaccard.compute()
         self.log("val_loss", self.val_loss.compute())
-        self.log("val_mean_jaccard", self.val_jaccard.compute())
         self.log("val_dice", self.val_dice.compute())
         for m in (self.val_loss, self.val_jaccard, self.val_dice):
             m.reset()
         if self.ema is not None:
-            self.log("val_mean_jaccard_raw", self.val_jaccard_raw.compute())
+            raw = self.val_jaccard_raw.compute()
+            self.log("val_mean_jaccard_raw", raw)
             self.val_jaccard_raw.reset()
+            if hasattr(self, "raw_selected"):
+                self.raw_selected.fill_(bool(raw > score))
+                score = torch.maximum(score, raw)
+        self.log("val_mean_jaccard", score)
 
     def elapsed_s(self) -> float:
         """Training seconds of this run so far, resumed sessions included (Lightning's Timer)."""
