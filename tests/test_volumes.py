@@ -595,3 +595,21 @@ def test_bundled_hippocampus_model_on_the_shared_dicom_series(tmp_path):
             assert 0.5 < record["structures"][structure]["ml"] < 6.0  # a hippocampus part is 1–3 mL
         seg = hd.seg.segread(out / f"{record['id']}_seg.dcm")
         assert len(seg.SegmentSequence) == 2 and seg.NumberOfFrames == 2 * record["shape"][2]
+
+
+def test_a_volume_stored_lps_is_sliced_along_the_same_anatomy(trained, tmp_path, rng):
+    """DICOM series come LPS, NIfTI files RAS: the same scan stored either way gets the same labels."""
+    from lesionseg.inference import Segmenter
+    from lesionseg.inference.slices import Canonical, segment_volume
+
+    _, model = trained
+    seg = Segmenter.load(model, backend="torch")
+    image, _ = synthetic_volume(rng)
+    ras = Volume("ras", image, affine_for(), tmp_path / "ras.nii")
+    n0, n1 = image.shape[:2]
+    flip = np.array([[-1, 0, 0, n0 - 1], [0, -1, 0, n1 - 1], [0, 0, 1, 0], [0, 0, 0, 1]], float)
+    lps = Volume("lps", np.ascontiguousarray(image[::-1, ::-1]), affine_for() @ flip, tmp_path / "lps.nii")
+    np.testing.assert_array_equal(segment_volume(seg, lps)[::-1, ::-1], segment_volume(seg, ras))
+    c = Canonical(lps.affine)
+    np.testing.assert_array_equal(c.inverse(c.forward(lps.array)), lps.array)
+    assert c.spacing(lps.spacing) == pytest.approx(SPACING)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..config import DataConfig
-from ..inference.slices import Slicing
+from ..inference.slices import Canonical, Slicing
 from ..intensity import Intensity, modality_scheme
 from ..labels import IGNORED, Declared, Labels
 from ..model_file import Preprocessing
@@ -48,10 +48,12 @@ def cut(items: list[LabelledVolume], labels: Labels, intensity: Intensity, slici
     ids, out, foreground = [], [], []
     for item in items:
         volume = item.volume
-        axis = slicing.axis_for(volume.spacing)
-        size = slicing.plane_size(volume.array.shape, volume.spacing, axis)
-        normalised = intensity.apply(volume.array)
-        stack = np.moveaxis(item.labels, axis, 0)
+        canonical = Canonical(volume.affine)  # the anatomical axes inference slices along
+        spacing = canonical.spacing(volume.spacing)
+        axis = slicing.axis_for(spacing)
+        normalised = intensity.apply(canonical.forward(volume.array))
+        size = slicing.plane_size(normalised.shape, spacing, axis)
+        stack = np.moveaxis(canonical.forward(item.labels), axis, 0)
         for i, image in enumerate(slicing.images(normalised, axis, size)):
             lab = stack[i]
             if lab.shape != size:
@@ -69,7 +71,8 @@ def plan_slicing(items: list[LabelledVolume], cfg: DataConfig, channels: int) ->
     probe = Slicing(cfg.slice_axis, cfg.slice_context, None, channels)
     if cfg.slice_spacing_mm is not None:
         return dataclasses.replace(probe, spacing_mm=(cfg.slice_spacing_mm, cfg.slice_spacing_mm))
-    planes = [Slicing.plane_spacing(i.volume.spacing, probe.axis_for(i.volume.spacing)) for i in items]
+    spacings = [Canonical(i.volume.affine).spacing(i.volume.spacing) for i in items]
+    planes = [Slicing.plane_spacing(s, probe.axis_for(s)) for s in spacings]
     median = np.median(np.asarray(planes, float), axis=0)
     return dataclasses.replace(probe, spacing_mm=(round(float(median[0]), 4), round(float(median[1]), 4)))
 

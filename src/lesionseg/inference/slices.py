@@ -103,6 +103,31 @@ class Slicing:
         )
 
 
+class Canonical:
+    """A volume's voxels permuted and flipped (never resampled) into the closest RAS+ order, and back: a
+    model slices every volume along the same anatomical axes, whether a scanner stored it LPS (DICOM) or
+    RAS (NIfTI). Exact, so labels come back on the input's own grid."""
+
+    def __init__(self, affine: np.ndarray):
+        from nibabel import orientations
+
+        self._o = orientations
+        self.ornt = orientations.io_orientation(affine)
+        self.back = orientations.ornt_transform(orientations.axcodes2ornt(("R", "A", "S")), self.ornt)
+
+    def forward(self, array: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(self._o.apply_orientation(array, self.ornt))
+
+    def inverse(self, array: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(self._o.apply_orientation(array, self.back))
+
+    def spacing(self, spacing) -> tuple[float, float, float]:
+        out = [0.0, 0.0, 0.0]
+        for axis, (target, _flip) in enumerate(self.ornt):
+            out[int(target)] = float(spacing[axis])
+        return tuple(out)
+
+
 def label_values(labels: Labels) -> np.ndarray:
     """Channel k's label value in the label volume (k = 0 is background)."""
     return np.asarray([0, *(s.value for s in labels.structures)], np.int64)
@@ -130,11 +155,13 @@ def segment_volume(segmenter, volume: Volume) -> np.ndarray:
             f"{volume.source}: the model's structures overlap; a label volume holds one per voxel"
         )
     slicing: Slicing = pre.slicing
-    axis = slicing.axis_for(volume.spacing)
-    normalised = pre.intensity.apply(volume.array)
+    canonical = Canonical(volume.affine)
+    spacing = canonical.spacing(volume.spacing)
+    axis = slicing.axis_for(spacing)
+    normalised = pre.intensity.apply(canonical.forward(volume.array))
     stack_shape = np.moveaxis(normalised, axis, 0).shape
     rows, cols = stack_shape[1:]
-    size = slicing.plane_size(volume.array.shape, volume.spacing, axis)
+    size = slicing.plane_size(normalised.shape, spacing, axis)
     out = np.zeros(stack_shape, np.uint8)
     values = label_values(labels)
     threshold_only = dataclasses.replace(
@@ -152,7 +179,7 @@ def segment_volume(segmenter, volume: Volume) -> np.ndarray:
                 out[i] = values[np.concatenate([np.zeros((1, rows, cols), bool), masks]).argmax(0)]
             else:
                 out[i] = postprocess.threshold(prob, threshold_only.threshold) * values[1]
-    return np.ascontiguousarray(np.moveaxis(clean_volume(out, values[1:], segmenter.post), 0, axis))
+    return canonical.inverse(np.moveaxis(clean_volume(out, values[1:], segmenter.post), 0, axis))
 
 
 def clean_volume(label_volume: np.ndarray, values, post: postprocess.PostprocessConfig) -> np.ndarray:
