@@ -116,7 +116,8 @@ class Canonical:
         self.back = orientations.ornt_transform(orientations.axcodes2ornt(("R", "A", "S")), self.ornt)
 
     def forward(self, array: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(self._o.apply_orientation(array, self.ornt))
+        """A view where it can be (normalisation makes the one copy)."""
+        return self._o.apply_orientation(array, self.ornt)
 
     def inverse(self, array: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(self._o.apply_orientation(array, self.back))
