@@ -174,6 +174,21 @@ def run_predict_volumes(
             width="x".join(map(str, outcome.volume.array.shape)),
             areas=json.dumps(outcome.volumes, separators=(",", ":")),
         )
+    _write_summary(out, done, records, manifest, report, segmenter, inputs)
+    if failures and not done:  # nothing segmented: a user error (exit 2), in one line when one was given
+        raise UserError(
+            failures[0] if len(files) == 1 else f"all {len(files)} volumes failed; nothing written"
+        )
+    if failures:
+        on_failure(f"{len(failures)} of {len(files)} volumes failed; {len(done)} written to {out}")
+    print(f"segmented {len(done)} of {len(files)} volumes into {out}")
+    return failures
+
+
+def _write_summary(
+    out: Path, done: list[dict], records: Manifest, manifest, report: bool, segmenter, inputs
+) -> None:
+    """volumes.json, the manifest and the report of a run."""
     if done:
         write_text(
             out / VOLUMES_FILE,
@@ -193,11 +208,3 @@ def run_predict_volumes(
                 "inputs": ", ".join(map(str, inputs)),
             },
         )
-    if failures and not done:  # nothing segmented: a user error (exit 2), in one line when one was given
-        raise UserError(
-            failures[0] if len(files) == 1 else f"all {len(files)} volumes failed; nothing written"
-        )
-    if failures:
-        on_failure(f"{len(failures)} of {len(files)} volumes failed; {len(done)} written to {out}")
-    print(f"segmented {len(done)} of {len(files)} volumes into {out}")
-    return failures
