@@ -118,8 +118,8 @@ def _parse_declared(labels: dict, source: str) -> tuple[list[tuple[str, int]], i
     return pairs, ignore
 
 
-def read_declaration(folder: Path) -> dict | None:
-    """The `labels` mapping of folder/dataset.json (or None when there is no such file)."""
+def read_dataset_json(folder: Path) -> dict | None:
+    """folder/dataset.json (MSD / nnU-Net), or None when there is no such file."""
     path = folder / DECLARATION_FILE
     if not path.is_file():
         return None
@@ -127,7 +127,16 @@ def read_declaration(folder: Path) -> dict | None:
         doc = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"{path}: not readable JSON ({exc})") from None
-    labels = doc.get("labels") if isinstance(doc, dict) else None
+    return doc if isinstance(doc, dict) else {}
+
+
+def read_declaration(folder: Path) -> dict | None:
+    """The `labels` mapping of folder/dataset.json (or None when there is no such file)."""
+    doc = read_dataset_json(folder)
+    if doc is None:
+        return None
+    path = folder / DECLARATION_FILE
+    labels = doc.get("labels")
     if not isinstance(labels, dict) or not labels:
         raise UserError(f"{path}: expected a \"labels\" mapping, e.g. {{\"background\": 0, \"heart\": 1}}")
     return labels

@@ -6,7 +6,6 @@ work the same way. Every problem of a folder is reported at once, before anythin
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ import numpy as np
 
 from .errors import UserError, ValidationError
 from .io.volumes import NiftiReader, Volume, is_nifti, nifti_id, read_label_volume
-from .labels import DECLARATION_FILE, Declared, Labels
+from .labels import DECLARATION_FILE, Declared, Labels, read_dataset_json
 
 IMAGE_FOLDERS = ("imagesTr", "images")
 LABEL_FOLDERS = ("labelsTr", "labels")
@@ -55,12 +54,9 @@ def _nifti_files(folder: Path) -> list[Path]:
 def read_modality(folder: Path) -> str | None:
     """dataset.json's modality (MSD `modality`, nnU-Net v2 `channel_names`: channel "0")."""
     path = folder / DECLARATION_FILE
-    if not path.is_file():
+    doc = read_dataset_json(folder)
+    if doc is None:
         return None
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: not readable JSON ({exc})") from None
     channels = doc.get("channel_names") or doc.get("modality") or {}
     if isinstance(channels, dict) and len(channels) > 1:
         raise UserError(

@@ -159,8 +159,6 @@ def _segment_descriptions(segments):
 def build_seg(source, masks: list[np.ndarray], label, segment_label="lesion"):
     """The highdicom Segmentation object of `write_seg`; errors name `label`. `segment_label`: the model's
     label (one segment), or its labels.Labels (a segment per structure; each mask then (C, H, W))."""
-    import highdicom as hd
-    from pydicom.uid import generate_uid
 
     descriptions = _segment_descriptions(segment_label)
     if len(masks) > 1 and "FrameOfReferenceUID" not in source:
@@ -172,20 +170,26 @@ def build_seg(source, masks: list[np.ndarray], label, segment_label="lesion"):
         pixels = pixels.transpose(0, 2, 3, 1)
     elif len(masks) == 1:
         pixels = pixels[0]
+    return _segmentation([source], pixels, descriptions, f"{label}: cannot build a DICOM SEG for this source")
+
+
+def _segmentation(sources: list, pixels: np.ndarray, descriptions, refusal: str):
+    """highdicom's BINARY Segmentation of `sources` (a frame per source frame, empty ones kept); a source it
+    cannot reference raises UserError(`refusal` + why)."""
+    import highdicom as hd
+    from pydicom.uid import generate_uid
+
     try:
-        seg = hd.seg.Segmentation(source_images=[source], pixel_array=pixels,
-                                  segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-                                  segment_descriptions=descriptions, series_instance_uid=generate_uid(),
-                                  series_number=int(source.get("SeriesNumber", 0) or 0) + 1000,
-                                  sop_instance_uid=generate_uid(), instance_number=1,
-                                  manufacturer="lesionseg", manufacturer_model_name="lesionseg U-Net",
-                                  software_versions=__version__, device_serial_number="0",
-                                  omit_empty_frames=False)
+        return hd.seg.Segmentation(source_images=sources, pixel_array=pixels,
+                                   segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+                                   segment_descriptions=descriptions, series_instance_uid=generate_uid(),
+                                   series_number=int(sources[0].get("SeriesNumber", 0) or 0) + 1000,
+                                   sop_instance_uid=generate_uid(), instance_number=1,
+                                   manufacturer="lesionseg", manufacturer_model_name="lesionseg U-Net",
+                                   software_versions=__version__, device_serial_number="0",
+                                   omit_empty_frames=False)
     except (ValueError, TypeError, AttributeError) as exc:
-        raise UserError(
-            f"{label}: cannot build a DICOM SEG for this source ({str(exc).splitlines()[0][:200]})"
-        ) from None
-    return seg
+        raise UserError(f"{refusal} ({str(exc).splitlines()[0][:200]})") from None
 
 
 TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
@@ -195,9 +199,6 @@ TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "S
 def build_series_seg(datasets: list, label_volume: np.ndarray, labels, where):
     """A multi-frame BINARY DICOM SEG of a series: one frame per source instance (all referenced, in slice
     order) and one segment per structure. `label_volume` is on the series' (column, row, slice) grid."""
-    import highdicom as hd
-    from pydicom.uid import generate_uid
-
     descriptions = _segment_descriptions(labels)
     values = [s.value for s in labels.structures]
     for ds in datasets:  # attributes a SEG copies (type 2: present, may be empty) that exports often drop
@@ -206,20 +207,7 @@ def build_series_seg(datasets: list, label_volume: np.ndarray, labels, where):
                 setattr(ds, keyword, "")
     # (slice, row, column, segment), the order of `datasets`
     pixels = np.stack([label_volume.transpose(2, 1, 0) == v for v in values], axis=-1).astype(np.uint8)
-    first = datasets[0]
-    try:
-        return hd.seg.Segmentation(source_images=datasets, pixel_array=pixels,
-                                   segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-                                   segment_descriptions=descriptions, series_instance_uid=generate_uid(),
-                                   series_number=int(first.get("SeriesNumber", 0) or 0) + 1000,
-                                   sop_instance_uid=generate_uid(), instance_number=1,
-                                   manufacturer="lesionseg", manufacturer_model_name="lesionseg U-Net",
-                                   software_versions=__version__, device_serial_number="0",
-                                   omit_empty_frames=False)
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise UserError(
-            f"{where}: cannot build a DICOM SEG for this series ({str(exc).splitlines()[0][:200]})"
-        ) from None
+    return _segmentation(datasets, pixels, descriptions, f"{where}: cannot build a DICOM SEG for this series")
 
 
 def series_seg_bytes(datasets: list, label_volume: np.ndarray, labels, where) -> bytes:
