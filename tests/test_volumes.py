@@ -613,3 +613,16 @@ def test_a_volume_stored_lps_is_sliced_along_the_same_anatomy(trained, tmp_path,
     c = Canonical(lps.affine)
     np.testing.assert_array_equal(c.inverse(c.forward(lps.array)), lps.array)
     assert c.spacing(lps.spacing) == pytest.approx(SPACING)
+
+
+def test_an_uploaded_nifti_is_read_from_memory_and_bad_bytes_are_one_line(rng):
+    from lesionseg.io.volumes import read_nifti_bytes
+
+    image, _ = synthetic_volume(rng)
+    data = nib.Nifti1Image(image, affine_for()).to_bytes()
+    volume = read_nifti_bytes(data, "upload 'scan.nii'")
+    np.testing.assert_array_equal(volume.array, image)
+    assert volume.id == "scan" or volume.id == "upload 'scan"
+    for cut in (200, 1000):
+        with pytest.raises(UserError, match="upload 'scan.nii': not a readable NIfTI file"):
+            read_nifti_bytes(data[:cut], "upload 'scan.nii'")

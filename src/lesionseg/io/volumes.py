@@ -99,24 +99,32 @@ class NiftiReader(VolumeReader):
     def read(self, path: Path, dtype=np.float32) -> Volume:
         import nibabel as nib
 
+        return self.volume(lambda: nib.load(str(path)), path, nifti_id(path), dtype)
+
+    @staticmethod
+    def volume(load, where: Path, volume_id: str, dtype=np.float32) -> Volume:
+        """The checked Volume of the nibabel image `load()` gives; errors name `where`."""
+        import nibabel as nib
+
         try:
-            image = nib.load(str(path))
+            image = load()
             # dataobj applies scl_slope / scl_inter, as every viewer does
             array = np.asarray(image.dataobj, dtype=dtype)
-        except (EOFError, zlib.error, OSError, ValueError, nib.filebasedimages.ImageFileError) as exc:
+        except (EOFError, zlib.error, OSError, ValueError, nib.filebasedimages.ImageFileError,
+                nib.wrapstruct.WrapStructError, nib.spatialimages.HeaderDataError) as exc:
             text = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-            raise UserError(f"{path}: not a readable NIfTI file (truncated or corrupt: {text})") from None
+            raise UserError(f"{where}: not a readable NIfTI file (truncated or corrupt: {text})") from None
         if array.ndim == 4 and array.shape[3] == 1:
             array = array[..., 0]
         if array.ndim != 3:
             raise UserError(
-                f"{path}: a {array.ndim}-D NIfTI (shape {'x'.join(map(str, array.shape))}) where a "
+                f"{where}: a {array.ndim}-D NIfTI (shape {'x'.join(map(str, array.shape))}) where a "
                 "3-D volume is expected (one channel per file: split multi-channel images)"
             )
         affine = np.asarray(image.affine, float)
         if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-            raise UserError(f"{path}: the NIfTI affine is singular or not finite")
-        return Volume(nifti_id(path), array, affine, path, header=image.header.copy())
+            raise UserError(f"{where}: the NIfTI affine is singular or not finite")
+        return Volume(volume_id, array, affine, where, header=image.header.copy())
 
 
 def _series_uid(ds) -> str:
@@ -250,10 +258,6 @@ def volume_reader_for(path: str | Path) -> VolumeReader | None:
     return next((r for r in VOLUME_READERS if r.claims(path)), None)
 
 
-def is_volume(path: str | Path) -> bool:
-    return volume_reader_for(path) is not None
-
-
 def read_volume(path: str | Path) -> Volume:
     path = Path(path)
     if not path.exists():
@@ -313,38 +317,23 @@ def write_nifti_labels(path: str | Path, labels: np.ndarray, like: Volume) -> No
     path = Path(path)
     with atomic_path(path) as tmp:
         data = image.to_bytes()
-        tmp.write_bytes(zlib_gzip(data) if path.name.endswith(".gz") else data)
+        tmp.write_bytes(gzip_bytes(data) if path.name.endswith(".gz") else data)
 
 
-def zlib_gzip(data: bytes) -> bytes:
+def gzip_bytes(data: bytes) -> bytes:
     import gzip
 
     return gzip.compress(data, compresslevel=6, mtime=0)
 
 
 def read_nifti_bytes(data: bytes, label: str) -> Volume:
-    """A NIfTI volume from an upload (.nii or .nii.gz bytes); errors name `label`."""
-    import gzip
-    import tempfile
+    """A NIfTI volume from an upload's uncompressed .nii bytes; errors name `label`."""
+    import nibabel as nib
 
-    suffix = ".nii.gz" if data[:2] == b"\x1f\x8b" else ".nii"
-    try:
-        if suffix == ".nii.gz":
-            gzip.decompress(data)  # a truncated stream fails here, with the upload's name
-    except (EOFError, zlib.error, OSError) as exc:
-        raise UserError(f"{label}: not a readable NIfTI file (truncated or corrupt: {exc})") from None
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / ("upload" + suffix)
-        path.write_bytes(data)
-        try:
-            volume = NiftiReader().read(path)
-        except UserError as exc:
-            raise UserError(str(exc).replace(str(path), label)) from None
-    volume.array = np.array(volume.array)  # detached from the temporary file
-    volume.id, volume.source = Path(label).name.split(".")[0] or "upload", Path(label)
-    return volume
+    volume_id = Path(label).name.split(".")[0] or "upload"
+    return NiftiReader.volume(lambda: nib.Nifti1Image.from_bytes(data), Path(label), volume_id)
 
 
 def nifti_bytes(labels: np.ndarray, like: Volume) -> bytes:
     """The label map as .nii.gz bytes (the service's answer)."""
-    return zlib_gzip(nifti_label_image(labels, like).to_bytes())
+    return gzip_bytes(nifti_label_image(labels, like).to_bytes())
