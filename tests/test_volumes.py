@@ -626,3 +626,22 @@ def test_an_uploaded_nifti_is_read_from_memory_and_bad_bytes_are_one_line(rng):
     for cut in (200, 1000):
         with pytest.raises(UserError, match="upload 'scan.nii': not a readable NIfTI file"):
             read_nifti_bytes(data[:cut], "upload 'scan.nii'")
+
+
+def test_evaluate_refuses_a_dataset_whose_label_values_differ_from_the_model(trained, tmp_path):
+    data, model = trained
+    swapped = tmp_path / "swapped"
+    import shutil
+
+    shutil.copytree(data, swapped)
+    doc = json.loads((swapped / "dataset.json").read_text())
+    doc["labels"] = {"background": 0, "Anterior": 2, "Posterior": 1}
+    (swapped / "dataset.json").write_text(json.dumps(doc))
+    result = runner.invoke(
+        app, ["evaluate", "--data", str(swapped), "--weights", str(model), "--out", str(tmp_path / "e")]
+    )
+    assert (
+        result.exit_code == 2
+        and "Posterior=1, Anterior=2" in result.output
+        and "(Anterior=1, Posterior=2)" in result.output
+    )

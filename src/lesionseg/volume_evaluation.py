@@ -38,11 +38,13 @@ def load_labelled_volumes(data: str | Path, segmenter, ids=None) -> list[Labelle
         pairs = [known[i] for i in wanted]
     found = (folder / DECLARATION_FILE).is_file()
     labels = volume_labels(folder, Declared.for_folder(folder)) if found else segmenter.labels
-    if labels.names != segmenter.labels.names:
-        raise UserError(
-            f"{folder}: its structures ({', '.join(labels.names)}) are not the model's "
-            f"({', '.join(segmenter.labels.names)})"
-        )
+    def declared(x):
+        return ", ".join(f"{s.name}={s.value}" for s in x.structures)
+
+    # the label values are compared too: the model's prediction and the truth are read by value
+    if declared(labels) != declared(segmenter.labels):
+        raise UserError(f"{folder}: its structures ({declared(labels)}) are not the model's "
+                        f"({declared(segmenter.labels)})")
     return validate_volumes(pairs, segmenter.labels)
 
 
