@@ -51,11 +51,11 @@ def test_photo_plan_takes_the_largest_size_the_budget_allows():
     def probe(size, channels, out_channels, batch):
         return speeds[size]
 
-    # 900 training images, 40 epochs: 36,000 images; in 60 min that needs 10 img/s
+    # 900 training images, 25 epochs: 22,500 images; in 60 min that needs 6.25 img/s
     plan = plan_photos(fp, 60, probe)
     assert plan.config.data.image_size == 256 and plan.config.data.batch_size == 8
     assert plan.probe["320"] == 6.0 and "512" not in plan.probe  # stops at the first size that misses
-    assert plan_photos(fp, 30, probe).config.data.image_size == 160  # needs 20 img/s
+    assert plan_photos(fp, 30, probe).config.data.image_size == 192  # needs 12.5 img/s
     small = {**fp, "short_side": {"median": 170}}
     assert plan_photos(small, 600, probe).config.data.image_size == 160  # never above the images' own size
     assert plan.config.augment.hflip == 0.5 and plan.config.trainer.max_minutes == 60
@@ -65,15 +65,20 @@ def test_photo_plan_takes_the_largest_size_the_budget_allows():
 
 
 def test_volume_plan_zooms_small_crops():
-    fp = {"spacing_mm": [{"median": 1.0}] * 3, "plane_extent_mm": [{"max": 59.0}, {"max": 47.0}]}
+    fp = {
+        "spacing_mm": [{"median": 1.0}] * 3,
+        "plane_extent_mm": [{"max": 59.0, "median": 50.0}, {"max": 47.0, "median": 36.0}],
+    }
     plan = plan_volumes(fp, 60)
-    assert plan.config.data.slice_spacing_mm == 0.5 and plan.config.data.image_size == 128
+    # the bundled hippocampus recipe: 0.5 mm, 96² patches of the median 100-pixel slice, batch 32
+    assert plan.config.data.slice_spacing_mm == 0.5 and plan.config.data.image_size == 96
+    assert plan.config.data.batch_size == 32
     ct = {
         "spacing_mm": [{"median": 0.7}, {"median": 0.7}, {"median": 2.5}],
-        "plane_extent_mm": [{"max": 358.0}, {"max": 358.0}],
+        "plane_extent_mm": [{"max": 358.0, "median": 340.0}, {"max": 358.0, "median": 340.0}],
     }
     assert plan_volumes(ct, 60).config.data.slice_spacing_mm == 0.7
-    assert plan_volumes(ct, 60).config.data.image_size == 512
+    assert plan_volumes(ct, 60).config.data.image_size == 480  # 340 mm / 0.7 mm = 486 px
 
 
 def test_plan_command_writes_a_config_train_reads(tmp_path):
