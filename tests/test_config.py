@@ -17,7 +17,7 @@ def test_defaults_are_the_seed_recipe():
 
 
 def test_shipped_configs_load():
-    original = load_config(ROOT / "configs" / "original_unet.yaml")
+    original = load_config(ROOT / "configs" / "seed_unet.yaml")
     assert original.model.base_width == 64 and original.data.image_size == 256
     fast = load_config(ROOT / "configs" / "cpu_fast.yaml")
     assert fast.model.base_width == 16 and fast.data.image_size == 128

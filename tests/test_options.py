@@ -23,14 +23,21 @@ def test_every_option_is_a_flag_of_predict_and_evaluate(command):
     flags = command_flags(command)
     for name in InferenceOptions.names():
         assert "--" + name.replace("_", "-") in flags, name
-    assert "--no-tta" in flags
+    assert "--no-tta" in flags and "--no-largest-component" in flags
 
 
 def test_the_model_defaults_fill_only_what_is_unset():
     unset = InferenceOptions()
     assert unset.resolved({}).tta is False and unset.resolved({}).tta_scales == (0.75, 1.0, 1.25)
+    assert unset.resolved({}).threshold == 0.5 and unset.resolved({}).largest_component is False
     with_scales = unset.resolved({"tta_scales": [1.0, 1.5]})
-    assert with_scales == dataclasses.replace(unset, tta=True, tta_scales=(1.0, 1.5))
+    assert with_scales == dataclasses.replace(unset, tta=True, tta_scales=(1.0, 1.5), threshold=0.5,
+                                              largest_component=False)
+    # a model whose card names a threshold and the largest component (chosen out of fold)
+    chosen = {"threshold": 0.4, "largest_component": True}
+    assert unset.resolved(chosen).threshold == 0.4 and unset.resolved(chosen).largest_component is True
+    given = InferenceOptions(threshold=0.6, largest_component=False).resolved(chosen)
+    assert given.threshold == 0.6 and given.largest_component is False
     assert InferenceOptions(tta=False).resolved({"tta_scales": [1.0]}).tta is False
     assert InferenceOptions(tta_scales=[0.5]).resolved({"tta_scales": [1.0]}).tta_scales == (0.5,)
 
@@ -73,5 +80,10 @@ def test_the_service_takes_the_query_options_from_the_declaration():
     names = InferenceOptions.names(query_only=True)
     assert set(names) == {"threshold", "tta", "largest_component", "fill_holes", "min_area"}
     request = Request({"type": "http", "query_string": b"threshold=0.3&fill_holes=1", "headers": []})
-    opts = parse_options(request)
-    assert opts.inference == InferenceOptions(threshold=0.3, fill_holes=True) and opts.format == "mask"
+    model = InferenceOptions().resolved({"threshold": 0.4, "largest_component": True})
+    opts = parse_options(request, model)
+    assert opts.inference == dataclasses.replace(model, threshold=0.3, fill_holes=True)
+    assert opts.format == "mask"
+    # what the request leaves unset is the model's own
+    bare = Request({"type": "http", "query_string": b"", "headers": []})
+    assert parse_options(bare, model).inference.largest_component is True

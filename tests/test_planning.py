@@ -173,3 +173,16 @@ def test_warmed_ema_follows_the_weights_early_and_settles_at_its_decay():
     # a fixed 0.999 would still sit near the start (0.996 of the way there after 5 updates: 0.004)
     assert float(ema.module.weight) > 0.3
     assert warmed_ema(0.9) is not None and min(0.9, (1 + 1000) / (10 + 1000)) == 0.9
+
+
+@pytest.mark.plans_by_default
+def test_train_without_a_config_plans_for_this_machine(tmp_path):
+    data = make_dataset(tmp_path / "d", n=6, size=(48, 64))
+    run = tmp_path / "run"
+    args = ["train", "--data", str(data), "--out", str(run), "--minutes", "0.2", "trainer.max_epochs=1",
+            "model.base_width=4", "model.depth=2", "data.image_size=32"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "no --config, so the run is planned" in result.output
+    assert (run / "plan" / "plan.yaml").is_file()
+    assert load_config(run / "config.yaml").model.encoder == "efficientnet-lite0"  # not the seed's

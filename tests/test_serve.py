@@ -228,7 +228,7 @@ class BlockingSegmenter:
         self.real, self.started, self.release = real, threading.Event(), threading.Event()
         self.backend, self.batch_size, self.card, self.tta = real.backend, 1, {}, False
         self.weights_path, self.image_size = real.weights_path, real.image_size
-        self.labels, self.label = real.labels, real.label
+        self.labels, self.label, self.options = real.labels, real.label, real.options
 
     def predict_batch(self, images, tta=None):
         self.started.set()

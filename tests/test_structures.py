@@ -307,7 +307,7 @@ def test_model_file_records_the_structures_in_format_3(tmp_path):
     assert payload["format_version"] == 3 and payload["labels"]["mode"] == "overlapping"
     file = ModelFile.read(path)
     assert file.labels == OVERLAPPING and file.build()(torch.zeros(1, 3, 32, 32)).shape == (1, 2, 32, 32)
-    payload["format_version"] = 5
+    payload["format_version"] = 6
     torch.save(payload, tmp_path / "newer.pt")
     with pytest.raises(UserError, match="newer lesionseg"):
         ModelFile.read(tmp_path / "newer.pt")

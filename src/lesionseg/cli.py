@@ -105,7 +105,14 @@ def train(
     num_nodes: int = typer.Option(1, "--num-nodes", help="Machines for multi-node training."),
     auto: bool = typer.Option(False, "--auto", help="Plan the run for this data, machine and --minutes "
                               "(`lesionseg plan`; written to OUT/plan/, reused on resume), not --config."),
-    minutes: float = typer.Option(60.0, "--minutes", help="With --auto: the training budget."),
+    minutes: float = typer.Option(60.0, "--minutes", help="With --auto: the training budget (all folds "
+                                  "together with --folds)."),
+    folds: Optional[int] = typer.Option(None, "--folds", help="K-fold cross-validation (5 is nnU-Net's): "
+                                        "train K folds, choose TTA, threshold and largest component out of "
+                                        "fold, and write the fold ensemble as OUT/model.pt."),
+    splits: Optional[Path] = typer.Option(None, "--splits", help="The folds as a splits.json (nnU-Net's "
+                                          "format: [{\"train\": [ids], \"val\": [ids]}, ...]); implies "
+                                          "--folds."),
 ):
     """Train a model; writes config.yaml, checkpoints/, metrics.csv and model.pt (the best model)."""
     import shlex
@@ -113,23 +120,55 @@ def train(
     from .api import train as run_training
     from .config import parse_overrides
 
+    crossval = folds is not None or splits is not None
+    if config is None and not auto and UNCONFIGURED == "plan":
+        auto = True
+        print("train: no --config, so the run is planned for this data, machine and --minutes (as --auto); "
+              "the seed's recipe is --config configs/seed_unet.yaml", file=sys.stderr)
     if out is None:
-        out = Path("runs") / (config.stem if config else "auto" if auto else "original_unet")
+        out = Path("runs") / (config.stem if config else "auto" if auto else "seed_unet")
     if auto:
         if config is not None:
             raise UserError("--auto plans the config itself: drop --config (or train from a plan with "
                             "--config PLAN.yaml)")
-        config = _auto_plan(data[0], out, minutes)
+        config = _auto_plan(data[0], out, minutes / (_fold_count(folds, splits) if crossval else 1))
     options = [*[("--data", d) for d in data], ("--val-data", val_data), ("--config", config), ("--out", out),
                ("--mask-threshold", mask_threshold), ("--devices", None if devices == "1" else devices),
                ("--strategy", None if strategy == "auto" else strategy),
-               ("--num-nodes", None if num_nodes == 1 else num_nodes)]
+               ("--num-nodes", None if num_nodes == 1 else num_nodes), ("--folds", folds),
+               ("--splits", splits)]
     command = shlex.join(["lesionseg", "train", *[str(v) for o in options if o[1] is not None for v in o],
                           *(overrides or [])])
+    extra = parse_overrides(overrides or [])
+    if crossval:
+        from .crossval import train_folds
+
+        if len(data) > 1 or val_data is not None:
+            raise UserError("--folds splits one --data folder: drop --val-data and the other --data folders")
+        if mask_threshold is not None:
+            extra["data.mask_threshold"] = mask_threshold
+        model_path = train_folds(data[0], out, config, folds, splits, command=command, overrides=extra)
+        print(f"model (fold ensemble): {model_path}")
+        return
     model_path = run_training(data[0] if len(data) == 1 else data, out, config, val_data,
                               mask_threshold=mask_threshold, devices=devices, strategy=strategy,
-                              num_nodes=num_nodes, command=command, **parse_overrides(overrides or []))
+                              num_nodes=num_nodes, command=command, **extra)
     print(f"best model: {model_path}")
+
+
+# What `train` without --config or --auto trains: "plan" (as --auto), or "seed" (the config's dataclass
+# defaults, configs/seed_unet.yaml): the test suite's tiny runs override the seed recipe key by key.
+UNCONFIGURED = "plan"
+
+
+def _fold_count(folds: int | None, splits: Path | None) -> int:
+    """How many folds the budget is shared by, before the data are read."""
+    if splits is None:
+        return max(1, folds or 5)
+    try:
+        return max(1, len(json.loads(splits.read_text())))
+    except (OSError, ValueError, TypeError) as exc:
+        raise UserError(f"{splits}: not a readable splits file ({exc})") from None
 
 
 @app.command()
@@ -172,14 +211,16 @@ PIXEL_SPACING = typer.Option(None, "--pixel-spacing", min=0.0,
 
 
 # The command-line type of each InferenceOptions field (`--tta-scales` is comma-separated text).
-FLAG_TYPES = {"threshold": float, "tta": Optional[bool], "tta_scales": Optional[str],
-              "largest_component": bool, "fill_holes": bool, "min_area": int, "crf": bool, "batch_size": int}
+FLAG_TYPES = {"threshold": Optional[float], "tta": Optional[bool], "tta_scales": Optional[str],
+              "largest_component": Optional[bool], "fill_holes": bool, "min_area": int, "crf": bool,
+              "batch_size": int}
 
 
 def _flag(name: str, **overrides):
     """The option of an `InferenceOptions` field: flag, default and help come from the field."""
     field = InferenceOptions.field(name)
-    decls = "--tta/--no-tta" if name == "tta" else "--" + name.replace("_", "-")
+    flag = "--" + name.replace("_", "-")
+    decls = f"{flag}/--no-{flag[2:]}" if name in ("tta", "largest_component") else flag
     return typer.Option(overrides.pop("default", field.default), decls,
                         help=overrides.pop("help", field.metadata["help"]), **overrides)
 

@@ -63,6 +63,9 @@ class DataConfig:
     # A file of validation ids, one per line (a path, or a name inside the training folder): a dataset's
     # fixed split, used instead of a seeded carve when no --val-data is given.
     val_ids: str | None = None
+    # A file of ids left out of both training and validation (a test set; `train --folds` names the
+    # dataset's own val_ids.txt here, so no fold trains on it).
+    exclude_ids: str | None = None
     split_seed: int = 42
     batch_size: int = 8
     num_workers: int = 0  # 2-core machines: augmenting in the main process is fastest

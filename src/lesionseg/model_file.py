@@ -7,7 +7,8 @@ ONNX export's metadata and both inference backends go through it.
 
 Format versions (`format_version` in the file): 1 is the original layout; 2 adds
 `preprocess.color_constancy`; 3 adds `labels` (several structures, labels.py); 4 adds `preprocess.intensity`
-and `preprocess.slicing` (a model for volumes). A file is written with the
+and `preprocess.slicing` (a model for volumes); 5 adds `members`, an ensemble of that many networks of the one
+architecture (`train --folds`; weights keyed `members.<i>.`). A file is written with the
 lowest version that can hold what it records, so
 readers older than a feature still read every file that does not use it, and refuse those that do. Every
 version has a reader in `_READERS`. Importing this module does not import torch (the ONNX path needs it
@@ -26,7 +27,7 @@ from .errors import UserError
 from .labels import Labels
 
 FORMAT = "lesionseg-model"
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 # The input size assumed for an ONNX file whose metadata does not say (exported by another tool).
 FALLBACK_IMAGE_SIZE = 256
 
@@ -97,11 +98,26 @@ class ModelFile:
     state_dict: dict[str, Any] | None = None  # torch tensors; None for an ONNX file
     path: Path | None = None
     labels: Labels = dataclasses.field(default_factory=Labels.binary)
+    members: int = 1  # > 1: an ensemble (models/ensemble.py) of that many networks of `architecture`
 
     @property
     def format_version(self) -> int:
         """The lowest file format that records what this file holds."""
+        if self.members > 1:
+            return 5
         return max(3 if self.labels.multi else 1, self.preprocessing.format_version)
+
+    @classmethod
+    def ensemble(cls, files: list["ModelFile"], card: dict[str, Any]) -> "ModelFile":
+        """One file of several trained on the same plan (the folds): their architecture, pre-processing
+        and structures must agree."""
+        first = files[0]
+        for other in files[1:]:
+            for what in ("architecture", "preprocessing", "labels"):
+                if getattr(other, what) != getattr(first, what):
+                    raise UserError(f"{other.path}: its {what} differs from {first.path}'s: not one ensemble")
+        state = {f"members.{i}.{k}": v for i, f in enumerate(files) for k, v in f.state_dict.items()}
+        return cls(first.architecture, first.preprocessing, card, state, None, first.labels, len(files))
 
     @property
     def inference_defaults(self) -> dict[str, Any]:
@@ -151,6 +167,8 @@ class ModelFile:
                    "preprocess": self.preprocessing.to_dict(), "card": self.card, "state_dict": state}
         if self.labels.multi:
             payload["labels"] = self.labels.to_dict()
+        if self.members > 1:
+            payload["members"] = self.members
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
 
@@ -159,6 +177,11 @@ class ModelFile:
         from .models.build import build_model
 
         model = build_model(self.architecture, pretrained=False)
+        if self.members > 1:
+            from .models.ensemble import Ensemble
+
+            others = [build_model(self.architecture, pretrained=False) for _ in range(self.members - 1)]
+            model = Ensemble([model, *others], exclusive=self.labels.mode == "exclusive")
         state = {k: v.float() if v.is_floating_point() else v for k, v in self.state_dict.items()}
         try:
             model.load_state_dict(state)
@@ -290,5 +313,11 @@ def _read(payload: dict[str, Any], preprocess: dict[str, Any], path: Path) -> Mo
                      payload["state_dict"], path)
 
 
+def _read_v5(payload: dict[str, Any], path: Path) -> ModelFile:
+    file = _read_v3(payload, path)
+    file.members = int(payload.get("members", 1))
+    return file
+
+
 # version 4 differs from 3 only in what `preprocess` may hold, which Preprocessing.from_dict reads
-_READERS = {1: _read_v1, 2: _read_v2, 3: _read_v3, 4: _read_v3}
+_READERS = {1: _read_v1, 2: _read_v2, 3: _read_v3, 4: _read_v3, 5: _read_v5}

@@ -331,6 +331,16 @@ def with_split(plan: Plan, folder: Path) -> Plan:
     return Plan(load_config(None, values), {**plan.reasons, "validation": why}, plan.probe)
 
 
+def plan_evidence(folder: Path) -> dict[str, Any]:
+    """What a model card shows of the plan in `folder` (`train --auto`'s OUT/plan/): the fingerprint and
+    each rule's reason; nothing when there is no plan."""
+    fp, plan = Path(folder) / "fingerprint.json", Path(folder) / "plan.yaml"
+    if not (fp.is_file() and plan.is_file()):
+        return {}
+    reasons = [line[2:].strip() for line in plan.read_text().splitlines() if line.startswith("# ")]
+    return {"fingerprint": json.loads(fp.read_text()), "plan": reasons}
+
+
 def make_plan(data: str | Path, out: str | Path, minutes: float = 60.0) -> tuple[dict, Plan]:
     """Write DIR/fingerprint.json and DIR/plan.yaml; returns both."""
     if minutes <= 0:

@@ -34,8 +34,10 @@ def declared(folder: Path, cfg: DataConfig) -> Declared:
     return Declared.for_folder(folder, cfg.labels, cfg.label_mode, cfg.ignore_value)
 
 
-def _sources(folder: Path, cfg: DataConfig):
+def _sources(folder: Path, cfg: DataConfig, first: bool = False):
     pairs = discover(folder, declared(folder, cfg))
+    if first and cfg.exclude_ids:
+        pairs = [pairs[i] for i in kept_indices(pairs, folder, cfg.exclude_ids)]
     cache = validate(pairs, cfg.mask_threshold, keep=cfg.cache,
                      keep_limit_bytes=int(cfg.cache_limit_gb * 2**30))
     return pairs, cache
@@ -48,6 +50,18 @@ def read_ids(folder: Path, listing: str) -> list[str]:
         return [line.strip() for line in path.read_text().splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: cannot read the id list ({exc})") from None
+
+
+def kept_indices(pairs, folder: Path, listing: str) -> list[int]:
+    """The pairs not named in `listing` (data.exclude_ids: a test set, or another fold's held-out cases)."""
+    ids = set(read_ids(folder, listing))
+    unknown = ids - {p.id for p in pairs}
+    if unknown:
+        raise UserError(f"{listing}: {len(unknown)} id(s) not in {folder} (e.g. {sorted(unknown)[0]})")
+    kept = [i for i, p in enumerate(pairs) if p.id not in ids]
+    if len(kept) < 2:
+        raise UserError(f"{listing}: leaves {len(kept)} case(s) in {folder}; training needs at least 2")
+    return kept
 
 
 def listed_split(pairs, folder: Path, listing: str) -> tuple[list[int], list[int]]:
@@ -150,7 +164,7 @@ class SegmentationDataModule(L.LightningDataModule):
             self._init_volumes(folders, val_data)
             return
         self.preprocessing = Preprocessing(cfg.image_size, color_constancy=cfg.color_constancy)
-        pairs, cache = _sources(folders[0], cfg)
+        pairs, cache = _sources(folders[0], cfg, first=True)
         if val_data is not None:
             val_pairs, val_cache = _sources(Path(val_data), cfg)
             train_idx = list(range(len(pairs)))
@@ -205,10 +219,13 @@ class SegmentationDataModule(L.LightningDataModule):
         cfg = self.cfg
 
         def split(pairs):
-            if len(pairs) < 2:
+            kept = kept_indices(pairs, folders[0], cfg.exclude_ids) if cfg.exclude_ids else range(len(pairs))
+            chosen = [pairs[i] for i in kept]
+            if len(chosen) < 2:
                 raise UserError(f"{folders[0]}: need at least 2 volumes to split off validation data")
-            return (listed_split(pairs, folders[0], cfg.val_ids) if cfg.val_ids
-                    else split_pairs(pairs, cfg.val_fraction, cfg.split_seed))
+            train, val = (listed_split(chosen, folders[0], cfg.val_ids) if cfg.val_ids
+                          else split_pairs(chosen, cfg.val_fraction, cfg.split_seed))
+            return [kept[i] for i in train], [kept[i] for i in val]
 
         data = volume_data(folders[0], cfg, split)
         self.labels, self.preprocessing = data.labels, data.preprocessing

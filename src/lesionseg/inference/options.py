@@ -12,6 +12,7 @@ from ..errors import UserError
 
 # The TTA scales used when TTA is asked for and neither the caller nor the model names any.
 FALLBACK_TTA_SCALES = (0.75, 1.0, 1.25)
+FALLBACK_THRESHOLD = 0.5  # when neither the caller nor the model names one
 
 
 class OptionError(UserError):
@@ -33,13 +34,17 @@ def _option(default: Any, help: str, query: bool = True) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class InferenceOptions:
-    threshold: float = _option(0.5, "Probability threshold for the foreground.")
+    threshold: float | None = _option(
+        None, "Probability threshold for the foreground. Default: the model's own (0.5 unless its card names "
+        "one chosen out of fold).")
     tta: bool | None = _option(
         None, "Test-time augmentation: scales x {none, h-flip, v-flip}, averaged. Default: the model's own "
         "setting (`lesionseg info` shows it; off unless its card turns it on).")
     tta_scales: tuple[float, ...] | None = _option(
         None, "Comma-separated scales for TTA (default: the model's, else 0.75,1.0,1.25).", query=False)
-    largest_component: bool = _option(False, "Keep only the largest connected region.")
+    largest_component: bool | None = _option(
+        None, "Keep only the largest connected region (per structure). Default: the model's own (off unless "
+        "its card turns it on).")
     fill_holes: bool = _option(False, "Fill holes inside lesions.")
     min_area: int = _option(0, "Remove objects smaller than this many pixels.")
     crf: bool = _option(False, "Refine probabilities with a dense CRF (pydensecrf2) before thresholding.",
@@ -63,19 +68,32 @@ class InferenceOptions:
         return [(name, problem) for name, value in values if (problem := _problem(name, value))]
 
     def resolved(self, model_defaults: dict[str, Any]) -> "InferenceOptions":
-        """These options with TTA filled in from a model's stored defaults where left unset: TTA is on by
-        default when the model names its scales."""
+        """These options with what is left unset filled in from a model's stored defaults: TTA is on by
+        default when the model names its scales; the threshold and the largest component are the model's
+        (chosen out of fold by `train --folds`), else 0.5 and off."""
         scales = model_defaults.get("tta_scales")
         tta = bool(scales) if self.tta is None else self.tta
+        threshold = float(model_defaults.get("threshold", FALLBACK_THRESHOLD)) if self.threshold is None \
+            else self.threshold
+        largest = bool(model_defaults.get("largest_component", False)) if self.largest_component is None \
+            else self.largest_component
+        filled = dataclasses.replace(self, tta=tta, threshold=threshold, largest_component=largest)
         if self.tta_scales is not None:
-            return dataclasses.replace(self, tta=tta)
-        return dataclasses.replace(self, tta=tta, tta_scales=tuple(scales) if scales else FALLBACK_TTA_SCALES)
+            return filled
+        return dataclasses.replace(filled, tta_scales=tuple(scales) if scales else FALLBACK_TTA_SCALES)
+
+    def filled_from(self, base: "InferenceOptions") -> "InferenceOptions":
+        """These options, with each field left unset (None) taken from `base`."""
+        names = [f.name for f in dataclasses.fields(self)]
+        unset = {name: getattr(base, name) for name in names if getattr(self, name) is None}
+        return dataclasses.replace(self, **unset)
 
     def postprocess(self):
         """The post-processing steps these options ask for (`postprocess.PostprocessConfig`)."""
         from ..postprocess import PostprocessConfig
 
-        return PostprocessConfig(self.threshold, largest_component=self.largest_component,
+        threshold = FALLBACK_THRESHOLD if self.threshold is None else self.threshold
+        return PostprocessConfig(threshold, largest_component=bool(self.largest_component),
                                  fill_holes=self.fill_holes, min_area=self.min_area, crf=self.crf)
 
     @classmethod
@@ -106,12 +124,13 @@ class InferenceOptions:
 
     @classmethod
     def _type(cls, name: str) -> type:
-        return {"tta": bool}.get(name, type(cls.field(name).default))
+        return {"tta": bool, "largest_component": bool, "threshold": float}.get(
+            name, type(cls.field(name).default))
 
 
 def _problem(name: str, value: Any) -> str | None:
     """What is wrong with one field's value, or None."""
-    if name == "threshold" and not 0.0 < value < 1.0:
+    if name == "threshold" and value is not None and not 0.0 < value < 1.0:
         return f"must be between 0 and 1, got {value}"
     if name == "tta_scales" and value is not None and (not value or any(not 0.1 <= s <= 4 for s in value)):
         return f"must be between 0.1 and 4, got {list(value)}"

@@ -103,8 +103,9 @@ class Options:
 RESPONSE_PARAMETERS = ("format", "max_side", "structure")
 
 
-def parse_options(request: Request, formats=FORMATS) -> Options:
-    """Every refused parameter is named in one 400 message; `formats`: what the route answers with."""
+def parse_options(request: Request, model: InferenceOptions, formats=FORMATS) -> Options:
+    """Every refused parameter is named in one 400 message; `formats`: what the route answers with.
+    `model`: the loaded Segmenter's options, which fill what the request leaves unset."""
     query = request.query_params
     known = sorted({*RESPONSE_PARAMETERS, *InferenceOptions.names(query_only=True)})
     unknown = sorted(set(query) - set(known))
@@ -119,7 +120,7 @@ def parse_options(request: Request, formats=FORMATS) -> Options:
     inference = InferenceOptions()
     try:
         given = {k: v for k, v in query.items() if k not in RESPONSE_PARAMETERS}
-        inference = InferenceOptions.from_text(given)
+        inference = InferenceOptions.from_text(given).filled_from(model)
     except OptionError as exc:
         problems.append(exc.named(lambda name: f"query parameter '{name}':"))
     max_side = None
@@ -406,7 +407,7 @@ def render_structures(service: Service, image: np.ndarray, prob: np.ndarray, opt
 @endpoint("/v1/segment", auth=True)
 async def segment(request: Request, service: Service) -> Response:
     started = time.perf_counter()
-    opts = parse_options(request)
+    opts = parse_options(request, service.segmenter.options)
     if service.segmenter.backend.preprocessing.volumes:
         raise HTTPError(400, f"the model {service.model_name()} segments volumes: POST to /v1/segment/volume")
     data, label = await read_upload(request, int(service.cfg.max_body_mb * 2**20))
@@ -428,7 +429,7 @@ async def segment_dicom(request: Request, service: Service) -> Response:
     from ..io import NotAnImage, reader_by_name
 
     started = time.perf_counter()
-    opts = parse_options(request)
+    opts = parse_options(request, service.segmenter.options)
     if opts.format != "mask" and "format" in request.query_params:
         raise HTTPError(400, "query parameter 'format': /v1/segment/dicom answers with a DICOM SEG only")
     data, label = await read_upload(request, int(service.cfg.max_body_mb * 2**20))
@@ -474,7 +475,7 @@ async def segment_volume_upload(request: Request, service: Service) -> Response:
     from ..io.volumes import nifti_bytes
     from .volumes import BatcherSlices, TooLarge, read_volume_upload
 
-    opts = parse_options(request, VOLUME_FORMATS)
+    opts = parse_options(request, service.segmenter.options, VOLUME_FORMATS)
     wanted = opts.format if "format" in request.query_params or opts.format == "json" else None
     seg = service.segmenter
     if not seg.backend.preprocessing.volumes:

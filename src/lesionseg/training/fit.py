@@ -22,6 +22,7 @@ from ..labels import Labels
 from ..machine import native_bf16
 from ..model_file import ModelFile, Preprocessing
 from ..models import count_parameters, drop_full_resolution_stage
+from ..planning import plan_evidence
 from ..run_dir import METRICS_FIELDS, RunDir
 from .module import SegmentationModule, fit_to_initial_model, with_labels
 
@@ -124,7 +125,8 @@ class RunRecorder(Checkpoint):
                 "selection_metric": "none: the last epoch (trainer.selection: last)" if last else METRIC,
                 "selection_value": round(self.best if score is None or not last else score, 5),
                 "selected_weights": weights,
-                "training_minutes": round(self.elapsed_min(), 2), "hardware": self.hardware}
+                "training_minutes": round(self.elapsed_min(), 2), "hardware": self.hardware,
+                **plan_evidence(self.run_dir / "plan")}
         model_cfg = self.cfg.model
         if model_cfg.full_resolution_stage == "train_only":
             model, model_cfg = drop_full_resolution_stage(model, model_cfg)

@@ -1,0 +1,422 @@
+"""`lesionseg train --folds K`: k-fold cross-validation, inference settings chosen out of fold, and the fold
+ensemble as one model file (docs/planning.md).
+
+The cases are split into K seeded folds (or the user's `splits.json`, nnU-Net's format: a list of
+{"train": [ids], "val": [ids]}). A dataset's own `val_ids.txt` stays out of every fold, so it is still a
+report. Each fold trains through the one training loop into OUT/fold_<i>/ and keeps its last epoch, since
+its validation cases are what the choices are scored on. Each fold's model then predicts its own validation
+cases under every candidate setting (TTA on or off, threshold, largest component), and the pooled
+out-of-fold scores choose, in nnU-Net's order:
+
+1. TTA, when it scores higher (ties: off, the cheaper);
+2. the threshold (one structure or overlapping ones; ties: the nearest to 0.5);
+3. the largest component, kept only if it helps and no structure gets worse.
+
+The folds' networks become one ensemble file (models/ensemble.py) that `predict`, `evaluate`, `export` and
+`serve` load like any model, with the choices as its inference defaults. The ensemble itself cannot be
+scored out of fold (every other fold trained on each case), so it is kept whenever the folds can be
+averaged: they share their pre-processing. Evidence: OUT/crossval/oof.csv (every case under every
+candidate), OUT/crossval.json (per fold and pooled figures, mean ± spread, and the choices), the card.
+Rerunning the command resumes: finished folds and their scores are kept.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import UserError
+from .io.atomic import write_text
+
+SPLITS = "splits.json"
+SPLIT_SEED = 12345  # nnU-Net's seed for its five folds
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+DATASET_VAL_IDS = "val_ids.txt"  # a dataset's own validation list (planning.VAL_IDS)
+
+
+def case_ids(folder: Path, cfg) -> list[str]:
+    """Every case id of a training folder (photo pairs or volumes), in sorted order."""
+    from .data.datamodule import declared
+    from .pairs import discover
+    from .volume_pairs import discover_volumes, is_volume_dataset
+
+    if is_volume_dataset(folder):
+        return sorted(p.id for p in discover_volumes(folder))
+    return sorted(p.id for p in discover(folder, declared(folder, cfg.data)))
+
+
+def make_splits(ids: list[str], k: int, seed: int = SPLIT_SEED) -> tuple[list[dict], str | None]:
+    """K seeded folds of `ids`; with fewer cases than folds, leave-one-out (and a note saying so)."""
+    if k < 2:
+        raise UserError(f"--folds {k}: needs at least 2 folds")
+    if len(ids) < 2:
+        raise UserError(f"{len(ids)} case(s): cross-validation needs at least 2")
+    note = None
+    if len(ids) < k:
+        note = f"{len(ids)} cases are fewer than {k} folds: leave-one-out ({len(ids)} folds) instead"
+        k = len(ids)
+    order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
+    folds = [sorted(order[i::k]) for i in range(k)]
+    return [{"train": sorted(set(ids) - set(f)), "val": f} for f in folds], note
+
+
+def read_splits(path: Path, ids: list[str]) -> list[dict]:
+    """A splits.json in nnU-Net's format, checked against the data: every problem in one line."""
+    try:
+        splits = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: not a readable splits file ({exc})") from None
+    shape_ok = (
+        isinstance(splits, list)
+        and len(splits) >= 2
+        and all(
+            isinstance(s, dict) and all(isinstance(s.get(key), list) and s[key] for key in ("train", "val"))
+            for s in splits
+        )
+    )
+    if not shape_ok:
+        raise UserError(f'{path}: expected a list of at least 2 folds, each {{"train": [ids], "val": [ids]}}')
+    known = set(ids)
+    for i, s in enumerate(splits):
+        unknown = sorted({str(c) for c in s["train"] + s["val"]} - known)
+        if unknown:
+            raise UserError(
+                f"{path}: fold {i} names {len(unknown)} id(s) not in the data (e.g. {unknown[0]})"
+            )
+        both = sorted(set(s["train"]) & set(s["val"]))
+        if both:
+            raise UserError(f"{path}: fold {i} has {both[0]} in both train and val")
+        if len(s["train"]) < 2:
+            raise UserError(f"{path}: fold {i} trains on {len(s['train'])} case; at least 2 are needed")
+    return [{"train": sorted(map(str, s["train"])), "val": sorted(map(str, s["val"]))} for s in splits]
+
+
+def fold_splits(folder: Path, out: Path, k: int | None, given: Path | None, cfg) -> list[dict]:
+    """The splits of this run: OUT/splits.json when the run exists (a resume), else the user's file or K
+    seeded folds of the cases outside the dataset's own validation list; written to OUT/splits.json."""
+    ids = case_ids(folder, cfg)
+    own = folder / DATASET_VAL_IDS
+    if own.is_file():
+        from .data.datamodule import read_ids
+
+        held = set(read_ids(folder, DATASET_VAL_IDS))
+        ids = [i for i in ids if i not in held]
+        print(f"folds: the {len(held)} cases of {own} stay out of every fold", file=sys.stderr)
+    recorded = out / SPLITS
+    if recorded.is_file():
+        splits = read_splits(recorded, ids)
+        if given is not None and read_splits(given, ids) != splits:
+            raise UserError(f"{out}: holds a run with other splits ({recorded}); use another --out")
+        return splits
+    if given is not None:
+        splits = read_splits(given, ids)
+    else:
+        splits, note = make_splits(ids, k or 5)
+        if note:
+            print(f"folds: {note}", file=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(recorded, json.dumps(splits, indent=1) + "\n")
+    return splits
+
+
+# out-of-fold scores
+
+
+def candidates(mode: str) -> list[dict]:
+    thresholds = (None,) if mode == "exclusive" else THRESHOLDS
+    return [
+        {"tta": tta, "threshold": t, "largest_component": lcc}
+        for tta in (False, True)
+        for t in thresholds
+        for lcc in (False, True)
+    ]
+
+
+def _scores(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None) -> tuple[float, float]:
+    from .metrics import confusion, image_scores
+
+    if valid is not None:
+        pred, truth = pred[valid], truth[valid]
+    s = image_scores(confusion(pred.astype(bool), truth.astype(bool)))
+    return s["dice"], s["jaccard"]
+
+
+def _row(fold: int, case: str, cand: dict, names, per_class) -> dict:
+    row = {
+        "fold": fold,
+        "id": case,
+        "tta": int(cand["tta"]),
+        "threshold": "" if cand["threshold"] is None else cand["threshold"],
+        "largest_component": int(cand["largest_component"]),
+    }
+    for name, (dice, jac) in zip(names, per_class):
+        row[f"{name}_dice"], row[f"{name}_jaccard"] = round(dice, 6), round(jac, 6)
+    return row
+
+
+def photo_oof(model: Path, data: Path, val: list[str], fold: int, mask_threshold=None) -> list[dict]:
+    """Fold `fold`'s model on its validation photos under every candidate setting."""
+    from .evaluation import _truth_order, load_labelled
+    from .inference import Segmenter
+    from .labels import IGNORED
+    from .postprocess import PostprocessConfig
+
+    seg = Segmenter.load(model, backend="torch")
+    labelled = load_labelled(data, mask_threshold, None)
+    index = {p.id: i for i, p in enumerate(labelled.pairs)}
+    labels = seg.labels
+    order = _truth_order(seg, labelled) if labels.multi else [0]
+    names = labels.names if labels.multi else ("foreground",)
+    rows = []
+    for start in range(0, len(val), seg.batch_size):
+        chunk = [labelled.load(index[c]) for c in val[start : start + seg.batch_size]]
+        images = [image for image, _ in chunk]
+        probs = {tta: seg.predict_batch(images, tta=tta) for tta in (False, True)}
+        for j, (image, truth) in enumerate(chunk):
+            case = val[start + j]
+            for cand in candidates(labels.mode):
+                post = PostprocessConfig(
+                    cand["threshold"] or 0.5, largest_component=cand["largest_component"]
+                )
+                mask = seg.to_mask(probs[cand["tta"]][j], image, post)
+                if labels.multi:
+                    per = [
+                        _scores(mask[k], truth[..., c] == 1, truth[..., c] != IGNORED)
+                        for k, c in enumerate(order)
+                    ]
+                else:
+                    per = [_scores(mask, truth)]
+                rows.append(_row(fold, case, cand, names, per))
+    return rows
+
+
+def volume_oof(model: Path, data: Path, val: list[str], fold: int) -> list[dict]:
+    """Fold `fold`'s model on its validation volumes, segmented in 3-D under every candidate setting."""
+    from .inference import InferenceOptions, Segmenter
+    from .inference.slices import segment_volume
+    from .volume_evaluation import load_labelled_volumes
+
+    base = Segmenter.load(model, backend="torch")
+    items = load_labelled_volumes(data, base, val)
+    structures = base.labels.structures
+    rows = []
+    for cand in candidates(base.labels.mode):
+        seg = Segmenter(
+            base.backend, InferenceOptions(tta=cand["tta"], largest_component=cand["largest_component"])
+        )
+        for item in items:
+            pred = segment_volume(seg, item.volume)
+            per = [_scores(pred == s.value, item.labels == s.value) for s in structures]
+            rows.append(_row(fold, item.pair.id, cand, [s.name for s in structures], per))
+    return rows
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+def read_rows(path: Path) -> list[dict]:
+    def value(key, text):
+        if key == "id" or text == "":
+            return text if key == "id" else None
+        return float(text) if key.endswith(("_dice", "_jaccard")) or key == "threshold" else int(text)
+
+    with open(path, newline="") as f:
+        return [{k: value(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+# the choice
+
+
+def _key(row_or_cand: dict) -> tuple:
+    t = row_or_cand["threshold"]
+    return (
+        bool(row_or_cand["tta"]),
+        None if t in (None, "") else float(t),
+        bool(row_or_cand["largest_component"]),
+    )
+
+
+def pooled_table(rows: list[dict], names, metric: str) -> dict[tuple, dict]:
+    """Per candidate: the pooled mean of `metric` per structure and overall, and each fold's mean."""
+    table: dict[tuple, dict] = {}
+    for key in dict.fromkeys(_key(r) for r in rows):
+        chosen = [r for r in rows if _key(r) == key]
+        per_class = {n: float(np.mean([r[f"{n}_{metric}"] for r in chosen])) for n in names}
+        case_means = [np.mean([r[f"{n}_{metric}"] for n in names]) for r in chosen]
+        folds = sorted({r["fold"] for r in chosen})
+        by_fold = [float(np.mean([m for m, r in zip(case_means, chosen) if r["fold"] == f])) for f in folds]
+        table[key] = {
+            "mean": float(np.mean(case_means)),
+            "per_structure": per_class,
+            "per_fold": by_fold,
+            "fold_spread": float(np.std(by_fold)),
+            "n_cases": len(chosen),
+        }
+    return table
+
+
+def choose(table: dict[tuple, dict], mode: str) -> tuple[dict, list[str]]:
+    """nnU-Net's order on the pooled out-of-fold scores; returns the choice and why, one line per step."""
+    base_t = None if mode == "exclusive" else 0.5
+    mean = {k: v["mean"] for k, v in table.items()}
+    on, off = mean[(True, base_t, False)], mean[(False, base_t, False)]
+    tta = on > off
+    why = [f"TTA {'on' if tta else 'off'}: {on:.4f} with, {off:.4f} without"]
+    threshold = base_t
+    if mode != "exclusive":
+        scored = {t: mean[(tta, t, False)] for t in THRESHOLDS}
+        threshold = max(THRESHOLDS, key=lambda t: (round(scored[t], 6), -abs(t - 0.5)))
+        why.append("threshold " + f"{threshold}: " + ", ".join(f"{t} → {s:.4f}" for t, s in scored.items()))
+    plain, kept = table[(tta, threshold, False)], table[(tta, threshold, True)]
+    worse = [n for n, v in kept["per_structure"].items() if v < plain["per_structure"][n] - 1e-9]
+    largest = kept["mean"] > plain["mean"] and not worse
+    why.append(
+        f"largest component {'on' if largest else 'off'}: {kept['mean']:.4f} with, "
+        f"{plain['mean']:.4f} without" + (f"; worse for {', '.join(worse)}" if worse else "")
+    )
+    return {"tta": tta, "threshold": threshold, "largest_component": largest}, why
+
+
+# the driver
+
+
+def _fold_lists(out: Path, i: int, split: dict, all_ids: list[str]) -> dict[str, Any]:
+    """Fold i's validation list (and the cases no part of it may see) as files; the training overrides."""
+    lists = out / "crossval"
+    val_file = lists / f"fold_{i}_val.txt"
+    write_text(val_file, "\n".join(split["val"]) + "\n")
+    # a fold's model is scored on its validation cases: its last epoch is kept, never the best on them
+    extra: dict[str, Any] = {
+        "data.val_ids": str(val_file.resolve()),
+        "trainer.selection": "last",
+        "optim.ema_selection": False,
+    }
+    excluded = sorted(set(all_ids) - set(split["train"]) - set(split["val"]))
+    if excluded:
+        held = lists / f"fold_{i}_excluded.txt"
+        write_text(held, "\n".join(excluded) + "\n")
+        extra["data.exclude_ids"] = str(held.resolve())
+    return extra
+
+
+def train_folds(
+    data: str | Path,
+    out: str | Path,
+    config: str | Path | None = None,
+    folds: int | None = None,
+    splits: str | Path | None = None,
+    *,
+    command: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Path:
+    """Train every fold (resuming what is done), choose out of fold, write OUT/model.pt; returns its path."""
+    from .api import _nested_overrides
+    from .api import train as train_one
+    from .config import load_config
+    from .volume_pairs import is_volume_dataset
+
+    folder, out = Path(data), Path(out)
+    overrides = dict(overrides or {})
+    cfg = load_config(config, _nested_overrides(overrides))
+    chosen = fold_splits(folder, out, folds, Path(splits) if splits else None, cfg)
+    all_ids = case_ids(folder, cfg)
+    volumes = is_volume_dataset(folder)
+    rows: list[dict] = []
+    for i, split in enumerate(chosen):
+        scores = out / "crossval" / f"fold_{i}_oof.csv"
+        if not scores.is_file():
+            extra = _fold_lists(out, i, split, all_ids)
+            print(
+                f"fold {i + 1}/{len(chosen)}: training on {len(split['train'])} cases, validating on "
+                f"{len(split['val'])} ({out / f'fold_{i}'})",
+                file=sys.stderr,
+                flush=True,
+            )
+            model = train_one(folder, out / f"fold_{i}", config, command=command, **overrides, **extra)
+            found = (
+                volume_oof(model, folder, split["val"], i)
+                if volumes
+                else photo_oof(model, folder, split["val"], i, cfg.data.mask_threshold)
+            )
+            write_rows(scores, found)
+        rows += read_rows(scores)
+    return write_ensemble(out, len(chosen), rows)
+
+
+def write_ensemble(out: Path, k: int, rows: list[dict]) -> Path:
+    """The choice on the pooled out-of-fold rows, the evidence, and OUT/model.pt."""
+    from .inference.options import FALLBACK_TTA_SCALES
+    from .model_file import ModelFile
+
+    files = [ModelFile.read(out / f"fold_{i}" / "model.pt") for i in range(k)]
+    labels = files[0].labels
+    names = labels.names if labels.multi else ("foreground",)
+    metric = "dice" if labels.multi or files[0].preprocessing.volumes else "jaccard"
+    table = pooled_table(rows, names, metric)
+    choice, why = choose(table, labels.mode)
+    best = table[_key(choice)]
+    inference: dict[str, Any] = {"largest_component": choice["largest_component"]}
+    if choice["threshold"] is not None:
+        inference["threshold"] = choice["threshold"]
+    if choice["tta"]:
+        inference["tta_scales"] = list(FALLBACK_TTA_SCALES)
+    evidence = {
+        "folds": k,
+        "metric": f"mean {metric} per case" + (" (mean over structures)" if len(names) > 1 else ""),
+        "chosen": choice,
+        "why": why,
+        "out_of_fold": {
+            "pooled_mean": round(best["mean"], 4),
+            "per_fold": [round(v, 4) for v in best["per_fold"]],
+            "fold_mean": round(float(np.mean(best["per_fold"])), 4),
+            "fold_spread": round(best["fold_spread"], 4),
+            "per_structure": {n: round(v, 4) for n, v in best["per_structure"].items()},
+            "n_cases": best["n_cases"],
+        },
+        "candidates": [
+            {
+                "tta": t,
+                "threshold": th,
+                "largest_component": lc,
+                "pooled_mean": round(v["mean"], 4),
+                "fold_spread": round(v["fold_spread"], 4),
+            }
+            for (t, th, lc), v in table.items()
+        ],
+    }
+    card = {**files[0].card, "inference": inference, "crossval": evidence}
+    card.pop("selection_value", None)
+    try:
+        model = ModelFile.ensemble(files, card)
+        evidence["model"] = f"the ensemble of the {k} folds (the ensemble cannot be scored out of fold)"
+    except UserError as exc:
+        single = int(np.argmax(best["per_fold"]))
+        model, evidence["model"] = files[single], f"fold {single} alone, the best out of fold: {exc}"
+        model.card = card
+    from .planning import plan_evidence
+
+    card.update(plan_evidence(out / "plan"))
+    card["training_minutes"] = round(sum(f.card.get("training_minutes", 0) for f in files), 2)
+    write_text(out / "crossval.json", json.dumps(evidence, indent=1, default=str) + "\n")
+    write_rows(out / "crossval" / "oof.csv", rows)
+    model.write(out / "model.pt")
+    for line in [
+        *why,
+        f"out of fold: {best['mean']:.4f} pooled, per fold "
+        f"{', '.join(f'{v:.4f}' for v in best['per_fold'])} (± {best['fold_spread']:.4f}); "
+        f"{evidence['model']}",
+    ]:
+        print(f"crossval: {line}", file=sys.stderr)
+    return out / "model.pt"
