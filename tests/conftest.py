@@ -12,12 +12,23 @@ import pytest
 from PIL import Image
 
 
-@pytest.fixture(autouse=True)
-def seed_recipe_without_config(monkeypatch, request):
+@pytest.fixture(autouse=True, scope="session")
+def seed_recipe_without_config():
     """The tiny training runs override the seed recipe key by key: `train` without --config trains it here,
-    not a plan (whose probe would time this machine). Tests marked `plans_by_default` see the real default."""
-    if request.node.get_closest_marker("plans_by_default") is None:
-        monkeypatch.setattr("lesionseg.cli.UNCONFIGURED", "seed")
+    not a plan (whose probe would time this machine). Session-wide, so module-scoped runs see it too."""
+    import lesionseg.cli
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(lesionseg.cli, "UNCONFIGURED", "seed")
+    yield
+    patch.undo()
+
+
+@pytest.fixture(autouse=True)
+def plans_by_default(request, monkeypatch):
+    """Tests marked `plans_by_default` see the real default: `train` without --config plans the run."""
+    if request.node.get_closest_marker("plans_by_default") is not None:
+        monkeypatch.setattr("lesionseg.cli.UNCONFIGURED", "plan")
 
 
 SHARED_ISIC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isic2017"

@@ -162,6 +162,9 @@ def test_folds_train_choose_out_of_fold_and_write_one_ensemble(folds_run):
     seg = Segmenter.load(out / "model.pt")
     assert seg.threshold == evidence["chosen"]["threshold"] and seg.tta == evidence["chosen"]["tta"]
     assert seg.options.largest_component == evidence["chosen"]["largest_component"]
+    shown = json.loads(runner.invoke(app, ["info", str(out / "model.pt")]).output)
+    assert shown["ensemble_members"] == 3 and shown["crossval"]["folds"] == 3
+    assert "out of fold" in shown["training_data"]["val"]
 
 
 def test_the_ensemble_is_the_mean_of_its_folds(folds_run, rng):

@@ -439,6 +439,7 @@ def info(
         "color_constancy": loaded.color_constancy,
         **({"volumes": loaded.file.preprocessing.to_dict()} if loaded.file.preprocessing.volumes else {}),
         **({"labels": loaded.labels.to_dict()} if loaded.labels.multi else {}),
+        **({"ensemble_members": loaded.file.members} if loaded.file.members > 1 else {}),
         **card,
         "bundled_models": {name: str(bundled_model_path(name)) for name in BUNDLED
                            if bundled_model_path(name).is_file()},

@@ -397,7 +397,13 @@ def write_ensemble(out: Path, k: int, rows: list[dict]) -> Path:
         ],
     }
     card = {**files[0].card, "inference": inference, "crossval": evidence}
-    card.pop("selection_value", None)
+    for key in ("selection_value", "best_epoch", "selected_weights"):  # one fold's, not the ensemble's
+        card.pop(key, None)
+    card["training_data"] = {
+        "train": files[0].card.get("training_data", {}).get("train"),
+        "val": f"out of fold: each of the {k} folds validated on its own cases ({out / SPLITS})",
+        "n_cases": best["n_cases"],
+    }
     try:
         model = ModelFile.ensemble(files, card)
         evidence["model"] = f"the ensemble of the {k} folds (the ensemble cannot be scored out of fold)"
@@ -409,6 +415,7 @@ def write_ensemble(out: Path, k: int, rows: list[dict]) -> Path:
 
     card.update(plan_evidence(out / "plan"))
     card["training_minutes"] = round(sum(f.card.get("training_minutes", 0) for f in files), 2)
+    card["parameters"] = sum(f.card.get("parameters", 0) for f in files)
     write_text(out / "crossval.json", json.dumps(evidence, indent=1, default=str) + "\n")
     write_rows(out / "crossval" / "oof.csv", rows)
     model.write(out / "model.pt")
