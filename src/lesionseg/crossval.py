@@ -159,15 +159,16 @@ def _row(fold: int, case: str, cand: dict, names, per_class) -> dict:
     return row
 
 
-def photo_oof(model: Path, data: Path, val: list[str], fold: int, mask_threshold=None) -> list[dict]:
-    """Fold `fold`'s model on its validation photos under every candidate setting."""
+def photo_oof(model: Path, data: Path, listing: Path, fold: int, mask_threshold=None) -> list[dict]:
+    """Fold `fold`'s model on its validation photos (the ids in `listing`) under every candidate setting."""
     from .evaluation import _truth_order, load_labelled
     from .inference import Segmenter
     from .labels import IGNORED
     from .postprocess import PostprocessConfig
 
     seg = Segmenter.load(model, backend="torch")
-    labelled = load_labelled(data, mask_threshold, None)
+    labelled = load_labelled(data, mask_threshold, listing)  # decodes this fold's cases only
+    val = [p.id for p in labelled.pairs]
     index = {p.id: i for i, p in enumerate(labelled.pairs)}
     labels = seg.labels
     order = _truth_order(seg, labelled) if labels.multi else [0]
