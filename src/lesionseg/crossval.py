@@ -349,7 +349,7 @@ def train_folds(
             found = (
                 volume_oof(model, folder, split["val"], i)
                 if volumes
-                else photo_oof(model, folder, split["val"], i, cfg.data.mask_threshold)
+                else photo_oof(model, folder, Path(extra["data.val_ids"]), i, cfg.data.mask_threshold)
             )
             write_rows(scores, found)
         rows += read_rows(scores)
