@@ -27,7 +27,7 @@ from .io.atomic import write_text
 # and 384 (radiographs).
 PHOTO_SIZES = (128, 160, 192, 256, 320, 384, 512)
 # a plan's schedule passes the training set at least this often in the budget: with it the probe picks the
-# bundled recipes' sizes for skin (160), polyps (192) and radiographs (384) at 60 minutes on 2 cores
+# bundled recipes' sizes for skin (160) and radiographs (384) at 60 minutes on 2 cores (docs/planning.md)
 MIN_EPOCHS = 25
 SAMPLE_PER_CASE = 2000  # foreground intensities drawn per case for the statistics
 SIDE_WORDS = ("left", "right")  # structures named by side: no flips
