@@ -254,3 +254,27 @@ def test_members_must_agree_to_be_one_ensemble(tiny_model_file):
     b.labels = Labels.of("overlapping", [("x", 1), ("y", 2)])
     with pytest.raises(UserError, match="not one ensemble"):
         ModelFile.ensemble([a, b], {})
+
+
+def test_auto_with_user_splits_shares_the_budget_and_keeps_unlisted_cases_out(tmp_path):
+    data = make_dataset(tmp_path / "d", n=7, size=(40, 48))
+    splits = tmp_path / "splits.json"
+    folds = [
+        {"train": ["case_000", "case_001", "case_002"], "val": ["case_003", "case_004"]},
+        {"train": ["case_003", "case_004", "case_002"], "val": ["case_000", "case_001"]},
+    ]
+    splits.write_text(json.dumps(folds))  # case_005 and case_006 are in no fold
+    out = tmp_path / "cv"
+    args = ["train", "--data", str(data), "--out", str(out), "--auto", "--minutes", "0.4",
+            "--splits", str(splits), "trainer.max_epochs=1", "model.base_width=4", "model.depth=2",
+            "data.image_size=32"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    for i in range(len(folds)):
+        card = ModelFile.read(out / f"fold_{i}" / "model.pt").card
+        assert card["recipe"]["trainer"]["max_minutes"] == pytest.approx(0.2)  # 0.4 min shared by 2 folds
+        assert card["training_data"]["n_train"] == 3 and card["training_data"]["n_val"] == 2
+    rows = read_rows(out / "crossval" / "oof.csv")
+    assert {r["id"] for r in rows} == {"case_000", "case_001", "case_003", "case_004"}
+    card = ModelFile.read(out / "model.pt").card
+    assert card["fingerprint"]["n_cases"] == 7 and card["plan"]  # the plan's evidence on the ensemble's card
