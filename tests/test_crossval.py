@@ -278,3 +278,18 @@ def test_auto_with_user_splits_shares_the_budget_and_keeps_unlisted_cases_out(tm
     assert {r["id"] for r in rows} == {"case_000", "case_001", "case_003", "case_004"}
     card = ModelFile.read(out / "model.pt").card
     assert card["fingerprint"]["n_cases"] == 7 and card["plan"]  # the plan's evidence on the ensemble's card
+
+
+def test_folds_run_in_separate_processes_and_the_last_writes_the_ensemble(tmp_path):
+    data = make_dataset(tmp_path / "d", n=6, size=(40, 48))
+    out = tmp_path / "cv"
+    base = ["train", "--data", str(data), "--out", str(out), "--folds", "2", *TINY]
+    first = runner.invoke(app, [*base, "--fold", "1"])
+    assert first.exit_code == 0, first.output
+    assert "1 of 2 folds scored" in first.output and not (out / "model.pt").exists()
+    assert not (out / "fold_0").exists()
+    second = runner.invoke(app, [*base, "--fold", "0"])
+    assert second.exit_code == 0, second.output
+    assert ModelFile.read(out / "model.pt").members == 2
+    wrong = runner.invoke(app, [*base, "--fold", "2"])
+    assert wrong.exit_code == 2 and "folds 0 to 1" in wrong.output

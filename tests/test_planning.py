@@ -62,6 +62,8 @@ def test_photo_plan_takes_the_largest_size_the_budget_allows():
     sided = {**fp, "label_mode": "overlapping", "structures": {"left lung": 0.2, "right lung": 0.2}}
     assert plan_photos(sided, 60, probe).config.augment.hflip == 0.0
     assert plan_photos(fp, 60, probe).config == plan.config  # deterministic
+    # two devices, data-parallel: twice the probed speed buys the next size
+    assert plan_photos(fp, 60, probe, devices=2).config.data.image_size == 384
 
 
 def test_volume_plan_zooms_small_crops():

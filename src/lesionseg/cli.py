@@ -113,6 +113,9 @@ def train(
     splits: Optional[Path] = typer.Option(None, "--splits", help="The folds as a splits.json (nnU-Net's "
                                           "format: [{\"train\": [ids], \"val\": [ids]}, ...]); implies "
                                           "--folds."),
+    fold: Optional[int] = typer.Option(None, "--fold", help="With --folds/--splits: train and score this "
+                                       "fold only (0-based; one process per device on the same --out); the "
+                                       "call that finds every fold scored writes the ensemble."),
 ):
     """Train a model; writes config.yaml, checkpoints/, metrics.csv and model.pt (the best model)."""
     import shlex
@@ -121,6 +124,8 @@ def train(
     from .config import parse_overrides
 
     crossval = folds is not None or splits is not None
+    if fold is not None and not crossval:
+        raise UserError("--fold I needs --folds K or --splits FILE")
     if config is None and not auto and UNCONFIGURED == "plan":
         auto = True
         print("train: no --config, so the run is planned for this data, machine and --minutes (as --auto); "
@@ -131,12 +136,13 @@ def train(
         if config is not None:
             raise UserError("--auto plans the config itself: drop --config (or train from a plan with "
                             "--config PLAN.yaml)")
-        config = _auto_plan(data[0], out, minutes / (_fold_count(folds, splits) if crossval else 1))
+        share = minutes / (_fold_count(folds, splits) if crossval else 1)
+        config = _auto_plan(data[0], out, share, int(devices) if str(devices).isdigit() else 1)
     options = [*[("--data", d) for d in data], ("--val-data", val_data), ("--config", config), ("--out", out),
                ("--mask-threshold", mask_threshold), ("--devices", None if devices == "1" else devices),
                ("--strategy", None if strategy == "auto" else strategy),
                ("--num-nodes", None if num_nodes == 1 else num_nodes), ("--folds", folds),
-               ("--splits", splits)]
+               ("--splits", splits), ("--fold", fold)]
     command = shlex.join(["lesionseg", "train", *[str(v) for o in options if o[1] is not None for v in o],
                           *(overrides or [])])
     extra = parse_overrides(overrides or [])
@@ -147,8 +153,14 @@ def train(
             raise UserError("--folds splits one --data folder: drop --val-data and the other --data folders")
         if mask_threshold is not None:
             extra["data.mask_threshold"] = mask_threshold
-        model_path = train_folds(data[0], out, config, folds, splits, command=command, overrides=extra)
-        print(f"model (fold ensemble): {model_path}")
+        if devices != "1" or num_nodes != 1:
+            # a DDP launcher re-runs this command in every process: the fold loop would run in each
+            raise UserError("--folds trains each fold on one device: drop --devices / --num-nodes, and "
+                            "run the folds in parallel with --fold I, one process per device")
+        model_path = train_folds(data[0], out, config, folds, splits, command=command, overrides=extra,
+                                 only=fold)
+        if model_path is not None:
+            print(f"model (fold ensemble): {model_path}")
         return
     model_path = run_training(data[0] if len(data) == 1 else data, out, config, val_data,
                               mask_threshold=mask_threshold, devices=devices, strategy=strategy,
@@ -178,25 +190,27 @@ def plan(
                               "labelsTr/ volumes)."),
     out: Path = typer.Option(..., "--out", help="Where fingerprint.json and plan.yaml go."),
     minutes: float = typer.Option(60.0, "--minutes", help="The training budget the plan is sized to."),
+    devices: int = typer.Option(1, "--devices", help="Devices the run will train on (data-parallel): the "
+                                "probed speed of one, times this."),
 ):
     """Fingerprint a dataset and write a training plan for this machine and budget (`train --config
     DIR/plan.yaml`); the rules are in docs/planning.md."""
     from .planning import make_plan
 
-    fp, made = make_plan(data, out, minutes)
+    fp, made = make_plan(data, out, minutes, devices)
     size = made.config.data.image_size
     print(f"{fp['n_cases']} {fp['kind']}, {fp['label_mode']} ({', '.join(fp['structures'])}); plan: "
           f"input {size}², batch {made.config.data.batch_size}, {minutes:g} min; wrote "
           f"{out / 'fingerprint.json'} and {out / 'plan.yaml'}")
 
 
-def _auto_plan(data: Path, out: Path, minutes: float) -> Path:
+def _auto_plan(data: Path, out: Path, minutes: float, devices: int = 1) -> Path:
     """OUT/plan/plan.yaml: made once, then reused, so that rerunning the command resumes the same run."""
     from .planning import make_plan
 
     plan = out / "plan" / "plan.yaml"
     if not plan.is_file():
-        _fp, made = make_plan(data, out / "plan", minutes)
+        _fp, made = make_plan(data, out / "plan", minutes, devices)
         print(f"plan: input {made.config.data.image_size}², batch {made.config.data.batch_size}, "
               f"{minutes:g} min ({plan})", file=sys.stderr)
     return plan

@@ -321,8 +321,11 @@ def train_folds(
     *,
     command: str | None = None,
     overrides: dict[str, Any] | None = None,
-) -> Path:
-    """Train every fold (resuming what is done), choose out of fold, write OUT/model.pt; returns its path."""
+    only: int | None = None,
+) -> Path | None:
+    """Train every fold (resuming what is done), choose out of fold, write OUT/model.pt; returns its path.
+    `only`: train and score that fold alone (one process per device, the same OUT); the ensemble is written
+    by whichever call finds every fold scored, else None is returned."""
     from .api import _nested_overrides
     from .api import train as train_one
     from .config import load_config
@@ -334,10 +337,12 @@ def train_folds(
     chosen = fold_splits(folder, out, folds, Path(splits) if splits else None, cfg)
     all_ids = case_ids(folder, cfg)
     volumes = is_volume_dataset(folder)
+    if only is not None and not 0 <= only < len(chosen):
+        raise UserError(f"--fold {only}: the run has folds 0 to {len(chosen) - 1}")
     rows: list[dict] = []
     for i, split in enumerate(chosen):
         scores = out / "crossval" / f"fold_{i}_oof.csv"
-        if not scores.is_file():
+        if not scores.is_file() and only in (None, i):
             extra = _fold_lists(out, i, split, all_ids)
             print(
                 f"fold {i + 1}/{len(chosen)}: training on {len(split['train'])} cases, validating on "
@@ -352,7 +357,14 @@ def train_folds(
                 else photo_oof(model, folder, Path(extra["data.val_ids"]), i, cfg.data.mask_threshold)
             )
             write_rows(scores, found)
+        if not scores.is_file():
+            continue
         rows += read_rows(scores)
+    done = len({r["fold"] for r in rows})
+    if done < len(chosen):
+        print(f"crossval: {done} of {len(chosen)} folds scored; the ensemble is written once all are",
+              file=sys.stderr)
+        return None
     return write_ensemble(out, len(chosen), rows)
 
 

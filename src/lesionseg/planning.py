@@ -170,27 +170,40 @@ def fingerprint(data: str | Path, cfg: Config | None = None) -> dict[str, Any]:
     return photo_fingerprint(folder, declared)
 
 
+def training_device() -> str:
+    """Where the planned run will train: the GPU when there is one (the loop's accelerator `auto`)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def probe_img_per_s(size: int, channels: int, out_channels: int, batch: int, steps: int = 4) -> float:
-    """Training img/s of the plan's network at `size`² on this machine (forward, backward, AdamW step),
-    from the fastest of a few steps: a busy moment on a shared machine must not shrink the plan."""
+    """Training img/s of the plan's network at `size`² on one of this machine's training devices (forward,
+    backward, AdamW step; bf16 autocast on a GPU, as precision auto trains there), from the fastest of a few
+    steps: a busy moment on a shared machine must not shrink the plan."""
     import torch
 
     from .config import ModelConfig
     from .models.build import build_model
 
     torch.manual_seed(0)
+    device = training_device()
     cfg = ModelConfig(**DESIGN, in_channels=channels, out_channels=out_channels)
-    model = build_model(cfg, pretrained=False).train().to(memory_format=torch.channels_last)
+    model = build_model(cfg, pretrained=False).train().to(device, memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(batch, channels, size, size).to(memory_format=torch.channels_last)
+    x = torch.randn(batch, channels, size, size, device=device).to(memory_format=torch.channels_last)
     fastest = float("inf")
     for step in range(steps + 1):
         start = time.perf_counter()
-        out = model(x)
-        loss = sum(o.float().mean() for o in out) if isinstance(out, (list, tuple)) else out.float().mean()
+        with torch.autocast(device, torch.bfloat16, enabled=device == "cuda"):
+            out = model(x)
+            heads = out if isinstance(out, (list, tuple)) else [out]
+            loss = sum(o.float().mean() for o in heads)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
         if step:  # the first step allocates and warms the kernels
             fastest = min(fastest, time.perf_counter() - start)
     return batch / fastest
@@ -203,11 +216,17 @@ class Plan:
     probe: dict[str, float]
 
 
+def _precision() -> tuple[str, str]:
+    if training_device() == "cuda":
+        return "auto", "auto: bf16 where the GPU has it"
+    return "fp32", "fp32: a Lite0 U-Net step measured faster in fp32 than in bf16 on the 2-core machines"
+
+
 def _sided(names) -> bool:
     return any(word in name.lower() for name in names for word in SIDE_WORDS)
 
 
-def plan_photos(fp: dict, minutes: float, probe=probe_img_per_s) -> Plan:
+def plan_photos(fp: dict, minutes: float, probe=probe_img_per_s, devices: int = 1) -> Plan:
     n_train = fp.get("n_train") or max(1, round(fp["n_cases"] * 0.9))
     multi = fp["label_mode"] != "binary"
     out_channels = len(fp["structures"]) + (1 if fp["label_mode"] == "exclusive" else 0)
@@ -215,7 +234,7 @@ def plan_photos(fp: dict, minutes: float, probe=probe_img_per_s) -> Plan:
     measured, size = {}, PHOTO_SIZES[0]
     for s in (s for s in PHOTO_SIZES if s <= cap):
         batch = 16 if s <= 192 else 8
-        rate = probe(s, 3, out_channels, batch)
+        rate = probe(s, 3, out_channels, batch) * devices  # data-parallel: each device takes a batch
         measured[str(s)] = round(rate, 2)
         if rate * minutes * 60 / n_train < MIN_EPOCHS:
             break
@@ -248,7 +267,8 @@ def plan_photos(fp: dict, minutes: float, probe=probe_img_per_s) -> Plan:
             "ema_decay": round(ema, 4),
             "ema_warmup": True,
         },
-        "trainer": {"precision": "fp32", "max_minutes": minutes, "max_epochs": 1000, "patience": 1000},
+        "trainer": {"precision": _precision()[0], "max_minutes": minutes, "max_epochs": 1000,
+                    "patience": 1000},
     }
     reasons = {
         "image_size": f"largest of {list(PHOTO_SIZES)} up to the median short side ({cap}) whose probed "
@@ -262,7 +282,7 @@ def plan_photos(fp: dict, minutes: float, probe=probe_img_per_s) -> Plan:
             else "flips and 90° turns: one structure, no preferred orientation"
         ),
         "ema_decay": f"1 - 20 / (the ~{steps:.0f} steps the budget holds), within [0.99, 0.998]",
-        "precision": "fp32: a Lite0 U-Net step measured faster in fp32 than in bf16 on the 2-core machines",
+        "precision": _precision()[1],
     }
     return Plan(load_config(None, values), reasons, measured)
 
@@ -302,7 +322,8 @@ def plan_volumes(fp: dict, minutes: float) -> Plan:
             "ema_decay": 0.995,
             "ema_warmup": True,
         },
-        "trainer": {"precision": "fp32", "max_minutes": minutes, "max_epochs": 1000, "patience": 1000},
+        "trainer": {"precision": _precision()[0], "max_minutes": minutes, "max_epochs": 1000,
+                    "patience": 1000},
     }
     reasons = {
         "slice_spacing_mm": f"the finest median spacing {spacing:g} mm"
@@ -341,22 +362,27 @@ def plan_evidence(folder: Path) -> dict[str, Any]:
     return {"fingerprint": json.loads(fp.read_text()), "plan": reasons}
 
 
-def make_plan(data: str | Path, out: str | Path, minutes: float = 60.0) -> tuple[dict, Plan]:
-    """Write DIR/fingerprint.json and DIR/plan.yaml; returns both."""
+def make_plan(data: str | Path, out: str | Path, minutes: float = 60.0,
+              devices: int = 1) -> tuple[dict, Plan]:
+    """Write DIR/fingerprint.json and DIR/plan.yaml; returns both. `devices`: how many the run trains on
+    (data-parallel: the probed speed of one, times that many)."""
     if minutes <= 0:
         raise UserError(f"--minutes must be > 0, got {minutes}")
     fp = fingerprint(data)
     ids = Path(data) / VAL_IDS
     if ids.is_file():
         fp["n_train"] = fp["n_cases"] - len(ids.read_text().split())
-    plan = plan_volumes(fp, minutes) if fp["kind"] == "volumes" else plan_photos(fp, minutes)
+    if devices < 1:
+        raise UserError(f"--devices must be ≥ 1, got {devices}")
+    plan = plan_volumes(fp, minutes) if fp["kind"] == "volumes" else plan_photos(fp, minutes, devices=devices)
     plan = with_split(plan, Path(data))
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"{out}: cannot create output folder ({exc.strerror})") from None
-    fp = {**fp, "data": str(data), "budget_minutes": minutes, "probe_img_per_s": plan.probe}
+    fp = {**fp, "data": str(data), "budget_minutes": minutes, "devices": devices,
+          "device": training_device(), "probe_img_per_s": plan.probe}
     write_text(out / "fingerprint.json", json.dumps(fp, indent=2) + "\n")
     header = "".join(f"# {key}: {why}\n" for key, why in plan.reasons.items())
     write_text(
