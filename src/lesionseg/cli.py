@@ -147,21 +147,14 @@ def train(
                           *(overrides or [])])
     extra = parse_overrides(overrides or [])
     if crossval:
-        from .crossval import train_folds
-
-        if len(data) > 1 or val_data is not None:
-            raise UserError("--folds splits one --data folder: drop --val-data and the other --data folders")
+        if len(data) > 1 or val_data is not None or devices != "1" or num_nodes != 1:
+            # a DDP launcher re-runs this command in every process: the fold loop would run in each
+            raise UserError("--folds splits one --data folder and trains each fold on one device: drop "
+                            "--val-data, other --data folders, --devices / --num-nodes (parallel folds: "
+                            "--fold I, one process per device)")
         if mask_threshold is not None:
             extra["data.mask_threshold"] = mask_threshold
-        if devices != "1" or num_nodes != 1:
-            # a DDP launcher re-runs this command in every process: the fold loop would run in each
-            raise UserError("--folds trains each fold on one device: drop --devices / --num-nodes, and "
-                            "run the folds in parallel with --fold I, one process per device")
-        model_path = train_folds(data[0], out, config, folds, splits, command=command, overrides=extra,
-                                 only=fold)
-        if model_path is not None:
-            print(f"model (fold ensemble): {model_path}")
-        return
+        return _train_folds(data[0], out, config, folds, splits, command, extra, fold)
     model_path = run_training(data[0] if len(data) == 1 else data, out, config, val_data,
                               mask_threshold=mask_threshold, devices=devices, strategy=strategy,
                               num_nodes=num_nodes, command=command, **extra)
@@ -171,6 +164,14 @@ def train(
 # What `train` without --config or --auto trains: "plan" (as --auto), or "seed" (the config's dataclass
 # defaults, configs/seed_unet.yaml): the test suite's tiny runs override the seed recipe key by key.
 UNCONFIGURED = "plan"
+
+
+def _train_folds(data, out, config, folds, splits, command, extra, fold) -> None:
+    from .crossval import train_folds
+
+    model_path = train_folds(data, out, config, folds, splits, command=command, overrides=extra, only=fold)
+    if model_path is not None:
+        print(f"model (fold ensemble): {model_path}")
 
 
 def _fold_count(folds: int | None, splits: Path | None) -> int:
