@@ -96,10 +96,11 @@ def read_splits(path: Path, ids: list[str]) -> list[dict]:
     return [{"train": sorted(map(str, s["train"])), "val": sorted(map(str, s["val"]))} for s in splits]
 
 
-def fold_splits(folder: Path, out: Path, k: int | None, given: Path | None, cfg) -> list[dict]:
+def fold_splits(folder: Path, out: Path, k: int | None, given: Path | None, all_ids: list[str]) -> list[dict]:
     """The splits of this run: OUT/splits.json when the run exists (a resume), else the user's file or K
-    seeded folds of the cases outside the dataset's own validation list; written to OUT/splits.json."""
-    ids = case_ids(folder, cfg)
+    seeded folds of the cases (`all_ids`) outside the dataset's own validation list; written to
+    OUT/splits.json."""
+    ids = all_ids
     own = folder / DATASET_VAL_IDS
     if own.is_file():
         from .data.datamodule import read_ids
@@ -161,7 +162,7 @@ def _row(fold: int, case: str, cand: dict, names, per_class) -> dict:
 
 def photo_oof(model: Path, data: Path, listing: Path, fold: int, mask_threshold=None) -> list[dict]:
     """Fold `fold`'s model on its validation photos (the ids in `listing`) under every candidate setting."""
-    from .evaluation import _truth_order, load_labelled
+    from .evaluation import load_labelled, truth_order
     from .inference import Segmenter
     from .labels import IGNORED
     from .postprocess import PostprocessConfig
@@ -171,7 +172,7 @@ def photo_oof(model: Path, data: Path, listing: Path, fold: int, mask_threshold=
     val = [p.id for p in labelled.pairs]
     index = {p.id: i for i, p in enumerate(labelled.pairs)}
     labels = seg.labels
-    order = _truth_order(seg, labelled) if labels.multi else [0]
+    order = truth_order(seg, labelled) if labels.multi else [0]
     names = labels.names if labels.multi else ("foreground",)
     rows = []
     for start in range(0, len(val), seg.batch_size):
@@ -334,8 +335,8 @@ def train_folds(
     folder, out = Path(data), Path(out)
     overrides = dict(overrides or {})
     cfg = load_config(config, _nested_overrides(overrides))
-    chosen = fold_splits(folder, out, folds, Path(splits) if splits else None, cfg)
     all_ids = case_ids(folder, cfg)
+    chosen = fold_splits(folder, out, folds, Path(splits) if splits else None, all_ids)
     volumes = is_volume_dataset(folder)
     if only is not None and not 0 <= only < len(chosen):
         raise UserError(f"--fold {only}: the run has folds 0 to {len(chosen) - 1}")

@@ -121,7 +121,7 @@ def evaluate(segmenter: Segmenter, data: LabelledSet | str | Path, workers: int 
     return EvaluationResult(aggregate(counts), rows)
 
 
-def _truth_order(segmenter: Segmenter, labelled: LabelledSet) -> list[int]:
+def truth_order(segmenter: Segmenter, labelled: LabelledSet) -> list[int]:
     """The data's channel of each of the model's structures; refuses data with other structures."""
     ours, theirs = segmenter.labels.names, labels_of(labelled.pairs).names
     if sorted(ours) != sorted(theirs):
@@ -132,7 +132,7 @@ def _truth_order(segmenter: Segmenter, labelled: LabelledSet) -> list[int]:
 def _evaluate_structures(segmenter: Segmenter, labelled: LabelledSet, workers: int, spacing: Spacing,
                          tolerance: float) -> EvaluationResult:
     names = segmenter.labels.names
-    order = _truth_order(segmenter, labelled)
+    order = truth_order(segmenter, labelled)
 
     def score(i: int, truth, frames: list[Segmented]):
         pred = frames[0].mask
@@ -220,7 +220,7 @@ def _write_structures_report(result: EvaluationResult, segmenter: Segmenter, lab
     from .viz import structures_overlay
 
     index = {p.id: i for i, p in enumerate(labelled.pairs)}
-    order = _truth_order(segmenter, labelled)
+    order = truth_order(segmenter, labelled)
     labels = segmenter.labels
     worst: dict[str, list] = {}
     for name in labels.names:
