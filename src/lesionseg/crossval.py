@@ -96,11 +96,10 @@ def read_splits(path: Path, ids: list[str]) -> list[dict]:
     return [{"train": sorted(map(str, s["train"])), "val": sorted(map(str, s["val"]))} for s in splits]
 
 
-def fold_splits(folder: Path, out: Path, k: int | None, given: Path | None, all_ids: list[str]) -> list[dict]:
+def fold_splits(folder: Path, out: Path, k: int | None, given: Path | None, ids: list[str]) -> list[dict]:
     """The splits of this run: OUT/splits.json when the run exists (a resume), else the user's file or K
-    seeded folds of the cases (`all_ids`) outside the dataset's own validation list; written to
+    seeded folds of the cases (`ids`) outside the dataset's own validation list; written to
     OUT/splits.json."""
-    ids = all_ids
     own = folder / DATASET_VAL_IDS
     if own.is_file():
         from .data.datamodule import read_ids
