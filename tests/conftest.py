@@ -12,23 +12,32 @@ import pytest
 from PIL import Image
 
 
+def child_processes() -> list[str]:
+    """The processes this one started that still run (Linux /proc; a zombie has ended)."""
+    me, found = str(os.getpid()), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid, rest = stat.read_text().split(" (", 1)
+        except OSError:
+            continue
+        name, fields = rest.rsplit(") ", 1)
+        state, parent = fields.split()[:2]
+        if parent == me and state != "Z":
+            found.append(f"{pid} {name}")
+    return found
+
+
 @pytest.fixture(autouse=True, scope="session")
-def seed_recipe_without_config():
-    """The tiny training runs override the seed recipe key by key: `train` without --config trains it here,
-    not a plan (whose probe would time this machine). Session-wide, so module-scoped runs see it too."""
-    import lesionseg.cli
-
-    patch = pytest.MonkeyPatch()
-    patch.setattr(lesionseg.cli, "UNCONFIGURED", "seed")
+def no_process_left_behind():
+    """Every process a test starts is stopped, whatever the outcome: checked once the session ends."""
     yield
-    patch.undo()
+    left = child_processes()
+    assert not left, f"processes left running by the tests: {', '.join(left)}"
 
 
-@pytest.fixture(autouse=True)
-def plans_by_default(request, monkeypatch):
-    """Tests marked `plans_by_default` see the real default: `train` without --config plans the run."""
-    if request.node.get_closest_marker("plans_by_default") is not None:
-        monkeypatch.setattr("lesionseg.cli.UNCONFIGURED", "plan")
+# The seed's recipe, named as a user would name it: the tiny training runs override it key by key, while
+# `train` without --config plans the run, as it does for users.
+SEED_RECIPE = ["--config", str(Path(__file__).resolve().parents[1] / "configs" / "seed_unet.yaml")]
 
 
 SHARED_ISIC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isic2017"

@@ -11,13 +11,13 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import make_dataset, synthetic_case
+from conftest import SEED_RECIPE, make_dataset, synthetic_case
 from lesionseg.cli import app
 from lesionseg.io import read_mask
 from lesionseg.metrics import aggregate, confusion
 
 runner = CliRunner()
-TINY = ["model.base_width=4", "model.depth=2", "data.image_size=32", "data.batch_size=4",
+TINY = [*SEED_RECIPE, "model.base_width=4", "model.depth=2", "data.image_size=32", "data.batch_size=4",
         "data.val_fraction=0.25", "optim.lr=0.01"]
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import make_dataset
+from conftest import SEED_RECIPE, make_dataset
 from lesionseg.cli import app
 from lesionseg.config import ModelConfig, load_config
 from lesionseg.data.preprocess import MAX_GAIN, EvalTransform, shades_of_grey
@@ -113,9 +113,10 @@ def test_unknown_step_in_a_model_file_is_one_clear_error():
 def test_training_with_it_records_it_and_validates_with_it(tmp_path):
     data = make_dataset(tmp_path / "data", n=8)
     run = tmp_path / "run"
-    result = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(run), "model.base_width=4",
-                                      "model.depth=2", "data.image_size=32", "data.batch_size=4",
-                                      "trainer.max_epochs=1", "data.color_constancy=shades_of_grey"],
+    result = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(run), *SEED_RECIPE,
+                                      "model.base_width=4", "model.depth=2", "data.image_size=32",
+                                      "data.batch_size=4", "trainer.max_epochs=1",
+                                      "data.color_constancy=shades_of_grey"],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert load_model(run / "model.pt").color_constancy == "shades_of_grey"

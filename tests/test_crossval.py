@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import make_dataset
+from conftest import SEED_RECIPE, make_dataset
 from lesionseg.cli import app
 from lesionseg.crossval import choose, make_splits, pooled_table, read_rows, read_splits
 from lesionseg.errors import UserError
@@ -22,7 +22,7 @@ from test_volumes import make_volume_dataset
 
 runner = CliRunner()
 
-TINY = [
+TINY = [*SEED_RECIPE,
     "model.encoder=plain",
     "model.base_width=4",
     "model.depth=2",

@@ -6,11 +6,11 @@ import sys
 
 import pytest
 
-from conftest import make_dataset
+from conftest import SEED_RECIPE, make_dataset
 from lesionseg.models import load_model
 
 pytestmark = pytest.mark.slow
-ARGS = ["model.base_width=4", "model.depth=2", "data.image_size=32", "data.val_fraction=0.25",
+ARGS = [*SEED_RECIPE, "model.base_width=4", "model.depth=2", "data.image_size=32", "data.val_fraction=0.25",
         "trainer.max_epochs=3", "optim.lr=0.01"]
 
 

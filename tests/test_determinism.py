@@ -3,11 +3,11 @@
 import torch
 from typer.testing import CliRunner
 
-from conftest import make_dataset
+from conftest import SEED_RECIPE, make_dataset
 from lesionseg.cli import app
 from lesionseg.models import load_model
 
-TINY = ["model.base_width=4", "model.depth=2", "data.image_size=32", "data.batch_size=4",
+TINY = [*SEED_RECIPE, "model.base_width=4", "model.depth=2", "data.image_size=32", "data.batch_size=4",
         "trainer.max_epochs=1"]
 
 

@@ -177,7 +177,6 @@ def test_warmed_ema_follows_the_weights_early_and_settles_at_its_decay():
     assert warmed_ema(0.9) is not None and min(0.9, (1 + 1000) / (10 + 1000)) == 0.9
 
 
-@pytest.mark.plans_by_default
 def test_train_without_a_config_plans_for_this_machine(tmp_path):
     data = make_dataset(tmp_path / "d", n=6, size=(48, 64))
     run = tmp_path / "run"

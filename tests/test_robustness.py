@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import cli_in_child, make_dataset, synthetic_case
+from conftest import SEED_RECIPE, cli_in_child, make_dataset, synthetic_case
 from lesionseg.cli import app
 
 runner = CliRunner()
-TINY = ["model.base_width=4", "model.depth=2", "data.image_size=32", "data.batch_size=4",
+TINY = [*SEED_RECIPE, "model.base_width=4", "model.depth=2", "data.image_size=32", "data.batch_size=4",
         "data.val_fraction=0.25"]
 
 
@@ -170,7 +170,7 @@ def test_sigkill_mid_epoch_then_resume(tmp_path):
     data = make_dataset(tmp_path / "d", n=96, size=(96, 96))
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "lesionseg.cli", "train", "--data", str(data), "--out", str(run),
-           "model.base_width=8", "model.depth=3", "data.image_size=96", "data.batch_size=4",
+           *SEED_RECIPE, "model.base_width=8", "model.depth=3", "data.image_size=96", "data.batch_size=4",
            "trainer.max_epochs=5"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     csv_path, last = run / "metrics.csv", run / "checkpoints" / "last.ckpt"

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import make_dataset
+from conftest import SEED_RECIPE, make_dataset
 from lesionseg.cli import app
 from lesionseg.config import load_config
 from lesionseg.data.datamodule import SegmentationDataModule
@@ -21,7 +21,7 @@ from lesionseg.labels import Labels
 from lesionseg.models import load_model
 from lesionseg.pseudo_label import confidence, pseudo_label
 
-TINY = ["model.base_width=4", "model.depth=2", "data.image_size=32", "data.batch_size=4"]
+TINY = [*SEED_RECIPE, "model.base_width=4", "model.depth=2", "data.image_size=32", "data.batch_size=4"]
 
 
 def invoke(*args):

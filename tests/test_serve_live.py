@@ -1,6 +1,7 @@
 """A real `lesionseg serve` process on a free loopback port: concurrent clients, and the page in headless
 Chromium (Debian's chromium + chromium-driver, driven by selenium; skipped with the reason when absent)."""
 
+import contextlib
 import io
 import shutil
 import socket
@@ -9,6 +10,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 import numpy as np
@@ -25,8 +27,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(weights: str) -> tuple[subprocess.Popen, str]:
-    """`lesionseg serve --weights W` on a free loopback port, once it answers /readyz."""
+@contextlib.contextmanager
+def serving(weights: str) -> Iterator[str]:
+    """`lesionseg serve --weights W` on a free loopback port, once it answers /readyz; the process is stopped
+    on the way out, whether the test passed, failed or skipped."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "lesionseg", "serve", "--weights", weights, "--port", str(port)],
@@ -34,25 +38,32 @@ def start_server(weights: str) -> tuple[subprocess.Popen, str]:
         stderr=subprocess.PIPE,
         text=True,
     )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.time() < deadline, "server not ready in 120 s"
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
         try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None, proc.stderr.read()
-        assert time.time() < deadline, "server not ready in 120 s"
-        time.sleep(0.2)
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.fixture(scope="module")
 def server():
-    proc, url = start_server("cpu")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    with serving("cpu") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -165,10 +176,6 @@ def test_page_shows_a_server_error(server, tmp_path):
 def test_page_shows_a_legend_with_a_toggle_per_structure(tmp_path):
     """A model of several structures (the bundled chest model): the page draws each structure in its colour
     from the JSON answer, with a legend whose check boxes switch structures off and on."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    proc, url = start_server("chest")
     # a radiograph-like picture: two dark lung fields, a bright mediastinum
     yy, xx = np.mgrid[:512, :512]
     picture = np.full((512, 512), 200, np.uint8)
@@ -176,26 +183,32 @@ def test_page_shows_a_legend_with_a_toggle_per_structure(tmp_path):
         picture[((yy - 260) / 170) ** 2 + ((xx - cx) / 90) ** 2 < 1] = 60
     path = tmp_path / "cxr.png"
     Image.fromarray(picture).save(path)
-    browser = _chrome()
+    browser = _chrome()  # skips before any server starts when there is no browser
     try:
-        browser.get(url + "/")
-        wait = WebDriverWait(browser, 60)
-        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#legend input[type=checkbox]")) == 5)
-        names = [e.get_attribute("data-structure")
-                 for e in browser.find_elements(By.CSS_SELECTOR, "#legend input[type=checkbox]")]
-        assert set(names) == {"heart", "left_clavicle", "left_lung", "right_clavicle", "right_lung"}
-        browser.find_element(By.ID, "file").send_keys(str(path))
-        wait.until(lambda b: b.find_element(By.ID, "area").text not in ("", "–"))
-        count = "const c = document.getElementById('view'); const d = c.getContext('2d')" \
-                ".getImageData(0, 0, c.width, c.height).data; let n = 0;" \
-                "for (let i = 0; i < d.length; i += 4) if (Math.abs(d[i] - d[i + 1]) > 30) n++; return n;"
-        coloured = browser.execute_script(count)
-        assert coloured > 0 and "lung" in browser.find_element(By.ID, "area").text
-        for box in browser.find_elements(By.CSS_SELECTOR, "#legend input[type=checkbox]"):
-            box.click()  # every structure off: nothing coloured is left on the grey picture
-        wait.until(lambda b: b.execute_script(count) == 0)
-        assert browser.find_element(By.ID, "area").text == "–"
+        with serving("chest") as url:
+            _check_legend(browser, url, path)
     finally:
         browser.quit()
-        proc.terminate()
-        proc.wait(timeout=30)
+
+
+def _check_legend(browser, url: str, path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(url + "/")
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#legend input[type=checkbox]")) == 5)
+    names = [e.get_attribute("data-structure")
+             for e in browser.find_elements(By.CSS_SELECTOR, "#legend input[type=checkbox]")]
+    assert set(names) == {"heart", "left_clavicle", "left_lung", "right_clavicle", "right_lung"}
+    browser.find_element(By.ID, "file").send_keys(str(path))
+    wait.until(lambda b: b.find_element(By.ID, "area").text not in ("", "–"))
+    count = "const c = document.getElementById('view'); const d = c.getContext('2d')" \
+            ".getImageData(0, 0, c.width, c.height).data; let n = 0;" \
+            "for (let i = 0; i < d.length; i += 4) if (Math.abs(d[i] - d[i + 1]) > 30) n++; return n;"
+    coloured = browser.execute_script(count)
+    assert coloured > 0 and "lung" in browser.find_element(By.ID, "area").text
+    for box in browser.find_elements(By.CSS_SELECTOR, "#legend input[type=checkbox]"):
+        box.click()  # every structure off: nothing coloured is left on the grey picture
+    wait.until(lambda b: b.execute_script(count) == 0)
+    assert browser.find_element(By.ID, "area").text == "–"

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import SEED_RECIPE
 from lesionseg.cli import app
 from lesionseg.config import ModelConfig
 from lesionseg.errors import UserError, ValidationError
@@ -321,7 +322,7 @@ def test_one_structure_files_keep_their_old_format(tmp_path, tiny_model_file):
 # every command
 
 
-TINY = [
+TINY = [*SEED_RECIPE,
     "model.base_width=4",
     "model.depth=2",
     "data.image_size=32",

@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 import lesionseg
-from conftest import make_dataset
+from conftest import SEED_RECIPE, make_dataset
 from lesionseg.cli import app
 from lesionseg.config import load_config
 from lesionseg.errors import UserError
@@ -20,7 +20,7 @@ from lesionseg.training.schedule import TimeCosine, time_cosine_lr
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_CONFIG = ROOT / "configs" / "lite0_256_gpu.yaml"
-TINY = ["model.base_width=4", "model.depth=2", "data.image_size=32", "data.batch_size=4"]
+TINY = [*SEED_RECIPE, "model.base_width=4", "model.depth=2", "data.image_size=32", "data.batch_size=4"]
 
 
 def invoke(*args):
@@ -234,7 +234,7 @@ def test_a_stage_trained_only_is_left_out_of_model_pt(tmp_path):
     (that it equals the trained 1/2 head exactly is tests/test_models.py's)."""
     data = make_dataset(tmp_path / "data", n=8)
     run = tmp_path / "run"
-    result = invoke("train", "--data", data, "--out", run, "model.encoder=efficientnet-lite0",
+    result = invoke("train", "--data", data, "--out", run, *SEED_RECIPE, "model.encoder=efficientnet-lite0",
                     "model.base_width=4", "model.depth=3", "model.deep_supervision=true",
                     "data.image_size=32", "data.batch_size=4", "trainer.max_epochs=1",
                     "model.full_resolution_stage=train_only")

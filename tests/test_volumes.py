@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from typer.testing import CliRunner
 
+from conftest import SEED_RECIPE
 from lesionseg.cli import app
 from lesionseg.errors import UserError
 from lesionseg.inference.slices import Slicing, clean_volume, structure_volumes
@@ -348,7 +349,7 @@ def test_undeclared_label_value_and_channel_two_are_refused(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-TINY = [
+TINY = [*SEED_RECIPE,
     "model.encoder=plain",
     "model.base_width=4",
     "model.depth=2",

@@ -30,6 +30,16 @@ def _nested_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
+def check_training_request(overrides: dict[str, Any], strategy: str = "auto") -> None:
+    """What can be checked before a plan or a run is made: raises UserError naming the first unknown or
+    mistyped config key, or an unknown --strategy."""
+    from .config import load_config
+    from .training.fit import check_strategy
+
+    load_config(None, _nested_overrides(overrides))
+    check_strategy(strategy)
+
+
 def train(data: str | Path | Sequence[str | Path], out: str | Path, /, config: str | Path | None = None,
           val_data: str | Path | None = None, *, mask_threshold: int | None = None, devices: int | str = 1,
           strategy: str = "auto", num_nodes: int = 1, progress: bool | None = None,

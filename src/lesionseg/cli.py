@@ -5,11 +5,13 @@ Exit codes: 0 all done; 1 some inputs failed (the rest were written); 2 usage er
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -120,50 +122,63 @@ def train(
     """Train a model; writes config.yaml, checkpoints/, metrics.csv and model.pt (the best model)."""
     import shlex
 
+    from .api import check_training_request
     from .api import train as run_training
     from .config import parse_overrides
 
     crossval = folds is not None or splits is not None
     if fold is not None and not crossval:
         raise UserError("--fold I needs --folds K or --splits FILE")
-    if config is None and not auto and UNCONFIGURED == "plan":
-        auto = True
-        print("train: no --config, so the run is planned for this data, machine and --minutes (as --auto); "
-              "the seed's recipe is --config configs/seed_unet.yaml", file=sys.stderr)
+    if crossval and (len(data) > 1 or val_data is not None or devices != "1" or num_nodes != 1):
+        # a DDP launcher re-runs this command in every process: the fold loop would run in each
+        raise UserError("--folds splits one --data folder and trains each fold on one device: drop "
+                        "--val-data, other --data folders, --devices / --num-nodes (parallel folds: "
+                        "--fold I, one process per device)")
+    extra = parse_overrides(overrides or [])
+    check_training_request(extra, strategy)  # mistakes reported before a plan is made
+    unconfigured = config is None and not auto  # planned, as with --auto
+    auto = auto or unconfigured
+    if auto and config is not None:
+        raise UserError("--auto plans the config itself: drop --config (or train from a plan with "
+                        "--config PLAN.yaml)")
     if out is None:
         out = Path("runs") / (config.stem if config else "auto" if auto else "seed_unet")
-    if auto:
-        if config is not None:
-            raise UserError("--auto plans the config itself: drop --config (or train from a plan with "
-                            "--config PLAN.yaml)")
-        share = minutes / (_fold_count(folds, splits) if crossval else 1)
-        config = _auto_plan(data[0], out, share, int(devices) if str(devices).isdigit() else 1)
-    options = [*[("--data", d) for d in data], ("--val-data", val_data), ("--config", config), ("--out", out),
-               ("--mask-threshold", mask_threshold), ("--devices", None if devices == "1" else devices),
-               ("--strategy", None if strategy == "auto" else strategy),
-               ("--num-nodes", None if num_nodes == 1 else num_nodes), ("--folds", folds),
-               ("--splits", splits), ("--fold", fold)]
-    command = shlex.join(["lesionseg", "train", *[str(v) for o in options if o[1] is not None for v in o],
-                          *(overrides or [])])
-    extra = parse_overrides(overrides or [])
-    if crossval:
-        if len(data) > 1 or val_data is not None or devices != "1" or num_nodes != 1:
-            # a DDP launcher re-runs this command in every process: the fold loop would run in each
-            raise UserError("--folds splits one --data folder and trains each fold on one device: drop "
-                            "--val-data, other --data folders, --devices / --num-nodes (parallel folds: "
-                            "--fold I, one process per device)")
-        if mask_threshold is not None:
-            extra["data.mask_threshold"] = mask_threshold
-        return _train_folds(data[0], out, config, folds, splits, command, extra, fold)
-    model_path = run_training(data[0] if len(data) == 1 else data, out, config, val_data,
-                              mask_threshold=mask_threshold, devices=devices, strategy=strategy,
-                              num_nodes=num_nodes, command=command, **extra)
+    with _removed_when_refused(out):
+        if auto:
+            share = minutes / (_fold_count(folds, splits) if crossval else 1)
+            config = _auto_plan(data[0], out, share, int(devices) if str(devices).isdigit() else 1)
+            if unconfigured:
+                print("train: no --config, so the run is planned for this data, machine and --minutes (as "
+                      "--auto); the seed's recipe is --config configs/seed_unet.yaml", file=sys.stderr)
+        options = [*[("--data", d) for d in data], ("--val-data", val_data), ("--config", config),
+                   ("--out", out), ("--mask-threshold", mask_threshold),
+                   ("--devices", None if devices == "1" else devices),
+                   ("--strategy", None if strategy == "auto" else strategy),
+                   ("--num-nodes", None if num_nodes == 1 else num_nodes), ("--folds", folds),
+                   ("--splits", splits), ("--fold", fold)]
+        command = shlex.join(["lesionseg", "train", *[str(v) for o in options if o[1] is not None for v in o],
+                              *(overrides or [])])
+        if crossval:
+            if mask_threshold is not None:
+                extra["data.mask_threshold"] = mask_threshold
+            return _train_folds(data[0], out, config, folds, splits, command, extra, fold)
+        model_path = run_training(data[0] if len(data) == 1 else data, out, config, val_data,
+                                  mask_threshold=mask_threshold, devices=devices, strategy=strategy,
+                                  num_nodes=num_nodes, command=command, **extra)
     print(f"best model: {model_path}")
 
 
-# What `train` without --config or --auto trains: "plan" (as --auto), or "seed" (the config's dataclass
-# defaults, configs/seed_unet.yaml): the test suite's tiny runs override the seed recipe key by key.
-UNCONFIGURED = "plan"
+@contextlib.contextmanager
+def _removed_when_refused(out: Path):
+    """A run folder this call created holds nothing but its plan when the data or the setup is refused:
+    removed then, so a refusal leaves nothing behind (a run that trained keeps its checkpoints)."""
+    created = not out.exists()
+    try:
+        yield
+    except UserError:
+        if created and out.is_dir() and {p.name for p in out.iterdir()} <= {"plan"}:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def _train_folds(data, out, config, folds, splits, command, extra, fold) -> None:

@@ -162,7 +162,7 @@ def fingerprint(data: str | Path, cfg: Config | None = None) -> dict[str, Any]:
 
     folder = Path(data)
     if not folder.is_dir():
-        raise UserError(f"{folder}: not a folder")
+        raise UserError(f"{folder}: {'not a folder' if folder.exists() else 'data folder not found'}")
     d = (cfg or Config()).data
     declared = Declared.for_folder(folder, d.labels, d.label_mode, d.ignore_value)
     if is_volume_dataset(folder):

@@ -180,12 +180,7 @@ def launcher_rank() -> int:
     return int(os.environ.get("NODE_RANK", "0")) * 1000 + int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def train(data: str | Path | Sequence[str | Path], out: str | Path, cfg: Config,
-          val_data: str | Path | None = None, devices: int | str = 1, strategy: str = "auto",
-          num_nodes: int = 1, progress: bool | None = None, command: str | None = None) -> Path:
-    """Train (or resume) into `out`; returns the path of the best model file. Problems the user can fix
-    (data, config, devices, a diverging loss) raise UserError with one line."""
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
+def check_strategy(strategy: str) -> None:
     from lightning.pytorch.strategies import StrategyRegistry
 
     known = {"auto", *StrategyRegistry.available_strategies()}
@@ -193,6 +188,16 @@ def train(data: str | Path | Sequence[str | Path], out: str | Path, cfg: Config,
         raise UserError(
             f"training setup: --strategy {strategy!r} is not one of {', '.join(sorted(known)[:8])}, ..."
         )
+
+
+def train(data: str | Path | Sequence[str | Path], out: str | Path, cfg: Config,
+          val_data: str | Path | None = None, devices: int | str = 1, strategy: str = "auto",
+          num_nodes: int = 1, progress: bool | None = None, command: str | None = None) -> Path:
+    """Train (or resume) into `out`; returns the path of the best model file. Problems the user can fix
+    (data, config, devices, a diverging loss) raise UserError with one line."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    check_strategy(strategy)
     if isinstance(devices, str) and devices.isdigit():
         devices = int(devices)
     if cfg.trainer.init_from is not None:
