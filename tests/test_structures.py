@@ -638,3 +638,24 @@ def test_service_gives_an_exclusive_models_label_map_as_predict_writes_it(tmp_pa
         assert resp.status_code == 200 and resp.content == (out / "s0_mask.png").read_bytes()
         prob = client.post("/v1/segment?format=prob", content=body, headers={"Content-Type": "image/png"})
         assert prob.status_code == 400 and "disc, bar" in prob.json()["error"]
+
+
+@pytest.mark.parametrize("key", ["recipe", "recipe_config"])
+def test_evaluate_measures_in_mm_from_the_pixel_spacing_the_card_records(key):
+    """A run's card keeps its config under `recipe`, a bundled one under `recipe_config` (its `recipe` is a
+    sentence): either way the spacing is read, so distances come out in mm."""
+    from lesionseg.evaluation import Spacing
+
+    card = {key: {"data": {"pixel_spacing_mm": 0.35}}}
+    if key == "recipe_config":
+        card["recipe"] = "U-Net on EfficientNet-Lite0, 384², ..."
+    assert Spacing.choose(None, card) == Spacing(0.35, Spacing.choose(None, card).source)
+    assert Spacing.choose(None, card).unit == "mm" and Spacing.choose(0.5, card).mm == 0.5
+    assert Spacing.choose(None, {"recipe": "a sentence"}).unit == "px"
+
+
+def test_bundled_chest_model_reports_distances_in_mm(tmp_path):
+    from lesionseg.api import segmenter
+    from lesionseg.evaluation import Spacing
+
+    assert Spacing.choose(None, segmenter("chest").card).mm == pytest.approx(0.35)

@@ -455,6 +455,25 @@ def test_predict_refuses_a_bad_volume_and_writes_nothing_for_it(trained, tmp_pat
     assert not list(out.glob("broken*"))
 
 
+@pytest.mark.parametrize("flags", [["--pixel-spacing", "0.5"], ["--workers", "3"], ["--shard", "1/2"]])
+def test_predict_on_volumes_refuses_the_flags_it_cannot_honour(trained, tmp_path, rng, flags):
+    """Photo flags are refused in one line naming them, not dropped without a word."""
+    _, model = trained
+    image, _ = synthetic_volume(rng)
+    path = save_nifti(tmp_path / "scan.nii.gz", image, affine_for())
+    out = tmp_path / "o"
+    result = runner.invoke(app, ["predict", str(path), "--weights", str(model), "--out", str(out), *flags])
+    assert result.exit_code == 2 and flags[0] in result.output and "for photos" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.parametrize("flags", [["--pixel-spacing", "0.5"], ["--mask-threshold", "0"]])
+def test_evaluate_on_volumes_refuses_the_flags_it_cannot_honour(trained, tmp_path, flags):
+    data, model = trained
+    result = runner.invoke(app, ["evaluate", "--data", str(data), "--weights", str(model), *flags])
+    assert result.exit_code == 2 and flags[0] in result.output and "own voxel spacing" in result.output
+
+
 def test_photo_model_on_a_volume_says_so(tiny_model_file, tmp_path, rng):
     image, _ = synthetic_volume(rng)
     path = save_nifti(tmp_path / "scan.nii.gz", image, affine_for())

@@ -110,6 +110,11 @@ def evaluate(data: str | Path, weights: str | Path | None = None, *, out: str | 
     from .volume_pairs import is_volume_dataset
 
     if is_volume_dataset(data):
+        flags = (("--mask-threshold", mask_threshold), ("--pixel-spacing", pixel_spacing))
+        given = [flag for flag, value in flags if value is not None]
+        if given:
+            raise UserError(f"{data}: {', '.join(given)} for photos' masks; label volumes are read by value "
+                            "and measured at their own voxel spacing")
         return _evaluate_volumes(data, weights, out, report, ids, nsd_tolerance, options)
     # every data problem is reported before a model is loaded
     labelled = load_labelled(data, mask_threshold, ids)

@@ -378,8 +378,9 @@ def predict(
                                 help="Stop before writing anything if any input is unreadable."),
     report: bool = typer.Option(False, "--report", help="Also write report.html."),
     backend: str = BACKEND,
-    workers: int = typer.Option(2, "--workers", min=1,
-                                help="Threads reading and writing while the model runs."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1,
+                                          help="Threads reading and writing while the model runs "
+                                          "(photos; default 2)."),
     shard: Optional[str] = typer.Option(None, "--shard",
                                         help="K/N: only this machine's part of the inputs (stable by id)."),
     skip_existing: bool = typer.Option(False, "--skip-existing",

@@ -13,6 +13,7 @@ from .inference.pipeline import Segmented, run_pipeline
 from .io import write_csv, write_text
 from .labels import IGNORED
 from .metrics import aggregate, aggregate_structures, confusion, image_scores, structure_scores
+from .model_file import recorded_pixel_spacing
 from .pairs import Pair, discover, labels_of, load_pair, split_pairs, validate
 
 PER_IMAGE_FIELDS = ["id", "jaccard", "dice", "pixel_accuracy", "sensitivity", "specificity",
@@ -73,11 +74,9 @@ class Spacing:
     def choose(cls, given: float | None, card: dict) -> "Spacing":
         if given is not None:
             return cls(float(given), "--pixel-spacing")
-        recipe = card.get("recipe")
-        data = recipe.get("data") if isinstance(recipe, dict) else None
-        recorded = data.get("pixel_spacing_mm") if isinstance(data, dict) else None
+        recorded = recorded_pixel_spacing(card)
         if recorded:
-            return cls(float(recorded), "the model's training data (data.pixel_spacing_mm on its card)")
+            return cls(recorded, "the model's training data (data.pixel_spacing_mm on its card)")
         return cls(None, "unknown: distances in pixels")
 
 

@@ -32,6 +32,23 @@ FORMAT_VERSION = 5
 FALLBACK_IMAGE_SIZE = 256
 
 
+def training_recipe(card: dict[str, Any]) -> dict[str, Any]:
+    """The config a model was trained with, as its card records it: `recipe` on a run's model.pt,
+    `recipe_config` on a bundled one (whose `recipe` is a sentence); {} when the card records none. The one
+    reader of a model's recorded training settings: its pixel spacing, its split."""
+    for key in ("recipe", "recipe_config"):
+        if isinstance(card.get(key), dict):
+            return card[key]
+    return {}
+
+
+def recorded_pixel_spacing(card: dict[str, Any]) -> float | None:
+    """The pixel size in mm of the photos a model was trained on (`data.pixel_spacing_mm`), if recorded."""
+    data = training_recipe(card).get("data")
+    value = data.get("pixel_spacing_mm") if isinstance(data, dict) else None
+    return float(value) if value else None
+
+
 @dataclasses.dataclass(frozen=True)
 class Preprocessing:
     """What every input goes through before the network. Photos: resized to image_size², the

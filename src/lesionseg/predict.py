@@ -179,7 +179,7 @@ def _read_all_or_stop(files: list[Path], on_failure) -> dict[Path, Input]:
 def run_predict(inputs, out: str | Path, segmenter_factory: Callable[[], Segmenter], overwrite: bool = False,
                 strict: bool = False, report: bool = False, on_failure: Callable[[str], None] = print,
                 shard: str | None = None, skip_existing: bool = False, manifest: str | Path | None = None,
-                workers: int = 2, progress: bool | None = None, verbose: bool = False,
+                workers: int | None = None, progress: bool | None = None, verbose: bool = False,
                 overlays: bool = True, pixel_spacing: float | None = None) -> list[str]:
     """Returns the failure lines (one per input that could not be processed). `overlays=False` writes masks
     only (on full-size photos the overlay PNG costs more than the network).
@@ -190,13 +190,15 @@ def run_predict(inputs, out: str | Path, segmenter_factory: Callable[[], Segment
     from .predict_volumes import is_volume_input, run_predict_volumes
 
     out = Path(out)
-    if workers < 1:
+    if workers is not None and workers < 1:
         raise UserError(f"--workers must be ≥ 1, got {workers}")
     if report and not overlays:
         raise UserError("--report shows the overlays: drop --no-overlays or --report")
+    # volumes carry their own voxel spacing and go one after another: these flags have nothing to act on
     volume_args = dict(overwrite=overwrite, report=report, on_failure=on_failure, manifest=manifest,
-                       overlays=overlays, batch_options={"--shard": shard, "--skip-existing": skip_existing,
-                                                         "--strict": strict})
+                       overlays=overlays, progress=progress,
+                       batch_options={"--shard": shard, "--skip-existing": skip_existing, "--strict": strict,
+                                      "--workers": workers is not None, "--pixel-spacing": pixel_spacing})
     if any(is_volume_input(Path(i)) for i in inputs):
         return run_predict_volumes(inputs, out, segmenter_factory, **volume_args)
     chosen = select_inputs(inputs, out, shard, skip_existing, overwrite)
@@ -219,7 +221,7 @@ def run_predict(inputs, out: str | Path, segmenter_factory: Callable[[], Segment
                               pixel_spacing)
 
     try:
-        for outcome in run_pipeline(files, read, segmenter, write, workers):
+        for outcome in run_pipeline(files, read, segmenter, write, workers or 2):
             f = outcome.key
             if outcome.error is not None:
                 failures.append(str(outcome.error))

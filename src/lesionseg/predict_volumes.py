@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import UserError
+from .inference.pipeline import Progress
 from .inference.slices import Slicing, segment_volume, structure_volumes
 from .io.atomic import write_bytes, write_text
 from .io.dicom import SEG_SUFFIX, series_seg_bytes
@@ -129,15 +130,16 @@ def run_predict_volumes(
     overlays: bool = True,
     segmenter=None,
     batch_options: dict | None = None,
+    progress: bool | None = None,
 ) -> list[str]:
     """Segment every volume of `inputs` into `out`; returns the failure lines. `batch_options`: the photo
-    batch flags the caller was given (refused here)."""
+    flags the caller was given (refused here)."""
     out = Path(out)
-    given = [name for name, value in (batch_options or {}).items() if value]
+    given = [name for name, value in (batch_options or {}).items() if value not in (None, False)]
     if given:
         raise UserError(
-            f"{', '.join(given)}: for folders of photos; volumes are segmented one after another, "
-            "each written whole or not at all"
+            f"{', '.join(given)}: for photos; volumes are segmented one after another, each written whole "
+            "or not at all, and measured at their own voxel spacing"
         )
     files = list_volumes(inputs)
     writable_folder(out)
@@ -152,6 +154,7 @@ def run_predict_volumes(
             if (out / (volume_id(path) + LABELS_SUFFIX)).exists():
                 raise UserError(f"{out}: already holds results for {path} (use --overwrite or another --out)")
     failures, records, done = [], Manifest(), []
+    bar = Progress(len(files), progress)
     for path in files:
         try:
             outcome = segment_one(segmenter, path, out, overlays)
@@ -161,6 +164,8 @@ def run_predict_volumes(
                 on_failure(str(exc))
             records.add(path.name, path, "failed", error=str(exc))
             continue
+        finally:
+            bar.advance()
         done.append(volume_record(outcome))
         text = ", ".join(f"{n} {v['ml']:.3f} mL" for n, v in outcome.volumes.items())
         print(f"{path} -> {out / outcome.files[0]} ({text})")
@@ -174,6 +179,7 @@ def run_predict_volumes(
             width="x".join(map(str, outcome.volume.array.shape)),
             areas=json.dumps(outcome.volumes, separators=(",", ":")),
         )
+    bar.close()
     _write_summary(out, done, records, manifest, report, segmenter, inputs)
     if failures and not done:  # nothing segmented: a user error (exit 2), in one line when one was given
         raise UserError(

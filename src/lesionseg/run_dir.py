@@ -104,6 +104,7 @@ def split_settings(source: str | Path | dict | None) -> tuple[float, int]:
         path = resolve_weights(source)
         if path.suffix == ".pt" and path.is_file():
             card = ModelFile.read(path).card
-    recipes = (card.get("recipe"), card.get("recipe_config"))
-    data = next((r for r in recipes if isinstance(r, dict)), {}).get("data", {})
+    from .model_file import training_recipe
+
+    data = training_recipe(card).get("data", {})
     return data.get("val_fraction", DataConfig.val_fraction), data.get("split_seed", DataConfig.split_seed)
