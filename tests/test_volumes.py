@@ -25,6 +25,7 @@ from lesionseg.inference.slices import Slicing, clean_volume, structure_volumes
 from lesionseg.intensity import Intensity, modality_scheme
 from lesionseg.io.volumes import (
     RAS_FROM_LPS,
+    NiftiReader,
     Volume,
     nifti_label_image,
     read_label_volume,
@@ -665,3 +666,31 @@ def test_evaluate_refuses_a_dataset_whose_label_values_differ_from_the_model(tra
         and "Posterior=1, Anterior=2" in result.output
         and "(Anterior=1, Posterior=2)" in result.output
     )
+
+
+def test_a_header_with_its_voxel_size_only_in_pixdim_segments_as_its_consistent_copy(trained, tmp_path, rng):
+    """Some public datasets ship an sform of unit scale and keep the voxel size in pixdim: read as ITK
+    reads it, the volume gets the same geometry, labels and mL as a copy whose header is consistent."""
+    from lesionseg.io import nifti_geometry
+    from test_nifti_geometry import write_header_case
+
+    _, model = trained
+    image, _ = synthetic_volume(rng)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    consistent = save_nifti(folder / "consistent.nii.gz", image, affine_for())
+    unit = np.eye(4)
+    unit[:3, 3] = affine_for()[:3, 3]
+    write_header_case(folder / "unit_sform.nii.gz", unit, 1, None, 0, SPACING, data=image)
+    assert nib.load(folder / "unit_sform.nii.gz").header.get_zooms() == pytest.approx(SPACING)
+    nifti_geometry._shown.clear()
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["predict", str(folder), "--weights", str(model), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "unit_sform.nii.gz: the sform's scales and pixdim disagree" in result.output
+    np.testing.assert_allclose(NiftiReader().read(folder / "unit_sform.nii.gz").affine,
+                               NiftiReader().read(consistent).affine, atol=1e-6)
+    labels = [np.asarray(nib.load(out / f"{p}_labels.nii.gz").dataobj) for p in ("consistent", "unit_sform")]
+    assert np.array_equal(*labels)
+    recorded = {v["id"]: v["structures"] for v in json.loads((out / "volumes.json").read_text())["volumes"]}
+    assert recorded["consistent"] == recorded["unit_sform"]

@@ -120,8 +120,6 @@ def train(
                                        "call that finds every fold scored writes the ensemble."),
 ):
     """Train a model; writes config.yaml, checkpoints/, metrics.csv and model.pt (the best model)."""
-    import shlex
-
     from .api import check_training_request
     from .api import train as run_training
     from .config import parse_overrides
@@ -150,14 +148,12 @@ def train(
             if unconfigured:
                 print("train: no --config, so the run is planned for this data, machine and --minutes (as "
                       "--auto); the seed's recipe is --config configs/seed_unet.yaml", file=sys.stderr)
-        options = [*[("--data", d) for d in data], ("--val-data", val_data), ("--config", config),
-                   ("--out", out), ("--mask-threshold", mask_threshold),
-                   ("--devices", None if devices == "1" else devices),
-                   ("--strategy", None if strategy == "auto" else strategy),
-                   ("--num-nodes", None if num_nodes == 1 else num_nodes), ("--folds", folds),
-                   ("--splits", splits), ("--fold", fold)]
-        command = shlex.join(["lesionseg", "train", *[str(v) for o in options if o[1] is not None for v in o],
-                              *(overrides or [])])
+        command = _train_command([*[("--data", d) for d in data], ("--val-data", val_data),
+                                  ("--config", config), ("--out", out), ("--mask-threshold", mask_threshold),
+                                  ("--devices", None if devices == "1" else devices),
+                                  ("--strategy", None if strategy == "auto" else strategy),
+                                  ("--num-nodes", None if num_nodes == 1 else num_nodes), ("--folds", folds),
+                                  ("--splits", splits), ("--fold", fold)], overrides)
         if crossval:
             if mask_threshold is not None:
                 extra["data.mask_threshold"] = mask_threshold
@@ -166,6 +162,14 @@ def train(
                                   mask_threshold=mask_threshold, devices=devices, strategy=strategy,
                                   num_nodes=num_nodes, command=command, **extra)
     print(f"best model: {model_path}")
+
+
+def _train_command(options: list[tuple[str, object]], overrides: list[str] | None) -> str:
+    """The command that reruns (resumes) this run, recorded on the model card: the options given."""
+    import shlex
+
+    given = [str(v) for option in options if option[1] is not None for v in option]
+    return shlex.join(["lesionseg", "train", *given, *(overrides or [])])
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import UserError
 from .atomic import atomic_path
+from .nifti_geometry import itk_affine
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 LABELS_SUFFIX = "_labels.nii.gz"  # `<id>_labels.nii.gz`: the label map of a volume input
@@ -121,7 +122,7 @@ class NiftiReader(VolumeReader):
                 f"{where}: a {array.ndim}-D NIfTI (shape {'x'.join(map(str, array.shape))}) where a "
                 "3-D volume is expected (one channel per file: split multi-channel images)"
             )
-        affine = np.asarray(image.affine, float)
+        affine = itk_affine(image.header, where)
         if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
             raise UserError(f"{where}: the NIfTI affine is singular or not finite")
         return Volume(volume_id, array, affine, where, header=image.header.copy())
