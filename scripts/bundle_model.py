@@ -152,8 +152,8 @@ def bundle_with_fixed_split(args) -> None:
         raise SystemExit("this run chose its epoch on the validation list: train with "
                          "trainer.selection: last")
     val_ids = set(read_ids(args.data, listing))
-    if is_volume_dataset(args.data):  # scored per volume in 3-D (volume_evaluation.py)
-        from lesionseg.volume_evaluation import evaluate_volumes, load_labelled_volumes
+    if is_volume_dataset(args.data):  # scored per volume in 3-D
+        from lesionseg.evaluation import evaluate_volumes, load_labelled_volumes
 
         train_ids = [p.id for p in discover_volumes(args.data) if p.id not in val_ids]
 

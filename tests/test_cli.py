@@ -114,7 +114,7 @@ def test_evaluate_matches_predict(trained, tmp_path):
     keys = {"mean_jaccard", "mean_dice", "thresholded_jaccard", "pooled_iou", "miou_fg_bg", "pixel_accuracy",
             "sensitivity", "specificity", "n_images"}
     assert keys <= metrics.keys() and metrics["n_images"] == 16
-    rows = list(csv.DictReader((out / "per_image.csv").open()))
+    rows = list(csv.DictReader((out / "per_case.csv").open()))
     jac = [float(r["jaccard"]) for r in rows]
     assert jac == sorted(jac) and len(rows) == 16
     assert "mean_jaccard" in result.stdout

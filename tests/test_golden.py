@@ -131,7 +131,7 @@ def test_evaluate_gives_the_recorded_metrics(tmp_path):
             metrics = json.loads((out / "metrics.json").read_text())
             observed.update({f"{model}/{label}/{k}": v for k, v in metrics.items()
                              if isinstance(v, (int, float)) and not isinstance(v, bool)})
-            observed[f"{model}/{label}/per_image.csv"] = sha(out / "per_image.csv")
+            observed[f"{model}/{label}/per_case.csv"] = sha(out / "per_case.csv")
     check_or_write("evaluate.json", observed)
 
 

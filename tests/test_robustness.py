@@ -92,8 +92,8 @@ def test_jpeg_masks_are_binarised_and_reported(tmp_path, tiny_model_file):
     chosen = runner.invoke(app, ["evaluate", "--data", str(data), "--weights", str(tiny_model_file),
                                  "--out", str(tmp_path / "chosen"), "--mask-threshold", "127"])
     assert chosen.exit_code == 0 and "JPEG mask" not in chosen.stderr
-    assert (tmp_path / "auto" / "per_image.csv").read_text() == (
-        tmp_path / "chosen" / "per_image.csv"
+    assert (tmp_path / "auto" / "per_case.csv").read_text() == (
+        tmp_path / "chosen" / "per_case.csv"
     ).read_text()
     soft = np.tile(np.linspace(0, 255, 48).astype(np.uint8), (48, 1))  # a probability map saved as JPEG
     mask = next((data / "masks").iterdir())

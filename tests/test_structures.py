@@ -376,7 +376,7 @@ def test_evaluate_reports_every_structure_with_boundary_metrics(trained, tmp_pat
         assert {"dice", "jaccard", "hd95", "assd", "nsd", "n_scored", "n_both_empty"} <= set(entry)
         assert entry["n_scored"] + entry["n_both_empty"] == 8
     assert metrics["mean_dice"] == pytest.approx(np.mean([e["dice"] for e in metrics["per_class"].values()]))
-    header = (out / "per_image.csv").read_text().splitlines()[0]
+    header = (out / "per_case.csv").read_text().splitlines()[0]
     assert header.startswith("id,bar_dice,bar_jaccard,bar_hd95")
     page = (out / "report.html").read_text()
     assert "Per structure" in page and "Worst cases per structure" in page and "HD95 (mm)" in page
@@ -410,7 +410,7 @@ def test_evaluate_scores_what_predict_writes(trained, tmp_path):
         app, ["evaluate", "--data", str(data), "--weights", str(model), "--out", str(tmp_path / "ev")]
     )
     rows = {
-        r.split(",")[0]: r.split(",") for r in (tmp_path / "ev" / "per_image.csv").read_text().splitlines()
+        r.split(",")[0]: r.split(",") for r in (tmp_path / "ev" / "per_case.csv").read_text().splitlines()
     }
     header = rows.pop("id")
     for image_id, row in rows.items():

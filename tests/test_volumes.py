@@ -508,7 +508,7 @@ def test_evaluate_scores_each_volume_in_mm(trained, tmp_path):
     assert set(metrics["per_class"]) == {"Anterior", "Posterior"}
     for entry in metrics["per_class"].values():
         assert 0 <= entry["dice"] <= 1 and entry["hd95"] >= 0 and "mean_volume_diff_ml" in entry
-    rows = (out / "per_image.csv").read_text().splitlines()
+    rows = (out / "per_case.csv").read_text().splitlines()
     assert len(rows) == 3 and "Anterior_hd95" in rows[0] and "Anterior_volume_diff_ml" in rows[0]
     assert (out / "report.html").is_file()
 

@@ -93,13 +93,22 @@ def evaluate(data: str | Path, weights: str | Path | None = None, *, out: str | 
     pooled_iou, miou_fg_bg, pixel_accuracy, sensitivity, specificity, n_images).
 
     `options` are `segmenter()`'s (threshold, tta, largest_component, ...). With `out`, writes metrics.json
-    and per_image.csv there (and report.html with `report=True`). `ids`: a file listing the ids to score.
+    and per_case.csv there (and report.html with `report=True`). `ids`: a file listing the ids to score.
     Models of several structures: per structure Dice, Jaccard, HD95, ASSD, NSD (at `nsd_tolerance`), distances
     in mm with `pixel_spacing` (default: the model's training data's, when its card says), else pixels.
     """
-    from .evaluation import Spacing, load_labelled, write_report, write_results
+    from .evaluation import (
+        Spacing,
+        evaluate_volumes,
+        load_labelled,
+        load_labelled_volumes,
+        write_report,
+        write_results,
+        write_volume_report,
+    )
     from .evaluation import evaluate as score
     from .inference import InferenceOptions
+    from .volume_pairs import is_volume_dataset
 
     unknown = sorted(set(options) - {"backend", *InferenceOptions.names()})
     if unknown:
@@ -107,47 +116,33 @@ def evaluate(data: str | Path, weights: str | Path | None = None, *, out: str | 
                         f"(known: backend, {', '.join(InferenceOptions.names())})")
     if report and out is None:
         raise UserError("evaluate: report=True needs an out folder to write report.html into")
-    from .volume_pairs import is_volume_dataset
-
-    if is_volume_dataset(data):
+    volumes = is_volume_dataset(data)
+    if volumes:
         flags = (("--mask-threshold", mask_threshold), ("--pixel-spacing", pixel_spacing))
         given = [flag for flag, value in flags if value is not None]
         if given:
             raise UserError(f"{data}: {', '.join(given)} for photos' masks; label volumes are read by value "
                             "and measured at their own voxel spacing")
-        return _evaluate_volumes(data, weights, out, report, ids, nsd_tolerance, options)
-    # every data problem is reported before a model is loaded
-    labelled = load_labelled(data, mask_threshold, ids)
+    else:  # every data problem is reported before a model is loaded
+        labelled = load_labelled(data, mask_threshold, ids)
     seg = segmenter(weights, **options)
-    if seg.backend.preprocessing.volumes:
-        raise UserError(f"{data}: a folder of photos, and {seg.weights_path.name} is a model for volumes "
-                        "(give an imagesTr/ + labelsTr/ dataset)")
-    result = score(seg, labelled, spacing=Spacing.choose(pixel_spacing, seg.card),
-                   nsd_tolerance=nsd_tolerance)
+    if seg.backend.preprocessing.volumes != volumes:
+        raise UserError(f"{data}: a dataset of volumes, and {seg.weights_path.name} is a model for photos"
+                        if volumes else f"{data}: a folder of photos, and {seg.weights_path.name} is a model "
+                        "for volumes (give an imagesTr/ + labelsTr/ dataset)")
+    if volumes:
+        items = load_labelled_volumes(data, seg, ids)
+        result = evaluate_volumes(seg, items, nsd_tolerance)
+    else:
+        result = score(seg, labelled, spacing=Spacing.choose(pixel_spacing, seg.card),
+                       nsd_tolerance=nsd_tolerance)
     if out is not None:
         settings = {"weights": str(seg.weights_path), "backend": seg.backend.name, "data": str(data),
-                    "tta": list(seg.tta_scales) if seg.tta else False, "postprocess": seg.post.describe()}
-        write_results(result, out, extra=settings)
-        if report:
-            write_report(result, seg, labelled, out, settings)
-    return dict(result.metrics)
-
-
-def _evaluate_volumes(data, weights, out, report: bool, ids, nsd_tolerance: float, options: dict) -> dict:
-    """A labelled-volume dataset: scored per volume in 3-D, in mm (volume_evaluation.py)."""
-    from .evaluation import write_results
-    from .volume_evaluation import evaluate_volumes, load_labelled_volumes, write_volume_report
-
-    seg = segmenter(weights, **options)
-    if not seg.backend.preprocessing.volumes:
-        raise UserError(f"{data}: a dataset of volumes, and {seg.weights_path.name} is a model for photos")
-    items = load_labelled_volumes(data, seg, ids)
-    result = evaluate_volumes(seg, items, nsd_tolerance)
-    if out is not None:
-        settings = {"weights": str(seg.weights_path), "backend": seg.backend.name, "data": str(data),
-                    "ids": str(ids) if ids else "all", "tta": "flips" if seg.tta else False,
+                    **({"ids": str(ids) if ids else "all"} if volumes else {}),
+                    "tta": (("flips" if volumes else list(seg.tta_scales)) if seg.tta else False),
                     "postprocess": seg.post.describe()}
         write_results(result, out, extra=settings)
         if report:
-            write_volume_report(result, seg, items, Path(out), settings)
+            (write_volume_report(result, seg, items, Path(out), settings) if volumes
+             else write_report(result, seg, labelled, out, settings))
     return dict(result.metrics)

@@ -304,7 +304,7 @@ def _inference_options(given: dict) -> InferenceOptions:
 def evaluate(
     data: Path = typer.Option(..., "--data", help="Folder with images/ and masks/."),
     weights: Optional[Path] = WEIGHTS,
-    out: Path = typer.Option(Path("out/evaluate"), "--out", help="Where metrics.json and per_image.csv go."),
+    out: Path = typer.Option(Path("out/evaluate"), "--out", help="Where metrics.json and per_case.csv go."),
     mask_threshold: Optional[int] = typer.Option(None, "--mask-threshold",
                                                  help="Binarise masks with >2 levels at this value."),
     backend: str = BACKEND,
@@ -325,7 +325,7 @@ def evaluate(
                            backend=backend, ids=ids, pixel_spacing=pixel_spacing, nsd_tolerance=nsd_tolerance,
                            **dataclasses.asdict(options))
     _print_metrics(metrics)
-    print(f"wrote {out / 'metrics.json'} and {out / 'per_image.csv'}")
+    print(f"wrote {out / 'metrics.json'} and {out / 'per_case.csv'}")
     if report:
         print(f"wrote {out / 'report.html'}")
 

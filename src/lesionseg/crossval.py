@@ -198,23 +198,25 @@ def photo_oof(model: Path, data: Path, listing: Path, fold: int, mask_threshold=
 
 def volume_oof(model: Path, data: Path, val: list[str], fold: int) -> list[dict]:
     """Fold `fold`'s model on its validation volumes, segmented in 3-D under every candidate setting."""
+    from .evaluation import load_labelled_volumes
     from .inference import InferenceOptions, Segmenter
-    from .inference.slices import segment_volume
-    from .volume_evaluation import load_labelled_volumes
+    from .inference.slices import SliceCoverage
 
     base = Segmenter.load(model, backend="torch")
     items = load_labelled_volumes(data, base, val)
     structures = base.labels.structures
-    rows = []
-    for cand in candidates(base.labels.mode):
-        seg = Segmenter(
-            base.backend, InferenceOptions(tta=cand["tta"], largest_component=cand["largest_component"])
-        )
-        for item in items:
-            pred = segment_volume(seg, item.volume)
+    cands = candidates(base.labels.mode)
+    posts = [Segmenter(base.backend, InferenceOptions(tta=c["tta"], largest_component=c["largest_component"]))
+             .post for c in cands]
+    rows: list[list[dict]] = [[] for _ in cands]  # candidate by candidate, as the choice reads them
+    for item in items:  # the network runs once per TTA setting; each candidate's clean-up reuses it
+        coverage = SliceCoverage(base, item.volume)
+        probabilities = {tta: coverage.probabilities(tta) for tta in sorted({c["tta"] for c in cands})}
+        for k, (cand, post) in enumerate(zip(cands, posts)):
+            pred = coverage.labels_of(probabilities[cand["tta"]], post)
             per = [_scores(pred == s.value, item.labels == s.value) for s in structures]
-            rows.append(_row(fold, item.pair.id, cand, [s.name for s in structures], per))
-    return rows
+            rows[k].append(_row(fold, item.pair.id, cand, [s.name for s in structures], per))
+    return [row for per_candidate in rows for row in per_candidate]
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:

@@ -1,29 +1,46 @@
-"""Evaluate a model on a labelled folder: the same Segmenter as `predict`, every metric side by side."""
+"""Evaluate a model on labelled cases: the same segmentation as `predict`, scored case by case at each
+case's own size, every metric side by side. A folder of photos (pairs.py) and a dataset of volumes
+(volume_pairs.py) are read apart; rows, their aggregation, the CSV and the report are one code path.
+
+One structure on photos: every "MIoU" side by side (metrics.aggregate). Several structures, and volumes:
+per structure Dice, Jaccard, HD95, ASSD and NSD (metrics.structure_scores), in mm where the spacing is known
+(a volume's own voxel spacing; a photo's from --pixel-spacing or the model's card), and for volumes the
+difference in mL; a volume is scored in 3-D on its own grid.
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
+
+import numpy as np
 
 from .config import DataConfig
 from .errors import UserError
 from .inference import Segmenter
 from .inference.pipeline import Segmented, run_pipeline
-from .io import write_csv, write_text
-from .labels import IGNORED
+from .io import write_csv, write_png, write_text
+from .labels import DECLARATION_FILE, IGNORED, Declared, Labels
 from .metrics import aggregate, aggregate_structures, confusion, image_scores, structure_scores
 from .model_file import recorded_pixel_spacing
 from .pairs import Pair, discover, labels_of, load_pair, split_pairs, validate
+from .volume_pairs import LabelledVolume, discover_volumes, validate_volumes, volume_labels
 
-PER_IMAGE_FIELDS = ["id", "jaccard", "dice", "pixel_accuracy", "sensitivity", "specificity",
-                    "foreground_fraction"]
+CASES_FILE = "per_case.csv"  # a row per photo or per volume
+ONE_STRUCTURE_FIELDS = ["id", "jaccard", "dice", "pixel_accuracy", "sensitivity", "specificity",
+                        "foreground_fraction"]
+STRUCTURE_FIELDS = ("dice", "jaccard", "hd95", "assd", "nsd")
+VOLUME_FIELDS = (*STRUCTURE_FIELDS, "pred_ml", "truth_ml", "volume_diff_ml")
+HD_RULES = ("both masks empty: left out and counted (n_both_empty); one empty: HD95 and ASSD are the {}, "
+            "NSD 0 (n_worst_case)")
 
 
 @dataclass
 class EvaluationResult:
     metrics: dict
-    per_image: list[dict]  # worst Jaccard first
+    per_case: list[dict]  # worst first: Jaccard for one structure, mean Dice for several
 
 
 @dataclass
@@ -95,6 +112,32 @@ def carved_split(train_dir: str | Path, fraction: float = DataConfig.val_fractio
     return LabelledSet(subset, validate(subset, keep=True))
 
 
+def load_labelled_volumes(data: str | Path, segmenter, ids=None) -> list[LabelledVolume]:
+    """The labelled volumes of `data` (only `ids`: a listing file, or a list of ids), checked against the
+    model's structures, values included: the prediction and the truth are read by value."""
+    from .data.datamodule import read_ids
+
+    folder = Path(data)
+    pairs = discover_volumes(folder)
+    if ids is not None:
+        wanted = list(ids) if isinstance(ids, (list, tuple)) else read_ids(folder, str(ids))
+        known = {p.id: p for p in pairs}
+        missing = [i for i in wanted if i not in known]
+        if missing:
+            raise UserError(f"{ids}: {len(missing)} id(s) not in {folder} (e.g. {missing[0]})")
+        pairs = [known[i] for i in wanted]
+    found = (folder / DECLARATION_FILE).is_file()
+    labels = volume_labels(folder, Declared.for_folder(folder)) if found else segmenter.labels
+
+    def declared(x: Labels) -> str:
+        return ", ".join(f"{s.name}={s.value}" for s in x.structures)
+
+    if declared(labels) != declared(segmenter.labels):
+        raise UserError(f"{folder}: its structures ({declared(labels)}) are not the model's "
+                        f"({declared(segmenter.labels)})")
+    return validate_volumes(pairs, segmenter.labels)
+
+
 def evaluate(segmenter: Segmenter, data: LabelledSet | str | Path, workers: int = 2,
              spacing: Spacing | None = None, nsd_tolerance: float = 2.0) -> EvaluationResult:
     """Every pair through `predict`'s pipeline; each mask scored against its truth at the original size.
@@ -114,8 +157,8 @@ def evaluate(segmenter: Segmenter, data: LabelledSet | str | Path, workers: int 
             raise outcome.error
         c, fraction = outcome.result
         counts.append(c)
-        pair_id = labelled.pairs[outcome.key].id
-        rows.append({"id": pair_id, **image_scores(c), "foreground_fraction": fraction})
+        case_id = labelled.pairs[outcome.key].id
+        rows.append({"id": case_id, **image_scores(c), "foreground_fraction": fraction})
     rows.sort(key=lambda r: r["jaccard"])
     return EvaluationResult(aggregate(counts), rows)
 
@@ -130,7 +173,6 @@ def truth_order(segmenter: Segmenter, labelled: LabelledSet) -> list[int]:
 
 def _evaluate_structures(segmenter: Segmenter, labelled: LabelledSet, workers: int, spacing: Spacing,
                          tolerance: float) -> EvaluationResult:
-    names = segmenter.labels.names
     order = truth_order(segmenter, labelled)
 
     def score(i: int, truth, frames: list[Segmented]):
@@ -138,24 +180,74 @@ def _evaluate_structures(segmenter: Segmenter, labelled: LabelledSet, workers: i
         return [structure_scores(pred[k], truth[..., c] == 1, truth[..., c] != IGNORED, spacing.mm, tolerance)
                 for k, c in enumerate(order)]
 
-    scored, rows = [], []
+    cases = []
     for outcome in run_pipeline(range(len(labelled.pairs)), labelled.read, segmenter, score, workers):
         if outcome.error is not None:
             raise outcome.error
-        scored.append(outcome.result)
-        row: dict = {"id": labelled.pairs[outcome.key].id}
-        for name, s in zip(names, outcome.result):
-            for m in ("dice", "jaccard", "hd95", "assd", "nsd"):
+        cases.append((labelled.pairs[outcome.key].id, outcome.result))
+    return _structure_result(segmenter.labels, cases, STRUCTURE_FIELDS, distance_unit=spacing.unit,
+                             pixel_spacing_mm=spacing.mm, pixel_spacing_source=spacing.source,
+                             nsd_tolerance=tolerance, hd_rules=HD_RULES.format("image diagonal"))
+
+
+def evaluate_volumes(segmenter, items: list[LabelledVolume], tolerance: float = 2.0) -> EvaluationResult:
+    """Each volume segmented as `predict` does and scored in 3-D on its own grid, in mm."""
+    from .inference.slices import segment_volume
+
+    cases = []
+    for item in items:
+        pred = segment_volume(segmenter, item.volume)
+        cases.append((item.pair.id, score_volume(pred, item.labels, segmenter.labels, item.volume.spacing,
+                                                 item.volume.voxel_mm3, tolerance)))
+    result = _structure_result(segmenter.labels, cases, VOLUME_FIELDS, distance_unit="mm",
+                               pixel_spacing_source="each volume's own voxel spacing", pixel_spacing_mm=None,
+                               nsd_tolerance=tolerance, hd_rules=HD_RULES.format("volume's diagonal in mm"),
+                               scored_in="3-D, per volume")
+    metrics = result.metrics
+    for k, name in enumerate(segmenter.labels.names):
+        present = [scores[k] for _, scores in cases if scores[k] is not None]
+        entry = metrics["per_class"][name]
+        for key, field, mean in (("mean_volume_diff_ml", "volume_diff_ml", np.mean),
+                                 ("mean_abs_volume_diff_pct", "abs_volume_diff_pct", np.nanmean),
+                                 ("mean_truth_ml", "truth_ml", np.mean)):
+            entry[key] = float(mean([s[field] for s in present])) if present else 0.0
+    metrics["n_volumes"] = metrics["n_images"]
+    return result
+
+
+def score_volume(pred: np.ndarray, truth: np.ndarray, labels: Labels, spacing, voxel_mm3: float,
+                 tolerance: float) -> list[dict | None]:
+    out = []
+    for s in labels.structures:
+        p, t = pred == s.value, truth == s.value
+        scores = structure_scores(p, t, None, spacing, tolerance)
+        if scores is not None:
+            pred_ml, truth_ml = p.sum() * voxel_mm3 / 1000, t.sum() * voxel_mm3 / 1000
+            scores.update(pred_ml=float(pred_ml), truth_ml=float(truth_ml),
+                          volume_diff_ml=float(pred_ml - truth_ml),
+                          abs_volume_diff_pct=float(abs(pred_ml - truth_ml) / truth_ml * 100)
+                          if truth_ml else float("nan"))
+        out.append(scores)
+    return out
+
+
+def _structure_result(labels: Labels, cases: list[tuple[str, list[dict | None]]], fields: tuple[str, ...],
+                      **notes) -> EvaluationResult:
+    """A row per case (each structure's `fields`, and the mean Dice of the structures it scored), worst
+    first, and the per-structure means."""
+    names = labels.names
+    rows = []
+    for case_id, scores in cases:
+        row: dict = {"id": case_id}
+        for name, s in zip(names, scores):
+            for m in fields:
                 row[f"{name}_{m}"] = "" if s is None else s[m]
-        dice = [s["dice"] for s in outcome.result if s is not None]
-        row["mean_dice"] = float(sum(dice) / len(dice)) if dice else 1.0
+        dice = [s["dice"] for s in scores if s is not None]
+        row["mean_dice"] = float(np.mean(dice)) if dice else 1.0
         rows.append(row)
     rows.sort(key=lambda r: r["mean_dice"])
-    metrics = aggregate_structures(names, scored)
-    metrics.update(label_mode=segmenter.labels.mode, distance_unit=spacing.unit, pixel_spacing_mm=spacing.mm,
-                   pixel_spacing_source=spacing.source, nsd_tolerance=tolerance,
-                   hd_rules="both masks empty: left out and counted (n_both_empty); one empty: HD95 and ASSD "
-                            "are the image diagonal, NSD 0 (n_worst_case)")
+    metrics = aggregate_structures(names, [scores for _, scores in cases])
+    metrics.update(label_mode=labels.mode, **notes)
     return EvaluationResult(metrics, rows)
 
 
@@ -167,40 +259,42 @@ def write_results(result: EvaluationResult, out: str | Path, extra: dict | None 
         raise UserError(f"{out}: cannot create output folder ({exc.strerror})") from None
     payload = {**result.metrics, **(extra or {})}
     write_text(out / "metrics.json", json.dumps(payload, indent=2) + "\n")
-    write_csv(
-        out / "per_image.csv",
-        list(result.per_image[0]) if result.per_image and "mean_dice" in result.per_image[0]
-        else PER_IMAGE_FIELDS,
-        [
-            {k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()}
-            for row in result.per_image
-        ],
-    )
+    rows = result.per_case
+    write_csv(out / CASES_FILE, list(rows[0]) if rows and "mean_dice" in rows[0] else ONE_STRUCTURE_FIELDS,
+              [{k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()} for row in rows])
 
 
 def write_report(result: EvaluationResult, segmenter: Segmenter, labelled: LabelledSet, out: str | Path,
                  settings: dict, n_worst: int = 10, n_best: int = 5) -> Path:
-    """out/report.html + out/report_files/: histogram and three-panel figures of the worst and best cases."""
+    """out/report.html + out/report_files/: histogram and three-panel figures of the worst and best cases;
+    several structures: each structure's worst cases."""
     from .report import write_evaluation_report
-    from .viz import jaccard_histogram, three_panel
+    from .viz import jaccard_histogram, structures_overlay, three_panel
 
     out = Path(out)
-    if segmenter.labels.multi:
-        return _write_structures_report(result, segmenter, labelled, out, settings)
-    files = out / "report_files"
-    jaccard_histogram([r["jaccard"] for r in result.per_image], files / "jaccard_histogram.png")
     index = {p.id: i for i, p in enumerate(labelled.pairs)}
-    worst = result.per_image[:n_worst]
-    best = list(reversed(result.per_image[-n_best:])) if len(result.per_image) > n_worst else []
+    if segmenter.labels.multi:
+        order = truth_order(segmenter, labelled)
+
+        def picture(case_id: str) -> np.ndarray:
+            image, truth = labelled.load(index[case_id])
+            truth_masks = np.stack([truth[..., c] == 1 for c in order])
+            return np.concatenate([structures_overlay(image, masks, segmenter.labels)
+                                   for masks in (truth_masks, segmenter.predict_mask(image))], axis=1)
+
+        return write_worst_cases_report(result, segmenter.labels, out, settings, picture)
+    files = out / "report_files"
+    jaccard_histogram([r["jaccard"] for r in result.per_case], files / "jaccard_histogram.png")
+    worst = result.per_case[:n_worst]
+    best = list(reversed(result.per_case[-n_best:])) if len(result.per_case) > n_worst else []
 
     def panels(rows, tag):
         cases = []
         for r in rows:
-            i = index[r["id"]]
-            image, truth = labelled.load(i)
-            pred = segmenter.predict_mask(image)
+            image, truth = labelled.load(index[r["id"]])
             name = f"{tag}_{r['id']}.png"
-            three_panel(files / name, image, truth, pred, title=f"{r['id']}  Jaccard {r['jaccard']:.3f}")
+            three_panel(files / name, image, truth, segmenter.predict_mask(image),
+                        title=f"{r['id']}  Jaccard {r['jaccard']:.3f}")
             cases.append((r["id"], r["jaccard"], f"report_files/{name}"))
         return cases
 
@@ -210,32 +304,41 @@ def write_report(result: EvaluationResult, segmenter: Segmenter, labelled: Label
     return page
 
 
-def _write_structures_report(result: EvaluationResult, segmenter: Segmenter, labelled: LabelledSet, out: Path,
-                             settings: dict, n_worst: int = 3) -> Path:
-    import numpy as np
+def write_volume_report(result: EvaluationResult, segmenter, items: list[LabelledVolume], out: Path,
+                        settings: dict) -> Path:
+    """The per-structure table and, per structure, its worst volumes (truth | prediction views)."""
+    from .inference.slices import segment_volume
+    from .viz import volume_views
 
-    from .io import write_png
+    index = {i.pair.id: i for i in items}
+    axis_for = segmenter.backend.preprocessing.slicing.axis_for
+
+    def picture(case_id: str) -> np.ndarray:
+        item = index[case_id]
+        v, axis = item.volume, axis_for(item.volume.spacing)
+        views = [volume_views(v.array, labels, segmenter.labels, axis)
+                 for labels in (item.labels, segment_volume(segmenter, v))]
+        h = max(x.shape[0] for x in views)
+        return np.concatenate([np.pad(x, ((0, h - x.shape[0]), (0, 8), (0, 0)), constant_values=255)
+                               for x in views], axis=1)
+
+    return write_worst_cases_report(result, segmenter.labels, Path(out), settings, picture)
+
+
+def write_worst_cases_report(result: EvaluationResult, labels: Labels, out: Path, settings: dict,
+                             picture: Callable[[str], np.ndarray], n_worst: int = 3) -> Path:
+    """The per-structure table, then each structure's `n_worst` cases as `picture(case id)` draws them."""
     from .report import write_structures_report
-    from .viz import structures_overlay
 
-    index = {p.id: i for i, p in enumerate(labelled.pairs)}
-    order = truth_order(segmenter, labelled)
-    labels = segmenter.labels
     worst: dict[str, list] = {}
     for name in labels.names:
-        scored = [r for r in result.per_image if r[f"{name}_dice"] != ""]
-        scored.sort(key=lambda r: r[f"{name}_dice"])
+        key = f"{name}_dice"
+        scored = sorted((r for r in result.per_case if r[key] != ""), key=lambda r: r[key])
         worst[name] = []
         for r in scored[:n_worst]:
-            i = index[r["id"]]
-            image, truth = labelled.load(i)
-            pred = segmenter.predict_mask(image)
-            truth_masks = np.stack([truth[..., c] == 1 for c in order])
-            picture = np.concatenate([structures_overlay(image, truth_masks, labels),
-                                      structures_overlay(image, pred, labels)], axis=1)
             rel = f"report_files/worst_{name}_{r['id']}.png"
-            write_png(out / rel, picture, 1)
-            worst[name].append((r["id"], r[f"{name}_dice"], rel))
+            write_png(out / rel, picture(r["id"]), 1)
+            worst[name].append((r["id"], r[key], rel))
     page = out / "report.html"
     write_structures_report(page, result.metrics, settings, worst)
     return page

@@ -142,45 +142,81 @@ def _resize_probabilities(prob: np.ndarray, rows: int, cols: int) -> np.ndarray:
     return np.stack([cv2.resize(p, (cols, rows), interpolation=cv2.INTER_LINEAR) for p in prob])
 
 
+class SliceCoverage:
+    """How a 2-D network covers one volume: normalised by the model's `Intensity`, turned to the closest
+    RAS+ order, cut along the model's slice axis into k-slice stacks resampled in-plane to its spacing, and
+    the probabilities resized back onto each slice's own grid. `chunks` yields them a batch of slices at a
+    time, so that a caller that only needs labels never holds the whole volume's probabilities."""
+
+    def __init__(self, segmenter, volume: Volume):
+        labels, pre = segmenter.labels, segmenter.backend.preprocessing
+        if pre.slicing is None or pre.intensity is None:
+            raise UserError(
+                f"{volume.source}: {segmenter.weights_path.name} is a model for photos; a volume "
+                "needs a model trained on volumes"
+            )
+        if labels.mode == "overlapping":
+            raise UserError(
+                f"{volume.source}: the model's structures overlap; a label volume holds one per voxel"
+            )
+        self.segmenter, self.labels, self.slicing = segmenter, labels, pre.slicing
+        self.canonical = Canonical(volume.affine)
+        spacing = self.canonical.spacing(volume.spacing)
+        self.axis = self.slicing.axis_for(spacing)
+        self.normalised = pre.intensity.apply(self.canonical.forward(volume.array))
+        self.stack_shape = np.moveaxis(self.normalised, self.axis, 0).shape
+        self.size = self.slicing.plane_size(self.normalised.shape, spacing, self.axis)
+        self.batch = max(1, segmenter.batch_size, BATCH_PIXELS // max(1, self.size[0] * self.size[1]))
+
+    def chunks(self, tta: bool | None = None) -> Iterator[tuple[range, list[np.ndarray]]]:
+        """(slice indices, each slice's probabilities on its own grid: (rows, cols), or (C, rows, cols))."""
+        n, (rows, cols) = self.stack_shape[0], self.stack_shape[1:]
+        for start in range(0, n, self.batch):
+            indices = range(start, min(start + self.batch, n))
+            images = list(self.slicing.images(self.normalised, self.axis, self.size, indices))
+            probs = self.segmenter.predict_batch(images, tta=tta, batch_size=self.batch)
+            yield indices, [_resize_probabilities(p, rows, cols) for p in probs]
+
+    def probabilities(self, tta: bool | None = None) -> np.ndarray:
+        """Every slice's probabilities, float32 (C, slices, rows, cols) in slice order (C = 1 for one
+        structure): what `labels` turns into a label volume, under any post-processing."""
+        channels = len(self.labels.structures) if self.labels.multi else 1
+        out = np.zeros((channels, *self.stack_shape), np.float32)
+        for indices, probs in self.chunks(tta):
+            for i, prob in zip(indices, probs):
+                out[:, i] = prob if self.labels.multi else prob[None]
+        return out
+
+    def labels_of(self, probabilities, post: postprocess.PostprocessConfig) -> np.ndarray:
+        """The label volume on the volume's own grid from `chunks(...)` or `probabilities(...)`: each slice
+        thresholded (one structure) or argmaxed (exclusive), then cleaned in 3-D."""
+        if isinstance(probabilities, np.ndarray):
+            multi = self.labels.multi
+            probabilities = [(range(probabilities.shape[1]),
+                              [probabilities[:, i] if multi else probabilities[0, i]
+                               for i in range(probabilities.shape[1])])]
+        values = label_values(self.labels)
+        threshold_only = dataclasses.replace(post, largest_component=False, fill_holes=False, min_area=0,
+                                             crf=False)
+        out = np.zeros(self.stack_shape, np.uint8)
+        zeros = np.zeros((1, *self.stack_shape[1:]), bool)
+        for indices, probs in probabilities:
+            for i, prob in zip(indices, probs):
+                if self.labels.multi:
+                    masks = postprocess.apply_structures(prob, threshold_only, self.labels.mode)
+                    out[i] = values[np.concatenate([zeros, masks]).argmax(0)]
+                else:
+                    out[i] = postprocess.threshold(prob, threshold_only.threshold) * values[1]
+        cleaned = clean_volume(out, values[1:], post)
+        return self.canonical.inverse(np.moveaxis(cleaned, 0, self.axis))
+
+
 def segment_volume(segmenter, volume: Volume) -> np.ndarray:
-    """The label volume (uint8 values of the model's structures, 0 background) on `volume`'s grid.
-    Overlapping structures cannot share one label map: such models are refused."""
-    labels, pre = segmenter.labels, segmenter.backend.preprocessing
-    if pre.slicing is None or pre.intensity is None:
-        raise UserError(
-            f"{volume.source}: {segmenter.weights_path.name} is a model for photos; a volume "
-            "needs a model trained on volumes"
-        )
-    if labels.mode == "overlapping":
-        raise UserError(
-            f"{volume.source}: the model's structures overlap; a label volume holds one per voxel"
-        )
-    slicing: Slicing = pre.slicing
-    canonical = Canonical(volume.affine)
-    spacing = canonical.spacing(volume.spacing)
-    axis = slicing.axis_for(spacing)
-    normalised = pre.intensity.apply(canonical.forward(volume.array))
-    stack_shape = np.moveaxis(normalised, axis, 0).shape
-    rows, cols = stack_shape[1:]
-    size = slicing.plane_size(normalised.shape, spacing, axis)
-    out = np.zeros(stack_shape, np.uint8)
-    values = label_values(labels)
-    threshold_only = dataclasses.replace(
-        segmenter.post, largest_component=False, fill_holes=False, min_area=0, crf=False
-    )
-    n = stack_shape[0]
-    batch = max(1, segmenter.batch_size, BATCH_PIXELS // max(1, size[0] * size[1]))
-    for start in range(0, n, batch):
-        indices = range(start, min(start + batch, n))
-        images = list(slicing.images(normalised, axis, size, indices))
-        for i, prob in zip(indices, segmenter.predict_batch(images, batch_size=batch)):
-            prob = _resize_probabilities(prob, rows, cols)
-            if labels.multi:
-                masks = postprocess.apply_structures(prob, threshold_only, labels.mode)
-                out[i] = values[np.concatenate([np.zeros((1, rows, cols), bool), masks]).argmax(0)]
-            else:
-                out[i] = postprocess.threshold(prob, threshold_only.threshold) * values[1]
-    return canonical.inverse(np.moveaxis(clean_volume(out, values[1:], segmenter.post), 0, axis))
+    """The label volume (uint8 values of the model's structures, 0 background) on `volume`'s grid, slices
+    streamed through the network a batch at a time (only the uint8 labels are held whole). Overlapping
+    structures cannot share one label map: such models are refused."""
+    coverage = SliceCoverage(segmenter, volume)
+    return coverage.labels_of(coverage.chunks(), segmenter.post)
 
 
 def clean_volume(label_volume: np.ndarray, values, post: postprocess.PostprocessConfig) -> np.ndarray:
