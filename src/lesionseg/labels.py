@@ -68,6 +68,13 @@ class Labels:
         """Network output channels: background is a channel of the softmax only."""
         return len(self.structures) + (1 if self.mode == "exclusive" else 0)
 
+    def undeclared(self, values) -> list[int]:
+        """The values of a label map that are neither background, a structure, nor the ignore value."""
+        known = {0, *(s.value for s in self.structures)}
+        if self.ignore_value is not None:
+            known.add(self.ignore_value)
+        return sorted(set(int(v) for v in values) - known)
+
     def index(self, name: str) -> int:
         """Position of a structure by name, or a UserError naming the ones there are."""
         if name not in self.names:

@@ -63,12 +63,8 @@ class LabelMaps(MaskLayout):
     def read(self, pair, threshold=None, on_auto=None):
         path = pair.mask_path
         index = read_label_map(path)
-        values = set(np.unique(index).tolist())
-        known = {0, *(s.value for s in self.labels.structures)}
         ignore = self.labels.ignore_value
-        if ignore is not None:
-            known.add(ignore)
-        unknown = sorted(values - known)
+        unknown = self.labels.undeclared(np.unique(index).tolist())
         if unknown:
             declared = ", ".join(f"{s.value} {s.name}" for s in self.labels.structures)
             what = "palette index" if _is_palette(path) else "value"
@@ -300,19 +296,48 @@ def load_pair(pair: Pair, mask_threshold: int | None = None, on_auto=None) -> tu
 
 
 @dataclass
-class _Tally:
-    """What the check reports: empty masks, and each structure's share of the pixels."""
+class StructureTally:
+    """What a data check reports of the cases it read: how many hold no structure, and each structure's
+    share of the pixels (or voxels)."""
 
+    noun: str  # "pairs", "volumes"
+    cases: int = 0
     empty: int = 0
     pixels: int = 0
     per_structure: np.ndarray | None = None
 
-    def add(self, mask: np.ndarray) -> None:
-        channels = mask.reshape(-1, 1) if mask.ndim == 2 else mask.reshape(-1, mask.shape[-1])
-        on = (channels == 1).sum(0) if mask.ndim == 3 else channels.sum(0)
+    def add(self, on: np.ndarray, pixels: int) -> None:
+        """One case: its pixel count per structure, of `pixels` in all."""
         self.per_structure = on if self.per_structure is None else self.per_structure + on
-        self.pixels += channels.shape[0]
+        self.pixels += pixels
+        self.cases += 1
         self.empty += int(on.sum() == 0)
+
+    def add_mask(self, mask: np.ndarray) -> None:
+        """A target as the mask layouts read it: bool (H, W), or uint8 (H, W, C) channels."""
+        channels = mask.reshape(-1, 1) if mask.ndim == 2 else mask.reshape(-1, mask.shape[-1])
+        self.add((channels == 1).sum(0) if mask.ndim == 3 else channels.sum(0), channels.shape[0])
+
+    def shares(self, labels: Labels, decimals: int = 1) -> str:
+        """One line: each structure's share, and the cases with none."""
+        shares = ", ".join(f"{n} {100 * c / max(1, self.pixels):.{decimals}f}%"
+                           for n, c in zip(labels.names, self.per_structure))
+        return (f"data: {self.cases} {self.noun}, {labels.mode} structures: {shares}"
+                f"{f'; {self.empty} with no structure' if self.empty else ''}")
+
+
+def check_each(items: list, load, use) -> list[str]:
+    """`use(item, load(item))` for every item that loads (nothing is held here), every refusal collected:
+    one line per problem."""
+    problems = []
+    for item in items:
+        try:
+            loaded = load(item)
+        except UserError as exc:
+            problems.append(str(exc))
+            continue
+        use(item, loaded)
+    return problems
 
 
 def validate(pairs: list[Pair], mask_threshold: int | None = None, keep: bool = False,
@@ -323,24 +348,22 @@ def validate(pairs: list[Pair], mask_threshold: int | None = None, keep: bool = 
     With `keep`, the decoded arrays are returned (a cache for training) as long as they stay under
     `keep_limit_bytes`; past that, None, and the dataset reads from disk.
     """
-    problems: list[str] = []
+    auto: list[Path] = []
+    tally = StructureTally("pairs")
     kept: list[tuple[np.ndarray, np.ndarray]] | None = [] if keep else None
     used = 0
-    auto: list[Path] = []
-    tally = _Tally()
-    for pair in pairs:
-        try:
-            image, mask = load_pair(pair, mask_threshold, on_auto=auto.append)
-        except UserError as exc:
-            problems.append(str(exc))
-            continue
-        tally.add(mask)
+
+    def use(pair: Pair, loaded: tuple[np.ndarray, np.ndarray]) -> None:
+        nonlocal kept, used
+        tally.add_mask(loaded[1])
         if kept is not None:
-            used += image.nbytes + mask.nbytes
+            used += loaded[0].nbytes + loaded[1].nbytes
             if used > keep_limit_bytes:
                 kept = None
             else:
-                kept.append((image, mask))
+                kept.append(loaded)
+
+    problems = check_each(pairs, lambda pair: load_pair(pair, mask_threshold, on_auto=auto.append), use)
     if problems:
         raise ValidationError(problems, what="data check")
     if pairs and tally.empty == len(pairs):
@@ -348,10 +371,7 @@ def validate(pairs: list[Pair], mask_threshold: int | None = None, keep: bool = 
                         "or score (masks inverted, or saved as 0/1 in a format read as 0/255?)")
     labels = labels_of(pairs)
     if labels.multi and pairs:
-        shares = ", ".join(f"{n} {100 * c / tally.pixels:.1f}%"
-                           for n, c in zip(labels.names, tally.per_structure))
-        print(f"data: {len(pairs)} pairs, {labels.mode} structures: {shares}"
-              f"{f'; {tally.empty} with no structure' if tally.empty else ''}", file=sys.stderr, flush=True)
+        print(tally.shares(labels), file=sys.stderr, flush=True)
     elif tally.empty:
         print(f"data: {tally.empty} of {len(pairs)} masks are empty", file=sys.stderr, flush=True)
     if auto:

@@ -15,6 +15,7 @@ import numpy as np
 from .errors import UserError, ValidationError
 from .io.volumes import NiftiReader, Volume, is_nifti, nifti_id, read_label_volume
 from .labels import DECLARATION_FILE, Declared, Labels, read_dataset_json
+from .pairs import StructureTally, check_each
 
 IMAGE_FOLDERS = ("imagesTr", "images")
 LABEL_FOLDERS = ("labelsTr", "labels")
@@ -124,42 +125,28 @@ def load_volume_pair(pair: VolumePair) -> LabelledVolume:
 
 def validate_volumes(pairs: list[VolumePair], labels: Labels) -> list[LabelledVolume]:
     """Read every pair, report every problem at once, and print each structure's share of the voxels."""
-    problems: list[str] = []
-    known = {0, *(s.value for s in labels.structures)} | (
-        {labels.ignore_value} if labels.ignore_value else set()
-    )
     out: list[LabelledVolume] = []
-    counts = np.zeros(256, np.int64)
-    empty = 0
-    for pair in pairs:
-        try:
-            item = load_volume_pair(pair)
-        except UserError as exc:
-            problems.append(str(exc))
-            continue
-        values = np.unique(item.labels)
-        unknown = sorted(set(values.tolist()) - known)
+    tally = StructureTally("volumes")
+
+    def load(pair: VolumePair) -> LabelledVolume:
+        item = load_volume_pair(pair)
+        unknown = labels.undeclared(np.unique(item.labels).tolist())
         if unknown:
-            problems.append(
-                f"{pair.label_path}: label value(s) {unknown} not declared "
-                f"({', '.join(f'{s.name}={s.value}' for s in labels.structures)})"
-            )
-            continue
-        counts += np.bincount(item.labels.ravel(), minlength=256)[:256]
-        empty += int(not np.isin(item.labels, [s.value for s in labels.structures]).any())
+            raise UserError(f"{pair.label_path}: label value(s) {unknown} not declared "
+                            f"({', '.join(f'{s.name}={s.value}' for s in labels.structures)})")
+        return item
+
+    def use(pair: VolumePair, item: LabelledVolume) -> None:
+        counts = np.bincount(item.labels.ravel(), minlength=256)
+        tally.add(np.array([counts[s.value] for s in labels.structures]), item.labels.size)
         out.append(item)
+
+    problems = check_each(pairs, load, use)
     if problems:
         raise ValidationError(problems, what="data check")
-    if empty == len(out):
+    if tally.empty == len(out):
         raise UserError(
             f"{pairs[0].label_path.parent}: all {len(out)} label volumes are empty: nothing to learn"
         )
-    total = max(1, int(counts.sum()))
-    shares = ", ".join(f"{s.name} {100 * counts[s.value] / total:.2f}%" for s in labels.structures)
-    print(
-        f"data: {len(out)} volumes, {labels.mode} structures: {shares}"
-        f"{f'; {empty} with no structure' if empty else ''}",
-        file=sys.stderr,
-        flush=True,
-    )
+    print(tally.shares(labels, decimals=2), file=sys.stderr, flush=True)
     return out

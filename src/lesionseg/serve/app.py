@@ -473,7 +473,7 @@ async def segment_volume_upload(request: Request, service: Service) -> Response:
     from ..inference.slices import segment_volume, structure_volumes
     from ..io.dicom import series_seg_bytes
     from ..io.volumes import nifti_bytes
-    from .volumes import BatcherSlices, TooLarge, read_volume_upload
+    from .volumes import BatchedSegmenter, TooLarge, read_volume_upload
 
     opts = parse_options(request, service.segmenter.options, VOLUME_FORMATS)
     wanted = opts.format if "format" in request.query_params or opts.format == "json" else None
@@ -493,7 +493,7 @@ async def segment_volume_upload(request: Request, service: Service) -> Response:
                 raise UserError(f"{label}: format=seg needs a DICOM series (a NIfTI has no instances to "
                                 "reference)")
             batch = max(1, min(service.cfg.max_batch, service.cfg.max_queue))
-            slices = BatcherSlices(seg, service.batcher, batch, service.tta(opts), opts.post(),
+            slices = BatchedSegmenter(seg, service.batcher, batch, service.tta(opts), opts.post(),
                                    service.cfg.timeout_s)
             labels = segment_volume(slices, volume)
             if fmt == "json":

@@ -104,9 +104,9 @@ def read_volume_upload(data: bytes, label: str, limit: int) -> Volume:
     return read_nifti_bytes(data, label)
 
 
-class BatcherSlices:
-    """What `inference.slices.segment_volume` needs of a Segmenter, with the network calls going through
-    the service's MicroBatcher (the one thread that owns the model), a batch at a time."""
+class BatchedSegmenter:
+    """A Segmenter as `inference.slices.SliceCoverage` uses one, whose network calls go through the
+    service's MicroBatcher (the one thread that owns the model), a batch at a time."""
 
     def __init__(self, segmenter, batcher, batch: int, tta: bool, post, timeout_s: float):
         self.segmenter, self.batcher, self.batch_size, self.tta, self.post = (
@@ -130,12 +130,12 @@ class BatcherSlices:
     def weights_path(self):
         return self.segmenter.weights_path
 
-    def predict_batch(self, images: list[np.ndarray], batch_size: int | None = None) -> list[np.ndarray]:
+    def predict_batch(self, images: list[np.ndarray], tta: bool | None = None,
+                      batch_size: int | None = None) -> list[np.ndarray]:
         """In chunks of this adapter's batch size (the batcher's queue holds no more)."""
         out = []
+        tta = self.tta if tta is None else tta
         for start in range(0, len(images), self.batch_size):
-            futures = [
-                self.batcher.submit(image, self.tta) for image in images[start : start + self.batch_size]
-            ]
+            futures = [self.batcher.submit(image, tta) for image in images[start : start + self.batch_size]]
             out += [f.result(timeout=self.timeout_s).prob for f in futures]
         return out
