@@ -75,7 +75,7 @@ def test_the_api_names_the_keyword(tiny_model_file):
 def test_the_service_takes_the_query_options_from_the_declaration():
     from starlette.requests import Request
 
-    from lesionseg.serve.app import parse_options
+    from lesionseg.serve.http import parse_options
 
     names = InferenceOptions.names(query_only=True)
     assert set(names) == {"threshold", "tta", "largest_component", "fill_holes", "min_area"}

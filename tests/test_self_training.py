@@ -174,7 +174,7 @@ def test_a_model_file_can_ask_for_tta_by_default(tmp_path, tiny_model_file):
     from lesionseg.api import segmenter
     from lesionseg.inference import InferenceOptions
     from lesionseg.models import save_model
-    from lesionseg.serve.app import Options, ServeConfig, Service
+    from lesionseg.serve.http import Options, ServeConfig, Service
 
     loaded = load_model(tiny_model_file)
     with_default = tmp_path / "tta_default.pt"

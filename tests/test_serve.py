@@ -202,11 +202,17 @@ def test_a_huge_image_is_refused_with_the_service_limit(client):
     assert "200,000,000" not in response.json()["error"]
 
 
-def test_a_dicom_sent_to_the_photo_route_is_pointed_to_the_dicom_route(client, tmp_path):
+def test_one_route_takes_a_dicom_image_as_its_alias_does(client, tmp_path):
+    """/v1/segment tells a DICOM image by its content and answers as /v1/segment/dicom: a DICOM SEG."""
+    import pydicom
     from pydicom.data import get_testdata_file
 
     body = open(get_testdata_file("CT_small.dcm"), "rb").read()
-    assert_json_error(segment(client, body), 415, "send it to /v1/segment/dicom")
+    answers = [segment(client, body), client.post("/v1/segment/dicom", content=body)]
+    assert all(r.status_code == 200 and r.headers["content-type"] == "application/dicom" for r in answers)
+    segs = [pydicom.dcmread(io.BytesIO(r.content)) for r in answers]
+    assert all(s.Modality == "SEG" for s in segs)
+    np.testing.assert_array_equal(segs[0].pixel_array, segs[1].pixel_array)
 
 
 def test_token_guards_the_api_only(tiny_model_file, photo):
@@ -229,6 +235,7 @@ class BlockingSegmenter:
         self.backend, self.batch_size, self.card, self.tta = real.backend, 1, {}, False
         self.weights_path, self.image_size = real.weights_path, real.image_size
         self.labels, self.label, self.options = real.labels, real.label, real.options
+        self.to_mask = real.to_mask
 
     def predict_batch(self, images, tta=None):
         self.started.set()

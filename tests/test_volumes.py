@@ -569,8 +569,19 @@ def test_service_answers_volumes_like_predict(trained, tmp_path, rng):
         assert r.status_code == 413
         r = client.post("/v1/segment/volume", content=nifti.read_bytes()[:500])
         assert r.status_code == 400 and "truncated" in r.json()["error"]
-        r = client.post("/v1/segment", content=nifti.read_bytes())
+        r = client.post("/v1/segment", content=nifti.read_bytes())  # one route: the volume told by content
+        assert r.status_code == 200 and r.content == client.post("/v1/segment/volume",
+                                                                 content=nifti.read_bytes()).content
+        r = client.post("/v1/segment", content=photo_bytes())
         assert r.status_code == 400 and "/v1/segment/volume" in r.json()["error"]
+
+
+def photo_bytes() -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def test_predict_on_a_bad_series_is_one_line_and_exit_2(trained, tmp_path, rng):
