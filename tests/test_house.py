@@ -72,3 +72,14 @@ def test_functions_read_in_one_screen():
                 if n > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name} ({n} lines)")
     assert not long, "\n".join(long)
+
+
+MAX_MODULE_LINES = 450
+
+
+def test_modules_hold_one_concern_each():
+    """A module past MAX_MODULE_LINES holds more than one concern: split it by concern."""
+    long = [f"{path.relative_to(SRC)} ({n} lines)" for path in modules().values()
+            if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES]
+    assert not long, "\n".join(long)
+

@@ -21,7 +21,8 @@ from lesionseg.labels import Labels
 from lesionseg.models import load_model
 from lesionseg.pseudo_label import confidence, pseudo_label
 
-TINY = [*SEED_RECIPE, "model.base_width=4", "model.depth=2", "data.image_size=32", "data.batch_size=4"]
+OVERRIDES = ["model.base_width=4", "model.depth=2", "data.image_size=32", "data.batch_size=4"]
+TINY = [*SEED_RECIPE, *OVERRIDES]
 
 
 def invoke(*args):
@@ -113,7 +114,7 @@ def test_pseudo_label_cli_end_to_end_with_errors(tmp_path, tiny_model_file):
 def test_extra_data_folders_only_add_training_pairs(tmp_path):
     first = make_dataset(tmp_path / "a", n=10, seed=1)
     extra = make_dataset(tmp_path / "b", n=5, seed=2, prefix="extra")
-    cfg = load_config(None, TINY)
+    cfg = load_config(None, OVERRIDES)
     alone = SegmentationDataModule(first, None, cfg.data, cfg.augment)
     both = SegmentationDataModule([first, extra], None, cfg.data, cfg.augment)
     assert [p.id for p in both.val_set.pairs] == [p.id for p in alone.val_set.pairs]  # same carved split
@@ -214,7 +215,7 @@ def test_init_from_starts_from_a_model_file_and_refuses_another_architecture(tmp
     from lesionseg.training.module import SegmentationModule
 
     source = load_model(first / "model.pt").model.state_dict()
-    module = SegmentationModule(config(None, [*TINY, f"trainer.init_from={first / 'model.pt'}"]))
+    module = SegmentationModule(config(None, [*OVERRIDES, f"trainer.init_from={first / 'model.pt'}"]))
     for key, value in module.model.state_dict().items():
         assert torch.equal(value, source[key]), key
     result = invoke("train", "--data", data, "--out", tmp_path / "other", *TINY, "model.base_width=8",

@@ -5,13 +5,10 @@ Exit codes: 0 all done; 1 some inputs failed (the rest were written); 2 usage er
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-import inspect
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -21,6 +18,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import typer  # noqa: E402
 
 from . import __version__  # noqa: E402
+from .cli_flags import BACKEND, PIXEL_SPACING, WEIGHTS, flag_name, inference_flags  # noqa: E402
 from .errors import UserError, ValidationError  # noqa: E402
 from .inference.options import InferenceOptions, OptionError  # noqa: E402
 
@@ -48,7 +46,7 @@ def handle_errors(fn):
         except OptionError as exc:
             if _state["debug"]:
                 raise
-            _err(f"error: {exc.named(_flag_name)}")
+            _err(f"error: {exc.named(flag_name)}")
             raise typer.Exit(exc.exit_code) from None
         except ValidationError as exc:
             if _state["debug"]:
@@ -120,87 +118,12 @@ def train(
                                        "call that finds every fold scored writes the ensemble."),
 ):
     """Train a model; writes config.yaml, checkpoints/, metrics.csv and model.pt (the best model)."""
-    from .api import check_training_request
-    from .api import train as run_training
-    from .config import parse_overrides
+    from .training.launch import TrainRequest, launch
 
-    crossval = folds is not None or splits is not None
-    if fold is not None and not crossval:
-        raise UserError("--fold I needs --folds K or --splits FILE")
-    if crossval and (len(data) > 1 or val_data is not None or devices != "1" or num_nodes != 1):
-        # a DDP launcher re-runs this command in every process: the fold loop would run in each
-        raise UserError("--folds splits one --data folder and trains each fold on one device: drop "
-                        "--val-data, other --data folders, --devices / --num-nodes (parallel folds: "
-                        "--fold I, one process per device)")
-    extra = parse_overrides(overrides or [])
-    check_training_request(extra, strategy)  # mistakes reported before a plan is made
-    unconfigured = config is None and not auto  # planned, as with --auto
-    auto = auto or unconfigured
-    if auto and config is not None:
-        raise UserError("--auto plans the config itself: drop --config (or train from a plan with "
-                        "--config PLAN.yaml)")
-    if out is None:
-        out = Path("runs") / (config.stem if config else "auto" if auto else "seed_unet")
-    with _removed_when_refused(out):
-        if auto:
-            share = minutes / (_fold_count(folds, splits) if crossval else 1)
-            config = _auto_plan(data[0], out, share, int(devices) if str(devices).isdigit() else 1)
-            if unconfigured:
-                print("train: no --config, so the run is planned for this data, machine and --minutes (as "
-                      "--auto); the seed's recipe is --config configs/seed_unet.yaml", file=sys.stderr)
-        command = _train_command([*[("--data", d) for d in data], ("--val-data", val_data),
-                                  ("--config", config), ("--out", out), ("--mask-threshold", mask_threshold),
-                                  ("--devices", None if devices == "1" else devices),
-                                  ("--strategy", None if strategy == "auto" else strategy),
-                                  ("--num-nodes", None if num_nodes == 1 else num_nodes), ("--folds", folds),
-                                  ("--splits", splits), ("--fold", fold)], overrides)
-        if crossval:
-            if mask_threshold is not None:
-                extra["data.mask_threshold"] = mask_threshold
-            return _train_folds(data[0], out, config, folds, splits, command, extra, fold)
-        model_path = run_training(data[0] if len(data) == 1 else data, out, config, val_data,
-                                  mask_threshold=mask_threshold, devices=devices, strategy=strategy,
-                                  num_nodes=num_nodes, command=command, **extra)
-    print(f"best model: {model_path}")
-
-
-def _train_command(options: list[tuple[str, object]], overrides: list[str] | None) -> str:
-    """The command that reruns (resumes) this run, recorded on the model card: the options given."""
-    import shlex
-
-    given = [str(v) for option in options if option[1] is not None for v in option]
-    return shlex.join(["lesionseg", "train", *given, *(overrides or [])])
-
-
-@contextlib.contextmanager
-def _removed_when_refused(out: Path):
-    """A run folder this call created holds nothing but its plan when the data or the setup is refused:
-    removed then, so a refusal leaves nothing behind (a run that trained keeps its checkpoints)."""
-    created = not out.exists()
-    try:
-        yield
-    except UserError:
-        if created and out.is_dir() and {p.name for p in out.iterdir()} <= {"plan"}:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-
-
-def _train_folds(data, out, config, folds, splits, command, extra, fold) -> None:
-    from .crossval import train_folds
-
-    model_path = train_folds(data, out, config, folds, splits, command=command, overrides=extra, only=fold)
-    if model_path is not None:
-        print(f"model (fold ensemble): {model_path}")
-
-
-def _fold_count(folds: int | None, splits: Path | None) -> int:
-    """How many folds the budget is shared by, before the data are read."""
-    if splits is None:
-        return max(1, folds or 5)
-    try:
-        return max(1, len(json.loads(splits.read_text())))
-    except (OSError, ValueError, TypeError) as exc:
-        raise UserError(f"{splits}: not a readable splits file ({exc})") from None
+    path, what = launch(TrainRequest(data, overrides or [], val_data, config, out, mask_threshold, devices,
+                                     strategy, num_nodes, auto, minutes, folds, splits, fold))
+    if path is not None:
+        print(f"{what}: {path}")
 
 
 @app.command()
@@ -222,80 +145,6 @@ def plan(
     print(f"{fp['n_cases']} {fp['kind']}, {fp['label_mode']} ({', '.join(fp['structures'])}); plan: "
           f"input {size}², batch {made.config.data.batch_size}, {minutes:g} min; wrote "
           f"{out / 'fingerprint.json'} and {out / 'plan.yaml'}")
-
-
-def _auto_plan(data: Path, out: Path, minutes: float, devices: int = 1) -> Path:
-    """OUT/plan/plan.yaml: made once, then reused, so that rerunning the command resumes the same run."""
-    from .planning import make_plan
-
-    plan = out / "plan" / "plan.yaml"
-    if not plan.is_file():
-        _fp, made = make_plan(data, out / "plan", minutes, devices)
-        print(f"plan: input {made.config.data.image_size}², batch {made.config.data.batch_size}, "
-              f"{minutes:g} min ({plan})", file=sys.stderr)
-    return plan
-
-
-WEIGHTS = typer.Option(None, "--weights", help="Model file: .pt (torch) or .onnx (ONNX Runtime), or a "
-                       "bundled model: default, cpu, polyp, chest, hippocampus. Default: default.")
-BACKEND = typer.Option("auto", "--backend", help="auto (by file type) | torch | onnx.")
-PIXEL_SPACING = typer.Option(None, "--pixel-spacing", min=0.0,
-                             help="Pixel size in mm at the images' original size, for distances and areas "
-                             "(default: the model's training data's, if known).")
-
-
-# The command-line type of each InferenceOptions field (`--tta-scales` is comma-separated text).
-FLAG_TYPES = {"threshold": Optional[float], "tta": Optional[bool], "tta_scales": Optional[str],
-              "largest_component": Optional[bool], "fill_holes": bool, "min_area": int, "crf": bool,
-              "batch_size": int}
-
-
-def _flag(name: str, **overrides):
-    """The option of an `InferenceOptions` field: flag, default and help come from the field."""
-    field = InferenceOptions.field(name)
-    flag = "--" + name.replace("_", "-")
-    decls = f"{flag}/--no-{flag[2:]}" if name in ("tta", "largest_component") else flag
-    return typer.Option(overrides.pop("default", field.default), decls,
-                        help=overrides.pop("help", field.metadata["help"]), **overrides)
-
-
-def _flag_name(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def inference_flags(exclude: tuple[str, ...] = (), **overrides):
-    """Gives a command a flag for every `InferenceOptions` field (but `exclude`), built from the field, and
-    calls it with one `options: InferenceOptions` in their place. `overrides`: a field's own default/help."""
-    names = [n for n in InferenceOptions.names() if n not in exclude]
-
-    def wrap(fn):
-        signature = inspect.signature(fn, eval_str=True)
-        kept = [p for p in signature.parameters.values() if p.name != "options"]
-        added = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=FLAG_TYPES[n],
-                                   default=_flag(n, **overrides.get(n, {}))) for n in names]
-
-        @functools.wraps(fn)
-        def command(*args, **kwargs):
-            given = {n: kwargs.pop(n) for n in names}
-            return fn(*args, options=_inference_options(given), **kwargs)
-
-        command.__signature__ = signature.replace(parameters=kept + added)
-        command.__annotations__ = {**{p.name: p.annotation for p in kept}, **FLAG_TYPES}
-        return command
-
-    return wrap
-
-
-def _inference_options(given: dict) -> InferenceOptions:
-    """InferenceOptions from a command's flags (`--tta-scales` as text)."""
-    values = dict(given)
-    text = values.get("tta_scales")
-    if text is not None:
-        try:
-            values["tta_scales"] = [float(s) for s in text.split(",") if s.strip()]
-        except ValueError:
-            raise UserError(f"--tta-scales: expected numbers like 0.75,1.0,1.25, got {text!r}") from None
-    return InferenceOptions(**values)
 
 
 @app.command()
@@ -320,52 +169,15 @@ def evaluate(
 ):
     """Evaluate a model on a labelled folder; metrics at each image's original size."""
     from .api import evaluate as run_evaluate
+    from .report import print_metrics
 
     metrics = run_evaluate(data, weights, out=out, mask_threshold=mask_threshold, report=report,
                            backend=backend, ids=ids, pixel_spacing=pixel_spacing, nsd_tolerance=nsd_tolerance,
                            **dataclasses.asdict(options))
-    _print_metrics(metrics)
+    print_metrics(metrics)
     print(f"wrote {out / 'metrics.json'} and {out / 'per_case.csv'}")
     if report:
         print(f"wrote {out / 'report.html'}")
-
-
-def _print_metrics(metrics: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    if "per_class" in metrics:
-        _print_structures(metrics)
-        return
-    table = Table(title=f"{metrics['n_images']} images")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in metrics.items():
-        if key != "n_images":
-            table.add_row(key, f"{value:.4f}")
-    Console().print(table)
-
-
-def _print_structures(metrics: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    unit = metrics["distance_unit"]
-    counted = f"{metrics['n_volumes']} volumes" if "n_volumes" in metrics else f"{metrics['n_images']} images"
-    table = Table(title=f"{counted}, {metrics['label_mode']} structures; distances in "
-                        f"{unit} ({metrics['pixel_spacing_source']}); NSD at {metrics['nsd_tolerance']} "
-                        f"{unit}")
-    for column in ("structure", "Dice", "Jaccard", f"HD95 {unit}", f"ASSD {unit}", "NSD", "scored",
-                   "both empty", "worst case"):
-        table.add_column(column, justify="left" if column == "structure" else "right")
-    means = {m[5:]: v for m, v in metrics.items() if m.startswith("mean_")}
-    for name, v in [*metrics["per_class"].items(), ("mean", means)]:
-        table.add_row(name, *(f"{v[m]:.4f}" for m in ("dice", "jaccard")),
-                      *(f"{v[m]:.2f}" for m in ("hd95", "assd")), f"{v['nsd']:.4f}",
-                      *(str(v.get(k, "")) for k in ("n_scored", "n_both_empty", "n_worst_case")))
-    console = Console()
-    console.width = max(console.width, 120)  # piped output is 80 columns: names would be cut
-    console.print(table)
 
 
 @app.command()

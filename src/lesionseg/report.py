@@ -105,3 +105,42 @@ def write_volumes_report(path: str | Path, records: list[dict], settings: dict) 
         parts.append(f"<h2>{esc(r['id'])}</h2>{_table(rows)}<p>{links}</p>{picture}")
     body = f"<p>{len(records)} volume(s).</p>{_table(settings)}" + "".join(parts)
     write_text(path, _page("lesionseg volumes", body))
+
+
+def print_metrics(metrics: dict) -> None:
+    """`evaluate`'s metrics as a table on the terminal."""
+    from rich.console import Console
+    from rich.table import Table
+
+    if "per_class" in metrics:
+        _print_structures(metrics)
+        return
+    table = Table(title=f"{metrics['n_images']} images")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        if key != "n_images":
+            table.add_row(key, f"{value:.4f}")
+    Console().print(table)
+
+
+def _print_structures(metrics: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    unit = metrics["distance_unit"]
+    counted = f"{metrics['n_volumes']} volumes" if "n_volumes" in metrics else f"{metrics['n_images']} images"
+    table = Table(title=f"{counted}, {metrics['label_mode']} structures; distances in "
+                        f"{unit} ({metrics['pixel_spacing_source']}); NSD at {metrics['nsd_tolerance']} "
+                        f"{unit}")
+    for column in ("structure", "Dice", "Jaccard", f"HD95 {unit}", f"ASSD {unit}", "NSD", "scored",
+                   "both empty", "worst case"):
+        table.add_column(column, justify="left" if column == "structure" else "right")
+    means = {m[5:]: v for m, v in metrics.items() if m.startswith("mean_")}
+    for name, v in [*metrics["per_class"].items(), ("mean", means)]:
+        table.add_row(name, *(f"{v[m]:.4f}" for m in ("dice", "jaccard")),
+                      *(f"{v[m]:.2f}" for m in ("hd95", "assd")), f"{v['nsd']:.4f}",
+                      *(str(v.get(k, "")) for k in ("n_scored", "n_both_empty", "n_worst_case")))
+    console = Console()
+    console.width = max(console.width, 120)  # piped output is 80 columns: names would be cut
+    console.print(table)
