@@ -705,3 +705,19 @@ def test_a_header_with_its_voxel_size_only_in_pixdim_segments_as_its_consistent_
     assert np.array_equal(*labels)
     recorded = {v["id"]: v["structures"] for v in json.loads((out / "volumes.json").read_text())["volumes"]}
     assert recorded["consistent"] == recorded["unit_sform"]
+
+
+def test_what_a_dicom_folder_is_follows_from_its_content(tmp_path, rng, tiny_model_file):
+    """Slices that place themselves in the patient are a series, whatever the model; a photo model is
+    refused on it in one line, not run slice by slice as photos."""
+    from lesionseg.io.volumes import is_dicom_series
+
+    image, _ = synthetic_volume(rng)
+    series = make_series(tmp_path / "series", np.round(image).astype(np.int16))
+    assert is_dicom_series(series)
+    (series / "notes.dcm").write_bytes(b"not a dicom file")  # unreadable: named when the series is read
+    assert is_dicom_series(series)
+    result = runner.invoke(app, ["predict", str(series), "--weights", str(tiny_model_file),
+                                 "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "a model for photos" in result.output
+    assert not is_dicom_series(tmp_path) and not is_dicom_series(series / "notes.dcm")

@@ -204,8 +204,10 @@ def run_predict(inputs, out: str | Path, segmenter_factory: Callable[[], Segment
     chosen = select_inputs(inputs, out, shard, skip_existing, overwrite)
     writable_folder(out)
     segmenter = segmenter_factory()  # after the cheap checks: a model load costs seconds
-    if segmenter.backend.preprocessing.volumes:  # a folder of DICOM files is one series for a volume model
-        return run_predict_volumes(inputs, out, segmenter_factory, segmenter=segmenter, **volume_args)
+    if segmenter.backend.preprocessing.volumes:
+        raise UserError(f"{chosen.files[0] if chosen.files else inputs[0]}: images, and "
+                        f"{segmenter.weights_path.name} is a model for volumes (give NIfTI files or DICOM "
+                        "series folders)")
     files, failures, records, rows = chosen.files, [], Manifest(), []
     for f in chosen.skipped:
         records.add(f.stem, f, "skipped", mask=output_names(f.stem)[0])

@@ -27,11 +27,12 @@ VOLUMES_FILE = "volumes.json"
 
 
 def is_volume_input(path: Path) -> bool:
-    """A NIfTI file, or a folder holding NIfTI files or DICOM series folders (a folder of DICOM files is a
-    series only for a volume model; for a photo model its files are images)."""
+    """A NIfTI file, a DICOM series folder, or a folder holding NIfTI files or series folders: told by the
+    data (io.volumes.is_dicom_series), never by the model."""
     if path.is_file():
         return is_nifti(path)
-    return path.is_dir() and any(is_nifti(p) or is_dicom_series(p) for p in path.iterdir())
+    return is_dicom_series(path) or (path.is_dir() and any(is_nifti(p) or is_dicom_series(p)
+                                                             for p in path.iterdir()))
 
 
 def list_volumes(inputs) -> list[Path]:

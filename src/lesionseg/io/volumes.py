@@ -77,8 +77,26 @@ def _has_dicm(path: Path) -> bool:
 
 
 def is_dicom_series(path: Path) -> bool:
-    """A folder whose files are DICOM instances (one series, checked when read)."""
-    return path.is_dir() and bool(_dicom_files(path))
+    """A folder whose DICOM instances all place themselves in the patient (ImagePositionPatient and
+    ImageOrientationPatient): slices of a volume, whatever model reads them (one series, checked when
+    read, where an unreadable file is named). A folder of DICOM images without that geometry (radiographs,
+    photographs, secondary captures), or mixing them with slices, is a folder of images."""
+    if not path.is_dir():
+        return False
+    placed = [_places_itself(f) for f in _dicom_files(path)]
+    return any(placed) and False not in placed
+
+
+def _places_itself(path: Path) -> bool | None:
+    """Whether a DICOM file carries its position and orientation; None when it is no readable DICOM."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True,
+                             specific_tags=["ImagePositionPatient", "ImageOrientationPatient"])
+    except Exception:  # pydicom raises many types for foreign files
+        return None
+    return "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds
 
 
 class VolumeReader:
