@@ -721,3 +721,46 @@ def test_what_a_dicom_folder_is_follows_from_its_content(tmp_path, rng, tiny_mod
                                  "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "a model for photos" in result.output
     assert not is_dicom_series(tmp_path) and not is_dicom_series(series / "notes.dcm")
+
+
+def test_evaluate_scores_exactly_what_predict_writes_on_volumes(trained, tmp_path):
+    """Each volume's Dice, Jaccard and mL in evaluate's per_case.csv are those of predict's label map
+    against the truth; HD95 is MONAI's at the volume's own spacing wherever both are non-empty."""
+    import csv
+
+    data, model = trained
+    ids = (data / "val_ids.txt").read_text().split()
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for case in ids:
+        (folder / f"{case}.nii.gz").write_bytes((data / "imagesTr" / f"{case}_0000.nii.gz").read_bytes())
+    pred_out, eval_out = tmp_path / "pred", tmp_path / "ev"
+    assert runner.invoke(app, ["predict", str(folder), "--weights", str(model), "--out", str(pred_out)]) \
+        .exit_code == 0
+    result = runner.invoke(app, ["evaluate", "--data", str(data), "--ids", "val_ids.txt", "--weights",
+                                 str(model), "--out", str(eval_out)])
+    assert result.exit_code == 0, result.output
+    rows = {r["id"]: r for r in csv.DictReader((eval_out / "per_case.csv").open())}
+    assert sorted(rows) == sorted(ids)
+    written_volumes = json.loads((pred_out / "volumes.json").read_text())["volumes"]
+    recorded = {v["id"]: v["structures"] for v in written_volumes}
+    for case in ids:
+        written = nib.load(pred_out / f"{case}_labels.nii.gz")
+        pred = np.asarray(written.dataobj)
+        truth = np.asarray(nib.load(data / "labelsTr" / f"{case}.nii.gz").dataobj).round().astype(np.uint8)
+        spacing = written.header.get_zooms()[:3]
+        for name, value in (("Anterior", 1), ("Posterior", 2)):
+            p, t = pred == value, truth == value
+            row = rows[case]
+            if not p.any() and not t.any():
+                assert row[f"{name}_dice"] == ""
+                continue
+            dice = 2 * (p & t).sum() / (p.sum() + t.sum())
+            assert float(row[f"{name}_dice"]) == pytest.approx(dice, abs=1e-6)
+            assert float(row[f"{name}_jaccard"]) == pytest.approx((p & t).sum() / (p | t).sum(), abs=1e-6)
+            assert float(row[f"{name}_pred_ml"]) == pytest.approx(recorded[case][name]["ml"], abs=1e-4)
+            if p.any() and t.any():
+                from test_boundary_metrics import monai_reference
+
+                hd95, _, _ = monai_reference(p, t, spacing, 2.0)
+                assert float(row[f"{name}_hd95"]) == pytest.approx(hd95, rel=1e-4, abs=1e-4)

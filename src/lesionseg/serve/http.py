@@ -20,7 +20,7 @@ from .. import __version__, postprocess
 from ..errors import UserError
 from ..inference.options import InferenceOptions, OptionError
 from .batcher import MicroBatcher, QueueFull
-from .metrics import ServiceMetrics
+from .monitoring import ServiceMetrics
 
 log = logging.getLogger("lesionseg.serve")
 FORMATS = {"mask": "image/png", "overlay": "image/png", "prob": "image/png", "npy": "application/x-npy",
