@@ -142,8 +142,8 @@ def bundle_with_fixed_split(args) -> None:
     """A dataset in one folder with a fixed validation list (`data.val_ids`, e.g. JSRT), trained with
     `trainer.selection: last`: the list's figures are a report, never a choice. fp16 storage is decided on
     the training ids instead (it must not move their mean Dice by ≥ 0.0005)."""
-    from lesionseg.data.datamodule import read_ids
     from lesionseg.evaluation import LabelledSet, Spacing
+    from lesionseg.splits import read_ids
 
     source = load_model(args.run_dir / "model.pt")
     recipe = source.card["recipe"]

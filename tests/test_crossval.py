@@ -12,12 +12,13 @@ from typer.testing import CliRunner
 
 from conftest import SEED_RECIPE, make_dataset
 from lesionseg.cli import app
-from lesionseg.crossval import choose, make_splits, pooled_table, read_rows, read_splits
+from lesionseg.crossval import choose, pooled_table, read_rows
 from lesionseg.errors import UserError
 from lesionseg.inference import Segmenter
 from lesionseg.labels import Labels
 from lesionseg.model_file import ModelFile
 from lesionseg.models.ensemble import Ensemble
+from lesionseg.splits import make_splits, read_splits
 from test_volumes import make_volume_dataset
 
 runner = CliRunner()

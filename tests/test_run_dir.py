@@ -7,7 +7,8 @@ from conftest import SEED_RECIPE, make_dataset
 from lesionseg.cli import app
 from lesionseg.errors import UserError
 from lesionseg.evaluation import carved_split
-from lesionseg.run_dir import METRICS_FIELDS, RunDir, split_settings
+from lesionseg.run_dir import METRICS_FIELDS, RunDir
+from lesionseg.splits import split_settings
 
 runner = CliRunner()
 TINY = [*SEED_RECIPE, "model.base_width=4", "model.depth=2", "data.image_size=32", "data.batch_size=4",

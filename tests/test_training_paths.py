@@ -191,7 +191,7 @@ def test_torch_free_helpers_stay_torch_free():
     import sys
 
     code = ("import sys, lesionseg\n"
-            "from lesionseg.pairs import split_pairs\n"
+            "from lesionseg.splits import split_pairs\n"
             "from lesionseg.evaluation import carved_split\n"
             "from lesionseg.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig\n"
             "assert carved_split.__defaults__[:2] == (DataConfig.val_fraction, DataConfig.split_seed)\n"

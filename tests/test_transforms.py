@@ -5,7 +5,8 @@ from lesionseg.config import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig
 from lesionseg.data.dataset import SegmentationDataset, to_tensors
 from lesionseg.data.preprocess import EvalTransform
 from lesionseg.data.transforms import train_transform
-from lesionseg.pairs import discover, split_pairs
+from lesionseg.pairs import discover
+from lesionseg.splits import split_pairs
 
 
 def test_train_transform_keeps_image_and_mask_aligned(rng):

@@ -32,11 +32,9 @@ import numpy as np
 
 from .errors import UserError
 from .io.atomic import write_text
+from .splits import SPLITS, fold_splits
 
-SPLITS = "splits.json"
-SPLIT_SEED = 12345  # nnU-Net's seed for its five folds
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
-DATASET_VAL_IDS = "val_ids.txt"  # a dataset's own validation list (planning.VAL_IDS)
 
 
 def case_ids(folder: Path, cfg) -> list[str]:
@@ -48,80 +46,6 @@ def case_ids(folder: Path, cfg) -> list[str]:
     if is_volume_dataset(folder):
         return sorted(p.id for p in discover_volumes(folder))
     return sorted(p.id for p in discover(folder, declared(folder, cfg.data)))
-
-
-def make_splits(ids: list[str], k: int, seed: int = SPLIT_SEED) -> tuple[list[dict], str | None]:
-    """K seeded folds of `ids`; with fewer cases than folds, leave-one-out (and a note saying so)."""
-    if k < 2:
-        raise UserError(f"--folds {k}: needs at least 2 folds")
-    if len(ids) < 2:
-        raise UserError(f"{len(ids)} case(s): cross-validation needs at least 2")
-    note = None
-    if len(ids) < k:
-        note = f"{len(ids)} cases are fewer than {k} folds: leave-one-out ({len(ids)} folds) instead"
-        k = len(ids)
-    order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
-    folds = [sorted(order[i::k]) for i in range(k)]
-    return [{"train": sorted(set(ids) - set(f)), "val": f} for f in folds], note
-
-
-def read_splits(path: Path, ids: list[str]) -> list[dict]:
-    """A splits.json in nnU-Net's format, checked against the data: every problem in one line."""
-    try:
-        splits = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: not a readable splits file ({exc})") from None
-    shape_ok = (
-        isinstance(splits, list)
-        and len(splits) >= 2
-        and all(
-            isinstance(s, dict) and all(isinstance(s.get(key), list) and s[key] for key in ("train", "val"))
-            for s in splits
-        )
-    )
-    if not shape_ok:
-        raise UserError(f'{path}: expected a list of at least 2 folds, each {{"train": [ids], "val": [ids]}}')
-    known = set(ids)
-    for i, s in enumerate(splits):
-        unknown = sorted({str(c) for c in s["train"] + s["val"]} - known)
-        if unknown:
-            raise UserError(
-                f"{path}: fold {i} names {len(unknown)} id(s) not in the data (e.g. {unknown[0]})"
-            )
-        both = sorted(set(s["train"]) & set(s["val"]))
-        if both:
-            raise UserError(f"{path}: fold {i} has {both[0]} in both train and val")
-        if len(s["train"]) < 2:
-            raise UserError(f"{path}: fold {i} trains on {len(s['train'])} case; at least 2 are needed")
-    return [{"train": sorted(map(str, s["train"])), "val": sorted(map(str, s["val"]))} for s in splits]
-
-
-def fold_splits(folder: Path, out: Path, k: int | None, given: Path | None, ids: list[str]) -> list[dict]:
-    """The splits of this run: OUT/splits.json when the run exists (a resume), else the user's file or K
-    seeded folds of the cases (`ids`) outside the dataset's own validation list; written to
-    OUT/splits.json."""
-    own = folder / DATASET_VAL_IDS
-    if own.is_file():
-        from .data.datamodule import read_ids
-
-        held = set(read_ids(folder, DATASET_VAL_IDS))
-        ids = [i for i in ids if i not in held]
-        print(f"folds: the {len(held)} cases of {own} stay out of every fold", file=sys.stderr)
-    recorded = out / SPLITS
-    if recorded.is_file():
-        splits = read_splits(recorded, ids)
-        if given is not None and read_splits(given, ids) != splits:
-            raise UserError(f"{out}: holds a run with other splits ({recorded}); use another --out")
-        return splits
-    if given is not None:
-        splits = read_splits(given, ids)
-    else:
-        splits, note = make_splits(ids, k or 5)
-        if note:
-            print(f"folds: {note}", file=sys.stderr)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(recorded, json.dumps(splits, indent=1) + "\n")
-    return splits
 
 
 # out-of-fold scores

@@ -25,7 +25,8 @@ from .io import write_csv, write_png, write_text
 from .labels import DECLARATION_FILE, IGNORED, Declared, Labels
 from .metrics import aggregate, aggregate_structures, confusion, image_scores, structure_scores
 from .model_file import recorded_pixel_spacing
-from .pairs import Pair, discover, labels_of, load_pair, split_pairs, validate
+from .pairs import Pair, discover, labels_of, load_pair, validate
+from .splits import listed, split_pairs, split_settings
 from .volume_pairs import LabelledVolume, discover_volumes, validate_volumes, volume_labels
 
 CASES_FILE = "per_case.csv"  # a row per photo or per volume
@@ -65,14 +66,8 @@ def load_labelled(data: str | Path, mask_threshold: int | None = None,
     file listing the ids to score (one per line; a dataset's fixed validation list)."""
     pairs = discover(data)
     if ids is not None:
-        from .data.datamodule import read_ids
-
-        wanted = read_ids(Path(data), str(ids))
-        known = {p.id for p in pairs}
-        unknown = [i for i in wanted if i not in known]
-        if unknown:
-            raise UserError(f"{ids}: {len(unknown)} id(s) not in {data} (e.g. {unknown[0]})")
-        pairs = [p for p in pairs if p.id in set(wanted)]
+        wanted = set(listed([p.id for p in pairs], Path(data), ids))
+        pairs = [p for p in pairs if p.id in wanted]
     return LabelledSet(pairs, validate(pairs, mask_threshold, keep=True), mask_threshold)
 
 
@@ -103,8 +98,6 @@ def carved_split(train_dir: str | Path, fraction: float = DataConfig.val_fractio
     (the same ids for the same folder, fraction and seed): the set that model selection may look at.
     `of` (a run directory, model file, bundled name or model card): that model's own fraction and seed."""
     if of is not None:
-        from .run_dir import split_settings
-
         fraction, seed = split_settings(of)
     pairs = discover(train_dir)
     _, val_idx = split_pairs(pairs, fraction, seed)
@@ -115,17 +108,11 @@ def carved_split(train_dir: str | Path, fraction: float = DataConfig.val_fractio
 def load_labelled_volumes(data: str | Path, segmenter, ids=None) -> list[LabelledVolume]:
     """The labelled volumes of `data` (only `ids`: a listing file, or a list of ids), checked against the
     model's structures, values included: the prediction and the truth are read by value."""
-    from .data.datamodule import read_ids
-
     folder = Path(data)
     pairs = discover_volumes(folder)
     if ids is not None:
-        wanted = list(ids) if isinstance(ids, (list, tuple)) else read_ids(folder, str(ids))
         known = {p.id: p for p in pairs}
-        missing = [i for i in wanted if i not in known]
-        if missing:
-            raise UserError(f"{ids}: {len(missing)} id(s) not in {folder} (e.g. {missing[0]})")
-        pairs = [known[i] for i in wanted]
+        pairs = [known[i] for i in listed(known, folder, ids)]
     found = (folder / DECLARATION_FILE).is_file()
     labels = volume_labels(folder, Declared.for_folder(folder)) if found else segmenter.labels
 

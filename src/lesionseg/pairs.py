@@ -383,14 +383,3 @@ def validate(pairs: list[Pair], mask_threshold: int | None = None, keep: bool = 
             flush=True,
         )
     return kept
-
-
-def split_pairs(pairs: list[Pair], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Seeded split of indices; the same seed and ids always give the same split."""
-    order = np.random.default_rng(seed).permutation(len(pairs))
-    n_val = max(1, int(round(len(pairs) * val_fraction)))
-    if n_val >= len(pairs):
-        raise ValueError("need at least 2 pairs to split off a validation set")
-    val = sorted(order[:n_val].tolist())
-    train = sorted(order[n_val:].tolist())
-    return train, val

@@ -22,6 +22,7 @@ import numpy as np
 from .config import Config, dump_config, load_config
 from .errors import UserError
 from .io.atomic import write_text
+from .splits import DATASET_VAL_IDS
 
 # Candidate square input sizes for photos, smallest first; the bundled recipes use 160 (skin), 192 (polyps)
 # and 384 (radiographs).
@@ -335,17 +336,16 @@ def plan_volumes(fp: dict, minutes: float) -> Plan:
     return Plan(load_config(None, values), reasons, {})
 
 
-VAL_IDS = "val_ids.txt"
 
 
 def with_split(plan: Plan, folder: Path) -> Plan:
     """A dataset's own validation list (val_ids.txt) is used and never chosen on (the last epoch is kept);
     otherwise a seeded tenth is carved off and selection picks the best epoch, EMA or raw weights."""
     values = plan.config.to_dict()
-    if (folder / VAL_IDS).is_file():
-        values["data"]["val_ids"], values["trainer"]["selection"] = VAL_IDS, "last"
+    if (folder / DATASET_VAL_IDS).is_file():
+        values["data"]["val_ids"], values["trainer"]["selection"] = DATASET_VAL_IDS, "last"
         values["optim"]["ema_selection"] = False
-        why = f"the dataset's {VAL_IDS}, never chosen on: model.pt is the last epoch"
+        why = f"the dataset's {DATASET_VAL_IDS}, never chosen on: model.pt is the last epoch"
     else:
         values["optim"]["ema_selection"] = True
         why = "a seeded 10% carved off; the best epoch, and the better of the EMA and raw weights, are kept"
@@ -369,7 +369,7 @@ def make_plan(data: str | Path, out: str | Path, minutes: float = 60.0,
     if minutes <= 0:
         raise UserError(f"--minutes must be > 0, got {minutes}")
     fp = fingerprint(data)
-    ids = Path(data) / VAL_IDS
+    ids = Path(data) / DATASET_VAL_IDS
     if ids.is_file():
         fp["n_train"] = fp["n_cases"] - len(ids.read_text().split())
     if devices < 1:

@@ -12,7 +12,7 @@ import csv
 import io
 from pathlib import Path
 
-from .config import Config, DataConfig, dump_config, load_config
+from .config import Config, dump_config, load_config
 from .errors import UserError
 from .io import write_text
 
@@ -87,24 +87,3 @@ class RunDir:
     def append_metrics(self, row: dict) -> None:
         with self.metrics_path.open("a", newline="") as f:
             csv.DictWriter(f, fieldnames=METRICS_FIELDS).writerow(row)
-
-
-def split_settings(source: str | Path | dict | None) -> tuple[float, int]:
-    """(data.val_fraction, data.split_seed) a model was trained with: from a run directory's config, or
-    from a model's card (`recipe` of a run's model.pt, `recipe_config` of a bundled one; given as the card
-    itself, or as a .pt file or bundled name to read it from); the schema's defaults when neither says."""
-    card = source if isinstance(source, dict) else {}
-    if isinstance(source, (str, Path)):
-        if RunDir(source).is_run():
-            data = RunDir(source).config().data
-            return data.val_fraction, data.split_seed
-        from .model_file import ModelFile
-        from .models.bundled import resolve_weights
-
-        path = resolve_weights(source)
-        if path.suffix == ".pt" and path.is_file():
-            card = ModelFile.read(path).card
-    from .model_file import training_recipe
-
-    data = training_recipe(card).get("data", {})
-    return data.get("val_fraction", DataConfig.val_fraction), data.get("split_seed", DataConfig.split_seed)

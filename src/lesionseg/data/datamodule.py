@@ -24,7 +24,8 @@ from ..config import AugmentConfig, DataConfig
 from ..errors import UserError
 from ..labels import Declared, Labels
 from ..model_file import Preprocessing
-from ..pairs import discover, labels_of, split_pairs, validate
+from ..pairs import discover, labels_of, validate
+from ..splits import kept_indices, listed_split, split_pairs
 from ..volume_pairs import is_volume_dataset
 from .dataset import SegmentationDataset
 from .preprocess import EvalTransform
@@ -43,39 +44,7 @@ def _sources(folder: Path, cfg: DataConfig, first: bool = False):
     return pairs, cache
 
 
-def read_ids(folder: Path, listing: str) -> list[str]:
-    given = Path(listing)  # as given (absolute, or from the working directory), else inside the folder
-    path = given if given.is_absolute() or given.is_file() else folder / listing
-    try:
-        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read the id list ({exc})") from None
 
-
-def kept_indices(pairs, folder: Path, listing: str) -> list[int]:
-    """The pairs not named in `listing` (data.exclude_ids: a test set, or another fold's held-out cases)."""
-    ids = set(read_ids(folder, listing))
-    unknown = ids - {p.id for p in pairs}
-    if unknown:
-        raise UserError(f"{listing}: {len(unknown)} id(s) not in {folder} (e.g. {sorted(unknown)[0]})")
-    kept = [i for i, p in enumerate(pairs) if p.id not in ids]
-    if len(kept) < 2:
-        raise UserError(f"{listing}: leaves {len(kept)} case(s) in {folder}; training needs at least 2")
-    return kept
-
-
-def listed_split(pairs, folder: Path, listing: str) -> tuple[list[int], list[int]]:
-    """(train, validation) indices with the ids of `listing` (data.val_ids) as validation."""
-    ids = read_ids(folder, listing)
-    known = {p.id: i for i, p in enumerate(pairs)}
-    unknown = [i for i in ids if i not in known]
-    if unknown:
-        raise UserError(f"{listing}: {len(unknown)} id(s) not in {folder} (e.g. {unknown[0]})")
-    val = sorted(known[i] for i in set(ids))
-    if not val or len(val) == len(pairs):
-        raise UserError(f"{listing}: the list must leave some pairs for training and name at least one")
-    chosen = set(val)
-    return [i for i in range(len(pairs)) if i not in chosen], val
 
 
 def _reseed_worker(worker_id: int) -> None:
