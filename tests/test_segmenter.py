@@ -44,7 +44,7 @@ def test_tta_averages_flipped_views_by_hand(tiny_model_file, rng):
     tta = Segmenter.load(tiny_model_file, tta=True, tta_scales=(1.0,))
     np.testing.assert_allclose(tta.predict(image), by_hand, atol=1e-6)
     multi = Segmenter.load(tiny_model_file, tta=True, tta_scales=(0.75, 1.0, 1.25))
-    assert multi._views(True) == [(s, f) for s in (24, 32, 40) for f in (None, 1, 0)]
+    assert multi.whole.views(True, multi.tta_scales) == [(s, f) for s in (24, 32, 40) for f in (None, 1, 0)]
     assert multi.predict(rng.integers(0, 256, (45, 70, 3), dtype=np.uint8)).shape == (45, 70)
     # TTA chosen per call gives what a Segmenter with TTA on gives: one Segmenter serves both
     np.testing.assert_array_equal(plain.predict_batch([image], tta=True)[0], multi.predict(image))

@@ -182,7 +182,7 @@ def test_a_model_file_can_ask_for_tta_by_default(tmp_path, tiny_model_file):
     save_model(with_default, loaded.model, loaded.config, loaded.image_size,
                {**loaded.card, "inference": {"tta_scales": [1.0]}})
     seg = segmenter(with_default)
-    assert seg.tta and seg.tta_scales == (1.0,) and len(seg._views(seg.tta)) == 3
+    assert seg.tta and seg.tta_scales == (1.0,) and len(seg.whole.views(seg.tta, seg.tta_scales)) == 3
     assert not segmenter(with_default, tta=False).tta
     assert segmenter(with_default, tta_scales=[0.5, 1.0]).tta_scales == (0.5, 1.0)
     plain = segmenter(tiny_model_file)

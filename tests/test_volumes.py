@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from conftest import SEED_RECIPE
 from lesionseg.cli import app
 from lesionseg.errors import UserError
-from lesionseg.inference.slices import Slicing, clean_volume, structure_volumes
+from lesionseg.inference.coverage import Slicing
 from lesionseg.intensity import Intensity, modality_scheme
 from lesionseg.io.volumes import (
     RAS_FROM_LPS,
@@ -33,8 +33,10 @@ from lesionseg.io.volumes import (
     write_nifti_labels,
 )
 from lesionseg.labels import Labels
+from lesionseg.measurement import structure_volumes
 from lesionseg.metrics import structure_scores
 from lesionseg.model_file import ModelFile
+from lesionseg.postprocess import clean_volume
 from lesionseg.volume_pairs import discover_volumes, validate_volumes
 
 runner = CliRunner()
@@ -516,7 +518,7 @@ def test_evaluate_scores_each_volume_in_mm(trained, tmp_path):
 def test_onnx_volume_model_matches_torch(trained, tmp_path, rng):
     from lesionseg.export import export_onnx
     from lesionseg.inference import Segmenter
-    from lesionseg.inference.slices import segment_volume
+    from lesionseg.inference.coverage import segment_volume
 
     _, model = trained
     onnx = tmp_path / "m.onnx"
@@ -632,7 +634,8 @@ def test_bundled_hippocampus_model_on_the_shared_dicom_series(tmp_path):
 def test_a_volume_stored_lps_is_sliced_along_the_same_anatomy(trained, tmp_path, rng):
     """DICOM series come LPS, NIfTI files RAS: the same scan stored either way gets the same labels."""
     from lesionseg.inference import Segmenter
-    from lesionseg.inference.slices import Canonical, segment_volume
+    from lesionseg.inference.coverage import segment_volume
+    from lesionseg.orientation import Canonical
 
     _, model = trained
     seg = Segmenter.load(model, backend="torch")

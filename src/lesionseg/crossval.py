@@ -124,7 +124,7 @@ def volume_oof(model: Path, data: Path, val: list[str], fold: int) -> list[dict]
     """Fold `fold`'s model on its validation volumes, segmented in 3-D under every candidate setting."""
     from .evaluation import load_labelled_volumes
     from .inference import InferenceOptions, Segmenter
-    from .inference.slices import SliceCoverage
+    from .inference.coverage import SliceCoverage
 
     base = Segmenter.load(model, backend="torch")
     items = load_labelled_volumes(data, base, val)

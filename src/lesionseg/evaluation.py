@@ -179,7 +179,7 @@ def _evaluate_structures(segmenter: Segmenter, labelled: LabelledSet, workers: i
 
 def evaluate_volumes(segmenter, items: list[LabelledVolume], tolerance: float = 2.0) -> EvaluationResult:
     """Each volume segmented as `predict` does and scored in 3-D on its own grid, in mm."""
-    from .inference.slices import segment_volume
+    from .inference.coverage import segment_volume
 
     cases = []
     for item in items:
@@ -294,7 +294,7 @@ def write_report(result: EvaluationResult, segmenter: Segmenter, labelled: Label
 def write_volume_report(result: EvaluationResult, segmenter, items: list[LabelledVolume], out: Path,
                         settings: dict) -> Path:
     """The per-structure table and, per structure, its worst volumes (truth | prediction views)."""
-    from .inference.slices import segment_volume
+    from .inference.coverage import segment_volume
     from .viz import volume_views
 
     index = {i.pair.id: i for i in items}

@@ -54,14 +54,14 @@ class Preprocessing:
     """What every input goes through before the network. Photos: resized to image_size², the
     colour-constancy step (data/preprocess.py), then normalised with mean/std (of [0, 1] intensities).
     Volumes (`slicing` and `intensity` set): normalised by modality (intensity.py), cut into slices
-    (inference/slices.py) at the model's in-plane spacing and fed at that size (image_size 0)."""
+    (inference/coverage.py) at the model's in-plane spacing and fed at that size (image_size 0)."""
 
     image_size: int = FALLBACK_IMAGE_SIZE
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     color_constancy: str = "none"
     intensity: Any = None  # intensity.Intensity, for volumes
-    slicing: Any = None  # inference.slices.Slicing, for volumes
+    slicing: Any = None  # inference.coverage.Slicing, for volumes
 
     @property
     def volumes(self) -> bool:
@@ -88,7 +88,7 @@ class Preprocessing:
     def from_dict(cls, values: dict[str, Any]) -> "Preprocessing":
         intensity = slicing = None
         if values.get("slicing") is not None:
-            from .inference.slices import Slicing
+            from .inference.coverage import Slicing
             from .intensity import Intensity
 
             intensity = Intensity.from_dict(values.get("intensity") or {})

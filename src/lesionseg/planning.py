@@ -117,7 +117,7 @@ def photo_fingerprint(folder: Path, declared) -> dict[str, Any]:
 
 
 def volume_fingerprint(folder: Path, declared) -> dict[str, Any]:
-    from .inference.slices import Slicing
+    from .inference.coverage import Slicing
     from .volume_pairs import discover_volumes, read_modality, validate_volumes, volume_labels
 
     labels = volume_labels(folder, declared)

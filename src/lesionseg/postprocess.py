@@ -113,3 +113,14 @@ def apply_structures(prob: np.ndarray, cfg: PostprocessConfig, mode: str) -> np.
     chosen = np.stack([winner == k + 1 for k in range(len(prob))])
     cleaned = np.stack([clean(c, cfg) for c in chosen])
     return cleaned & (chosen | (cleaned.sum(0) == 1))
+
+
+def clean_volume(label_volume: np.ndarray, values, post: PostprocessConfig) -> np.ndarray:
+    """The clean-up steps per structure in 3-D; a voxel two cleaned structures claim keeps its label."""
+    if not (post.largest_component or post.fill_holes or post.min_area > 0):
+        return label_volume
+    out = np.zeros_like(label_volume)
+    for v in values:
+        cleaned = clean(label_volume == v, post)
+        out[cleaned & ((label_volume == v) | (out == 0))] = v
+    return out

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from .errors import UserError
 from .inference import Segmenter
 from .inference.pipeline import Progress, Segmented, run_pipeline
@@ -27,6 +25,7 @@ from .io.registry import companion_suffixes
 from .io.writers import encode_label_map, structure_mask_names
 from .labels import Labels
 from .manifest import MANIFEST_FIELDS, OLD_MANIFEST_FIELDS, Manifest, writable_folder, write_manifest
+from .measurement import structure_areas
 from .viz import overlay, structures_overlay
 
 RESULT_SUFFIXES = ("_mask.png", "_overlay.png", *companion_suffixes())
@@ -111,15 +110,6 @@ class Written:
     rows: list[dict]
     companion: str | None = None  # the companion file written, if any
     error: str | None = None  # why the companion could not be written
-
-
-def structure_areas(masks: np.ndarray, labels: Labels, spacing_mm: float | None) -> dict[str, dict]:
-    """Per structure: area in pixels (and mm² when the pixel spacing is known)."""
-    out = {}
-    for mask, name in zip(masks, labels.names):
-        px = int(np.count_nonzero(mask))
-        out[name] = {"px": px, **({"mm2": round(px * spacing_mm**2, 3)} if spacing_mm else {})}
-    return out
 
 
 def _write_masks(out: Path, frame: Segmented, labels: Labels) -> str:

@@ -14,13 +14,14 @@ from typing import Callable
 import numpy as np
 
 from .errors import UserError
+from .inference.coverage import Slicing, segment_volume
 from .inference.pipeline import Progress
-from .inference.slices import Slicing, segment_volume, structure_volumes
 from .io.atomic import write_bytes, write_text
 from .io.dicom import SEG_SUFFIX, series_seg_bytes
 from .io.volumes import LABELS_SUFFIX, Volume, is_dicom_series, is_nifti, nifti_bytes, nifti_id, read_volume
 from .io.writers import encode_png
 from .manifest import Manifest, writable_folder
+from .measurement import structure_volumes
 
 VIEWS_SUFFIX = "_views.png"
 VOLUMES_FILE = "volumes.json"

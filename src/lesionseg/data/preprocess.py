@@ -72,7 +72,7 @@ class EvalTransform:
     """Resize to size×size (bilinear image, nearest mask), apply the model's colour constancy (on the resized
     image, so a 4000×3000 photo costs no more than a small one) and normalise; albumentations-style call.
     Size 0 keeps each image's size, and `normalize=False` passes values through: slices of a volume arrive
-    normalised, at the model's spacing (inference/slices.py)."""
+    normalised, at the model's spacing (inference/coverage.py)."""
 
     def __init__(self, size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  color_constancy: str = "none", normalize: bool = True):

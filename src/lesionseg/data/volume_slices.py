@@ -13,10 +13,11 @@ import numpy as np
 import torch
 
 from ..config import DataConfig
-from ..inference.slices import Canonical, Slicing
+from ..inference.coverage import Slicing
 from ..intensity import Intensity, modality_scheme
 from ..labels import IGNORED, Declared, Labels
 from ..model_file import Preprocessing
+from ..orientation import Canonical
 from ..volume_pairs import LabelledVolume, discover_volumes, read_modality, validate_volumes, volume_labels
 
 

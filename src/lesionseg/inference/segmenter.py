@@ -11,23 +11,18 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .. import postprocess
-from ..data.preprocess import resize_to, sigmoid, softmax
 from ..errors import UserError
 from ..labels import Labels
 from .backends import Backend, open_backend
+from .coverage import WholeImage
 from .options import InferenceOptions
 
 
 class Segmenter:
     """Image (RGB uint8, any size) → foreground probability map at the image's original size (C×H×W, one
-    map per structure, for a model of several: `labels`).
-
-    The network sees the image resized to its training size; logits are resized back (bilinear) before
-    the sigmoid, which keeps boundaries sharper than resizing probabilities.
-
-    Test-time augmentation (`tta=True`): every scale in `tta_scales` × {identity, horizontal flip, vertical
-    flip}; each view's logits are un-flipped, resized to the original size, turned into probabilities, and
-    the probabilities are averaged (averaging probabilities keeps one over-confident view from dominating).
+    map per structure, for a model of several: `labels`); a volume through `inference.coverage.
+    SliceCoverage`. The network is the backend's; how it covers an input is a coverage strategy's
+    (`inference/coverage.py`); thresholds and clean-up come after (`to_mask`, `post`).
 
     Built one way: `Segmenter(backend, options, **fields)`, where `fields` override `options`' fields;
     `Segmenter.load(weights, ...)` opens the backend first. Options left unset (None) take the model's
@@ -40,6 +35,7 @@ class Segmenter:
         self.options = (options or InferenceOptions()).resolved(backend.file.inference_defaults)
         self.post = self.options.postprocess()
         self.transform = backend.preprocessing.transform()
+        self.whole = WholeImage(backend, self.transform)
         if self.labels.multi and self.post.crf:
             raise UserError("--crf refines one structure's probabilities; this model has "
                             f"{len(self.labels.structures)} ({', '.join(self.labels.names)})")
@@ -92,43 +88,13 @@ class Segmenter:
     def describe_tta(self) -> str:
         return f"scales {list(self.tta_scales)} x flips" if self.tta else "off"
 
-    def _views(self, tta: bool) -> list[tuple[int, int | None]]:
-        """(input size, flip axis) pairs; flip axis is numpy's on HWC (1 = horizontal, 0 = vertical)."""
-        if not tta:
-            return [(self.image_size, None)]
-        if self.image_size == 0:  # slices fed at their own size: flips only
-            return [(0, f) for f in (None, 1, 0)]
-        sizes = sorted({max(8, int(round(self.image_size * s))) for s in self.tta_scales})
-        return [(s, f) for s in sizes for f in (None, 1, 0)]
-
-    def _probabilities(self, logit: np.ndarray, height: int, width: int) -> np.ndarray:
-        """One image's (K, h, w) logits → probabilities at (H, W): one structure's (H, W) map, or (C, H, W)
-        for several (an exclusive model's structure channels of its softmax; background is the rest)."""
-        if not self.labels.multi:
-            return sigmoid(resize_to(np.ascontiguousarray(logit[0]), height, width))
-        resized = np.stack([resize_to(np.ascontiguousarray(c), height, width) for c in logit])
-        return softmax(resized)[1:] if self.labels.mode == "exclusive" else sigmoid(resized)
-
     def predict_batch(self, images: Sequence[np.ndarray], tta: bool | None = None,
                       batch_size: int | None = None) -> list[np.ndarray]:
-        """Probability maps (float32, H×W of each input; C×H×W for several structures). `tta` None: this
-        Segmenter's setting; `batch_size` None: this Segmenter's (slices of a volume pass more)."""
-        out: list[np.ndarray] = []
-        views = self._views(self.tta if tta is None else tta)
-        step = batch_size or self.batch_size
-        for start in range(0, len(images), step):
-            chunk = images[start:start + step]
-            acc: list[Any] = [None] * len(chunk)
-            for size, flip in views:
-                src = [im if flip is None else np.flip(self.transform.resize(im, size), flip) for im in chunk]
-                logits = self.backend(self.transform.batch(src, size))
-                for i, (im, logit) in enumerate(zip(chunk, logits)):
-                    if flip is not None:
-                        logit = np.flip(logit, flip + 1)  # (K, H, W): HWC's axis + 1
-                    prob = self._probabilities(logit, im.shape[0], im.shape[1])
-                    acc[i] = prob if views.index((size, flip)) == 0 else acc[i] + prob
-            out.extend((a if len(views) == 1 else a / len(views)).astype(np.float32, copy=False) for a in acc)
-        return out
+        """Probability maps (float32, H×W of each input; C×H×W for several structures), each image covered
+        whole (`coverage.WholeImage`). `tta` None: this Segmenter's setting; `batch_size` None: this
+        Segmenter's (slices of a volume pass more)."""
+        return self.whole.probabilities(images, self.tta if tta is None else tta, self.tta_scales,
+                                        batch_size or self.batch_size)
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         return self.predict_batch([image])[0]

@@ -132,9 +132,10 @@ async def _volume(request: Request, service: Service, data: bytes, label: str, s
     """A volume in, its label volume out in the input's own space: NIfTI (same affine and header) for a
     NIfTI, a DICOM SEG referencing every instance for a zipped series (format=nifti for a NIfTI instead),
     or JSON volumes."""
-    from ..inference.slices import segment_volume, structure_volumes
+    from ..inference.coverage import segment_volume
     from ..io.dicom import series_seg_bytes
     from ..io.volumes import nifti_bytes
+    from ..measurement import structure_volumes
     from .volumes import BatchedSegmenter, TooLarge, read_volume_upload
 
     opts = parse_options(request, service.segmenter.options, VOLUME_FORMATS)

@@ -105,7 +105,7 @@ def read_volume_upload(data: bytes, label: str, limit: int) -> Volume:
 
 
 class BatchedSegmenter:
-    """A Segmenter as `inference.slices.SliceCoverage` uses one, whose network calls go through the
+    """A Segmenter as `inference.coverage.SliceCoverage` uses one, whose network calls go through the
     service's MicroBatcher (the one thread that owns the model), a batch at a time."""
 
     def __init__(self, segmenter, batcher, batch: int, tta: bool, post, timeout_s: float):

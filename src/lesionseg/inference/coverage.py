@@ -1,11 +1,17 @@
-"""How a 2-D network is applied to a volume (MONAI's SliceInferer, nnU-Net's `2d`): the volume is
-normalised as its model says (intensity.py), cut along its slice axis into 2-D images of k neighbouring
-slices as channels (2.5-D), resampled in-plane to the spacing the model was trained at, run through the
-`Segmenter` a batch at a time, and stacked back into a label volume on the input's own grid.
+"""How a network covers an input, separate from the network (MONAI's inferers): probabilities on the
+input's own grid, which thresholds, clean-up and measurement take from there.
 
-Memory stays bounded by the batch: only the uint8 label volume (and the normalised input) is held whole,
-never the volume's probabilities, so a 512×512×600 CT needs ~0.2 GB beyond its own voxels. Clean-up
-(largest component, holes, small objects) then runs in 3-D on the label volume.
+- `WholeImage`: a 2-D image resized to the network's input size (or fed at its own size), with TTA views;
+  logits resized back (bilinear) before the activation, which keeps boundaries sharper than resizing
+  probabilities. TTA: every scale × {identity, horizontal flip, vertical flip}; each view's logits are
+  un-flipped, resized, turned into probabilities, and the probabilities averaged (so one over-confident
+  view cannot dominate).
+- `SliceCoverage` (MONAI's SliceInferer, nnU-Net's `2d`): a volume normalised as its model says
+  (intensity.py), turned to the closest RAS+ order, cut along its slice axis into 2-D images of k
+  neighbouring slices as channels (2.5-D), resampled in-plane to the spacing the model was trained at,
+  each covered whole, a batch at a time, and its probabilities put back on the volume's own grid.
+  `segment_volume` streams them into a label volume: only the uint8 labels (and the normalised input) are
+  held whole, so a 512×512×600 CT needs ~0.2 GB beyond its own voxels; clean-up then runs in 3-D.
 """
 
 from __future__ import annotations
@@ -17,15 +23,60 @@ import cv2
 import numpy as np
 
 from .. import postprocess
+from ..data.preprocess import resize_to, sigmoid, softmax
 from ..errors import UserError
 from ..io.volumes import Volume
 from ..labels import Labels
+from ..orientation import Canonical
 
 # in-plane spacings within this fraction of the model's are used as they are
 SPACING_TOLERANCE = 0.01
 # Small slices go through the network many at a time (per-call overhead dominates a 50×40 slice): a batch
 # holds at least the Segmenter's batch size and up to this many pixels (one 512² CT slice).
 BATCH_PIXELS = 512 * 512
+
+
+class WholeImage:
+    """A 2-D image covered whole by the backend's network: (see the module's note)."""
+
+    def __init__(self, backend, transform):
+        self.backend, self.transform, self.labels = backend, transform, backend.labels
+        self.image_size = backend.image_size
+
+    def views(self, tta: bool, scales) -> list[tuple[int, int | None]]:
+        """(input size, flip axis) pairs; flip axis is numpy's on HWC (1 = horizontal, 0 = vertical)."""
+        if not tta:
+            return [(self.image_size, None)]
+        if self.image_size == 0:  # slices fed at their own size: flips only
+            return [(0, f) for f in (None, 1, 0)]
+        sizes = sorted({max(8, int(round(self.image_size * s))) for s in scales})
+        return [(s, f) for s in sizes for f in (None, 1, 0)]
+
+    def activation(self, logit: np.ndarray, height: int, width: int) -> np.ndarray:
+        """One image's (K, h, w) logits → probabilities at (H, W): one structure's (H, W) map, or (C, H, W)
+        for several (an exclusive model's structure channels of its softmax; background is the rest)."""
+        if not self.labels.multi:
+            return sigmoid(resize_to(np.ascontiguousarray(logit[0]), height, width))
+        resized = np.stack([resize_to(np.ascontiguousarray(c), height, width) for c in logit])
+        return softmax(resized)[1:] if self.labels.mode == "exclusive" else sigmoid(resized)
+
+    def probabilities(self, images, tta: bool, scales, batch_size: int) -> list[np.ndarray]:
+        """Each image's probabilities (float32) at its own size, `batch_size` images per network call."""
+        out: list[np.ndarray] = []
+        views = self.views(tta, scales)
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            acc: list[Any] = [None] * len(chunk)
+            for size, flip in views:
+                src = [im if flip is None else np.flip(self.transform.resize(im, size), flip) for im in chunk]
+                logits = self.backend(self.transform.batch(src, size))
+                for i, (im, logit) in enumerate(zip(chunk, logits)):
+                    if flip is not None:
+                        logit = np.flip(logit, flip + 1)  # (K, H, W): HWC's axis + 1
+                    prob = self.activation(logit, im.shape[0], im.shape[1])
+                    acc[i] = prob if views.index((size, flip)) == 0 else acc[i] + prob
+            out.extend((a if len(views) == 1 else a / len(views)).astype(np.float32, copy=False) for a in acc)
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,32 +152,6 @@ class Slicing:
             tuple(float(v) for v in spacing) if spacing else None,
             int(values.get("channels", 3)),
         )
-
-
-class Canonical:
-    """A volume's voxels permuted and flipped (never resampled) into the closest RAS+ order, and back: a
-    model slices every volume along the same anatomical axes, whether a scanner stored it LPS (DICOM) or
-    RAS (NIfTI). Exact, so labels come back on the input's own grid."""
-
-    def __init__(self, affine: np.ndarray):
-        from nibabel import orientations
-
-        self._o = orientations
-        self.ornt = orientations.io_orientation(affine)
-        self.back = orientations.ornt_transform(orientations.axcodes2ornt(("R", "A", "S")), self.ornt)
-
-    def forward(self, array: np.ndarray) -> np.ndarray:
-        """A view where it can be (normalisation makes the one copy)."""
-        return self._o.apply_orientation(array, self.ornt)
-
-    def inverse(self, array: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(self._o.apply_orientation(array, self.back))
-
-    def spacing(self, spacing) -> tuple[float, float, float]:
-        out = [0.0, 0.0, 0.0]
-        for axis, (target, _flip) in enumerate(self.ornt):
-            out[int(target)] = float(spacing[axis])
-        return tuple(out)
 
 
 def label_values(labels: Labels) -> np.ndarray:
@@ -207,7 +232,7 @@ class SliceCoverage:
                     out[i] = values[np.concatenate([zeros, masks]).argmax(0)]
                 else:
                     out[i] = postprocess.threshold(prob, threshold_only.threshold) * values[1]
-        cleaned = clean_volume(out, values[1:], post)
+        cleaned = postprocess.clean_volume(out, values[1:], post)
         return self.canonical.inverse(np.moveaxis(cleaned, 0, self.axis))
 
 
@@ -219,26 +244,3 @@ def segment_volume(segmenter, volume: Volume) -> np.ndarray:
     return coverage.labels_of(coverage.chunks(), segmenter.post)
 
 
-def clean_volume(label_volume: np.ndarray, values, post: postprocess.PostprocessConfig) -> np.ndarray:
-    """The clean-up steps per structure in 3-D; a voxel two cleaned structures claim keeps its label."""
-    if not (post.largest_component or post.fill_holes or post.min_area > 0):
-        return label_volume
-    out = np.zeros_like(label_volume)
-    for v in values:
-        cleaned = postprocess.clean(label_volume == v, post)
-        out[cleaned & ((label_volume == v) | (out == 0))] = v
-    return out
-
-
-def structure_volumes(label_volume: np.ndarray, labels: Labels, voxel_mm3: float) -> dict[str, dict]:
-    """Per structure: voxels, mm³ and mL."""
-    counts = np.bincount(label_volume.ravel(), minlength=256)
-    out = {}
-    for s in labels.structures:
-        voxels = int(counts[s.value]) if s.value < counts.size else 0
-        out[s.name] = {
-            "voxels": voxels,
-            "mm3": round(voxels * voxel_mm3, 3),
-            "ml": round(voxels * voxel_mm3 / 1000.0, 4),
-        }
-    return out
