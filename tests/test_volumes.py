@@ -437,7 +437,11 @@ def test_predict_nifti_and_series_write_label_maps_seg_and_volumes(trained, tmp_
             np.asarray(frames.array)[..., 0].transpose(2, 1, 0) > 0, series_labels == value
         )
     assert (out / "scan_views.png").is_file() and (out / "report.html").is_file()
-    assert "Anterior" in (out / "manifest.csv").read_text()
+    import csv
+
+    rows = {r["id"]: r for r in csv.DictReader((out / "manifest.csv").open())}
+    assert "Anterior" in rows["scan"]["areas"]
+    assert rows["scan"]["shape"] == "x".join(map(str, image.shape)) and rows["scan"]["width"] == ""
     # a NIfTI header stores the affine in float32
     np.testing.assert_allclose(
         nib.load(str(out / "mr_series_labels.nii.gz")).affine, volume.affine, atol=1e-5

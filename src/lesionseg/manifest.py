@@ -19,12 +19,16 @@ MANIFEST_FIELDS = [
     "height",
     "error",
     "areas",
+    "shape",
 ]
-OLD_MANIFEST_FIELDS = MANIFEST_FIELDS[:-1]  # before per-structure areas
+# the columns of earlier manifests, which merge-manifests still reads: before `shape` (a volume's voxel
+# counts per axis), and before per-structure `areas`
+EARLIER_MANIFEST_FIELDS = (MANIFEST_FIELDS[:-1], MANIFEST_FIELDS[:-2])
 
 
 class Manifest:
-    """One record per input: id → mask, status (ok, failed, skipped), foreground fraction, size, error."""
+    """One record per input: id → mask, status (ok, failed, skipped), foreground fraction, size (a photo's
+    width and height; a volume's shape), error."""
 
     def __init__(self):
         self.records: list[dict] = []
@@ -40,6 +44,7 @@ class Manifest:
         height="",
         error: str = "",
         areas: str = "",
+        shape: str = "",
     ) -> None:
         self.records.append(
             {
@@ -52,6 +57,7 @@ class Manifest:
                 "height": height,
                 "error": error,
                 "areas": areas,
+                "shape": shape,
             }
         )
 

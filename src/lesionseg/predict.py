@@ -24,7 +24,7 @@ from .io.atomic import write_bytes
 from .io.registry import companion_suffixes
 from .io.writers import encode_label_map, structure_mask_names
 from .labels import Labels
-from .manifest import MANIFEST_FIELDS, OLD_MANIFEST_FIELDS, Manifest, writable_folder, write_manifest
+from .manifest import EARLIER_MANIFEST_FIELDS, MANIFEST_FIELDS, Manifest, writable_folder, write_manifest
 from .measurement import structure_areas
 from .viz import overlay, structures_overlay
 
@@ -273,7 +273,7 @@ def merge_manifests(paths: list[str | Path], out: str | Path) -> dict:
             raise UserError(f"{path}: manifest not found")
         with path.open(newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
-            if reader.fieldnames not in (MANIFEST_FIELDS, OLD_MANIFEST_FIELDS):
+            if reader.fieldnames not in (MANIFEST_FIELDS, *EARLIER_MANIFEST_FIELDS):
                 raise UserError(f"{path}: not a lesionseg manifest (columns {reader.fieldnames})")
             for row in reader:
                 if (
@@ -285,7 +285,7 @@ def merge_manifests(paths: list[str | Path], out: str | Path) -> dict:
                         f"{path}: id '{row['id']}' is also in another manifest (overlapping shards?)"
                     )
                 if row["id"] not in merged or merged[row["id"]]["status"] == "skipped":
-                    merged[row["id"]] = {"areas": "", **row}
+                    merged[row["id"]] = {"areas": "", "shape": "", **row}
     write_manifest(out, list(merged.values()))
     counts: dict[str, int] = {}
     for row in merged.values():

@@ -178,7 +178,7 @@ def run_predict_volumes(
             "ok",
             mask=";".join(outcome.files),
             fraction=f"{fraction:.6f}",
-            width="x".join(map(str, outcome.volume.array.shape)),
+            shape="x".join(map(str, outcome.volume.array.shape)),
             areas=json.dumps(outcome.volumes, separators=(",", ":")),
         )
     bar.close()
