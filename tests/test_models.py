@@ -232,7 +232,7 @@ def test_every_bundled_model_is_made_by_its_config(name):
     shipped = dataclasses.replace(cfg.model, full_resolution_stage="none" if stage == "train_only" else stage)
     assert shipped == loaded.config
     pre = loaded.file.preprocessing
-    if pre.volumes:  # slices at their own size; the config's image_size is the training patch
+    if pre.covers_volumes:  # slices at their own size; the config's image_size is the training patch
         assert pre.slicing.context == cfg.data.slice_context and pre.slicing.axis == cfg.data.slice_axis
     else:
         assert cfg.data.image_size == loaded.image_size
@@ -272,3 +272,15 @@ def test_dropping_the_full_resolution_stage_keeps_the_half_resolution_head(tmp_p
     assert load_model(tmp_path / "fast.pt").config.full_resolution_stage == "none"
     with pytest.raises(UserError, match="needs an EfficientNet-encoder model with deep supervision"):
         drop_full_resolution_stage(model, new_cfg)
+
+
+def test_the_model_file_says_what_the_network_is(tiny_model_file):
+    """Dimensionality, input size as a tuple, channels with their normalisation, and how it covers a case:
+    said the same way by files of every format version."""
+    from lesionseg.model_file import ModelFile
+
+    pre = ModelFile.read(tiny_model_file).preprocessing
+    described = pre.describe()
+    assert described["dimensions"] == 2 and described["coverage"] == "whole"
+    assert described["input_size"] == (32, 32) and described["channels"]["count"] == 3
+    assert described["channels"]["normalisation"]["mean"] == list(pre.mean)

@@ -381,7 +381,8 @@ def test_train_records_how_volumes_are_cut_and_normalised(trained):
     file = ModelFile.read(trained[1])
     pre = file.preprocessing
     assert file.format_version == 4 and file.labels.names == ("Anterior", "Posterior")
-    assert pre.volumes and pre.image_size == 0 and pre.intensity == Intensity("zscore")
+    assert pre.covers_volumes and pre.image_size == 0 and pre.intensity == Intensity("zscore")
+    assert (pre.dimensions, pre.coverage, pre.input_size) == (2, "slices", None)
     assert pre.slicing == Slicing(axis=None, context=3, spacing_mm=(0.8, 0.8), channels=3)
     assert file.card["training_data"]["n_train_volumes"] == 4
 

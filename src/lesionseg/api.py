@@ -126,7 +126,7 @@ def evaluate(data: str | Path, weights: str | Path | None = None, *, out: str | 
     else:  # every data problem is reported before a model is loaded
         labelled = load_labelled(data, mask_threshold, ids)
     seg = segmenter(weights, **options)
-    if seg.backend.preprocessing.volumes != volumes:
+    if seg.backend.preprocessing.covers_volumes != volumes:
         raise UserError(f"{data}: a dataset of volumes, and {seg.weights_path.name} is a model for photos"
                         if volumes else f"{data}: a folder of photos, and {seg.weights_path.name} is a model "
                         "for volumes (give an imagesTr/ + labelsTr/ dataset)")

@@ -284,7 +284,7 @@ def info(
         "architecture": {**loaded.config.__dict__, "parameters": count_parameters(loaded.model)},
         "input_size": loaded.image_size,
         "color_constancy": loaded.color_constancy,
-        **({"volumes": loaded.file.preprocessing.to_dict()} if loaded.file.preprocessing.volumes else {}),
+        "network": loaded.file.preprocessing.describe(),
         **({"labels": loaded.labels.to_dict()} if loaded.labels.multi else {}),
         **({"ensemble_members": loaded.file.members} if loaded.file.members > 1 else {}),
         **card,

@@ -302,7 +302,7 @@ def write_ensemble(out: Path, k: int, rows: list[dict]) -> Path:
     files = [ModelFile.read(out / f"fold_{i}" / "model.pt") for i in range(k)]
     labels = files[0].labels
     names = labels.names if labels.multi else ("foreground",)
-    metric = "dice" if labels.multi or files[0].preprocessing.volumes else "jaccard"
+    metric = "dice" if labels.multi or files[0].preprocessing.covers_volumes else "jaccard"
     table = pooled_table(rows, names, metric)
     choice, why = choose(table, labels.mode)
     best = table[_key(choice)]

@@ -75,7 +75,7 @@ def export_int8(weights: str | Path | None, out: str | Path, calibration: str | 
     from .io import list_images, read_image
     from .models.bundled import resolve_weights
 
-    if ModelFile.read(resolve_weights(weights)).preprocessing.volumes:
+    if ModelFile.read(resolve_weights(weights)).preprocessing.covers_volumes:
         raise UserError(f"{weights}: INT8 calibration reads photos; export a volume model with `export` "
                         "(fp32)")
 

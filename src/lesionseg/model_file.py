@@ -63,16 +63,47 @@ class Preprocessing:
     intensity: Any = None  # intensity.Intensity, for volumes
     slicing: Any = None  # inference.coverage.Slicing, for volumes
 
+    # What the network is and how it covers a case, said outright (derived from the settings above, so
+    # that every file of every format version says it the same way).
+    dimensions = 2  # the network's: a 2-D U-Net (3-D networks will say 3)
+
     @property
-    def volumes(self) -> bool:
-        return self.slicing is not None
+    def coverage(self) -> str:
+        """How the network covers a case (inference/coverage.py): "whole" (the image, resized to
+        `input_size`) or "slices" (a volume's slices, each fed at the model's in-plane spacing)."""
+        return "slices" if self.slicing is not None else "whole"
+
+    @property
+    def covers_volumes(self) -> bool:
+        return self.coverage == "slices"
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """The network's input (rows, columns); None where each input is fed at its own size (slices)."""
+        return (self.image_size, self.image_size) if self.image_size else None
+
+    @property
+    def channels(self) -> dict[str, Any]:
+        """The network's input channels and their normalisation."""
+        if self.covers_volumes:
+            return {"count": self.slicing.channels, "from": f"{self.slicing.context} neighbouring slice(s)",
+                    "normalisation": self.intensity.to_dict()}
+        return {"count": 3, "from": "RGB", "normalisation": {"mean": list(self.mean), "std": list(self.std),
+                                                            "color_constancy": self.color_constancy}}
+
+    def describe(self) -> dict[str, Any]:
+        """What the network is, for people (`lesionseg info`): dimensionality, input size, channels,
+        coverage."""
+        return {"dimensions": self.dimensions, "input_size": self.input_size, "coverage": self.coverage,
+                "channels": self.channels,
+                **({"slicing": self.slicing.to_dict()} if self.covers_volumes else {})}
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std)}
         # only then do version-1 readers, which would skip the step, need refusing
         if self.color_constancy != "none":
             out["color_constancy"] = self.color_constancy
-        if self.volumes:
+        if self.covers_volumes:
             out["intensity"] = self.intensity.to_dict()
             out["slicing"] = self.slicing.to_dict()
         return out
@@ -80,7 +111,7 @@ class Preprocessing:
     @property
     def format_version(self) -> int:
         """The lowest file format that records these settings."""
-        if self.volumes:
+        if self.covers_volumes:
             return 4
         return 2 if self.color_constancy != "none" else 1
 
@@ -104,7 +135,7 @@ class Preprocessing:
         from .data.preprocess import EvalTransform
 
         return EvalTransform(self.image_size, self.mean, self.std, self.color_constancy,
-                             normalize=not self.volumes)
+                             normalize=not self.covers_volumes)
 
 
 @dataclasses.dataclass
@@ -216,7 +247,7 @@ class ModelFile:
                 "producer": "lesionseg", "color_constancy": p.color_constancy}
         if self.labels.multi:
             meta["labels"] = json.dumps(self.labels.to_dict())
-        if p.volumes:
+        if p.covers_volumes:
             meta["intensity"] = json.dumps(p.intensity.to_dict())
             meta["slicing"] = json.dumps(p.slicing.to_dict())
         return meta

@@ -194,7 +194,7 @@ def run_predict(inputs, out: str | Path, segmenter_factory: Callable[[], Segment
     chosen = select_inputs(inputs, out, shard, skip_existing, overwrite)
     writable_folder(out)
     segmenter = segmenter_factory()  # after the cheap checks: a model load costs seconds
-    if segmenter.backend.preprocessing.volumes:
+    if segmenter.backend.preprocessing.covers_volumes:
         raise UserError(f"{chosen.files[0] if chosen.files else inputs[0]}: images, and "
                         f"{segmenter.weights_path.name} is a model for volumes (give NIfTI files or DICOM "
                         "series folders)")

@@ -146,7 +146,7 @@ def run_predict_volumes(
     files = list_volumes(inputs)
     writable_folder(out)
     segmenter = segmenter or segmenter_factory()
-    if not segmenter.backend.preprocessing.volumes:
+    if not segmenter.backend.preprocessing.covers_volumes:
         raise UserError(
             f"{files[0]}: a volume, and {segmenter.weights_path.name} is a model for photos; "
             "give a model trained on volumes (e.g. --weights hippocampus)"

@@ -44,7 +44,7 @@ async def segment(request: Request, service: Service) -> Response:
     started = time.perf_counter()
     data, label = await read_upload(request, int(service.cfg.max_body_mb * 2**20))
     kind = case_kind(data)
-    if kind == "photo" and service.segmenter.backend.preprocessing.volumes:
+    if kind == "photo" and service.segmenter.backend.preprocessing.covers_volumes:
         raise HTTPError(400, f"the model {service.model_name()} segments volumes: send a NIfTI volume or a "
                         "zip of a DICOM series (to /v1/segment or /v1/segment/volume)")
     handler = {"dicom": _dicom, "volume": _volume, "photo": _photo}[kind]
@@ -89,7 +89,7 @@ async def _dicom(request: Request, service: Service, data: bytes, label: str, st
     opts = parse_options(request, service.segmenter.options)
     if opts.format != "mask" and "format" in request.query_params:
         raise HTTPError(400, "query parameter 'format': a DICOM image is answered with a DICOM SEG only")
-    if service.segmenter.backend.preprocessing.volumes:
+    if service.segmenter.backend.preprocessing.covers_volumes:
         raise HTTPError(400, f"{label}: one DICOM image, and the model {service.model_name()} segments "
                         "volumes: send the series as a zip")
 
@@ -124,7 +124,7 @@ async def _dicom(request: Request, service: Service, data: bytes, label: str, st
 
 
 def _check_volume_model(service: Service) -> None:
-    if not service.segmenter.backend.preprocessing.volumes:
+    if not service.segmenter.backend.preprocessing.covers_volumes:
         raise HTTPError(400, f"the model {service.model_name()} segments photos; volumes need a volume model")
 
 
