@@ -138,7 +138,8 @@ def test_predict_on_dicom_without_pixels_is_one_line(tmp_path, tiny_model_file):
     ds.save_as(tmp_path / "nopix.dcm")
     result = runner.invoke(app, ["predict", str(tmp_path / "nopix.dcm"), "--out", str(tmp_path / "o"),
                                  "--weights", str(tiny_model_file)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # nothing segmented: the input is refused, in one line
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert "nopix.dcm: DICOM file has no pixel data" in result.stderr
 
 

@@ -60,7 +60,7 @@ def test_huge_image_refused_clearly(tmp_path, tiny_model_file):
     Image.new("1", (20000, 12000)).save(path)  # 240 megapixels, a small file
     result = runner.invoke(app, ["predict", str(path), "--out", str(tmp_path / "o"), "--weights",
                                  str(tiny_model_file)])
-    assert result.exit_code == 1 and "image too large" in result.stderr
+    assert result.exit_code == 2 and "image too large" in result.stderr  # nothing segmented: refused
 
 
 def test_large_photo_predicts_under_2_gb(tmp_path, tiny_model_file):

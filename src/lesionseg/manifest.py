@@ -79,3 +79,10 @@ def writable_folder(out: Path) -> None:
         raise UserError(f"{out}: cannot create output folder ({exc.strerror})") from None
     if not os.access(out, os.W_OK):
         raise UserError(f"{out}: output folder is not writable")
+
+
+def refuse_when_nothing_written(failures: list[str], total: int, written: int, noun: str) -> None:
+    """A run that segmented nothing is the user's error (exit 2), said in one line when one input was given
+    (its own line); a run that wrote some is partial (exit 1, each failure said as it came)."""
+    if failures and not written:
+        raise UserError(failures[0] if total == 1 else f"all {total} {noun} failed; nothing written")

@@ -24,7 +24,14 @@ from .io.atomic import write_bytes
 from .io.registry import companion_suffixes
 from .io.writers import encode_label_map, structure_mask_names
 from .labels import Labels
-from .manifest import EARLIER_MANIFEST_FIELDS, MANIFEST_FIELDS, Manifest, writable_folder, write_manifest
+from .manifest import (
+    EARLIER_MANIFEST_FIELDS,
+    MANIFEST_FIELDS,
+    Manifest,
+    refuse_when_nothing_written,
+    writable_folder,
+    write_manifest,
+)
 from .measurement import structure_areas
 from .viz import overlay, structures_overlay
 
@@ -217,7 +224,8 @@ def run_predict(inputs, out: str | Path, segmenter_factory: Callable[[], Segment
             f = outcome.key
             if outcome.error is not None:
                 failures.append(str(outcome.error))
-                on_failure(str(outcome.error))
+                if len(files) > 1:  # one input: its line is the command's error
+                    on_failure(str(outcome.error))
                 records.add(f.stem, f, "failed", error=str(outcome.error))
             else:
                 _record(outcome.result, f, out, records, rows, failures, on_failure,
@@ -229,6 +237,7 @@ def run_predict(inputs, out: str | Path, segmenter_factory: Callable[[], Segment
         records.write(manifest)
     if report and rows:
         _report(out, rows, segmenter, inputs)
+    refuse_when_nothing_written(failures, len(files), len(rows), "inputs")
     if failures:
         on_failure(f"{len(failures)} of {len(files)} inputs failed; {len(rows)} written to {out}")
     shard_text = f" (shard {chosen.part[0]}/{chosen.part[1]})" if chosen.part else ""

@@ -20,7 +20,7 @@ from .io.atomic import write_bytes, write_text
 from .io.dicom import SEG_SUFFIX, series_seg_bytes
 from .io.volumes import LABELS_SUFFIX, Volume, is_dicom_series, is_nifti, nifti_bytes, nifti_id, read_volume
 from .io.writers import encode_png
-from .manifest import Manifest, writable_folder
+from .manifest import Manifest, refuse_when_nothing_written, writable_folder
 from .measurement import structure_volumes
 
 VIEWS_SUFFIX = "_views.png"
@@ -183,10 +183,7 @@ def run_predict_volumes(
         )
     bar.close()
     _write_summary(out, done, records, manifest, report, segmenter, inputs)
-    if failures and not done:  # nothing segmented: a user error (exit 2), in one line when one was given
-        raise UserError(
-            failures[0] if len(files) == 1 else f"all {len(files)} volumes failed; nothing written"
-        )
+    refuse_when_nothing_written(failures, len(files), len(done), "volumes")
     if failures:
         on_failure(f"{len(failures)} of {len(files)} volumes failed; {len(done)} written to {out}")
     print(f"segmented {len(done)} of {len(files)} volumes into {out}")
