@@ -81,7 +81,8 @@ def structures_kind(root: Path) -> Kind:
         order = [p.name for p in sorted((data / "masks").iterdir())]  # the layout's channels, by folder name
         return {n: channels[..., order.index(n)] == 1 for n in names}
 
-    return Kind(_model(root / "structures.pt", STRUCTURE_LABELS, Preprocessing(32)), data, data / "images", ".png",
+    model = _model(root / "structures.pt", STRUCTURE_LABELS, Preprocessing(32))
+    return Kind(model, data, data / "images", ".png",
                 lambda out, i: {n: _mask(out / f"{i}_mask_{n}.png") for n in names}, truth,
                 {n: f"structure={n}" for n in names})
 
