@@ -422,13 +422,10 @@ def test_evaluate_scores_what_predict_writes(trained, tmp_path):
                 continue
             dice = 2 * (pred & t).sum() / (pred.sum() + t.sum())
             assert float(row[header.index(f"{name}_dice")]) == pytest.approx(dice, abs=1e-6)
-    manifest = (out / "manifest.csv").read_text().splitlines()
-    areas = json.loads(
-        next(line for line in manifest if line.startswith("s0,"))
-        .split(",", 8)[8]
-        .strip('"')
-        .replace('""', '"')
-    )
+    import csv
+
+    manifest = {r["id"]: r for r in csv.DictReader((out / "manifest.csv").open())}
+    areas = json.loads(manifest["s0"]["areas"])
     assert set(areas) == {"bar", "disc"}
     assert areas["bar"]["mm2"] == pytest.approx(areas["bar"]["px"] * 0.25)
     again = runner.invoke(

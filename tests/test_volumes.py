@@ -338,7 +338,7 @@ def test_dataset_layouts_are_read_without_renaming(tmp_path, layout):
     pairs = discover_volumes(root)
     assert [p.id for p in pairs] == ["vol_000", "vol_001", "vol_002"]
     items = validate_volumes(pairs, LABELS)
-    assert items[0].labels.max() == 2 and items[0].volume.array.shape == SHAPE
+    assert items[0].truth.max() == 2 and items[0].volume.array.shape == SHAPE
 
 
 def test_undeclared_label_value_and_channel_two_are_refused(tmp_path):

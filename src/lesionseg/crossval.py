@@ -138,7 +138,7 @@ def volume_oof(model: Path, data: Path, val: list[str], fold: int) -> list[dict]
         probabilities = {tta: coverage.probabilities(tta) for tta in sorted({c["tta"] for c in cands})}
         for k, (cand, post) in enumerate(zip(cands, posts)):
             pred = coverage.labels_of(probabilities[cand["tta"]], post)
-            per = [_scores(pred == s.value, item.labels == s.value) for s in structures]
+            per = [_scores(pred == s.value, item.truth == s.value) for s in structures]
             rows[k].append(_row(fold, item.pair.id, cand, [s.name for s in structures], per))
     return [row for per_candidate in rows for row in per_candidate]
 

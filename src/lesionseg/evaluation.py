@@ -184,7 +184,7 @@ def evaluate_volumes(segmenter, items: list[LabelledVolume], tolerance: float = 
     cases = []
     for item in items:
         pred = segment_volume(segmenter, item.volume)
-        cases.append((item.pair.id, score_volume(pred, item.labels, segmenter.labels, item.volume.spacing,
+        cases.append((item.pair.id, score_volume(pred, item.truth, segmenter.labels, item.volume.spacing,
                                                  item.volume.voxel_mm3, tolerance)))
     result = _structure_result(segmenter.labels, cases, VOLUME_FIELDS, distance_unit="mm",
                                pixel_spacing_source="each volume's own voxel spacing", pixel_spacing_mm=None,
@@ -304,7 +304,7 @@ def write_volume_report(result: EvaluationResult, segmenter, items: list[Labelle
         item = index[case_id]
         v, axis = item.volume, axis_for(item.volume.spacing)
         views = [volume_views(v.array, labels, segmenter.labels, axis)
-                 for labels in (item.labels, segment_volume(segmenter, v))]
+                 for labels in (item.truth, segment_volume(segmenter, v))]
         h = max(x.shape[0] for x in views)
         return np.concatenate([np.pad(x, ((0, h - x.shape[0]), (0, 8), (0, 0)), constant_values=255)
                                for x in views], axis=1)

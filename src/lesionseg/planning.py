@@ -134,8 +134,8 @@ def volume_fingerprint(folder: Path, declared) -> dict[str, Any]:
         spacings.append(v.spacing)
         axis = Slicing().axis_for(v.spacing)
         planes.append([n * s for i, (n, s) in enumerate(zip(v.array.shape, v.spacing)) if i != axis])
-        shares += [float((item.labels == s.value).mean()) for s in labels.structures]
-        fg = item.labels > 0
+        shares += [float((item.truth == s.value).mean()) for s in labels.structures]
+        fg = item.truth > 0
         empty += int(not fg.any())
         values = v.array[fg]
         if values.size > SAMPLE_PER_CASE:

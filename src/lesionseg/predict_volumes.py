@@ -65,8 +65,8 @@ def volume_id(path: Path) -> str:
 @dataclass
 class VolumeOutcome:
     volume: Volume
-    labels: np.ndarray
-    volumes: dict[str, dict]
+    label_volume: np.ndarray
+    measured: dict[str, dict]  # per structure: voxels, mm³ and mL
     files: list[str]
 
 
@@ -117,7 +117,7 @@ def volume_record(o: VolumeOutcome) -> dict:
         "spacing_mm": [round(s, 5) for s in v.spacing],
         "affine": np.round(v.affine, 6).tolist(),
         "files": o.files,
-        "structures": o.volumes,
+        "structures": o.measured,
     }
 
 
@@ -169,9 +169,9 @@ def run_predict_volumes(
         finally:
             bar.advance()
         done.append(volume_record(outcome))
-        text = ", ".join(f"{n} {v['ml']:.3f} mL" for n, v in outcome.volumes.items())
+        text = ", ".join(f"{n} {v['ml']:.3f} mL" for n, v in outcome.measured.items())
         print(f"{path} -> {out / outcome.files[0]} ({text})")
-        fraction = float((outcome.labels > 0).mean())
+        fraction = float((outcome.label_volume > 0).mean())
         records.add(
             outcome.volume.id,
             path,
@@ -179,7 +179,7 @@ def run_predict_volumes(
             mask=";".join(outcome.files),
             fraction=f"{fraction:.6f}",
             shape="x".join(map(str, outcome.volume.array.shape)),
-            areas=json.dumps(outcome.volumes, separators=(",", ":")),
+            areas=json.dumps(outcome.measured, separators=(",", ":")),
         )
     bar.close()
     _write_summary(out, done, records, manifest, report, segmenter, inputs)

@@ -114,7 +114,7 @@ def volume_labels(folder: Path, declared: Declared) -> Labels:
 class LabelledVolume:
     pair: VolumePair
     volume: Volume
-    labels: np.ndarray  # label values on the volume's grid
+    truth: np.ndarray  # the label volume: label values on the volume's grid
 
 
 def load_volume_pair(pair: VolumePair) -> LabelledVolume:
@@ -130,15 +130,15 @@ def validate_volumes(pairs: list[VolumePair], labels: Labels) -> list[LabelledVo
 
     def load(pair: VolumePair) -> LabelledVolume:
         item = load_volume_pair(pair)
-        unknown = labels.undeclared(np.unique(item.labels).tolist())
+        unknown = labels.undeclared(np.unique(item.truth).tolist())
         if unknown:
             raise UserError(f"{pair.label_path}: label value(s) {unknown} not declared "
                             f"({', '.join(f'{s.name}={s.value}' for s in labels.structures)})")
         return item
 
     def use(pair: VolumePair, item: LabelledVolume) -> None:
-        counts = np.bincount(item.labels.ravel(), minlength=256)
-        tally.add(np.array([counts[s.value] for s in labels.structures]), item.labels.size)
+        counts = np.bincount(item.truth.ravel(), minlength=256)
+        tally.add(np.array([counts[s.value] for s in labels.structures]), item.truth.size)
         out.append(item)
 
     problems = check_each(pairs, load, use)

@@ -54,7 +54,7 @@ def cut(items: list[LabelledVolume], labels: Labels, intensity: Intensity, slici
         axis = slicing.axis_for(spacing)
         normalised = intensity.apply(canonical.forward(volume.array))
         size = slicing.plane_size(normalised.shape, spacing, axis)
-        stack = np.moveaxis(canonical.forward(item.labels), axis, 0)
+        stack = np.moveaxis(canonical.forward(item.truth), axis, 0)
         for i, image in enumerate(slicing.images(normalised, axis, size)):
             lab = stack[i]
             if lab.shape != size:
@@ -97,7 +97,7 @@ def volume_data(folder: Path, cfg: DataConfig, split) -> VolumeData:
     train_idx, val_idx = split(pairs)
     train_items, val_items = [items[i] for i in train_idx], [items[i] for i in val_idx]
     modality = read_modality(folder) if cfg.modality == "auto" else cfg.modality
-    intensity = Intensity.fit(modality_scheme(modality), ((i.volume.array, i.labels) for i in train_items))
+    intensity = Intensity.fit(modality_scheme(modality), ((i.volume.array, i.truth) for i in train_items))
     channels = 3 if cfg.slice_context == 1 else cfg.slice_context
     slicing = plan_slicing(train_items, cfg, channels)
     preprocessing = Preprocessing(image_size=0, intensity=intensity, slicing=slicing)
