@@ -27,7 +27,8 @@ import numpy as np
 
 from lesionseg.inference import Segmenter
 from lesionseg.inference.coverage import segment_volume
-from lesionseg.io.volumes import Volume, read_volume, write_nifti_labels
+from lesionseg.io.registry import read_volume
+from lesionseg.io.volumes import Volume, write_nifti_labels
 from lesionseg.machine import describe_machine
 from lesionseg.memory import peak_rss_mb
 

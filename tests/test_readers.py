@@ -110,3 +110,25 @@ def test_pixel_limit_holds_for_the_second_readers(tmp_path):
     Image.fromarray(RGB8).save(buf, format="TIFF")
     with pytest.raises(ImageTooLarge):
         decode_image(buf.getvalue(), "upload", max_pixels=100)
+
+
+def test_one_registry_reads_every_format_and_tells_volumes_by_their_data(tmp_path):
+    """Photos, a DICOM image, a NIfTI and a DICOM series folder go through the one registry; a series whose
+    files carry no extension (`image_0`, … as scanners export them) is known by its `DICM` marker."""
+    import numpy as np
+    from PIL import Image
+
+    from lesionseg.io.registry import READERS, is_volume, read_volume, reader_for
+    from test_volumes import affine_for, make_series, save_nifti, synthetic_volume
+
+    assert [r.name for r in READERS] == ["dicom-series", "nifti", "dicom", "photo"]
+    image, _ = synthetic_volume(np.random.default_rng(0))
+    series = make_series(tmp_path / "series", np.round(image).astype(np.int16))
+    for k, f in enumerate(sorted(series.iterdir())):
+        f.rename(series / f"image_{k}")
+    nifti = save_nifti(tmp_path / "scan.nii.gz", image, affine_for())
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photo)
+    assert [reader_for(p).name for p in (series, nifti, photo)] == ["dicom-series", "nifti", "photo"]
+    assert is_volume(series) and is_volume(nifti) and not is_volume(photo)
+    assert read_volume(series).array.shape == image.shape

@@ -23,13 +23,13 @@ from lesionseg.cli import app
 from lesionseg.errors import UserError
 from lesionseg.inference.coverage import Slicing
 from lesionseg.intensity import Intensity, modality_scheme
+from lesionseg.io.registry import read_volume
 from lesionseg.io.volumes import (
     RAS_FROM_LPS,
     NiftiReader,
     Volume,
     nifti_label_image,
     read_label_volume,
-    read_volume,
     write_nifti_labels,
 )
 from lesionseg.labels import Labels

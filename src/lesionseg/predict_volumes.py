@@ -18,7 +18,8 @@ from .inference.coverage import Slicing, segment_volume
 from .inference.pipeline import Progress
 from .io.atomic import write_bytes, write_text
 from .io.dicom import SEG_SUFFIX, series_seg_bytes
-from .io.volumes import LABELS_SUFFIX, Volume, is_dicom_series, is_nifti, nifti_bytes, nifti_id, read_volume
+from .io.registry import is_volume, read_volume
+from .io.volumes import LABELS_SUFFIX, Volume, is_dicom_series, is_nifti, nifti_bytes, nifti_id
 from .io.writers import encode_png
 from .manifest import Manifest, refuse_when_nothing_written, writable_folder
 from .measurement import structure_volumes
@@ -28,12 +29,9 @@ VOLUMES_FILE = "volumes.json"
 
 
 def is_volume_input(path: Path) -> bool:
-    """A NIfTI file, a DICOM series folder, or a folder holding NIfTI files or series folders: told by the
-    data (io.volumes.is_dicom_series), never by the model."""
-    if path.is_file():
-        return is_nifti(path)
-    return is_dicom_series(path) or (path.is_dir() and any(is_nifti(p) or is_dicom_series(p)
-                                                             for p in path.iterdir()))
+    """A volume (a NIfTI file, a DICOM series folder) or a folder holding volumes: as the reader registry
+    tells it from the data, never by the model."""
+    return is_volume(path) or (path.is_dir() and any(is_volume(p) for p in path.iterdir()))
 
 
 def list_volumes(inputs) -> list[Path]:

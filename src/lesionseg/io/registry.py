@@ -1,64 +1,24 @@
-"""Input formats by class, chosen by suffix and content (as nnU-Net's imageio/ does): a new format is one
-`Reader` subclass added to READERS, plus its test. Every verb that reads inputs (`predict`, the service,
-`export --check-images`) goes through `read_input`; none of them knows which formats exist.
+"""Every input format by class, in one registry, chosen by suffix and content (as nnU-Net's imageio/ does):
+a new format is one `Reader` subclass (io/reader.py) added to READERS, plus its test. Whether an input is a
+volume or images is the reader's answer (`is_volume`), from the data alone.
 
-A reader returns an `Input`: the frames to segment, each with the id its results are named by, and
-optionally a `companion`, the format's own result written beside the masks (the DICOM SEG of a DICOM).
+A reader of images returns an `Input`: the frames to segment, each with the id its results are named by, and
+optionally a `companion`, the format's own result written beside the masks (the DICOM SEG of a DICOM). A
+reader of volumes (a NIfTI, a folder of one DICOM series) returns a `volumes.Volume` (`read_volume`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Iterable
 
 import numpy as np
 
 from ..errors import UserError
 from . import dicom
 from .photo import IMAGE_EXTENSIONS, read_image
-
-
-class Companion(Protocol):
-    """A result in the input's own format, written from the frames' masks."""
-
-    description: str
-    media_type: str
-
-    def name(self, input_id: str) -> str: ...
-
-    def write(self, path: Path, masks: list[np.ndarray], label: str) -> None: ...
-
-    def encode(self, masks: list[np.ndarray], where: str, label: str) -> bytes: ...
-
-
-@dataclass
-class Input:
-    path: Path
-    frames: list[tuple[str, np.ndarray]]  # (result id, RGB uint8 HxWx3)
-    companion: Companion | None = None
-
-    @property
-    def id(self) -> str:
-        return self.path.stem
-
-
-class Reader:
-    """One input format. `claims` decides by suffix, or by the file's first bytes (`head`)."""
-
-    name = ""
-    suffixes: tuple[str, ...] = ()
-    companion_suffix: str | None = None  # the ending of its companion result's name, if it has one
-
-    def claims(self, path: Path, head: bytes) -> bool:
-        return path.suffix.lower() in self.suffixes
-
-    def read(self, path: Path) -> Input:
-        raise NotImplementedError
-
-    def read_bytes(self, data: bytes, label: str) -> Input:
-        """The same from bytes in memory (an upload); errors name `label`."""
-        raise NotImplementedError
+from .reader import Input, Reader
+from .volumes import DicomSeriesReader, NiftiReader, Volume
 
 
 class PhotoReader(Reader):
@@ -99,8 +59,9 @@ class DicomReader(Reader):
         return Input(path, list(zip(frame_ids, frames)), dicom.DicomSeg(ds))
 
 
-# Tried in order; the photo reader takes whatever no other reader claims (and says when it is no image).
-READERS: list[Reader] = [DicomReader(), PhotoReader()]
+# Every format, tried in order: a folder of one DICOM series and a NIfTI are volumes; a DICOM file and a
+# photo are images; the photo reader takes whatever no other reader claims (and says when it is no image).
+READERS: list[Reader] = [DicomSeriesReader(), NiftiReader(), DicomReader(), PhotoReader()]
 FALLBACK = READERS[-1]
 
 
@@ -117,12 +78,14 @@ def _input_files(folder: Path) -> list[Path]:
     """A folder's inputs by suffix: photos first, then each other format, each sorted by name."""
     files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
     out: list[Path] = []
-    for reader in [FALLBACK] + [r for r in READERS if r is not FALLBACK]:
+    for reader in [FALLBACK] + [r for r in READERS if r is not FALLBACK and not r.volume]:
         out += sorted(p for p in files if p.suffix.lower() in reader.suffixes)
     return out
 
 
 def _head(path: Path) -> bytes:
+    if not path.is_file():
+        return b""
     try:
         with path.open("rb") as f:
             return f.read(132)
@@ -137,9 +100,28 @@ def reader_for(path: str | Path) -> Reader:
 
 
 def read_input(path: str | Path) -> Input:
-    """Every frame of one input file, through the reader of its format."""
+    """Every frame of one input file of images, through the reader of its format."""
     path = Path(path)
-    return reader_for(path).read(path)
+    reader = reader_for(path)
+    if reader.volume:
+        raise UserError(f"{path}: a volume ({reader.name}), where images are read")
+    return reader.read(path)
+
+
+def read_volume(path: str | Path) -> Volume:
+    """One volume (a NIfTI file, a folder of one DICOM series), through the reader of its format."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: not found")
+    reader = reader_for(path)
+    if not reader.volume:
+        raise UserError(f"{path}: not a volume (a .nii / .nii.gz file or a folder of one DICOM series)")
+    return reader.read(path)
+
+
+def is_volume(path: str | Path) -> bool:
+    """Whether the registry reads `path` as a volume: told by its name and content, never by a model."""
+    return reader_for(path).volume
 
 
 def list_images(inputs: Iterable[str | Path]) -> list[Path]:

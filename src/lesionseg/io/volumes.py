@@ -1,5 +1,5 @@
 """Volumes in and label volumes out, in the volume's own space: a reader class per format (NIfTI through
-nibabel, a folder holding one DICOM series through pydicom), chosen by `volume_reader_for`; the NIfTI label
+nibabel, a folder holding one DICOM series through pydicom), registered in registry.READERS; the NIfTI label
 map is written with the input's affine and header.
 
 A `Volume` keeps its voxels in the order its file stores them and the affine that maps voxel indices to
@@ -19,6 +19,7 @@ import numpy as np
 from ..errors import UserError
 from .atomic import atomic_path
 from .nifti_geometry import itk_affine
+from .reader import Reader
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 LABELS_SUFFIX = "_labels.nii.gz"  # `<id>_labels.nii.gz`: the label map of a volume input
@@ -99,29 +100,20 @@ def _places_itself(path: Path) -> bool | None:
     return "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds
 
 
-class VolumeReader:
-    name = "volume"
-
-    def claims(self, path: Path) -> bool:
-        raise NotImplementedError
-
-    def read(self, path: Path) -> Volume:
-        raise NotImplementedError
-
-
-class NiftiReader(VolumeReader):
+class NiftiReader(Reader):
     name = "nifti"
+    volume = True
 
-    def claims(self, path: Path) -> bool:
+    def claims(self, path: Path, head: bytes = b"") -> bool:
         return path.is_file() and is_nifti(path)
 
     def read(self, path: Path, dtype=np.float32) -> Volume:
         import nibabel as nib
 
-        return self.volume(lambda: nib.load(str(path)), path, nifti_id(path), dtype)
+        return self.checked_volume(lambda: nib.load(str(path)), path, nifti_id(path), dtype)
 
     @staticmethod
-    def volume(load, where: Path, volume_id: str, dtype=np.float32) -> Volume:
+    def checked_volume(load, where: Path, volume_id: str, dtype=np.float32) -> Volume:
         """The checked Volume of the nibabel image `load()` gives; errors name `where`."""
         import nibabel as nib
 
@@ -150,12 +142,13 @@ def _series_uid(ds) -> str:
     return str(ds.get("SeriesInstanceUID", "(no SeriesInstanceUID)"))
 
 
-class DicomSeriesReader(VolumeReader):
+class DicomSeriesReader(Reader):
     """A folder of one series' instances, sorted along the slice normal by ImagePositionPatient."""
 
     name = "dicom-series"
+    volume = True
 
-    def claims(self, path: Path) -> bool:
+    def claims(self, path: Path, head: bytes = b"") -> bool:
         return is_dicom_series(path)
 
     def read(self, path: Path) -> Volume:
@@ -269,24 +262,6 @@ def _modality_values(ds) -> np.ndarray:
     return apply_modality_lut(ds.pixel_array, ds).astype(np.float32)
 
 
-VOLUME_READERS: list[VolumeReader] = [NiftiReader(), DicomSeriesReader()]
-
-
-def volume_reader_for(path: str | Path) -> VolumeReader | None:
-    path = Path(path)
-    return next((r for r in VOLUME_READERS if r.claims(path)), None)
-
-
-def read_volume(path: str | Path) -> Volume:
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: not found")
-    reader = volume_reader_for(path)
-    if reader is None:
-        raise UserError(f"{path}: not a volume (a .nii / .nii.gz file or a folder of one DICOM series)")
-    return reader.read(path)
-
-
 def read_label_volume(path: str | Path, like: Volume) -> np.ndarray:
     """A label volume (integer values) on `like`'s grid; another shape or affine is refused."""
     path = Path(path)
@@ -350,7 +325,7 @@ def read_nifti_bytes(data: bytes, label: str) -> Volume:
     import nibabel as nib
 
     volume_id = Path(label).name.split(".")[0] or "upload"
-    return NiftiReader.volume(lambda: nib.Nifti1Image.from_bytes(data), Path(label), volume_id)
+    return NiftiReader.checked_volume(lambda: nib.Nifti1Image.from_bytes(data), Path(label), volume_id)
 
 
 def nifti_bytes(labels: np.ndarray, like: Volume) -> bytes:
