@@ -755,3 +755,16 @@ def test_evaluate_scores_exactly_what_predict_writes_on_volumes(trained, tmp_pat
 
                 hd95, _, _ = monai_reference(p, t, spacing, 2.0)
                 assert float(row[f"{name}_hd95"]) == pytest.approx(hd95, rel=1e-4, abs=1e-4)
+
+
+def test_training_selects_on_the_figure_evaluate_reports(trained, tmp_path):
+    """Validation segments whole volumes and scores them in 3-D, per case, as `evaluate` does: the score
+    the model was selected on is evaluate's mean Jaccard of model.pt on the same validation volumes."""
+    data, model = trained
+    card = ModelFile.read(model).card
+    out = tmp_path / "ev"
+    result = runner.invoke(app, ["evaluate", "--data", str(data), "--ids", "val_ids.txt", "--weights",
+                                 str(model), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert card["selection_value"] == pytest.approx(metrics["mean_jaccard"], abs=1e-5)

@@ -151,13 +151,21 @@ def structure_scores(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray | No
     metrics), or None when prediction and truth are both empty."""
     if valid is not None:
         pred, truth = pred & valid, truth & valid
+    overlap = overlap_scores(pred, truth)
+    if overlap is None:
+        return None
+    b = boundary_scores(pred, truth, spacing, tolerance)
+    return {**overlap, "hd95": b.hd95, "assd": b.assd, "nsd": b.nsd, "worst_case": b.worst_case,
+            "area_px": int(pred.sum()), "truth_area_px": int(truth.sum())}
+
+
+def overlap_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float] | None:
+    """Dice and Jaccard of one structure in one case, or None when prediction and truth are both empty
+    (left out of the means, as `evaluate` leaves them)."""
     c = confusion(pred, truth)
     if c.tp + c.fp + c.fn == 0:
         return None
-    b = boundary_scores(pred, truth, spacing, tolerance)
-    return {"dice": 2 * c.tp / (2 * c.tp + c.fp + c.fn), "jaccard": c.tp / (c.tp + c.fp + c.fn),
-            "hd95": b.hd95, "assd": b.assd, "nsd": b.nsd, "worst_case": b.worst_case,
-            "area_px": int(pred.sum()), "truth_area_px": int(truth.sum())}
+    return {"dice": 2 * c.tp / (2 * c.tp + c.fp + c.fn), "jaccard": c.tp / (c.tp + c.fp + c.fn)}
 
 
 STRUCTURE_METRICS = ("dice", "jaccard", "hd95", "assd", "nsd")
@@ -169,10 +177,22 @@ def aggregate_structures(names: tuple[str, ...], per_image: list[list[dict | Non
     per_class: dict[str, dict] = {}
     for k, name in enumerate(names):
         scored = [row[k] for row in per_image if row[k] is not None]
-        entry: dict[str, float | int] = {m: float(np.mean([s[m] for s in scored])) if scored else float("nan")
-                                         for m in STRUCTURE_METRICS}
+        entry: dict[str, float | int] = {m: structure_mean(per_image, k, m) for m in STRUCTURE_METRICS}
         entry.update(n_scored=len(scored), n_both_empty=len(per_image) - len(scored),
                      n_worst_case=sum(bool(s["worst_case"]) for s in scored))
         per_class[name] = entry
     means = {f"mean_{m}": float(np.nanmean([per_class[n][m] for n in names])) for m in STRUCTURE_METRICS}
     return {**means, "n_images": len(per_image), "per_class": per_class}
+
+
+def structure_mean(per_case: list[list[dict | None]], k: int, metric: str) -> float:
+    """Structure k's mean `metric` over the cases that scored it (NaN when none did)."""
+    scored = [row[k][metric] for row in per_case if row[k] is not None]
+    return float(np.mean(scored)) if scored else float("nan")
+
+
+def headline(per_case: list[list[dict | None]], metric: str) -> float:
+    """`evaluate`'s headline: each structure's mean over the cases that scored it, then the mean over
+    structures (`mean_dice`, `mean_jaccard` of metrics.json)."""
+    n = len(per_case[0]) if per_case else 0
+    return float(np.nanmean([structure_mean(per_case, k, metric) for k in range(n)])) if n else float("nan")

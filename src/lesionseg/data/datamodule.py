@@ -199,6 +199,7 @@ class SegmentationDataModule(L.LightningDataModule):
         data = volume_data(folders[0], cfg, split)
         self.labels, self.preprocessing = data.labels, data.preprocessing
         self.n_volumes = data.n_volumes
+        self.validation_volumes = data.val_cases
         self.train_set = SegmentationDataset(data.train.ids, None, data.train.items)
         self.val_set = SegmentationDataset(data.val.ids, slice_eval_transform(cfg.image_size), data.val.items)
         self.sample_weights = foreground_weights(data.train.foreground, cfg.foreground_oversample)

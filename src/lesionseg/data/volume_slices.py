@@ -85,6 +85,7 @@ class VolumeData:
     train: SliceSet
     val: SliceSet
     n_volumes: tuple[int, int]  # training, validation
+    val_cases: list[LabelledVolume]  # whole, for validation as `evaluate` scores (training/validation.py)
 
 
 def volume_data(folder: Path, cfg: DataConfig, split) -> VolumeData:
@@ -107,6 +108,7 @@ def volume_data(folder: Path, cfg: DataConfig, split) -> VolumeData:
         cut(train_items, labels, intensity, slicing),
         cut(val_items, labels, intensity, slicing),
         (len(train_items), len(val_items)),
+        val_items,
     )
 
 

@@ -217,19 +217,38 @@ class SegmentationModule(L.LightningModule):
         self.val_dice.update(dice.float())
 
     def on_validation_epoch_end(self) -> None:
-        score = self.val_jaccard.compute()
+        score, dice = self.val_jaccard.compute(), self.val_dice.compute()
+        raw = self.val_jaccard_raw.compute() if self.ema is not None else None
+        volumes = self._validation_volumes()
+        if volumes is not None:  # whole volumes, as evaluate scores them, in place of the slices' figures
+            validated = self.model if self.ema is None else self.ema.module
+            scored = self._score_volumes(validated, volumes)
+            score, dice = torch.tensor(scored["jaccard"]), torch.tensor(scored["dice"])
+            if self.ema is not None:
+                raw = torch.tensor(self._score_volumes(self.model, volumes)["jaccard"])
         self.log("val_loss", self.val_loss.compute())
-        self.log("val_dice", self.val_dice.compute())
+        self.log("val_dice", dice)
         for m in (self.val_loss, self.val_jaccard, self.val_dice):
             m.reset()
         if self.ema is not None:
-            raw = self.val_jaccard_raw.compute()
             self.log("val_mean_jaccard_raw", raw)
             self.val_jaccard_raw.reset()
             if hasattr(self, "raw_selected"):
                 self.raw_selected.fill_(bool(raw > score))
                 score = torch.maximum(score, raw)
         self.log("val_mean_jaccard", score)
+
+    def _validation_volumes(self) -> list | None:
+        """The validation volumes, whole, when the data are volumes (the data module keeps them)."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        return getattr(datamodule, "validation_volumes", None) or None
+
+    def _score_volumes(self, network, volumes: list) -> dict[str, float]:
+        from .validation import score_volumes
+
+        datamodule = self.trainer.datamodule
+        return score_volumes(network, self.labels, datamodule.preprocessing, volumes, self.device,
+                             self.memory_format)
 
     def elapsed_s(self) -> float:
         """Training seconds of this run so far, resumed sessions included (Lightning's Timer)."""

@@ -1,0 +1,46 @@
+"""Validation on whole volumes, as `evaluate` scores them: the network being trained segments each
+validation volume through the one inference path (`inference.coverage.SliceCoverage`: every slice, on the
+volume's own grid, thresholds and clean-up as `predict` applies them by default) and each case is scored in
+3-D per structure, a structure absent from both truth and prediction left out. The figure is `evaluate`'s
+headline (`mean_jaccard`, `mean_dice` of metrics.json), so selection looks at what users will be shown; a
+model that segments nothing scores 0 on every case that holds a structure, never 'perfect'."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..inference import InferenceOptions, Segmenter
+from ..inference.backends import Backend
+from ..inference.coverage import segment_volume
+from ..labels import Labels
+from ..metrics import headline, overlap_scores
+from ..model_file import ModelFile, Preprocessing
+
+
+class LiveBackend(Backend):
+    """The network being trained, run as a backend runs a model file's (no copy, no mode change: the
+    caller holds it in eval mode)."""
+
+    name = "torch (training)"
+
+    def __init__(self, network, file: ModelFile, device, memory_format):
+        self.network, self.file, self.device, self.memory_format = network, file, device, memory_format
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=self.memory_format)
+            return self.network(x).float().cpu().numpy()
+
+
+def score_volumes(network, labels: Labels, preprocessing: Preprocessing, cases: list, device,
+                  memory_format) -> dict[str, float]:
+    """`evaluate`'s mean Jaccard and mean Dice of `network` on `cases` (LabelledVolume)."""
+    backend = LiveBackend(network, ModelFile(None, preprocessing, labels=labels), device, memory_format)
+    segmenter = Segmenter(backend, InferenceOptions(tta=False))
+    per_case = []
+    for case in cases:
+        pred = segment_volume(segmenter, case.volume)
+        per_case.append([overlap_scores(pred == s.value, case.truth == s.value) for s in labels.structures])
+    return {"jaccard": headline(per_case, "jaccard"), "dice": headline(per_case, "dice")}
