@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from conftest import synthetic_case
 from lesionseg.cli import app
-from lesionseg.predict import shard_of
+from lesionseg.input_selection import shard_of
 
 runner = CliRunner()
 

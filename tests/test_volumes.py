@@ -463,7 +463,7 @@ def test_predict_refuses_a_bad_volume_and_writes_nothing_for_it(trained, tmp_pat
     assert not list(out.glob("broken*"))
 
 
-@pytest.mark.parametrize("flags", [["--pixel-spacing", "0.5"], ["--workers", "3"], ["--shard", "1/2"]])
+@pytest.mark.parametrize("flags", [["--pixel-spacing", "0.5"], ["--workers", "3"], ["--strict"]])
 def test_predict_on_volumes_refuses_the_flags_it_cannot_honour(trained, tmp_path, rng, flags):
     """Photo flags are refused in one line naming them, not dropped without a word."""
     _, model = trained
@@ -768,3 +768,33 @@ def test_training_selects_on_the_figure_evaluate_reports(trained, tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert card["selection_value"] == pytest.approx(metrics["mean_jaccard"], abs=1e-5)
+
+
+def test_volumes_shard_across_machines_and_resume_as_photos_do(trained, tmp_path):
+    """--shard K/N takes the same part of the volumes on every machine; --skip-existing resumes; results in
+    --out are refused without --overwrite, as for photos."""
+    import csv
+
+    from lesionseg.input_selection import shard_of
+
+    data, model = trained
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for f in sorted((data / "imagesTr").iterdir())[:4]:
+        (folder / f.name.replace("_0000", "")).write_bytes(f.read_bytes())
+    ids = sorted(p.name.removesuffix(".nii.gz") for p in folder.iterdir())
+    out = tmp_path / "out"
+    parts = {}
+    for k in (1, 2):
+        result = runner.invoke(app, ["predict", str(folder), "--weights", str(model), "--out", str(out),
+                                     "--shard", f"{k}/2", "--skip-existing"])
+        assert result.exit_code == 0, result.output
+        parts[k] = {p.name.removesuffix("_labels.nii.gz") for p in out.glob("*_labels.nii.gz")} - \
+            set().union(*(parts[j] for j in parts))
+        assert parts[k] == {i for i in ids if shard_of(i, 2) == k}
+    refused = runner.invoke(app, ["predict", str(folder), "--weights", str(model), "--out", str(out)])
+    assert refused.exit_code == 2 and "--skip-existing" in refused.output
+    resumed = runner.invoke(app, ["predict", str(folder), "--weights", str(model), "--out", str(out),
+                                  "--skip-existing", "--manifest", str(tmp_path / "m.csv")])
+    assert resumed.exit_code == 0 and "4 already done" in resumed.output
+    assert {r["status"] for r in csv.DictReader((tmp_path / "m.csv").open())} == {"skipped"}

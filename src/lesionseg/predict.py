@@ -10,7 +10,6 @@ and foreground fraction for every input.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Callable
 from .errors import UserError
 from .inference import Segmenter
 from .inference.pipeline import Progress, Segmented, run_pipeline
+from .input_selection import ResultNames, select_inputs
 from .io import FAST_PNG, Input, check_unique_ids, list_images, read_input, write_mask, write_png
 from .io.atomic import write_bytes
 from .io.registry import companion_suffixes
@@ -55,53 +55,11 @@ def output_names(image_id: str) -> tuple[str, str]:
     return f"{image_id}_mask.png", f"{image_id}_overlay.png"
 
 
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """"K/N" (1 ≤ K ≤ N) → (K, N)."""
-    if text is None:
-        return None
-    try:
-        k, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise UserError(f"--shard {text!r}: expected K/N, e.g. 3/8") from None
-    if not 1 <= k <= n:
-        raise UserError(f"--shard {text!r}: need 1 ≤ K ≤ N")
-    return k, n
-
-
-def shard_of(image_id: str, n: int) -> int:
-    """1..n for an id: a stable hash, the same on every machine and whatever else is in the folder."""
-    return int(hashlib.sha1(image_id.encode("utf-8")).hexdigest()[:12], 16) % n + 1
-
-
-@dataclass
-class Selection:
-    """The input policy's answer: what to segment, what is already done, and the shard taken."""
-
-    files: list[Path]
-    skipped: list[Path]
-    part: tuple[int, int] | None
-
-
-def select_inputs(inputs, out: Path, shard: str | None, skip_existing: bool, overwrite: bool) -> Selection:
-    """Listing, `--shard K/N`, `--skip-existing`; results already in `out` are refused without --overwrite."""
-    files = check_unique_ids(list_images(inputs))
-    part = parse_shard(shard)
-    if part is not None:
-        files = [f for f in files if shard_of(f.stem, part[1]) == part[0]]
-    done_ids = {_result_id(n) for n in (p.name for p in out.iterdir())} if out.is_dir() else set()
-    skipped = [f for f in files if f.stem in done_ids and _has_mask(out, f.stem)] if skip_existing else []
-    files = [f for f in files if f not in set(skipped)]
-    if not overwrite and not skip_existing:
-        taken = sorted(f.stem for f in files if f.stem in done_ids)
-        if taken:
-            more = " and more" if len(taken) > 1 else ""
-            raise UserError(f"{out}: already holds results ({taken[0]}{more}); "
-                            "pass --overwrite to replace them or --skip-existing to resume")
-    return Selection(files, skipped, part)
-
-
 def _has_mask(out: Path, image_id: str) -> bool:
     return (out / output_names(image_id)[0]).exists() or any(out.glob(f"{glob_escape(image_id)}_mask_*.png"))
+
+
+IMAGE_RESULTS = ResultNames(lambda f: f.stem, _result_id, _has_mask)  # the results of images
 
 
 def glob_escape(text: str) -> str:
@@ -191,14 +149,16 @@ def run_predict(inputs, out: str | Path, segmenter_factory: Callable[[], Segment
         raise UserError(f"--workers must be ≥ 1, got {workers}")
     if report and not overlays:
         raise UserError("--report shows the overlays: drop --no-overlays or --report")
-    # volumes carry their own voxel spacing and go one after another: these flags have nothing to act on
+    # volumes carry their own voxel spacing and go one after another, each read whole: these flags have
+    # nothing to act on
     volume_args = dict(overwrite=overwrite, report=report, on_failure=on_failure, manifest=manifest,
-                       overlays=overlays, progress=progress,
-                       batch_options={"--shard": shard, "--skip-existing": skip_existing, "--strict": strict,
-                                      "--workers": workers is not None, "--pixel-spacing": pixel_spacing})
+                       overlays=overlays, progress=progress, shard=shard, skip_existing=skip_existing,
+                       batch_options={"--strict": strict, "--workers": workers is not None,
+                                      "--pixel-spacing": pixel_spacing})
     if any(is_volume_input(Path(i)) for i in inputs):
         return run_predict_volumes(inputs, out, segmenter_factory, **volume_args)
-    chosen = select_inputs(inputs, out, shard, skip_existing, overwrite)
+    chosen = select_inputs(check_unique_ids(list_images(inputs)), out, shard, skip_existing, overwrite,
+                           IMAGE_RESULTS)
     writable_folder(out)
     segmenter = segmenter_factory()  # after the cheap checks: a model load costs seconds
     if segmenter.backend.preprocessing.covers_volumes:

@@ -16,6 +16,7 @@ import numpy as np
 from .errors import UserError
 from .inference.coverage import Slicing, segment_volume
 from .inference.pipeline import Progress
+from .input_selection import ResultNames, select_inputs
 from .io.atomic import write_bytes, write_text
 from .io.dicom import SEG_SUFFIX, series_seg_bytes
 from .io.registry import is_volume, read_volume
@@ -58,6 +59,14 @@ def list_volumes(inputs) -> list[Path]:
 
 def volume_id(path: Path) -> str:
     return nifti_id(path) if path.is_file() else path.name
+
+
+def _labels_id(name: str) -> str | None:
+    return name[: -len(LABELS_SUFFIX)] if name.endswith(LABELS_SUFFIX) else None
+
+
+# a volume's results are named for its id; its label map says it was done
+VOLUME_RESULTS = ResultNames(volume_id, _labels_id, lambda out, i: (out / (i + LABELS_SUFFIX)).is_file())
 
 
 @dataclass
@@ -131,6 +140,8 @@ def run_predict_volumes(
     segmenter=None,
     batch_options: dict | None = None,
     progress: bool | None = None,
+    shard: str | None = None,
+    skip_existing: bool = False,
 ) -> list[str]:
     """Segment every volume of `inputs` into `out`; returns the failure lines. `batch_options`: the photo
     flags the caller was given (refused here)."""
@@ -141,19 +152,18 @@ def run_predict_volumes(
             f"{', '.join(given)}: for photos; volumes are segmented one after another, each written whole "
             "or not at all, and measured at their own voxel spacing"
         )
-    files = list_volumes(inputs)
+    chosen = select_inputs(list_volumes(inputs), out, shard, skip_existing, overwrite, VOLUME_RESULTS)
+    files = chosen.files
     writable_folder(out)
     segmenter = segmenter or segmenter_factory()
     if not segmenter.backend.preprocessing.covers_volumes:
         raise UserError(
-            f"{files[0]}: a volume, and {segmenter.weights_path.name} is a model for photos; "
-            "give a model trained on volumes (e.g. --weights hippocampus)"
+            f"{(files or chosen.skipped)[0]}: a volume, and {segmenter.weights_path.name} is a model for "
+            "photos; give a model trained on volumes (e.g. --weights hippocampus)"
         )
-    if not overwrite:
-        for path in files:
-            if (out / (volume_id(path) + LABELS_SUFFIX)).exists():
-                raise UserError(f"{out}: already holds results for {path} (use --overwrite or another --out)")
     failures, records, done = [], Manifest(), []
+    for path in chosen.skipped:
+        records.add(volume_id(path), path, "skipped", mask=volume_id(path) + LABELS_SUFFIX)
     bar = Progress(len(files), progress)
     for path in files:
         try:
@@ -184,7 +194,9 @@ def run_predict_volumes(
     refuse_when_nothing_written(failures, len(files), len(done), "volumes")
     if failures:
         on_failure(f"{len(failures)} of {len(files)} volumes failed; {len(done)} written to {out}")
-    print(f"segmented {len(done)} of {len(files)} volumes into {out}")
+    shard_text = f" (shard {chosen.part[0]}/{chosen.part[1]})" if chosen.part else ""
+    print(f"segmented {len(done)} of {len(files)} volumes{shard_text} into {out}"
+          + (f"; {len(chosen.skipped)} already done" if chosen.skipped else ""))
     return failures
 
 
