@@ -83,6 +83,18 @@ def _row(fold: int, case: str, cand: dict, names, per_class) -> dict:
     return row
 
 
+def out_of_fold(fold: int, mode: str, names, cases) -> list[dict]:
+    """A row per case and candidate setting, candidate by candidate (as the choice reads them). `cases`
+    yields (case id, its probabilities per TTA setting, scores(probabilities, candidate) → (Dice, Jaccard)
+    per structure): the network runs once per TTA setting, and every candidate's post-processing reuses it."""
+    cands = candidates(mode)
+    rows: list[list[dict]] = [[] for _ in cands]
+    for case_id, probabilities, scores in cases:
+        for k, cand in enumerate(cands):
+            rows[k].append(_row(fold, case_id, cand, names, scores(probabilities[cand["tta"]], cand)))
+    return [row for per_candidate in rows for row in per_candidate]
+
+
 def photo_oof(model: Path, data: Path, listing: Path, fold: int, mask_threshold=None) -> list[dict]:
     """Fold `fold`'s model on its validation photos (the ids in `listing`) under every candidate setting."""
     from .evaluation import load_labelled, truth_order
@@ -92,32 +104,30 @@ def photo_oof(model: Path, data: Path, listing: Path, fold: int, mask_threshold=
 
     seg = Segmenter.load(model, backend="torch")
     labelled = load_labelled(data, mask_threshold, listing)  # decodes this fold's cases only
-    val = [p.id for p in labelled.pairs]
-    index = {p.id: i for i, p in enumerate(labelled.pairs)}
     labels = seg.labels
     order = truth_order(seg, labelled) if labels.multi else [0]
-    names = labels.names if labels.multi else ("foreground",)
-    rows = []
-    for start in range(0, len(val), seg.batch_size):
-        chunk = [labelled.load(index[c]) for c in val[start : start + seg.batch_size]]
-        images = [image for image, _ in chunk]
-        probs = {tta: seg.predict_batch(images, tta=tta) for tta in (False, True)}
-        for j, (image, truth) in enumerate(chunk):
-            case = val[start + j]
-            for cand in candidates(labels.mode):
-                post = PostprocessConfig(
-                    cand["threshold"] or 0.5, largest_component=cand["largest_component"]
-                )
-                mask = seg.to_mask(probs[cand["tta"]][j], image, post)
-                if labels.multi:
-                    per = [
-                        _scores(mask[k], truth[..., c] == 1, truth[..., c] != IGNORED)
-                        for k, c in enumerate(order)
-                    ]
-                else:
-                    per = [_scores(mask, truth)]
-                rows.append(_row(fold, case, cand, names, per))
-    return rows
+
+    def scored(image, truth):
+        def scores(prob, cand) -> list[tuple[float, float]]:
+            post = PostprocessConfig(cand["threshold"] or 0.5, largest_component=cand["largest_component"])
+            mask = seg.to_mask(prob, image, post)
+            if not labels.multi:
+                return [_scores(mask, truth)]
+            return [_scores(mask[k], truth[..., c] == 1, truth[..., c] != IGNORED)
+                    for k, c in enumerate(order)]
+
+        return scores
+
+    def cases():
+        for start in range(0, len(labelled.pairs), seg.batch_size):  # the network takes a batch at a time
+            chunk = [(labelled.pairs[i].id, *labelled.load(i))
+                     for i in range(start, min(start + seg.batch_size, len(labelled.pairs)))]
+            images = [image for _, image, _ in chunk]
+            probs = {tta: seg.predict_batch(images, tta=tta) for tta in (False, True)}
+            for j, (case_id, image, truth) in enumerate(chunk):
+                yield case_id, {tta: probs[tta][j] for tta in probs}, scored(image, truth)
+
+    return out_of_fold(fold, labels.mode, labels.names if labels.multi else ("foreground",), cases())
 
 
 def volume_oof(model: Path, data: Path, val: list[str], fold: int) -> list[dict]:
@@ -127,20 +137,21 @@ def volume_oof(model: Path, data: Path, val: list[str], fold: int) -> list[dict]
     from .inference.coverage import SliceCoverage
 
     base = Segmenter.load(model, backend="torch")
-    items = load_labelled_volumes(data, base, val)
     structures = base.labels.structures
-    cands = candidates(base.labels.mode)
-    posts = [Segmenter(base.backend, InferenceOptions(tta=c["tta"], largest_component=c["largest_component"]))
-             .post for c in cands]
-    rows: list[list[dict]] = [[] for _ in cands]  # candidate by candidate, as the choice reads them
-    for item in items:  # the network runs once per TTA setting; each candidate's clean-up reuses it
-        coverage = SliceCoverage(base, item.volume)
-        probabilities = {tta: coverage.probabilities(tta) for tta in sorted({c["tta"] for c in cands})}
-        for k, (cand, post) in enumerate(zip(cands, posts)):
-            pred = coverage.labels_of(probabilities[cand["tta"]], post)
-            per = [_scores(pred == s.value, item.truth == s.value) for s in structures]
-            rows[k].append(_row(fold, item.pair.id, cand, [s.name for s in structures], per))
-    return [row for per_candidate in rows for row in per_candidate]
+    posts = {(c["tta"], c["largest_component"]): Segmenter(base.backend, InferenceOptions(
+        tta=c["tta"], largest_component=c["largest_component"])).post for c in candidates(base.labels.mode)}
+
+    def cases():
+        for item in load_labelled_volumes(data, base, val):
+            coverage = SliceCoverage(base, item.volume)
+
+            def scores(prob, cand, coverage=coverage, truth=item.truth) -> list[tuple[float, float]]:
+                pred = coverage.labels_of(prob, posts[cand["tta"], cand["largest_component"]])
+                return [_scores(pred == s.value, truth == s.value) for s in structures]
+
+            yield item.pair.id, {tta: coverage.probabilities(tta) for tta in (False, True)}, scores
+
+    return out_of_fold(fold, base.labels.mode, [s.name for s in structures], cases())
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
