@@ -38,6 +38,14 @@ class Selection:
     skipped: list[Path]
     part: tuple[int, int] | None
 
+    def summary(self, segmented: int, noun: str, out: Path, seconds: float, made: int, unit: str) -> str:
+        """The run's last line: how many of the chosen inputs were segmented, the shard, the rate (`made`
+        `unit`s: the images or volumes written), and how many were already done."""
+        shard = f" (shard {self.part[0]}/{self.part[1]})" if self.part else ""
+        return (f"segmented {segmented} of {len(self.files)} {noun}{shard} into {out} in {seconds:.1f} s "
+                f"({made / max(seconds, 1e-9):.1f} {unit}/s)"
+                + (f"; {len(self.skipped)} already done" if self.skipped else ""))
+
 
 @dataclass(frozen=True)
 class ResultNames:

@@ -200,10 +200,8 @@ def run_predict(inputs, out: str | Path, segmenter_factory: Callable[[], Segment
     refuse_when_nothing_written(failures, len(files), len(rows), "inputs")
     if failures:
         on_failure(f"{len(failures)} of {len(files)} inputs failed; {len(rows)} written to {out}")
-    shard_text = f" (shard {chosen.part[0]}/{chosen.part[1]})" if chosen.part else ""
-    print(f"segmented {len(files) - len(records.failed_sources())} of {len(files)} inputs{shard_text} into "
-          f"{out} in {seconds:.1f} s ({len(rows) / max(seconds, 1e-9):.1f} images/s)"
-          + (f"; {len(chosen.skipped)} already done" if chosen.skipped else ""))
+    segmented = len(files) - len(records.failed_sources())
+    print(chosen.summary(segmented, "inputs", out, seconds, len(rows), "images"))
     return failures
 
 

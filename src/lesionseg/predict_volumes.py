@@ -189,14 +189,12 @@ def run_predict_volumes(
             shape="x".join(map(str, outcome.volume.array.shape)),
             areas=json.dumps(outcome.measured, separators=(",", ":")),
         )
-    bar.close()
+    seconds = bar.close()
     _write_summary(out, done, records, manifest, report, segmenter, inputs)
     refuse_when_nothing_written(failures, len(files), len(done), "volumes")
     if failures:
         on_failure(f"{len(failures)} of {len(files)} volumes failed; {len(done)} written to {out}")
-    shard_text = f" (shard {chosen.part[0]}/{chosen.part[1]})" if chosen.part else ""
-    print(f"segmented {len(done)} of {len(files)} volumes{shard_text} into {out}"
-          + (f"; {len(chosen.skipped)} already done" if chosen.skipped else ""))
+    print(chosen.summary(len(done), "volumes", out, seconds, len(done), "volumes"))
     return failures
 
 
