@@ -32,7 +32,9 @@ VOLUMES_FILE = "volumes.json"
 def is_volume_input(path: Path) -> bool:
     """A volume (a NIfTI file, a DICOM series folder) or a folder holding volumes: as the reader registry
     tells it from the data, never by the model."""
-    return is_volume(path) or (path.is_dir() and any(is_volume(p) for p in path.iterdir()))
+    # a folder's volumes are NIfTI files and series folders: its other files need not be opened
+    return is_volume(path) or (path.is_dir() and any(is_volume(p) for p in path.iterdir()
+                                                     if p.is_dir() or is_nifti(p)))
 
 
 def list_volumes(inputs) -> list[Path]:
