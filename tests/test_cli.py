@@ -285,3 +285,33 @@ def test_result_names_map_back_to_their_input_ids():
     assert _result_id("a_mask.png") == "a" and _result_id("a b_overlay.png") == "a b"
     assert _result_id("study_frame002_mask.png") == "study" and _result_id("study_seg.dcm") == "study"
     assert _result_id("my_frame_mask.png") == "my_frame" and _result_id("notes.txt") is None
+
+
+def test_evaluate_to_a_folder_it_cannot_write_is_refused_in_one_line(tmp_path, tiny_model_file):
+    """A file where the folder should be: refused before scoring. A result that cannot be written (here a
+    folder in its place; a full disk alike): one line, no traceback."""
+    import os
+
+    data = make_dataset(tmp_path / "d", n=4)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    result = runner.invoke(app, ["evaluate", "--data", str(data), "--weights", str(tiny_model_file),
+                                 "--out", str(a_file)])
+    assert result.exit_code == 2 and "exists and is not a folder" in result.stderr
+    blocked = tmp_path / "ev"
+    (blocked / "metrics.json").mkdir(parents=True)
+    result = runner.invoke(app, ["evaluate", "--data", str(data), "--weights", str(tiny_model_file),
+                                 "--out", str(blocked)])
+    assert result.exit_code == 2 and "cannot write the results" in result.stderr
+    assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            return  # root writes anywhere: a read-only folder is not one for this user
+        result = runner.invoke(app, ["evaluate", "--data", str(data), "--weights", str(tiny_model_file),
+                                     "--out", str(locked / "ev")])
+        assert result.exit_code == 2 and "not writable" in result.stderr and not (locked / "ev").exists()
+    finally:
+        locked.chmod(0o700)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -798,3 +799,69 @@ def test_volumes_shard_across_machines_and_resume_as_photos_do(trained, tmp_path
                                   "--skip-existing", "--manifest", str(tmp_path / "m.csv")])
     assert resumed.exit_code == 0 and "4 already done" in resumed.output
     assert {r["status"] for r in csv.DictReader((tmp_path / "m.csv").open())} == {"skipped"}
+
+
+def test_scans_that_would_segment_wrong_or_crash_are_refused_in_one_line(tmp_path, rng):
+    """A NaN voxel (it would empty the whole segmentation), RGB voxels, a header that declares more voxels
+    than the file holds: each refused naming the file, before any network runs."""
+    image, _ = synthetic_volume(rng)
+    with_nan = image.copy()
+    with_nan[3, 4, 5] = np.nan
+    nan_path = save_nifti(tmp_path / "nan.nii.gz", with_nan, affine_for())
+    rgb = np.zeros(SHAPE, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    rgb_path = tmp_path / "rgb.nii"
+    nib.save(nib.Nifti1Image(rgb, affine_for()), str(rgb_path))
+    big = tmp_path / "big.nii"
+    header = nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), affine_for())
+    header.header.set_data_shape((500, 500, 500))
+    big.write_bytes(header.header.binaryblock + b"\0" * 4 + np.zeros(8, np.float32).tobytes())
+    cases = ((nan_path, "1 voxel(s) are NaN or infinite"), (rgb_path, "an RGB or complex NIfTI"),
+             (big, "declares 500x500x500 voxels"))
+    for path, message in cases:
+        with pytest.raises(UserError, match=re.escape(message)) as caught:
+            read_volume(path)
+        assert str(path) in str(caught.value)
+        result = runner.invoke(app, ["predict", str(path), "--weights", "hippocampus", "--out",
+                                     str(tmp_path / "o")])
+        assert result.exit_code == 2 and message in result.output
+        assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_full_queue_is_503_with_retry_after_on_the_volume_route(tmp_path, rng):
+    """Volume uploads share the model's queue with images: when it is full they get 503 with Retry-After,
+    never a 500; the ones let in are answered as predict writes them."""
+    import asyncio
+
+    import httpx
+
+    from lesionseg.serve.app import ServeConfig, create_app
+    from test_case_contract import volume_kind
+
+    kind = volume_kind(tmp_path / "k")
+    body = next(kind.inputs.iterdir()).read_bytes()
+    server = create_app(ServeConfig(weights=str(kind.model), max_queue=1, max_batch=1))
+
+    async def scenario():
+        service = server.state.service
+        await asyncio.to_thread(service.load)
+        try:
+            transport = httpx.ASGITransport(app=server)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=60) as http:
+                return await asyncio.gather(*[http.post("/v1/segment", content=body) for _ in range(8)])
+        finally:
+            service.close()
+
+    answers = asyncio.run(scenario())
+    codes = [r.status_code for r in answers]
+    assert set(codes) <= {200, 503} and 200 in codes and 503 in codes, codes
+    source = next(kind.inputs.iterdir())
+    out = tmp_path / "pred"
+    assert runner.invoke(app, ["predict", str(source), "--weights", str(kind.model), "--out", str(out)]) \
+        .exit_code == 0
+    written = np.asarray(nib.load(next(out.glob("*_labels.nii.gz"))).dataobj)
+    for r in answers:
+        if r.status_code == 503:
+            assert r.headers["retry-after"] == "1" and "busy" in r.json()["error"]
+        else:
+            served = nib.Nifti1Image.from_bytes(gzip.decompress(r.content))
+            np.testing.assert_array_equal(np.asarray(served.dataobj), written)

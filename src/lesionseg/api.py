@@ -108,6 +108,7 @@ def evaluate(data: str | Path, weights: str | Path | None = None, *, out: str | 
     )
     from .evaluation import evaluate as score
     from .inference import InferenceOptions
+    from .manifest import will_write_to
     from .volume_pairs import is_volume_dataset
 
     unknown = sorted(set(options) - {"backend", *InferenceOptions.names()})
@@ -116,6 +117,8 @@ def evaluate(data: str | Path, weights: str | Path | None = None, *, out: str | 
                         f"(known: backend, {', '.join(InferenceOptions.names())})")
     if report and out is None:
         raise UserError("evaluate: report=True needs an out folder to write report.html into")
+    if out is not None:  # before minutes of scoring
+        will_write_to(Path(out))
     volumes = is_volume_dataset(data)
     if volumes:
         flags = (("--mask-threshold", mask_threshold), ("--pixel-spacing", pixel_spacing))

@@ -245,10 +245,14 @@ def write_results(result: EvaluationResult, out: str | Path, extra: dict | None 
     except OSError as exc:
         raise UserError(f"{out}: cannot create output folder ({exc.strerror})") from None
     payload = {**result.metrics, **(extra or {})}
-    write_text(out / "metrics.json", json.dumps(payload, indent=2) + "\n")
     rows = result.per_case
-    write_csv(out / CASES_FILE, list(rows[0]) if rows and "mean_dice" in rows[0] else ONE_STRUCTURE_FIELDS,
-              [{k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()} for row in rows])
+    fields = list(rows[0]) if rows and "mean_dice" in rows[0] else ONE_STRUCTURE_FIELDS
+    try:
+        write_text(out / "metrics.json", json.dumps(payload, indent=2) + "\n")
+        write_csv(out / CASES_FILE, fields,
+                  [{k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()} for row in rows])
+    except OSError as exc:  # a full disk, or the folder made read-only while scoring
+        raise UserError(f"{out}: cannot write the results ({exc.strerror or exc})") from None
 
 
 def write_report(result: EvaluationResult, segmenter: Segmenter, labelled: LabelledSet, out: str | Path,

@@ -72,6 +72,18 @@ def write_manifest(path: str | Path, records: list[dict]) -> None:
     write_csv(path, MANIFEST_FIELDS, sorted(records, key=lambda r: r["id"]))
 
 
+def will_write_to(out: Path) -> None:
+    """Refuses, before any work, an output folder that could not be written (it, or the nearest folder
+    that would hold it, is read-only, or it is a file); creates nothing."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{out}: output folder is not writable ({existing} is read-only)" if existing != out
+                        else f"{out}: output folder is not writable")
+
+
 def writable_folder(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)

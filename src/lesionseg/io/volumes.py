@@ -119,12 +119,20 @@ class NiftiReader(Reader):
 
         try:
             image = load()
+            _check_header(image, where)
             # dataobj applies scl_slope / scl_inter, as every viewer does
             array = np.asarray(image.dataobj, dtype=dtype)
         except (EOFError, zlib.error, OSError, ValueError, nib.filebasedimages.ImageFileError,
                 nib.wrapstruct.WrapStructError, nib.spatialimages.HeaderDataError) as exc:
             text = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
             raise UserError(f"{where}: not a readable NIfTI file (truncated or corrupt: {text})") from None
+        except MemoryError:
+            raise UserError(f"{where}: its header declares {'x'.join(map(str, image.shape))} voxels, more "
+                            "than this machine's memory holds") from None
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise UserError(f"{where}: {bad} voxel(s) are NaN or infinite; a volume needs finite intensities "
+                            "(one such voxel would empty the whole segmentation)")
         if array.ndim == 4 and array.shape[3] == 1:
             array = array[..., 0]
         if array.ndim != 3:
@@ -136,6 +144,23 @@ class NiftiReader(Reader):
         if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
             raise UserError(f"{where}: the NIfTI affine is singular or not finite")
         return Volume(volume_id, array, affine, where, header=image.header.copy())
+
+
+def _check_header(image, where: Path) -> None:
+    """What the header alone refuses, before any voxel is read: voxels that are not one number (RGB), and
+    an uncompressed file shorter than the voxels its header declares."""
+    dtype = image.get_data_dtype()
+    if dtype.names is not None or dtype.kind not in "biuf":
+        raise UserError(f"{where}: voxels of type {dtype} (an RGB or complex NIfTI); a volume of one "
+                        "intensity per voxel is expected")
+    declared = int(np.prod(image.shape, dtype=np.int64)) * dtype.itemsize
+    path = Path(where)
+    if path.is_file() and path.name.lower().endswith(".nii"):
+        held = path.stat().st_size - int(image.header.get("vox_offset", 0))
+        if held < declared:
+            raise UserError(f"{where}: its header declares {'x'.join(map(str, image.shape))} voxels "
+                            f"({declared:,} bytes) but the file holds {max(held, 0):,}: truncated, or a "
+                            "wrong header")
 
 
 def _series_uid(ds) -> str:

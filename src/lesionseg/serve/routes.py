@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import TimeoutError as FutureTimeout
 from importlib import resources
 
 from starlette.concurrency import run_in_threadpool
@@ -14,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from ..errors import UserError
+from .batcher import QueueFull
 from .http import (
     HTTPError,
     Service,
@@ -167,6 +169,12 @@ async def _volume(request: Request, service: Service, data: bytes, label: str, s
             raise HTTPError(413, str(exc)) from None
         except UserError as exc:
             raise HTTPError(400, str(exc)) from None
+        except QueueFull:  # the model's queue is full: come back, as for an image
+            raise HTTPError(503, f"busy: {service.cfg.max_queue} images already wait for the model; retry "
+                            "shortly", {"Retry-After": "1"}) from None
+        except FutureTimeout:
+            raise HTTPError(504, f"timed out after {service.cfg.timeout_s:g} s waiting for the model") \
+                from None
         media = "application/dicom" if fmt == "seg" else "application/gzip"
         return Response(body, media_type=media,
                         headers={"X-Lesionseg-Model": header_value(service.model_name())})
