@@ -865,3 +865,22 @@ def test_a_full_queue_is_503_with_retry_after_on_the_volume_route(tmp_path, rng)
         else:
             served = nib.Nifti1Image.from_bytes(gzip.decompress(r.content))
             np.testing.assert_array_equal(np.asarray(served.dataobj), written)
+
+
+def test_the_volume_route_narrows_to_a_structure_and_refuses_an_unknown_one(tmp_path):
+    from starlette.testclient import TestClient
+
+    from lesionseg.serve.app import ServeConfig, create_app
+    from test_case_contract import volume_kind
+
+    kind = volume_kind(tmp_path / "k")
+    body = next(kind.inputs.iterdir()).read_bytes()
+    with TestClient(create_app(ServeConfig(weights=str(kind.model)))) as client:
+        everything = client.post("/v1/segment/volume?format=json", content=body).json()["structures"]
+        one = client.post("/v1/segment/volume?format=json&structure=Posterior", content=body)
+        assert one.status_code == 200 and one.json()["structures"] == {"Posterior": everything["Posterior"]}
+        labels = nib.Nifti1Image.from_bytes(gzip.decompress(
+            client.post("/v1/segment?structure=Anterior", content=body).content))
+        assert set(np.unique(np.asarray(labels.dataobj)).tolist()) <= {0, 1}
+        unknown = client.post("/v1/segment/volume?structure=Hippo", content=body)
+        assert unknown.status_code == 400 and "Anterior, Posterior" in unknown.json()["error"]

@@ -10,6 +10,7 @@ import time
 from concurrent.futures import TimeoutError as FutureTimeout
 from importlib import resources
 
+import numpy as np
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -144,6 +145,10 @@ async def _volume(request: Request, service: Service, data: bytes, label: str, s
     wanted = opts.format if "format" in request.query_params or opts.format == "json" else None
     seg = service.segmenter
     _check_volume_model(service)
+    try:  # structure=NAME narrows the answer to that structure, as for images
+        chosen = None if opts.structure is None else seg.labels.structures[seg.labels.index(opts.structure)]
+    except UserError as exc:
+        raise HTTPError(400, f"query parameter 'structure': {exc}") from None
 
     def run() -> Response:
         try:
@@ -159,10 +164,14 @@ async def _volume(request: Request, service: Service, data: bytes, label: str, s
             batched = BatchedSegmenter(seg, service.batcher, batch, service.tta(opts), opts.post(),
                                        service.cfg.timeout_s)
             labels = segment_volume(batched, volume)
+            if chosen is not None:
+                labels = np.where(labels == chosen.value, labels, 0).astype(labels.dtype)
             if fmt == "json":
+                measured = structure_volumes(labels, seg.labels, volume.voxel_mm3)
                 return JSONResponse({"shape": list(volume.array.shape),
                                      "spacing_mm": [round(v, 5) for v in volume.spacing],
-                                     "structures": structure_volumes(labels, seg.labels, volume.voxel_mm3)})
+                                     "structures": measured if chosen is None else
+                                     {chosen.name: measured[chosen.name]}})
             body = series_seg_bytes(volume.datasets, labels, seg.labels, label) if fmt == "seg" else \
                 nifti_bytes(labels, volume)
         except TooLarge as exc:
