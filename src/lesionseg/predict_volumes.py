@@ -20,7 +20,7 @@ from .input_selection import ResultNames, select_inputs
 from .io.atomic import write_bytes, write_text
 from .io.dicom import SEG_SUFFIX, series_seg_bytes
 from .io.registry import is_volume, read_volume
-from .io.volumes import LABELS_SUFFIX, Volume, is_dicom_series, is_nifti, nifti_bytes, nifti_id
+from .io.volumes import LABELS_SUFFIX, Volume, is_nifti, nifti_bytes, nifti_id
 from .io.writers import encode_png
 from .manifest import Manifest, refuse_when_nothing_written, writable_folder
 from .measurement import structure_volumes
@@ -32,9 +32,13 @@ VOLUMES_FILE = "volumes.json"
 def is_volume_input(path: Path) -> bool:
     """A volume (a NIfTI file, a DICOM series folder) or a folder holding volumes: as the reader registry
     tells it from the data, never by the model."""
-    # a folder's volumes are NIfTI files and series folders: its other files need not be opened
-    return is_volume(path) or (path.is_dir() and any(is_volume(p) for p in path.iterdir()
-                                                     if p.is_dir() or is_nifti(p)))
+    return is_volume(path) or (path.is_dir() and bool(volumes_in(path)))
+
+
+def volumes_in(folder: Path) -> list[Path]:
+    """A folder's volumes, sorted: its NIfTI files and series folders (its other files need not be opened)."""
+    return sorted(p for p in folder.iterdir()
+                  if not p.name.startswith(".") and (p.is_dir() or is_nifti(p)) and is_volume(p))
 
 
 def list_volumes(inputs) -> list[Path]:
@@ -44,14 +48,7 @@ def list_volumes(inputs) -> list[Path]:
     for given in map(Path, inputs):
         if not given.exists():
             raise UserError(f"{given}: not found")
-        if given.is_file() or is_dicom_series(given):
-            found.append(given)
-            continue
-        found += sorted(
-            p
-            for p in given.iterdir()
-            if not p.name.startswith(".") and ((p.is_file() and is_nifti(p)) or is_dicom_series(p))
-        )
+        found += [given] if given.is_file() or is_volume(given) else volumes_in(given)
     if not found:
         raise UserError(
             f"{', '.join(map(str, inputs))}: no volumes (.nii / .nii.gz files or DICOM series folders)"
