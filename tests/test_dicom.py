@@ -128,8 +128,12 @@ def test_multi_frame_predict_writes_each_frame(tmp_path, rng, tiny_model_file):
     result = runner.invoke(app, ["predict", str(tmp_path / "mf.dcm"), "--out", str(out), "--weights",
                                  str(tiny_model_file)])
     assert (out / "mf_frame000_mask.png").is_file() and (out / "mf_frame001_overlay.png").is_file()
-    # Without a frame of reference highdicom cannot place several frames: said on one line, exit 1.
-    assert result.exit_code == 1 and "without a frame of reference" in result.stderr
+    # Without a frame of reference highdicom cannot place several frames: the SEG is left out, said in one
+    # line; the masks and overlays are the result, and the run succeeds.
+    assert result.exit_code == 0, result.output
+    assert "without a frame of reference" in result.stderr and "no DICOM SEG written" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (out / "mf_seg.dcm").exists()
+    assert "segmented 1 of 1 inputs" in result.stdout
 
 
 def test_predict_on_dicom_without_pixels_is_one_line(tmp_path, tiny_model_file):

@@ -19,10 +19,10 @@ from .errors import UserError
 from .inference import Segmenter
 from .inference.pipeline import Progress, Segmented, run_pipeline
 from .input_selection import ResultNames, select_inputs
-from .io import FAST_PNG, Input, check_unique_ids, list_images, read_input, write_mask, write_png
-from .io.atomic import write_bytes
+from .io import FAST_PNG, Input, check_unique_ids, list_images, read_input
+from .io.atomic import write_together
 from .io.registry import companion_suffixes
-from .io.writers import encode_label_map, structure_mask_names
+from .io.writers import encode_label_map, encode_png, mask_to_uint8, structure_mask_names
 from .labels import Labels
 from .manifest import (
     EARLIER_MANIFEST_FIELDS,
@@ -74,47 +74,49 @@ class Written:
 
     rows: list[dict]
     companion: str | None = None  # the companion file written, if any
-    error: str | None = None  # why the companion could not be written
+    note: str | None = None  # why the companion was left out (the masks and overlays are written)
 
 
-def _write_masks(out: Path, frame: Segmented, labels: Labels) -> str:
-    """The mask file(s) of one frame; returns the name(s) for the manifest (`;`-separated)."""
+def _encode_masks(frame: Segmented, labels: Labels) -> dict[str, bytes]:
+    """The mask file(s) of one frame by name: one PNG, a label map, or one PNG per structure."""
     if not labels.multi:
-        write_mask(out / output_names(frame.id)[0], frame.mask)
-        return output_names(frame.id)[0]
+        return {output_names(frame.id)[0]: encode_png(mask_to_uint8(frame.mask))}
     if labels.mode == "exclusive":
-        write_bytes(out / output_names(frame.id)[0], encode_label_map(frame.mask, labels))
-        return output_names(frame.id)[0]
-    names = structure_mask_names(frame.id, labels)
-    for name, mask in zip(names, frame.mask):
-        write_mask(out / name, mask)
-    return ";".join(names)
+        return {output_names(frame.id)[0]: encode_label_map(frame.mask, labels)}
+    return {name: encode_png(mask_to_uint8(mask))
+            for name, mask in zip(structure_mask_names(frame.id, labels), frame.mask)}
 
 
 def _write_results(out: Path, overlays: bool, labels: Labels, label: str, source: Path, companion,
                    frames: list[Segmented], spacing_mm: float | None = None) -> Written:
-    rows = []
+    """Every file of one input, written together (all or none): masks, overlays and the companion. A
+    companion the source cannot carry is left out, said in `Written.note`."""
+    rows, files = [], {}
     spacing_mm = spacing_mm or getattr(companion, "pixel_spacing_mm", None)
     for frame in frames:
         overlay_name = output_names(frame.id)[1]
-        mask_name = _write_masks(out, frame, labels)
+        masks = _encode_masks(frame, labels)
+        files.update(masks)
         if overlays:
             picture = structures_overlay(frame.image, frame.mask, labels) if labels.multi else \
                 overlay(frame.image, pred=frame.mask)
-            write_png(out / overlay_name, picture, FAST_PNG)
+            files[overlay_name] = encode_png(picture, FAST_PNG)
         h, w = frame.image.shape[:2]
         fraction = float(frame.mask.any(0).mean()) if labels.multi else float(frame.mask.mean())
         rows.append({"id": frame.id, "source": str(source), "size": f"{w}x{h}", "overlay": overlay_name,
-                     "foreground_fraction": fraction, "mask": mask_name, "width": w, "height": h,
+                     "foreground_fraction": fraction, "mask": ";".join(masks), "width": w, "height": h,
                      "areas": structure_areas(frame.mask, labels, spacing_mm) if labels.multi else None})
-    if companion is None:
-        return Written(rows)
-    name = companion.name(source.stem)
-    try:
-        companion.write(out / name, [f.mask for f in frames], labels if labels.multi else label)
-    except UserError as exc:
-        return Written(rows, error=str(exc))
-    return Written(rows, companion=f"{name} ({companion.description})")
+    written = Written(rows)
+    if companion is not None:
+        name = companion.name(source.stem)
+        try:
+            files[name] = companion.encode([f.mask for f in frames], str(out / name),
+                                           labels if labels.multi else label)
+            written.companion = f"{name} ({companion.description})"
+        except UserError as exc:
+            written.note = f"{exc}; no {companion.description} written, the masks are"
+    write_together({out / name: data for name, data in files.items()})
+    return written
 
 
 def _read_all_or_stop(files: list[Path], on_failure) -> dict[Path, Input]:
@@ -214,9 +216,8 @@ def _record(written: Written, f: Path, out: Path, records: Manifest, rows: list,
                     areas=json.dumps(r["areas"], separators=(",", ":")) if r["areas"] else "")
         if verbose_label is not None:
             print(f"{f} -> {out / r['mask']} ({r['size']}, {verbose_label} {r['foreground_fraction']:.1%})")
-    if written.error:
-        failures.append(written.error)
-        on_failure(written.error)
+    if written.note:
+        on_failure(written.note)
     elif written.companion and verbose_label is not None:
         print(f"{f} -> {out / written.companion}")
 

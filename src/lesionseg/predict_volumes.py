@@ -2,7 +2,8 @@
 (`<id>_labels.nii.gz`, the input's affine and header), a multi-frame DICOM SEG for a series
 (`<id>_seg.dcm`), orthogonal views and a slice montage (`<id>_views.png`), and each structure's volume in
 mm³ and mL (printed, in `volumes.json`, the manifest and the report). An input's files are built in memory
-and then written, each atomically: a failure leaves none of them."""
+and then written together (`atomic.write_together`): a failure leaves none of them. A SEG that the source
+cannot carry is left out with one line saying why; the other files are still written."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from .errors import UserError
 from .inference.coverage import Slicing, segment_volume
 from .inference.pipeline import Progress
 from .input_selection import ResultNames, select_inputs
-from .io.atomic import write_bytes, write_text
+from .io.atomic import write_text, write_together
 from .io.dicom import SEG_SUFFIX, series_seg_bytes
 from .io.registry import is_volume, read_volume
 from .io.volumes import LABELS_SUFFIX, Volume, is_nifti, nifti_bytes, nifti_id
@@ -83,12 +84,17 @@ def output_files(out: Path, volume: Volume) -> dict[str, Path]:
     return {k: out / v for k, v in names.items()}
 
 
-def encode_outputs(segmenter, volume: Volume, label_volume: np.ndarray, views: bool) -> dict[str, bytes]:
-    """Every file of one volume, in memory (so that a failure writes none)."""
+def encode_outputs(segmenter, volume: Volume, label_volume: np.ndarray, views: bool,
+                   note: Callable[[str], None]) -> dict[str, bytes]:
+    """Every file of one volume, in memory (so that a failure writes none). A DICOM SEG the source cannot
+    carry is left out, said in one line through `note`."""
     labels = segmenter.labels
     files = {"labels": nifti_bytes(label_volume, volume)}
     if volume.datasets is not None:
-        files["seg"] = series_seg_bytes(volume.datasets, label_volume, labels, volume.source)
+        try:
+            files["seg"] = series_seg_bytes(volume.datasets, label_volume, labels, volume.source)
+        except UserError as exc:
+            note(f"{exc}; no DICOM SEG written, the label map, views and volumes are")
     if views:
         from .viz import volume_views
 
@@ -99,13 +105,12 @@ def encode_outputs(segmenter, volume: Volume, label_volume: np.ndarray, views: b
     return files
 
 
-def segment_one(segmenter, path: Path, out: Path, views: bool) -> VolumeOutcome:
+def segment_one(segmenter, path: Path, out: Path, views: bool, note: Callable[[str], None]) -> VolumeOutcome:
     volume = read_volume(path)
     label_volume = segment_volume(segmenter, volume)
-    encoded = encode_outputs(segmenter, volume, label_volume, views)
+    encoded = encode_outputs(segmenter, volume, label_volume, views, note)
     targets = output_files(out, volume)
-    for key, data in encoded.items():
-        write_bytes(targets[key], data)
+    write_together({targets[k]: data for k, data in encoded.items()})
     return VolumeOutcome(
         volume,
         label_volume,
@@ -166,7 +171,7 @@ def run_predict_volumes(
     bar = Progress(len(files), progress)
     for path in files:
         try:
-            outcome = segment_one(segmenter, path, out, overlays)
+            outcome = segment_one(segmenter, path, out, overlays, on_failure)
         except UserError as exc:
             failures.append(str(exc))
             if len(files) > 1:  # one input: its line is the command's error

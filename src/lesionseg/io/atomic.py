@@ -45,6 +45,41 @@ def write_bytes(path: str | Path, data: bytes) -> None:
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def write_together(files: dict[Path, bytes]) -> None:
+    """Every file of one case, or none: each is written to a temporary file first (where a full disk
+    fails), and only then are all renamed into place. A failure raises UserError naming the file and
+    leaves none of them behind."""
+    from ..errors import UserError
+
+    for path in files:
+        if path.is_dir():
+            raise UserError(f"{path}: a folder is in the way of this result; nothing of this case written")
+    temporaries: dict[Path, Path] = {}
+    placed: list[Path] = []
+    path = next(iter(files), Path())
+    try:
+        for path, data in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+            temporaries[path] = Path(tmp)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.chmod(tmp, 0o666 & ~_umask())
+        for path, tmp in temporaries.items():
+            os.replace(tmp, path)
+            placed.append(path)
+    except OSError as exc:
+        for done in placed:
+            done.unlink(missing_ok=True)
+        why = exc.strerror or exc
+        raise UserError(f"{path}: cannot write ({why}); nothing of this case written") from None
+    finally:
+        for tmp in temporaries.values():
+            tmp.unlink(missing_ok=True)
+
+
 def write_csv(path: str | Path, fieldnames: list[str], rows: list[dict]) -> None:
     """A CSV with a header row, written atomically like every other result file."""
     import csv

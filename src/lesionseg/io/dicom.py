@@ -13,7 +13,6 @@ import numpy as np
 
 from .. import __version__
 from ..errors import UserError
-from .atomic import atomic_path
 from .photo import NotAnImage
 
 SEG_SUFFIX = "_seg.dcm"  # `<id>_seg.dcm` beside `<id>_mask.png`
@@ -109,23 +108,14 @@ class DicomSeg:
     def name(self, input_id: str) -> str:
         return input_id + SEG_SUFFIX
 
-    def write(self, path: Path, masks: list[np.ndarray], label) -> None:
-        write_seg(path, self.source, masks, label)
-
     def encode(self, masks: list[np.ndarray], where: str, label) -> bytes:
-        """The SEG as bytes (the service's answer); errors name `where`."""
+        """The SEG as bytes (predict writes them beside the masks, the service answers them); errors name
+        `where`."""
         import io
 
         buf = io.BytesIO()
         build_seg(self.source, masks, where, label).save_as(buf)
         return buf.getvalue()
-
-
-def write_seg(path: str | Path, source, masks: list[np.ndarray], segment_label="lesion") -> None:
-    """A BINARY DICOM SEG referencing `source` (same rows/columns, one frame per source frame)."""
-    seg = build_seg(source, masks, path, segment_label)
-    with atomic_path(path) as tmp:
-        seg.save_as(tmp)
 
 
 def _segment_descriptions(segments):
@@ -157,14 +147,16 @@ def _segment_descriptions(segments):
 
 
 def build_seg(source, masks: list[np.ndarray], label, segment_label="lesion"):
-    """The highdicom Segmentation object of `write_seg`; errors name `label`. `segment_label`: the model's
-    label (one segment), or its labels.Labels (a segment per structure; each mask then (C, H, W))."""
+    """A BINARY DICOM SEG referencing `source` (same rows/columns, one frame per source frame); errors
+    name `label`. `segment_label`: the model's label (one segment), or its labels.Labels (a segment per
+    structure; each mask then (C, H, W))."""
 
     descriptions = _segment_descriptions(segment_label)
     if len(masks) > 1 and "FrameOfReferenceUID" not in source:
         # highdicom maps SEG frames to source frames through plane positions, which need a frame of reference.
         raise UserError(f"{label}: no DICOM SEG for a multi-frame source without a frame of reference "
                         "(the per-frame PNG masks were written)")
+    fill_type2(source)
     pixels = np.stack([m.astype(np.uint8) for m in masks])
     if len(descriptions) > 1:  # (frames, C, H, W) → highdicom's (frames, H, W, segments)
         pixels = pixels.transpose(0, 2, 3, 1)
@@ -180,7 +172,7 @@ def _segmentation(sources: list, pixels: np.ndarray, descriptions, refusal: str)
     from pydicom.uid import generate_uid
 
     try:
-        return hd.seg.Segmentation(source_images=sources, pixel_array=pixels,
+        seg = hd.seg.Segmentation(source_images=sources, pixel_array=pixels,
                                    segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
                                    segment_descriptions=descriptions, series_instance_uid=generate_uid(),
                                    series_number=int(sources[0].get("SeriesNumber", 0) or 0) + 1000,
@@ -190,10 +182,23 @@ def _segmentation(sources: list, pixels: np.ndarray, descriptions, refusal: str)
                                    omit_empty_frames=False)
     except (ValueError, TypeError, AttributeError) as exc:
         raise UserError(f"{refusal} ({str(exc).splitlines()[0][:200]})") from None
+    if "FrameOfReferenceUID" not in seg:
+        # General Image: Type 2C where frames are not placed in the patient; highdicom leaves it out
+        seg.PatientOrientation = sources[0].get("PatientOrientation", "")
+    return seg
 
 
+# Type 2 attributes a SEG copies from its source (present, may be empty), which anonymised exports drop
 TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                 "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def fill_type2(ds) -> None:
+    """Give `ds` (in memory, never written back) the Type 2 attributes it lacks, empty as the standard
+    allows, so that the SEG built from it carries them."""
+    for keyword in TYPE2_COPIED:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
 
 
 def build_series_seg(datasets: list, label_volume: np.ndarray, labels, where):
@@ -201,10 +206,8 @@ def build_series_seg(datasets: list, label_volume: np.ndarray, labels, where):
     order) and one segment per structure. `label_volume` is on the series' (column, row, slice) grid."""
     descriptions = _segment_descriptions(labels)
     values = [s.value for s in labels.structures]
-    for ds in datasets:  # attributes a SEG copies (type 2: present, may be empty) that exports often drop
-        for keyword in TYPE2_COPIED:
-            if keyword not in ds:
-                setattr(ds, keyword, "")
+    for ds in datasets:
+        fill_type2(ds)
     # (slice, row, column, segment), the order of `datasets`
     pixels = np.stack([label_volume.transpose(2, 1, 0) == v for v in values], axis=-1).astype(np.uint8)
     return _segmentation(datasets, pixels, descriptions, f"{where}: cannot build a DICOM SEG for this series")

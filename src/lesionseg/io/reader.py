@@ -11,14 +11,12 @@ import numpy as np
 
 
 class Companion(Protocol):
-    """A result in the input's own format, written from the frames' masks."""
+    """A result in the input's own format, encoded from the frames' masks (written with the others)."""
 
     description: str
     media_type: str
 
     def name(self, input_id: str) -> str: ...
-
-    def write(self, path: Path, masks: list[np.ndarray], label: str) -> None: ...
 
     def encode(self, masks: list[np.ndarray], where: str, label: str) -> bytes: ...
 

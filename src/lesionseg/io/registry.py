@@ -16,9 +16,10 @@ import numpy as np
 
 from ..errors import UserError
 from . import dicom
+from .dicom_series import DicomSeriesReader
 from .photo import IMAGE_EXTENSIONS, read_image
 from .reader import Input, Reader
-from .volumes import DicomSeriesReader, NiftiReader, Volume
+from .volumes import NiftiReader, Volume, VolumeTooLarge
 
 
 class PhotoReader(Reader):
@@ -119,6 +120,23 @@ def read_volume(path: str | Path) -> Volume:
     return reader.read(path)
 
 
+def read_volume_bytes(data: bytes, label: str, limit: int) -> Volume:
+    """An uploaded volume, told by its first bytes: a zip of one DICOM series, else a NIfTI (gzip or not),
+    read by the same readers as files; over `limit` unpacked bytes raises VolumeTooLarge."""
+    if data[:4] == b"PK\x03\x04":
+        return reader_by_name("dicom-series").read_bytes(data, label, limit)
+    if data[:2] != b"\x1f\x8b" and len(data) > limit:
+        raise VolumeTooLarge(f"{label}: over the limit of {limit:,} bytes")
+    try:
+        return reader_by_name("nifti").read_bytes(data, label, limit)
+    except VolumeTooLarge:
+        raise
+    except UserError as exc:
+        if "no NIfTI-1 or NIfTI-2 header" in str(exc):
+            raise UserError(f"{label}: not a NIfTI file or a zip of a DICOM series") from None
+        raise
+
+
 def is_volume(path: str | Path) -> bool:
     """Whether the registry reads `path` as a volume: told by its name and content, never by a model."""
     return reader_for(path).volume
@@ -131,6 +149,9 @@ def list_images(inputs: Iterable[str | Path]) -> list[Path]:
         p = Path(item)
         if p.is_dir():
             found = _input_files(p)
+            if not any(not f.name.startswith(".") for f in p.iterdir()):
+                raise UserError(f"{p}: an empty folder: nothing to segment (give images, NIfTI volumes, "
+                                "DICOM files or a DICOM series folder)")
             if not found:
                 raise UserError(
                     f"{p}: no images in this folder (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})"

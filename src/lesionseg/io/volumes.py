@@ -9,7 +9,9 @@ or reoriented: an oblique volume is segmented in voxel space and its outputs car
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import sys
 import zlib
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,6 @@ from .reader import Reader
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 LABELS_SUFFIX = "_labels.nii.gz"  # `<id>_labels.nii.gz`: the label map of a volume input
-DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 # Relative tolerance on slice gaps and direction cosines: scanners round positions to ~1e-3 mm.
 GEOMETRY_TOLERANCE = 1e-3
 RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -61,46 +62,57 @@ def nifti_id(path: Path) -> str:
     return path.stem
 
 
-def _dicom_files(folder: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and (p.suffix.lower() in DICOM_SUFFIXES or (not p.suffix and _has_dicm(p)))
-    )
+class VolumeTooLarge(UserError):
+    """An upload that unpacks to more than the cap (the service answers 413)."""
 
 
-def _has_dicm(path: Path) -> bool:
+GZIP_MAGIC = b"\x1f\x8b"
+CHUNK = 1 << 20
+
+
+def gunzip_capped(data: bytes, limit: int | None, label: str) -> bytes:
+    """gzip's payload, inflated a chunk at a time with `limit` counted as it grows (a gzip bomb is refused
+    once it passes the cap, whatever its header says); a stream that stops before its end is refused."""
+    inflater, out, size = zlib.decompressobj(16 + zlib.MAX_WBITS), [], 0
+    room = (lambda: limit + 1 - size) if limit is not None else (lambda: 0)
+    view = memoryview(data)
     try:
-        with path.open("rb") as f:
-            return f.read(132)[128:] == b"DICM"
-    except OSError:
-        return False
+        for start in range(0, len(data), CHUNK):
+            piece = inflater.decompress(view[start : start + CHUNK], room())
+            size += len(piece)
+            out.append(piece)
+            while inflater.unconsumed_tail and (limit is None or size <= limit):
+                piece = inflater.decompress(inflater.unconsumed_tail, room())
+                size += len(piece)
+                out.append(piece)
+            if limit is not None and size > limit:
+                raise VolumeTooLarge(f"{label}: unpacks to over the limit of {limit:,} bytes")
+    except zlib.error as exc:
+        raise UserError(f"{label}: not a readable NIfTI file (corrupt gzip: {exc})") from None
+    if not inflater.eof:
+        raise UserError(f"{label}: not a readable NIfTI file (truncated: its gzip stream stops before its "
+                        "end); copy it again")
+    return b"".join(out)
 
 
-def is_dicom_series(path: Path) -> bool:
-    """A folder whose DICOM instances all place themselves in the patient (ImagePositionPatient and
-    ImageOrientationPatient): slices of a volume, whatever model reads them (one series, checked when
-    read, where an unreadable file is named). A folder of DICOM images without that geometry (radiographs,
-    photographs, secondary captures), or mixing them with slices, is a folder of images."""
-    if not path.is_dir():
-        return False
-    placed = [_places_itself(f) for f in _dicom_files(path)]
-    return any(placed) and False not in placed
+def _nifti_class(data: bytes, label: str):
+    """NIfTI-1 or NIfTI-2, told by the header size its first four bytes hold (either byte order)."""
+    import nibabel as nib
 
-
-def _places_itself(path: Path) -> bool | None:
-    """Whether a DICOM file carries its position and orientation; None when it is no readable DICOM."""
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True,
-                             specific_tags=["ImagePositionPatient", "ImageOrientationPatient"])
-    except Exception:  # pydicom raises many types for foreign files
-        return None
-    return "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds
+    for order in ("little", "big"):
+        size = int.from_bytes(data[:4], order)
+        if size in (348, 540) and len(data) < size:
+            raise UserError(f"{label}: not a readable NIfTI file (truncated: {len(data)} bytes, shorter "
+                            "than its header)")
+        if size in (348, 540):
+            return nib.Nifti1Image if size == 348 else nib.Nifti2Image
+    raise UserError(f"{label}: not a readable NIfTI file (no NIfTI-1 or NIfTI-2 header)")
 
 
 class NiftiReader(Reader):
+    """.nii and .nii.gz, NIfTI-1 or NIfTI-2, from a file or from an upload's bytes: one path for both, so
+    the CLI and the service accept and refuse the same files."""
+
     name = "nifti"
     volume = True
 
@@ -108,18 +120,34 @@ class NiftiReader(Reader):
         return path.is_file() and is_nifti(path)
 
     def read(self, path: Path, dtype=np.float32) -> Volume:
-        import nibabel as nib
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        return self.read_bytes(data, str(path), None, nifti_id(path), dtype)
 
-        return self.checked_volume(lambda: nib.load(str(path)), path, nifti_id(path), dtype)
+    def read_bytes(self, data: bytes, label: str, limit: int | None = None, volume_id: str | None = None,
+                   dtype=np.float32) -> Volume:
+        """The checked Volume of a NIfTI's bytes (gzip or not); errors name `label`; over `limit` unpacked
+        bytes raises VolumeTooLarge."""
+        if data[:2] == GZIP_MAGIC:
+            data = gunzip_capped(data, limit, label)
+        elif limit is not None and len(data) > limit:
+            raise VolumeTooLarge(f"{label}: over the limit of {limit:,} bytes")
+        klass = _nifti_class(data, label)
+        volume_id = volume_id or Path(label).name.split(".")[0] or "upload"
+        return checked_volume(lambda: klass.from_bytes(data), Path(label), volume_id, len(data), dtype)
 
-    @staticmethod
-    def checked_volume(load, where: Path, volume_id: str, dtype=np.float32) -> Volume:
-        """The checked Volume of the nibabel image `load()` gives; errors name `where`."""
-        import nibabel as nib
 
+def checked_volume(load, where: Path, volume_id: str, held: int, dtype=np.float32) -> Volume:
+    """The checked Volume of the nibabel image `load()` gives (`held`: the bytes it came from); errors name
+    `where`, and what nibabel or numpy would warn about is said in one line naming it."""
+    import nibabel as nib
+
+    with _said_once(where):
         try:
             image = load()
-            _check_header(image, where)
+            _check_header(image, where, held)
             # dataobj applies scl_slope / scl_inter, as every viewer does
             array = np.asarray(image.dataobj, dtype=dtype)
         except (EOFError, zlib.error, OSError, ValueError, nib.filebasedimages.ImageFileError,
@@ -129,162 +157,64 @@ class NiftiReader(Reader):
         except MemoryError:
             raise UserError(f"{where}: its header declares {'x'.join(map(str, image.shape))} voxels, more "
                             "than this machine's memory holds") from None
-        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
-        if bad:
-            raise UserError(f"{where}: {bad} voxel(s) are NaN or infinite; a volume needs finite intensities "
-                            "(one such voxel would empty the whole segmentation)")
-        if array.ndim == 4 and array.shape[3] == 1:
-            array = array[..., 0]
-        if array.ndim != 3:
-            raise UserError(
-                f"{where}: a {array.ndim}-D NIfTI (shape {'x'.join(map(str, array.shape))}) where a "
-                "3-D volume is expected (one channel per file: split multi-channel images)"
-            )
-        affine = itk_affine(image.header, where)
-        if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-            raise UserError(f"{where}: the NIfTI affine is singular or not finite")
-        return Volume(volume_id, array, affine, where, header=image.header.copy())
+    bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+    if bad:
+        raise UserError(f"{where}: {bad} voxel(s) are NaN or infinite; a volume needs finite intensities "
+                        "(one such voxel would empty the whole segmentation)")
+    if array.ndim == 4 and array.shape[3] == 1:
+        array = array[..., 0]
+    if array.ndim != 3:
+        raise UserError(
+            f"{where}: a {array.ndim}-D NIfTI (shape {'x'.join(map(str, array.shape))}) where a "
+            "3-D volume is expected (one channel per file: split multi-channel images)"
+        )
+    affine = itk_affine(image.header, where)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise UserError(f"{where}: the NIfTI affine is singular or not finite")
+    return Volume(volume_id, array, affine, where, header=image.header.copy())
 
 
-def _check_header(image, where: Path) -> None:
+@contextlib.contextmanager
+def _said_once(where: Path):
+    """nibabel's header log lines and Python warnings while reading `where`, each said once as one line
+    naming the file instead of a raw message."""
+    import logging
+    import warnings
+
+    from nibabel.imageglobals import logger
+
+    heard: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            heard.append(record.getMessage())
+
+    saved, collect = logger.handlers[:], Collect()
+    logger.handlers[:] = [collect]
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+        heard += [str(w.message) for w in caught]
+    finally:
+        logger.handlers[:] = saved
+        for text in dict.fromkeys(heard):
+            print(f"{where}: {text.splitlines()[0][:160]}", file=sys.stderr, flush=True)
+
+
+def _check_header(image, where: Path, held: int) -> None:
     """What the header alone refuses, before any voxel is read: voxels that are not one number (RGB), and
-    an uncompressed file shorter than the voxels its header declares."""
+    fewer bytes than the voxels the header declares (a truncated file, or a header that lies)."""
     dtype = image.get_data_dtype()
     if dtype.names is not None or dtype.kind not in "biuf":
         raise UserError(f"{where}: voxels of type {dtype} (an RGB or complex NIfTI); a volume of one "
                         "intensity per voxel is expected")
     declared = int(np.prod(image.shape, dtype=np.int64)) * dtype.itemsize
-    path = Path(where)
-    if path.is_file() and path.name.lower().endswith(".nii"):
-        held = path.stat().st_size - int(image.header.get("vox_offset", 0))
-        if held < declared:
-            raise UserError(f"{where}: its header declares {'x'.join(map(str, image.shape))} voxels "
-                            f"({declared:,} bytes) but the file holds {max(held, 0):,}: truncated, or a "
-                            "wrong header")
-
-
-def _series_uid(ds) -> str:
-    return str(ds.get("SeriesInstanceUID", "(no SeriesInstanceUID)"))
-
-
-class DicomSeriesReader(Reader):
-    """A folder of one series' instances, sorted along the slice normal by ImagePositionPatient."""
-
-    name = "dicom-series"
-    volume = True
-
-    def claims(self, path: Path, head: bytes = b"") -> bool:
-        return is_dicom_series(path)
-
-    def read(self, path: Path) -> Volume:
-        datasets = _read_instances(path)
-        uids = sorted({_series_uid(ds) for ds in datasets})
-        if len(uids) > 1:
-            raise UserError(
-                f"{path}: {len(uids)} DICOM series in one folder ({', '.join(uids)}); "
-                "give one series per folder"
-            )
-        return series_volume(datasets, path, path.name)
-
-
-def _read_instances(folder: Path) -> list:
-    import pydicom
-
-    out = []
-    for f in _dicom_files(folder):
-        try:
-            ds = pydicom.dcmread(f)
-        except Exception as exc:  # pydicom raises many types for foreign or truncated files
-            raise UserError(f"{f}: not a readable DICOM file ({type(exc).__name__})") from None
-        if "PixelData" not in ds:
-            continue  # e.g. a DICOMDIR or a structured report beside the images
-        ds.filename = str(f)
-        out.append(ds)
-    if not out:
-        raise UserError(f"{folder}: no DICOM image instances")
-    return out
-
-
-def _geometry(ds, where) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float]]:
-    try:
-        orientation = np.asarray([float(v) for v in ds.ImageOrientationPatient], float)
-        position = np.asarray([float(v) for v in ds.ImagePositionPatient], float)
-        spacing = tuple(float(v) for v in ds.PixelSpacing)
-    except (AttributeError, TypeError, ValueError):
-        raise UserError(
-            f"{where}: missing ImageOrientationPatient, ImagePositionPatient or PixelSpacing; "
-            "a series needs them to be stacked"
-        ) from None
-    row, col = orientation[:3], orientation[3:]
-    return row, col, position, spacing
-
-
-def series_volume(datasets: list, source: Path, series_id: str) -> Volume:
-    """Sort one series' instances along their normal, check the grid (one orientation, one in-plane size,
-    evenly spaced slices stacked along the normal) and build the volume (column, row, slice order)."""
-    if len(datasets) < 2:
-        raise UserError(f"{source}: one DICOM instance is not a series (give the folder of all slices)")
-    row, col, _, pixel = _geometry(datasets[0], datasets[0].filename)
-    normal = np.cross(row, col)
-    entries = []
-    for ds in datasets:
-        r, c, position, p = _geometry(ds, ds.filename)
-        if not (
-            np.allclose(r, row, atol=GEOMETRY_TOLERANCE) and np.allclose(c, col, atol=GEOMETRY_TOLERANCE)
-        ):
-            raise UserError(f"{ds.filename}: its orientation differs from the series' other slices")
-        if (ds.Rows, ds.Columns) != (datasets[0].Rows, datasets[0].Columns) or not np.allclose(p, pixel):
-            raise UserError(f"{ds.filename}: its size or pixel spacing differs from the series' other slices")
-        entries.append((float(position @ normal), position, ds))
-    entries.sort(key=lambda e: e[0])
-    steps = np.diff([e[0] for e in entries])
-    if np.any(steps < GEOMETRY_TOLERANCE):
-        raise UserError(
-            f"{source}: two slices at the same position ({entries[int(np.argmin(steps))][2].filename})"
-        )
-    gap = float(np.median(steps))
-    uneven = np.flatnonzero(np.abs(steps - gap) > max(GEOMETRY_TOLERANCE, 0.01 * gap))
-    if uneven.size:
-        at = entries[int(uneven[0]) + 1][2].filename
-        raise UserError(
-            f"{source}: uneven slice spacing ({steps[uneven[0]]:.3f} mm against {gap:.3f} mm "
-            f"before {at}): a slice is missing"
-        )
-    offsets = entries[-1][1] - entries[0][1]
-    along = offsets / np.linalg.norm(offsets)
-    if abs(float(along @ normal)) < 1 - GEOMETRY_TOLERANCE:
-        raise UserError(
-            f"{source}: oblique stack: the slices are not stacked along their normal (gantry "
-            "tilt); resample the series first"
-        )
-    lps = np.eye(4)
-    # PixelSpacing is (between rows, between columns): a column step moves along the row direction
-    lps[:3, 0], lps[:3, 1], lps[:3, 2] = row * pixel[1], col * pixel[0], normal * gap
-    lps[:3, 3] = entries[0][1]
-    ordered = [e[2] for e in entries]
-    try:
-        pixels = np.stack([_modality_values(ds) for ds in ordered])  # (slice, row, column)
-    except Exception as exc:  # pixel data pydicom cannot decode
-        raise UserError(
-            f"{source}: cannot decode the series' pixel data ({str(exc).splitlines()[0][:120]})"
-        ) from None
-    modality = str(ordered[0].get("Modality", "")) or None
-    return Volume(
-        series_id,
-        np.ascontiguousarray(pixels.transpose(2, 1, 0)),
-        RAS_FROM_LPS @ lps,
-        source,
-        datasets=ordered,
-        modality=modality,
-    )
-
-
-def _modality_values(ds) -> np.ndarray:
-    from pydicom.pixels import apply_modality_lut
-
-    if int(ds.get("SamplesPerPixel", 1)) != 1:
-        raise UserError(f"{ds.filename}: colour DICOM frames are not a scan's slices")
-    return apply_modality_lut(ds.pixel_array, ds).astype(np.float32)
+    present = held - int(image.header.get("vox_offset", 0))
+    if present < declared:
+        raise UserError(f"{where}: its header declares {'x'.join(map(str, image.shape))} voxels "
+                        f"({declared:,} bytes) but the file holds {max(present, 0):,}: truncated, or a "
+                        "wrong header")
 
 
 def read_label_volume(path: str | Path, like: Volume) -> np.ndarray:
@@ -317,7 +247,9 @@ def nifti_label_image(labels: np.ndarray, like: Volume):
         header = like.header.copy()
         header.set_data_dtype(np.uint8)
         header.set_slope_inter(1.0, 0.0)
-        image = nib.Nifti1Image(data, None, header=header)
+        # a NIfTI-2 input gets a NIfTI-2 label map: the same header, not a converted one
+        klass = nib.Nifti2Image if isinstance(like.header, nib.Nifti2Header) else nib.Nifti1Image
+        image = klass(data, None, header=header)
         # the stored forms, exactly as in the input (nibabel would otherwise recompute them from the affine)
         image.set_qform(like.header.get_qform(), code=int(like.header["qform_code"]))
         image.set_sform(like.header.get_sform(), code=int(like.header["sform_code"]))
@@ -343,14 +275,6 @@ def gzip_bytes(data: bytes) -> bytes:
     import gzip
 
     return gzip.compress(data, compresslevel=6, mtime=0)
-
-
-def read_nifti_bytes(data: bytes, label: str) -> Volume:
-    """A NIfTI volume from an upload's uncompressed .nii bytes; errors name `label`."""
-    import nibabel as nib
-
-    volume_id = Path(label).name.split(".")[0] or "upload"
-    return NiftiReader.checked_volume(lambda: nib.Nifti1Image.from_bytes(data), Path(label), volume_id)
 
 
 def nifti_bytes(labels: np.ndarray, like: Volume) -> bytes:

@@ -137,9 +137,10 @@ async def _volume(request: Request, service: Service, data: bytes, label: str, s
     or JSON volumes."""
     from ..inference.coverage import segment_volume
     from ..io.dicom import series_seg_bytes
-    from ..io.volumes import nifti_bytes
+    from ..io.registry import read_volume_bytes
+    from ..io.volumes import VolumeTooLarge, nifti_bytes
     from ..measurement import structure_volumes
-    from .volumes import BatchedSegmenter, TooLarge, read_volume_upload
+    from .volumes import BatchedSegmenter
 
     opts = parse_options(request, service.segmenter.options, VOLUME_FORMATS)
     wanted = opts.format if "format" in request.query_params or opts.format == "json" else None
@@ -152,9 +153,9 @@ async def _volume(request: Request, service: Service, data: bytes, label: str, s
 
     def run() -> Response:
         try:
-            volume = read_volume_upload(data, label, int(service.cfg.max_unpacked_mb * 2**20))
+            volume = read_volume_bytes(data, label, int(service.cfg.max_unpacked_mb * 2**20))
             if volume.array.size > service.cfg.max_pixels * 4:
-                raise TooLarge(f"{label}: {volume.array.size:,} voxels over the limit of "
+                raise VolumeTooLarge(f"{label}: {volume.array.size:,} voxels over the limit of "
                                f"{service.cfg.max_pixels * 4:,}")
             fmt = wanted or ("seg" if volume.datasets is not None else "nifti")
             if fmt == "seg" and volume.datasets is None:
@@ -174,7 +175,7 @@ async def _volume(request: Request, service: Service, data: bytes, label: str, s
                                      {chosen.name: measured[chosen.name]}})
             body = series_seg_bytes(volume.datasets, labels, seg.labels, label) if fmt == "seg" else \
                 nifti_bytes(labels, volume)
-        except TooLarge as exc:
+        except VolumeTooLarge as exc:
             raise HTTPError(413, str(exc)) from None
         except UserError as exc:
             raise HTTPError(400, str(exc)) from None
