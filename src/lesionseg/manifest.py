@@ -85,12 +85,16 @@ def will_write_to(out: Path) -> None:
 
 
 def writable_folder(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"{out}: cannot create output folder ({exc.strerror})") from None
-    if not os.access(out, os.W_OK):
-        raise UserError(f"{out}: output folder is not writable")
+    """Refuse an output folder that could not be written, before any work, without creating it: it appears
+    with the first result, so a refused run leaves nothing behind."""
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{out}: cannot create output folder ({existing} is a file)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{out}: output folder is not writable" if existing == out else
+                        f"{out}: cannot create output folder ({existing} is not writable)")
 
 
 def refuse_when_nothing_written(failures: list[str], total: int, written: int, noun: str) -> None:

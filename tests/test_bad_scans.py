@@ -1,0 +1,211 @@
+"""Every row of the bad-scan table (bad_scans.py) through the CLI and the service: the same refusal from both,
+in one line, with nothing written. Then what scans must not lose: outputs a source cannot carry, SEGs from
+anonymised sources checked by dciodvfy, a case written whole or not at all, scanner exports without file
+extensions, and the queue under concurrent volumes."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import shutil
+import subprocess
+import zipfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from starlette.testclient import TestClient
+from typer.testing import CliRunner
+
+from bad_scans import BAD_SCANS, BadScan
+from lesionseg.cli import app
+from lesionseg.serve.app import ServeConfig, create_app
+from test_dicom import build_dicom
+from test_volumes import affine_for, make_series, save_nifti, synthetic_volume
+
+runner = CliRunner()
+MODEL = "hippocampus"  # the bundled volume model: no training needed
+DX_IMAGE = "1.2.840.10008.5.1.4.1.1.1.1"
+
+
+@pytest.fixture(scope="module")
+def client():
+    with TestClient(create_app(ServeConfig(weights=MODEL, max_unpacked_mb=64))) as c:
+        yield c
+
+
+def upload_bytes(scan: Path) -> bytes:
+    """What a client sends for `scan`: a file's bytes, a series folder as a zip."""
+    if scan.is_file():
+        return scan.read_bytes()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sorted(scan.iterdir()):
+            z.write(f, f.name)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("bad", BAD_SCANS, ids=[b.name for b in BAD_SCANS])
+def test_a_bad_scan_is_refused_alike_by_predict_and_the_service(bad: BadScan, tmp_path, client):
+    scan = bad.build(tmp_path / "in")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["predict", str(scan), "--weights", MODEL, "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and bad.says in lines[0] and str(scan) in lines[0], result.stderr
+    assert "Traceback" not in result.output and not out.exists()
+    r = client.post("/v1/segment", files={"file": (scan.name, upload_bytes(scan))})
+    assert r.status_code == 400, (r.status_code, r.text)
+    assert bad.says in r.json()["error"] and "\n" not in r.json()["error"]
+
+
+def test_the_docs_list_every_bad_scan():
+    table = (Path(__file__).parents[1] / "docs" / "robustness.md").read_text()
+    missing = [b.name for b in BAD_SCANS if f"| {b.name} |" not in table]
+    assert not missing, f"docs/robustness.md lacks rows for: {missing}"
+    assert {b.kind for b in BAD_SCANS} == {"dtype", "dimensions", "header", "compression", "series"}
+
+
+# scans that are fine, however they arrive
+
+
+def _image() -> np.ndarray:
+    return synthetic_volume(np.random.default_rng(5))[0]
+
+
+def test_nifti2_and_a_series_without_extensions_read_alike_in_the_cli_and_the_service(tmp_path, client):
+    image = _image()
+    folder = tmp_path / "in"
+    folder.mkdir()
+    nifti2 = folder / "scan2.nii.gz"
+    nib.save(nib.Nifti2Image(image, affine_for()), str(nifti2))
+    series = make_series(tmp_path / "export" / "IMAGES", np.round(image).astype(np.int16))
+    for k, f in enumerate(sorted(series.iterdir())):  # as scanners and PACS export them
+        f.rename(series / f"image_{k}")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["predict", str(nifti2), str(series), "--weights", MODEL, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""  # no leaked nibabel or numpy warning
+    written = nib.load(str(out / "scan2_labels.nii.gz"))
+    assert isinstance(written, nib.Nifti2Image)
+    r = client.post("/v1/segment?format=nifti", files={"file": ("scan2.nii.gz", nifti2.read_bytes())})
+    assert r.status_code == 200, r.text
+    served = nib.Nifti2Image.from_bytes(gzip.decompress(r.content))
+    np.testing.assert_array_equal(np.asarray(served.dataobj), np.asarray(written.dataobj))
+    r = client.post("/v1/segment?format=nifti", files={"file": ("IMAGES.zip", upload_bytes(series))})
+    assert r.status_code == 200, r.text
+    np.testing.assert_array_equal(
+        np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(r.content)).dataobj),
+        np.asarray(nib.load(str(out / "IMAGES_labels.nii.gz")).dataobj))
+    assert (out / "IMAGES_seg.dcm").is_file()
+
+
+# DICOM SEG from any source
+
+
+def _strip_type2(path: Path) -> None:
+    ds = pydicom.dcmread(path)
+    for keyword in ("PatientName", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                    "ReferringPhysicianName", "StudyID", "AccessionNumber"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.save_as(path)
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy (Debian package dicom3tools) is not installed")
+    run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+
+
+def test_a_seg_from_sources_without_type2_attributes_passes_dciodvfy(tmp_path):
+    (tmp_path / "in").mkdir()
+    radiograph = build_dicom(tmp_path / "in" / "cxr.dcm",
+                             (np.random.default_rng(0).random((96, 96)) * 255).astype(np.uint8),
+                             "MONOCHROME2", sop_class=DX_IMAGE)
+    _strip_type2(radiograph)
+    series = make_series(tmp_path / "series_in" / "mr", np.round(_image()).astype(np.int16))
+    for f in series.iterdir():
+        _strip_type2(f)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["predict", str(radiograph), "--weights", "chest", "--out", str(out)])
+    assert result.exit_code == 0 and result.stderr == "", result.output
+    assert "segmented 1 of 1 inputs" in result.stdout
+    result = runner.invoke(app, ["predict", str(series), "--weights", MODEL, "--out", str(out)])
+    assert result.exit_code == 0 and result.stderr == "", result.output
+    for seg in (out / "cxr_seg.dcm", out / "mr_seg.dcm"):
+        assert pydicom.dcmread(seg).Modality == "SEG"
+        assert dciodvfy_errors(seg) == [], seg.name
+
+
+def test_a_seg_the_source_cannot_carry_leaves_the_other_outputs(tmp_path, client):
+    series = make_series(tmp_path / "in" / "nofor", np.round(_image()).astype(np.int16))
+    for f in series.iterdir():
+        ds = pydicom.dcmread(f)
+        del ds.FrameOfReferenceUID
+        ds.save_as(f)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["predict", str(series), "--weights", MODEL, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    line, = result.stderr.strip().splitlines()
+    assert "Frame Of Reference" in line and "no DICOM SEG written" in line and str(series) in line
+    assert sorted(p.name for p in out.iterdir()) == ["nofor_labels.nii.gz", "nofor_views.png", "volumes.json"]
+    r = client.post("/v1/segment", files={"file": ("nofor.zip", upload_bytes(series))})
+    assert r.status_code == 400 and "Frame Of Reference" in r.json()["error"]
+    assert client.post("/v1/segment?format=nifti",
+                       files={"file": ("nofor.zip", upload_bytes(series))}).status_code == 200
+
+
+# a case's outputs appear together or not at all
+
+
+def test_a_folder_in_the_way_leaves_none_of_a_volumes_files(tmp_path):
+    nifti = save_nifti(tmp_path / "scan.nii.gz", _image(), affine_for())
+    out = tmp_path / "out"
+    (out / "scan_views.png").mkdir(parents=True)
+    result = runner.invoke(app, ["predict", str(nifti), "--weights", MODEL, "--out", str(out)])
+    assert result.exit_code == 2 and "scan_views.png: a folder is in the way" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["scan_views.png"]
+
+
+def test_a_full_disk_leaves_none_of_a_cases_files(tmp_path, monkeypatch, rng):
+    import errno
+    import os
+
+    from conftest import synthetic_case
+    from lesionseg.io import atomic
+
+    nifti = save_nifti(tmp_path / "scan.nii.gz", _image(), affine_for())
+    photo = tmp_path / "photo.png"
+    from PIL import Image
+
+    Image.fromarray(synthetic_case(rng, 48, 64)[0]).save(photo)
+    real_fdopen, opened = os.fdopen, []
+
+    def full_disk(fd, *args, **kwargs):
+        opened.append(fd)
+        if len(opened) % 2 == 0:  # every case's second file finds the disk full
+            os.close(fd)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fdopen(fd, *args, **kwargs)
+
+    monkeypatch.setattr(atomic.os, "fdopen", full_disk)
+    for case, weights in ((nifti, MODEL), (photo, "cpu")):
+        out = tmp_path / f"out_{case.stem}"
+        result = runner.invoke(app, ["predict", str(case), "--weights", weights, "--out", str(out)])
+        assert result.exit_code == 2 and "No space left on device" in result.stderr, result.output
+        assert "nothing of this case written" in result.stderr
+        assert not out.exists() or list(out.iterdir()) == [], list(out.iterdir())
+
+
+def test_a_refused_run_creates_no_output_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    for given in (tmp_path / "empty", tmp_path / "missing.png"):
+        out = tmp_path / "never"
+        result = runner.invoke(app, ["predict", str(given), "--weights", "cpu", "--out", str(out)])
+        assert result.exit_code == 2 and not out.exists(), result.output
+    assert "an empty folder" in runner.invoke(
+        app, ["predict", str(tmp_path / "empty"), "--weights", MODEL, "--out", str(out)]).stderr
