@@ -791,6 +791,9 @@ def test_volumes_shard_across_machines_and_resume_as_photos_do(trained, tmp_path
         parts[k] = {p.name.removesuffix("_labels.nii.gz") for p in out.glob("*_labels.nii.gz")} - \
             set().union(*(parts[j] for j in parts))
         assert parts[k] == {i for i in ids if shard_of(i, 2) == k}
+    # volumes.json lists both shards' volumes, not only the latest run's
+    listed = [v["id"] for v in json.loads((out / "volumes.json").read_text())["volumes"]]
+    assert sorted(listed) == ids
     refused = runner.invoke(app, ["predict", str(folder), "--weights", str(model), "--out", str(out)])
     assert refused.exit_code == 2 and "--skip-existing" in refused.output
     resumed = runner.invoke(app, ["predict", str(folder), "--weights", str(model), "--out", str(out),

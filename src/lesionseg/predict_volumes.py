@@ -202,14 +202,27 @@ def run_predict_volumes(
     return failures
 
 
+def _earlier(out: Path, done: list[dict]) -> list[dict]:
+    """The entries of `out`'s volumes.json that this run did not redo and whose label map is still there."""
+    try:
+        earlier = json.loads((out / VOLUMES_FILE).read_text())["volumes"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    redone = {v["id"] for v in done}
+    return [v for v in earlier if isinstance(v, dict) and v.get("id") not in redone
+            and (out / (str(v.get("id")) + LABELS_SUFFIX)).is_file()]
+
+
 def _write_summary(
     out: Path, done: list[dict], records: Manifest, manifest, report: bool, segmenter, inputs
 ) -> None:
-    """volumes.json, the manifest and the report of a run."""
+    """volumes.json, the manifest and the report of a run. volumes.json keeps the volumes earlier runs (other
+    shards, a resumed run) wrote into `out`, as long as their label maps are still there."""
     if done:
         write_text(
             out / VOLUMES_FILE,
-            json.dumps({"unit": "mm3 and mL (1 mL = 1000 mm3)", "volumes": done}, indent=1),
+            json.dumps({"unit": "mm3 and mL (1 mL = 1000 mm3)", "volumes": _earlier(out, done) + done},
+                       indent=1),
         )
     if manifest is not None:
         records.write(manifest)
