@@ -391,3 +391,28 @@ def test_any_model_name_travels_in_the_header(tiny_model_file, photo, tmp_path):
         assert resp.status_code == 200
         assert unquote(resp.headers["X-Lesionseg-Model"]) == name
         assert c.get("/readyz").json()["model"] == name
+
+
+def test_a_client_that_leaves_mid_upload_is_not_counted_as_a_server_error(client):
+    """An upload cut off by its client is counted as 499 (client closed request) in /metrics, never 500."""
+    import asyncio
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/segment", "raw_path": b"/v1/segment",
+             "query_string": b"", "headers": [(b"content-type", b"application/octet-stream"),
+                                               (b"content-length", b"100000")],
+             "http_version": "1.1", "scheme": "http", "server": ("127.0.0.1", 80),
+             "client": ("127.0.0.1", 5), "root_path": "", "app": client.app, "state": {}}
+    events = [{"type": "http.request", "body": b"\x89PNG" + b"\0" * 1000, "more_body": True},
+              {"type": "http.disconnect"}]
+
+    async def receive():
+        return events.pop(0) if events else {"type": "http.disconnect"}
+
+    async def send(message):
+        pass
+
+    before = client.get("/metrics").text
+    asyncio.run(client.app(scope, receive, send))
+    after = client.get("/metrics").text
+    assert 'path="/v1/segment",status="499"} 1' in after
+    assert after.count('status="500"') == before.count('status="500"')

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from .. import __version__, postprocess
@@ -172,6 +172,9 @@ def error_response(status: int, message: str, headers: dict | None = None) -> JS
     return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
 
 
+CLIENT_LEFT = 499  # "client closed request", as nginx counts it: neither the client's error nor ours
+
+
 def endpoint(path: str, auth: bool = False):
     """Wrap a route: token check, errors as JSON, latency and status in the metrics."""
 
@@ -185,6 +188,8 @@ def endpoint(path: str, auth: bool = False):
                 response = await fn(request, service)
             except HTTPError as exc:
                 response = error_response(exc.status, exc.message, exc.headers)
+            except ClientDisconnect:  # the client left mid-upload: no answer reaches it, and no fault of ours
+                response = error_response(CLIENT_LEFT, "client closed the connection before the upload ended")
             except Exception:  # a bug, not the client's fault: one line out, details in the server log
                 log.exception("internal error on %s", path)
                 response = error_response(500, "internal error (see the server log)")
