@@ -557,7 +557,14 @@ def test_service_answers_volumes_like_predict(trained, tmp_path, rng):
         r = client.post("/v1/segment/volume", content=bomb.getvalue())
         assert r.status_code == 413 and "limit" in r.json()["error"]
         r = client.post("/v1/segment/volume", content=gzip.compress(b"\0" * (8 << 20)))
-        assert r.status_code == 413
+        assert r.status_code == 400 and "not a NIfTI file" in r.json()["error"]  # told from its first chunk
+        small = nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), affine_for())
+        big = nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), affine_for())
+        big.header.set_data_shape((256, 256, 256))
+        for bomb, says in ((small.to_bytes() + b"\0" * (8 << 20), "unpacks to over the limit"),
+                           (big.header.binaryblock + b"\0" * (8 << 20), "its header declares")):
+            r = client.post("/v1/segment/volume", content=gzip.compress(bomb))
+            assert r.status_code == 413 and says in r.json()["error"], r.text
         r = client.post("/v1/segment/volume", content=nifti.read_bytes()[:500])
         assert r.status_code == 400 and "truncated" in r.json()["error"]
         r = client.post("/v1/segment", content=nifti.read_bytes())  # one route: the volume told by content

@@ -70,31 +70,6 @@ GZIP_MAGIC = b"\x1f\x8b"
 CHUNK = 1 << 20
 
 
-def gunzip_capped(data: bytes, limit: int | None, label: str) -> bytes:
-    """gzip's payload, inflated a chunk at a time with `limit` counted as it grows (a gzip bomb is refused
-    once it passes the cap, whatever its header says); a stream that stops before its end is refused."""
-    inflater, out, size = zlib.decompressobj(16 + zlib.MAX_WBITS), [], 0
-    room = (lambda: limit + 1 - size) if limit is not None else (lambda: 0)
-    view = memoryview(data)
-    try:
-        for start in range(0, len(data), CHUNK):
-            piece = inflater.decompress(view[start : start + CHUNK], room())
-            size += len(piece)
-            out.append(piece)
-            while inflater.unconsumed_tail and (limit is None or size <= limit):
-                piece = inflater.decompress(inflater.unconsumed_tail, room())
-                size += len(piece)
-                out.append(piece)
-            if limit is not None and size > limit:
-                raise VolumeTooLarge(f"{label}: unpacks to over the limit of {limit:,} bytes")
-    except zlib.error as exc:
-        raise UserError(f"{label}: not a readable NIfTI file (corrupt gzip: {exc})") from None
-    if not inflater.eof:
-        raise UserError(f"{label}: not a readable NIfTI file (truncated: its gzip stream stops before its "
-                        "end); copy it again")
-    return b"".join(out)
-
-
 def _nifti_class(data: bytes, label: str):
     """NIfTI-1 or NIfTI-2, told by the header size its first four bytes hold (either byte order)."""
     import nibabel as nib
@@ -107,6 +82,59 @@ def _nifti_class(data: bytes, label: str):
         if size in (348, 540):
             return nib.Nifti1Image if size == 348 else nib.Nifti2Image
     raise UserError(f"{label}: not a readable NIfTI file (no NIfTI-1 or NIfTI-2 header)")
+
+
+def _declared_bytes(head: bytes, label: str) -> int | None:
+    """The bytes a NIfTI whose file starts with `head` holds, by its header: where its voxels start plus
+    what its dimensions and type declare (None: a header too broken to size, which the read then names).
+    Refuses what is no NIfTI header."""
+    klass = _nifti_class(head, label)
+    try:
+        header = klass.header_class(head[: klass.header_class.sizeof_hdr], check=False)
+        shape, dtype = header.get_data_shape(), header.get_data_dtype()
+        return int(header["vox_offset"]) + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    except Exception:  # nibabel raises many types for a broken header
+        return None
+
+
+def inflate_nifti(data: bytes, limit: int | None, label: str) -> bytes:
+    """A .nii.gz's payload, inflated a chunk at a time, never holding more than its header declares: the
+    header (first chunk) is checked against `limit` before anything else is kept (a 413 costs no memory),
+    bytes past the declared voxels are inflated to reach the stream's end but not kept, and the whole
+    stream counts against the cap as it grows (a gzip bomb stops at the cap). A stream that stops before
+    its end is refused."""
+    inflater, kept, size, wanted = zlib.decompressobj(16 + zlib.MAX_WBITS), bytearray(), 0, None
+    pending = memoryview(data)
+
+    def take(piece: bytes) -> None:
+        nonlocal size, wanted
+        size += len(piece)
+        if limit is not None and size > limit:
+            raise VolumeTooLarge(f"{label}: unpacks to over the limit of {limit:,} bytes")
+        if wanted is None or len(kept) < wanted:
+            kept.extend(piece if wanted is None else piece[: wanted - len(kept)])
+        if wanted is None and len(kept) >= 540:
+            declared = _declared_bytes(bytes(kept[:540]), label)
+            wanted = declared if declared is not None else 1 << 62
+            if limit is not None and wanted > limit and declared is not None:
+                raise VolumeTooLarge(f"{label}: its header declares {wanted:,} bytes, over the limit of "
+                                     f"{limit:,}")
+            del kept[max(wanted, 540):]
+
+    try:
+        while pending or inflater.unconsumed_tail:
+            source = inflater.unconsumed_tail or pending[:CHUNK]
+            if not inflater.unconsumed_tail:
+                pending = pending[CHUNK:]
+            take(inflater.decompress(source, CHUNK))
+            if inflater.eof:
+                break
+    except zlib.error as exc:
+        raise UserError(f"{label}: not a readable NIfTI file (corrupt gzip: {exc})") from None
+    if not inflater.eof:
+        raise UserError(f"{label}: not a readable NIfTI file (truncated: its gzip stream stops before its "
+                        "end); copy it again")
+    return bytes(kept)
 
 
 class NiftiReader(Reader):
@@ -131,7 +159,7 @@ class NiftiReader(Reader):
         """The checked Volume of a NIfTI's bytes (gzip or not); errors name `label`; over `limit` unpacked
         bytes raises VolumeTooLarge."""
         if data[:2] == GZIP_MAGIC:
-            data = gunzip_capped(data, limit, label)
+            data = inflate_nifti(data, limit, label)
         elif limit is not None and len(data) > limit:
             raise VolumeTooLarge(f"{label}: over the limit of {limit:,} bytes")
         klass = _nifti_class(data, label)
