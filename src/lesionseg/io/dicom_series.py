@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import UserError
 from .reader import Reader
-from .volumes import GEOMETRY_TOLERANCE, RAS_FROM_LPS, Volume, VolumeTooLarge
+from .volumes import GEOMETRY_TOLERANCE, RAS_FROM_LPS, Caps, Volume, VolumeTooLarge
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 CHUNK = 1 << 20
@@ -88,15 +88,19 @@ def instance(source, where: str):
 
 
 def one_series(members: Iterable[tuple[str, Callable]], source: Path, series_id: str, held_in: str,
-               one: str) -> Volume:
+               one: str, caps: Caps = Caps()) -> Volume:
     """The volume of `members` ((where, open)): their image instances, which must be one series (`held_in`:
-    "folder" or "zip"; `one`: what to give instead)."""
+    "folder" or "zip"; `one`: what to give instead), refused over the voxel cap before it is decoded."""
     datasets = [ds for where, opened in members if (ds := instance(opened(), where)) is not None]
     if not datasets:
         raise UserError(f"{source}: the {held_in} holds no DICOM image instances")
     uids = sorted({_series_uid(ds) for ds in datasets})
     if len(uids) > 1:
         raise UserError(f"{source}: {len(uids)} DICOM series in one {held_in} ({', '.join(uids)}); {one}")
+    voxels = sum(int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) for ds in datasets)
+    if caps.voxels is not None and voxels > caps.voxels:
+        raise VolumeTooLarge(f"{source}: {len(datasets)} slices of {voxels:,} voxels, over the limit of "
+                             f"{caps.voxels:,}")
     return series_volume(datasets, source, series_id)
 
 
@@ -115,8 +119,10 @@ class DicomSeriesReader(Reader):
         return one_series(((str(f), lambda f=f: f) for f in files), path, path.name, "folder",
                           "give one series per folder")
 
-    def read_bytes(self, data: bytes, label: str, limit: int) -> Volume:
-        """A zip of one series; over `limit` unpacked bytes raises VolumeTooLarge."""
+    def read_bytes(self, data: bytes, label: str, caps: Caps) -> Volume:
+        """A zip of one series; over a cap raises VolumeTooLarge (bytes as they unpack, voxels before the
+        pixels are decoded)."""
+        limit = caps.bytes if caps.bytes is not None else 1 << 62
         try:
             archive = zipfile.ZipFile(io.BytesIO(data))
             members = [i for i in archive.infolist()
@@ -133,7 +139,7 @@ class DicomSeriesReader(Reader):
                 if is_dicom_file(info.filename, raw[:132]):
                     yield f"{label}:{info.filename}", lambda raw=raw: io.BytesIO(raw)
 
-        return one_series(unpacked(), Path(label), "upload", "zip", "send one series")
+        return one_series(unpacked(), Path(label), "upload", "zip", "send one series", caps)
 
 
 def _read_member_capped(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: list[int],

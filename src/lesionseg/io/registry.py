@@ -19,7 +19,7 @@ from . import dicom
 from .dicom_series import DicomSeriesReader
 from .photo import IMAGE_EXTENSIONS, read_image
 from .reader import Input, Reader
-from .volumes import NiftiReader, Volume, VolumeTooLarge
+from .volumes import Caps, NiftiReader, Volume, VolumeTooLarge
 
 
 class PhotoReader(Reader):
@@ -120,15 +120,13 @@ def read_volume(path: str | Path) -> Volume:
     return reader.read(path)
 
 
-def read_volume_bytes(data: bytes, label: str, limit: int) -> Volume:
+def read_volume_bytes(data: bytes, label: str, caps: Caps) -> Volume:
     """An uploaded volume, told by its first bytes: a zip of one DICOM series, else a NIfTI (gzip or not),
-    read by the same readers as files; over `limit` unpacked bytes raises VolumeTooLarge."""
+    read by the same readers as files; over a cap raises VolumeTooLarge, before the memory is taken."""
     if data[:4] == b"PK\x03\x04":
-        return reader_by_name("dicom-series").read_bytes(data, label, limit)
-    if data[:2] != b"\x1f\x8b" and len(data) > limit:
-        raise VolumeTooLarge(f"{label}: over the limit of {limit:,} bytes")
+        return reader_by_name("dicom-series").read_bytes(data, label, caps)
     try:
-        return reader_by_name("nifti").read_bytes(data, label, limit)
+        return reader_by_name("nifti").read_bytes(data, label, caps)
     except VolumeTooLarge:
         raise
     except UserError as exc:

@@ -84,50 +84,69 @@ def _nifti_class(data: bytes, label: str):
     raise UserError(f"{label}: not a readable NIfTI file (no NIfTI-1 or NIfTI-2 header)")
 
 
-def _declared_bytes(head: bytes, label: str) -> int | None:
-    """The bytes a NIfTI whose file starts with `head` holds, by its header: where its voxels start plus
-    what its dimensions and type declare (None: a header too broken to size, which the read then names).
-    Refuses what is no NIfTI header."""
-    klass = _nifti_class(head, label)
-    try:
-        header = klass.header_class(head[: klass.header_class.sizeof_hdr], check=False)
-        shape, dtype = header.get_data_shape(), header.get_data_dtype()
-        return int(header["vox_offset"]) + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    except Exception:  # nibabel raises many types for a broken header
-        return None
+@dataclasses.dataclass(frozen=True)
+class Caps:
+    """What an upload may unpack to: bytes, and voxels (None: no cap, as for the user's own files)."""
+
+    bytes: int | None = None
+    voxels: int | None = None
+
+    def check_header(self, head: bytes, label: str, held: int | None = None) -> int | None:
+        """The bytes the NIfTI whose file starts with `head` holds by its header (where its voxels start
+        plus what its dimensions and type declare), refused over either cap before anything is read; None:
+        a header too broken to size, which the read then names. Refuses what is no NIfTI header."""
+        klass = _nifti_class(head, label)
+        try:
+            header = klass.header_class(head[: klass.header_class.sizeof_hdr], check=False)
+            shape, dtype = header.get_data_shape(), header.get_data_dtype()
+            voxels = int(np.prod(shape, dtype=np.int64))
+            declared = int(header["vox_offset"]) + voxels * dtype.itemsize
+        except Exception:  # nibabel raises many types for a broken header
+            return None
+        if held is not None and declared > held:
+            return declared  # a header that lies about the bytes sent: the read names it, before any voxel
+        if self.voxels is not None and voxels > self.voxels:
+            raise VolumeTooLarge(f"{label}: its header declares {'x'.join(map(str, shape))} = {voxels:,} "
+                                 f"voxels, over the limit of {self.voxels:,}")
+        if self.bytes is not None and declared > self.bytes:
+            raise VolumeTooLarge(f"{label}: its header declares {declared:,} bytes, over the limit of "
+                                 f"{self.bytes:,}")
+        return declared
 
 
-def inflate_nifti(data: bytes, limit: int | None, label: str) -> bytes:
+def inflate_nifti(data: bytes, caps: Caps, label: str) -> bytes:
     """A .nii.gz's payload, inflated a chunk at a time, never holding more than its header declares: the
-    header (first chunk) is checked against `limit` before anything else is kept (a 413 costs no memory),
+    header (first chunk) is checked against the caps before anything else is kept (a 413 costs no memory),
     bytes past the declared voxels are inflated to reach the stream's end but not kept, and the whole
-    stream counts against the cap as it grows (a gzip bomb stops at the cap). A stream that stops before
-    its end is refused."""
+    stream counts against the byte cap as it grows (a gzip bomb stops at the cap). A stream that stops
+    before its end is refused; a stream of several gzip members (bgzip, pigz) is read whole."""
     inflater, kept, size, wanted = zlib.decompressobj(16 + zlib.MAX_WBITS), bytearray(), 0, None
     pending = memoryview(data)
 
     def take(piece: bytes) -> None:
         nonlocal size, wanted
         size += len(piece)
-        if limit is not None and size > limit:
-            raise VolumeTooLarge(f"{label}: unpacks to over the limit of {limit:,} bytes")
+        if caps.bytes is not None and size > caps.bytes:
+            raise VolumeTooLarge(f"{label}: unpacks to over the limit of {caps.bytes:,} bytes")
         if wanted is None or len(kept) < wanted:
             kept.extend(piece if wanted is None else piece[: wanted - len(kept)])
         if wanted is None and len(kept) >= 540:
-            declared = _declared_bytes(bytes(kept[:540]), label)
+            declared = caps.check_header(bytes(kept[:540]), label)
             wanted = declared if declared is not None else 1 << 62
-            if limit is not None and wanted > limit and declared is not None:
-                raise VolumeTooLarge(f"{label}: its header declares {wanted:,} bytes, over the limit of "
-                                     f"{limit:,}")
             del kept[max(wanted, 540):]
 
     try:
-        while pending or inflater.unconsumed_tail:
+        while True:
             source = inflater.unconsumed_tail or pending[:CHUNK]
             if not inflater.unconsumed_tail:
                 pending = pending[CHUNK:]
             take(inflater.decompress(source, CHUNK))
             if inflater.eof:
+                rest = inflater.unused_data + bytes(pending)
+                if not rest.strip(b"\0"):
+                    break
+                inflater, pending = zlib.decompressobj(16 + zlib.MAX_WBITS), memoryview(rest)
+            elif not pending and not inflater.unconsumed_tail:
                 break
     except zlib.error as exc:
         raise UserError(f"{label}: not a readable NIfTI file (corrupt gzip: {exc})") from None
@@ -152,16 +171,18 @@ class NiftiReader(Reader):
             data = path.read_bytes()
         except OSError as exc:
             raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from None
-        return self.read_bytes(data, str(path), None, nifti_id(path), dtype)
+        return self.read_bytes(data, str(path), Caps(), nifti_id(path), dtype)
 
-    def read_bytes(self, data: bytes, label: str, limit: int | None = None, volume_id: str | None = None,
+    def read_bytes(self, data: bytes, label: str, caps: Caps = Caps(), volume_id: str | None = None,
                    dtype=np.float32) -> Volume:
-        """The checked Volume of a NIfTI's bytes (gzip or not); errors name `label`; over `limit` unpacked
-        bytes raises VolumeTooLarge."""
+        """The checked Volume of a NIfTI's bytes (gzip or not); errors name `label`; over a cap raises
+        VolumeTooLarge, from the header where it tells."""
         if data[:2] == GZIP_MAGIC:
-            data = inflate_nifti(data, limit, label)
-        elif limit is not None and len(data) > limit:
-            raise VolumeTooLarge(f"{label}: over the limit of {limit:,} bytes")
+            data = inflate_nifti(data, caps, label)
+        else:
+            if caps.bytes is not None and len(data) > caps.bytes:
+                raise VolumeTooLarge(f"{label}: over the limit of {caps.bytes:,} bytes")
+            caps.check_header(data[:540], label, held=len(data))
         klass = _nifti_class(data, label)
         volume_id = volume_id or Path(label).name.split(".")[0] or "upload"
         return checked_volume(lambda: klass.from_bytes(data), Path(label), volume_id, len(data), dtype)

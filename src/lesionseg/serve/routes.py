@@ -138,9 +138,9 @@ async def _volume(request: Request, service: Service, data: bytes, label: str, s
     from ..inference.coverage import segment_volume
     from ..io.dicom import series_seg_bytes
     from ..io.registry import read_volume_bytes
-    from ..io.volumes import VolumeTooLarge, nifti_bytes
+    from ..io.volumes import Caps, VolumeTooLarge, nifti_bytes
     from ..measurement import structure_volumes
-    from .volumes import BatchedSegmenter
+    from .volumes import BatchedSegmenter, give_memory_back
 
     opts = parse_options(request, service.segmenter.options, VOLUME_FORMATS)
     wanted = opts.format if "format" in request.query_params or opts.format == "json" else None
@@ -153,10 +153,8 @@ async def _volume(request: Request, service: Service, data: bytes, label: str, s
 
     def run() -> Response:
         try:
-            volume = read_volume_bytes(data, label, int(service.cfg.max_unpacked_mb * 2**20))
-            if volume.array.size > service.cfg.max_pixels * 4:
-                raise VolumeTooLarge(f"{label}: {volume.array.size:,} voxels over the limit of "
-                               f"{service.cfg.max_pixels * 4:,}")
+            caps = Caps(bytes=int(service.cfg.max_unpacked_mb * 2**20), voxels=service.cfg.max_pixels * 4)
+            volume = read_volume_bytes(data, label, caps)
             fmt = wanted or ("seg" if volume.datasets is not None else "nifti")
             if fmt == "seg" and volume.datasets is None:
                 raise UserError(f"{label}: format=seg needs a DICOM series (a NIfTI has no instances to "
@@ -189,7 +187,10 @@ async def _volume(request: Request, service: Service, data: bytes, label: str, s
         return Response(body, media_type=media,
                         headers={"X-Lesionseg-Model": header_value(service.model_name())})
 
-    return await run_in_threadpool(run)
+    try:
+        return await run_in_threadpool(run)
+    finally:
+        await run_in_threadpool(give_memory_back)
 
 
 @endpoint("/v1/model", auth=True)
