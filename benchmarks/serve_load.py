@@ -52,9 +52,11 @@ def rss_mb(pid: int) -> float:
 class Server:
     def __init__(self, weights: str, workers: int, extra: list[str]):
         self.port = free_port()
+        # the server's log goes to a file: a pipe nobody reads fills up and blocks the server
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="lesionseg-serve-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lesionseg", "serve", "--weights", weights, "--port", str(self.port),
-             "--workers", str(workers), *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             "--workers", str(workers), *extra], stdout=subprocess.DEVNULL, stderr=self.log, text=True)
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -64,7 +66,7 @@ class Server:
             except httpx.HTTPError:
                 pass
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.stderr.read()[-2000:]}")
+                raise RuntimeError(f"server exited: {Path(self.log.name).read_text()[-2000:]}")
             time.sleep(0.3)
         raise RuntimeError("server not ready after 120 s")
 

@@ -209,3 +209,48 @@ def test_a_refused_run_creates_no_output_folder(tmp_path):
         assert result.exit_code == 2 and not out.exists(), result.output
     assert "an empty folder" in runner.invoke(
         app, ["predict", str(tmp_path / "empty"), "--weights", MODEL, "--out", str(out)]).stderr
+
+
+# concurrency: volumes on different grids share the model's one queue
+
+
+def test_concurrent_volumes_on_different_grids_are_answered_200_or_503(tmp_path):
+    """Slices of a NIfTI and of a DICOM series on another grid wait in one queue; the batcher must never put
+    slices of two sizes in one network call (that was a 500 under load)."""
+    import asyncio
+
+    import httpx
+
+    image = np.round(_image()).astype(np.int16)
+    nifti = save_nifti(tmp_path / "scan.nii.gz", image, affine_for((1.0, 1.0, 1.0)))
+    series = make_series(tmp_path / "series", image)  # 0.8 mm in plane: another grid once resampled
+    bodies = {"nifti": nifti.read_bytes(), "series": upload_bytes(series)}
+    out = tmp_path / "pred"
+    assert runner.invoke(app, ["predict", str(nifti), str(series.parent), "--weights", MODEL, "--out",
+                               str(out)]).exit_code == 0
+    expected = {"nifti": np.asarray(nib.load(str(out / "scan_labels.nii.gz")).dataobj),
+                "series": np.asarray(nib.load(str(out / "series_labels.nii.gz")).dataobj)}
+    server = create_app(ServeConfig(weights=MODEL, max_queue=48, max_batch=16))
+
+    async def scenario():
+        service = server.state.service
+        await asyncio.to_thread(service.load)
+        try:
+            transport = httpx.ASGITransport(app=server)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=120) as http:
+                kinds = ["nifti", "series"] * 4
+                answers = await asyncio.gather(*[http.post("/v1/segment?format=nifti", content=bodies[k])
+                                                 for k in kinds])
+                return list(zip(kinds, answers))
+        finally:
+            service.close()
+
+    answers = asyncio.run(scenario())
+    codes = [r.status_code for _, r in answers]
+    assert set(codes) <= {200, 503} and 200 in codes, codes
+    for kind, r in answers:
+        if r.status_code == 200:
+            served = nib.Nifti1Image.from_bytes(gzip.decompress(r.content))
+            np.testing.assert_array_equal(np.asarray(served.dataobj), expected[kind])
+        else:
+            assert r.headers["retry-after"] == "1"

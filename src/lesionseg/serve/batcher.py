@@ -45,6 +45,9 @@ class MicroBatcher:
         self.segmenter, self.max_batch, self.max_wait = segmenter, max_batch, max_wait_ms / 1000
         self.queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
         self.on_batch = on_batch  # callback(n_images) for the metrics
+        # a network that takes inputs at their own size (slices of volumes, each volume on its own grid)
+        # batches only inputs of one size; photos are resized to the network's input and share any batch
+        self.batch_by_size = segmenter.backend.preprocessing.input_size is None
         self._thread = threading.Thread(target=self._run, name="lesionseg-batcher", daemon=True)
         self._thread.start()
 
@@ -85,10 +88,11 @@ class MicroBatcher:
             batch, stop = self._collect(first)
             # Requests that timed out while waiting were cancelled by their handler: skip them.
             batch = [j for j in batch if j.future.set_running_or_notify_cancel()]
-            for tta in (False, True):
-                group = [j for j in batch if j.tta == tta]
-                if group:
-                    self._infer(group)
+            groups: dict[tuple, list[Job]] = {}
+            for j in batch:
+                groups.setdefault((j.tta, j.image.shape if self.batch_by_size else None), []).append(j)
+            for group in groups.values():
+                self._infer(group)
             if stop:
                 return
 
