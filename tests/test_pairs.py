@@ -81,5 +81,8 @@ def test_list_images_expands_folders_and_refuses_missing(dataset, tmp_path):
     with pytest.raises(UserError, match="no such file"):
         list_images([tmp_path / "nothing"])
     (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="an empty folder: nothing to segment"):
+        list_images([tmp_path / "empty"])
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
     with pytest.raises(UserError, match="no images in this folder"):
         list_images([tmp_path / "empty"])
