@@ -280,7 +280,9 @@ def test_model_options_train_end_to_end(tmp_path):
 
 
 def test_result_names_map_back_to_their_input_ids():
-    from lesionseg.predict import _result_id
+    from lesionseg.case_results import ImageResults
+
+    _result_id = ImageResults.names.result_id
 
     assert _result_id("a_mask.png") == "a" and _result_id("a b_overlay.png") == "a b"
     assert _result_id("study_frame002_mask.png") == "study" and _result_id("study_seg.dcm") == "study"
