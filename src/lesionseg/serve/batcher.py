@@ -109,3 +109,41 @@ class MicroBatcher:
             self.on_batch(len(group))
         for j, prob in zip(group, probs):
             j.future.set_result(Result(prob, (start - j.enqueued) * 1000, infer_ms, len(group)))
+
+
+class BatchedSegmenter:
+    """A Segmenter as `inference.coverage.SliceCoverage` uses one, whose network calls go through the
+    service's MicroBatcher (the one thread that owns the model), a batch at a time: how a volume's slices
+    share the model with every other request."""
+
+    def __init__(self, segmenter, batcher, batch: int, tta: bool, post, timeout_s: float):
+        self.segmenter, self.batcher, self.batch_size, self.tta, self.post = (
+            segmenter,
+            batcher,
+            batch,
+            tta,
+            post,
+        )
+        self.timeout_s = timeout_s
+
+    @property
+    def labels(self):
+        return self.segmenter.labels
+
+    @property
+    def backend(self):
+        return self.segmenter.backend
+
+    @property
+    def weights_path(self):
+        return self.segmenter.weights_path
+
+    def predict_batch(self, images: list[np.ndarray], tta: bool | None = None,
+                      batch_size: int | None = None) -> list[np.ndarray]:
+        """In chunks of this adapter's batch size (the batcher's queue holds no more)."""
+        out = []
+        tta = self.tta if tta is None else tta
+        for start in range(0, len(images), self.batch_size):
+            futures = [self.batcher.submit(image, tta) for image in images[start : start + self.batch_size]]
+            out += [f.result(timeout=self.timeout_s).prob for f in futures]
+        return out

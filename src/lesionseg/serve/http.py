@@ -5,6 +5,9 @@ model's queue with its time budget. Routes are in routes.py, response bodies in 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+import functools
 import hmac
 import logging
 import os
@@ -158,6 +161,23 @@ class Service:
                 "structures": [{"name": s.name, "value": s.value, "color": list(s.color)}
                                for s in labels.structures] if labels.multi else [{"name": seg.label}],
                 "card": seg.card}
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's malloc_trim, or None elsewhere (musl, macOS)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def give_memory_back() -> None:
+    """Return the freed heap to the system after a large request (a volume): its buffers are freed in many
+    pieces of a few MB, which glibc keeps for reuse, so an idle server would otherwise keep its peak."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def header_value(text: str) -> str:

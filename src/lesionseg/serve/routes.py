@@ -16,12 +16,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from ..errors import UserError
-from .batcher import QueueFull
+from .batcher import BatchedSegmenter, QueueFull
 from .http import (
     HTTPError,
     Service,
     endpoint,
     error_response,
+    give_memory_back,
     header_value,
     parse_options,
     read_upload,
@@ -140,7 +141,6 @@ async def _volume(request: Request, service: Service, data: bytes, label: str, s
     from ..io.registry import read_volume_bytes
     from ..io.volumes import Caps, VolumeTooLarge, nifti_bytes
     from ..measurement import structure_volumes
-    from .volumes import BatchedSegmenter, give_memory_back
 
     opts = parse_options(request, service.segmenter.options, VOLUME_FORMATS)
     wanted = opts.format if "format" in request.query_params or opts.format == "json" else None
