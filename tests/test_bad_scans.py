@@ -254,3 +254,34 @@ def test_concurrent_volumes_on_different_grids_are_answered_200_or_503(tmp_path)
             np.testing.assert_array_equal(np.asarray(served.dataobj), expected[kind])
         else:
             assert r.headers["retry-after"] == "1"
+
+
+# memory: caps hold before memory is taken
+
+
+def test_a_bomb_or_a_huge_header_is_refused_without_taking_its_memory():
+    """A gzip bomb behind a valid small header stops at the cap holding no more than the header declares;
+    a header declaring 600³ voxels is refused from its first chunk. Measured with tracemalloc: the peak of
+    what Python allocated while refusing each stays a few MB, not the cap."""
+    import tracemalloc
+
+    from lesionseg.errors import UserError
+    from lesionseg.io.registry import read_volume_bytes
+    from lesionseg.io.volumes import Caps, VolumeTooLarge
+
+    small = nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), affine_for()).to_bytes()
+    bomb = gzip.compress(small + b"\0" * (96 << 20), compresslevel=1)
+    huge = nib.Nifti1Image(np.zeros((4, 4, 4), np.int16), affine_for())
+    huge.header.set_data_shape((600, 600, 600))
+    header_only = gzip.compress(huge.header.binaryblock + b"\0" * 4096)
+    caps = Caps(bytes=64 << 20, voxels=50_000_000)
+    for body, says in ((bomb, "unpacks to over the limit"), (header_only, "600x600x600")):
+        tracemalloc.start()
+        try:
+            with pytest.raises(VolumeTooLarge, match=says):
+                read_volume_bytes(body, "upload 'x.nii.gz'", caps)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 8 << 20, f"{says}: {peak / 2**20:.1f} MB taken while refusing"
+    assert issubclass(VolumeTooLarge, UserError)  # the CLI says it in one line too
