@@ -214,13 +214,51 @@ def test_a_refused_run_creates_no_output_folder(tmp_path):
 # concurrency: volumes on different grids share the model's one queue
 
 
-def test_concurrent_volumes_on_different_grids_are_answered_200_or_503(tmp_path):
-    """Slices of a NIfTI and of a DICOM series on another grid wait in one queue; the batcher must never put
-    slices of two sizes in one network call (that was a 500 under load)."""
+def post_together(server, requests: list[tuple[str, bytes]], timeout: float = 120) -> list:
+    """Every (path, body) posted at once to the app `server` in this process; its answers, in order."""
     import asyncio
 
     import httpx
 
+    async def scenario():
+        service = server.state.service
+        await asyncio.to_thread(service.load)
+        try:
+            transport = httpx.ASGITransport(app=server)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=timeout) as http:
+                return await asyncio.gather(*[http.post(path, content=body) for path, body in requests])
+        finally:
+            service.close()
+
+    return asyncio.run(scenario())
+
+
+def test_a_full_queue_is_503_with_retry_after_on_the_volume_route(tmp_path):
+    """Volume uploads share the model's queue with images: when it is full they get 503 with Retry-After,
+    never a 500; the ones let in are answered as predict writes them."""
+    from test_case_contract import volume_kind
+
+    kind = volume_kind(tmp_path / "k")
+    source = next(kind.inputs.iterdir())
+    server = create_app(ServeConfig(weights=str(kind.model), max_queue=1, max_batch=1))
+    answers = post_together(server, [("/v1/segment", source.read_bytes())] * 8, timeout=60)
+    codes = [r.status_code for r in answers]
+    assert set(codes) <= {200, 503} and 200 in codes and 503 in codes, codes
+    out = tmp_path / "pred"
+    assert runner.invoke(app, ["predict", str(source), "--weights", str(kind.model), "--out", str(out)]) \
+        .exit_code == 0
+    written = np.asarray(nib.load(next(out.glob("*_labels.nii.gz"))).dataobj)
+    for r in answers:
+        if r.status_code == 503:
+            assert r.headers["retry-after"] == "1" and "busy" in r.json()["error"]
+        else:
+            served = nib.Nifti1Image.from_bytes(gzip.decompress(r.content))
+            np.testing.assert_array_equal(np.asarray(served.dataobj), written)
+
+
+def test_concurrent_volumes_on_different_grids_are_answered_200_or_503(tmp_path):
+    """Slices of a NIfTI and of a DICOM series on another grid wait in one queue; the batcher must never put
+    slices of two sizes in one network call (that was a 500 under load)."""
     image = np.round(_image()).astype(np.int16)
     nifti = save_nifti(tmp_path / "scan.nii.gz", image, affine_for((1.0, 1.0, 1.0)))
     series = make_series(tmp_path / "series", image)  # 0.8 mm in plane: another grid once resampled
@@ -230,25 +268,12 @@ def test_concurrent_volumes_on_different_grids_are_answered_200_or_503(tmp_path)
                                str(out)]).exit_code == 0
     expected = {"nifti": np.asarray(nib.load(str(out / "scan_labels.nii.gz")).dataobj),
                 "series": np.asarray(nib.load(str(out / "series_labels.nii.gz")).dataobj)}
-    server = create_app(ServeConfig(weights=MODEL, max_queue=48, max_batch=16))
-
-    async def scenario():
-        service = server.state.service
-        await asyncio.to_thread(service.load)
-        try:
-            transport = httpx.ASGITransport(app=server)
-            async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=120) as http:
-                kinds = ["nifti", "series"] * 4
-                answers = await asyncio.gather(*[http.post("/v1/segment?format=nifti", content=bodies[k])
-                                                 for k in kinds])
-                return list(zip(kinds, answers))
-        finally:
-            service.close()
-
-    answers = asyncio.run(scenario())
-    codes = [r.status_code for _, r in answers]
+    kinds = ["nifti", "series"] * 4
+    answers = post_together(create_app(ServeConfig(weights=MODEL, max_queue=48, max_batch=16)),
+                            [("/v1/segment?format=nifti", bodies[k]) for k in kinds])
+    codes = [r.status_code for r in answers]
     assert set(codes) <= {200, 503} and 200 in codes, codes
-    for kind, r in answers:
+    for kind, r in zip(kinds, answers):
         if r.status_code == 200:
             served = nib.Nifti1Image.from_bytes(gzip.decompress(r.content))
             np.testing.assert_array_equal(np.asarray(served.dataobj), expected[kind])

@@ -835,46 +835,6 @@ def test_scans_that_would_segment_wrong_or_crash_are_refused_in_one_line(tmp_pat
         assert len(result.output.strip().splitlines()) == 1
 
 
-def test_a_full_queue_is_503_with_retry_after_on_the_volume_route(tmp_path, rng):
-    """Volume uploads share the model's queue with images: when it is full they get 503 with Retry-After,
-    never a 500; the ones let in are answered as predict writes them."""
-    import asyncio
-
-    import httpx
-
-    from lesionseg.serve.app import ServeConfig, create_app
-    from test_case_contract import volume_kind
-
-    kind = volume_kind(tmp_path / "k")
-    body = next(kind.inputs.iterdir()).read_bytes()
-    server = create_app(ServeConfig(weights=str(kind.model), max_queue=1, max_batch=1))
-
-    async def scenario():
-        service = server.state.service
-        await asyncio.to_thread(service.load)
-        try:
-            transport = httpx.ASGITransport(app=server)
-            async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=60) as http:
-                return await asyncio.gather(*[http.post("/v1/segment", content=body) for _ in range(8)])
-        finally:
-            service.close()
-
-    answers = asyncio.run(scenario())
-    codes = [r.status_code for r in answers]
-    assert set(codes) <= {200, 503} and 200 in codes and 503 in codes, codes
-    source = next(kind.inputs.iterdir())
-    out = tmp_path / "pred"
-    assert runner.invoke(app, ["predict", str(source), "--weights", str(kind.model), "--out", str(out)]) \
-        .exit_code == 0
-    written = np.asarray(nib.load(next(out.glob("*_labels.nii.gz"))).dataobj)
-    for r in answers:
-        if r.status_code == 503:
-            assert r.headers["retry-after"] == "1" and "busy" in r.json()["error"]
-        else:
-            served = nib.Nifti1Image.from_bytes(gzip.decompress(r.content))
-            np.testing.assert_array_equal(np.asarray(served.dataobj), written)
-
-
 def test_the_volume_route_narrows_to_a_structure_and_refuses_an_unknown_one(tmp_path):
     from starlette.testclient import TestClient
 
