@@ -10,9 +10,10 @@ from typer.testing import CliRunner
 from conftest import SEED_RECIPE, make_dataset
 from lesionseg.cli import app
 from lesionseg.config import ModelConfig, load_config
-from lesionseg.data.preprocess import MAX_GAIN, EvalTransform, shades_of_grey
+from lesionseg.data.preprocess import EvalTransform
 from lesionseg.errors import UserError
 from lesionseg.inference import Segmenter
+from lesionseg.intensity import MAX_GAIN, shades_of_grey
 from lesionseg.models import build_model, load_model, save_model
 
 CAST = np.array([1.25, 0.9, 0.65], np.float32)  # a warm illuminant

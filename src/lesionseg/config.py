@@ -78,7 +78,7 @@ class DataConfig:
     on_device: str = "auto"
     device_memory_fraction: float = 0.25
     # Colour constancy applied to every image before augmentation and normalisation, recorded in the model
-    # file so that evaluate/predict/serve apply it too: none, or shades_of_grey (data/preprocess.py).
+    # file so that evaluate/predict/serve apply it too: none, or shades_of_grey (intensity.py).
     color_constancy: str = "none"
     # The structures, when the folder has no dataset.json (labels.py): name → value in index label maps,
     # e.g. {heart: 1, lung: 2}. One sub-folder per structure under masks/ needs no declaration.
@@ -183,7 +183,7 @@ class Config:
         return dataclasses.asdict(self)
 
 
-COLOR_CONSTANCY = ("none", "shades_of_grey")  # implemented in data/preprocess.py
+COLOR_CONSTANCY = ("none", "shades_of_grey")  # implemented in intensity.py
 
 CHOICES = {
     "model.arch": {"unet"},

@@ -52,7 +52,7 @@ def recorded_pixel_spacing(card: dict[str, Any]) -> float | None:
 @dataclasses.dataclass(frozen=True)
 class Preprocessing:
     """What every input goes through before the network. Photos: resized to image_size², the
-    colour-constancy step (data/preprocess.py), then normalised with mean/std (of [0, 1] intensities).
+    colour-constancy step (intensity.py), then normalised with mean/std (of [0, 1] intensities).
     Volumes (`slicing` and `intensity` set): normalised by modality (intensity.py), cut into slices
     (inference/coverage.py) at the model's in-plane spacing and fed at that size (image_size 0)."""
 
@@ -311,7 +311,7 @@ def save_model(path: str | Path, model, cfg: ModelConfig, image_size: int,
                card: dict[str, Any] | None = None, fp16_weights: bool = False,
                color_constancy: str = "none") -> None:
     """Write a self-contained model file atomically. `fp16_weights` stores them in fp16 (read as fp32).
-    `color_constancy` names the step every input goes through before normalisation (preprocess.py)."""
+    `color_constancy` names the step every input goes through before normalisation (intensity.py)."""
     preprocessing = Preprocessing(image_size=image_size, color_constancy=color_constancy)
     ModelFile.from_model(model, cfg, preprocessing, card).write(path, fp16_weights=fp16_weights)
 

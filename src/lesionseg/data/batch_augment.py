@@ -26,8 +26,8 @@ from ..config import (
     NOISE_STD,
     AugmentConfig,
 )
+from ..intensity import Normalization
 from .artifacts import draw_artifacts
-from .preprocess import Normalization
 
 ASPECT = (3 / 4, 4 / 3)  # RandomResizedCrop's default aspect-ratio range
 CROP_TRIES = 10  # RandomResizedCrop draws up to 10 crops before falling back to the whole image

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..intensity import color_constancy_fn
 from ..pairs import Pair, load_pair
-from .preprocess import color_constancy_fn
 
 
 def to_tensors(image: np.ndarray, mask: np.ndarray | None = None):

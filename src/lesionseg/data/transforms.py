@@ -21,8 +21,8 @@ from ..config import (  # noqa: E402
     NOISE_STD,
     AugmentConfig,
 )
+from ..intensity import Normalization  # noqa: E402
 from .artifacts import draw_artifacts  # noqa: E402
-from .preprocess import Normalization  # noqa: E402
 
 
 class SkinArtifacts(A.ImageOnlyTransform):
@@ -49,7 +49,7 @@ class SkinArtifacts(A.ImageOnlyTransform):
 
 
 class Normalize(A.ImageOnlyTransform):
-    """preprocess.Normalization as the last albumentations step (the formula every path shares); slices of
+    """intensity.Normalization as the last albumentations step (the formula every path shares); slices of
     volumes arrive normalised (intensity.py) and only become float32."""
 
     def __init__(self, volumes: bool = False):
