@@ -171,8 +171,16 @@ async def _volume(request: Request, service: Service, data: bytes, label: str, s
                                      "spacing_mm": [round(v, 5) for v in volume.spacing],
                                      "structures": measured if chosen is None else
                                      {chosen.name: measured[chosen.name]}})
-            body = series_seg_bytes(volume.datasets, labels, seg.labels, label) if fmt == "seg" else \
-                nifti_bytes(labels, volume)
+            headers = {"X-Lesionseg-Model": header_value(service.model_name())}
+            try:
+                body = series_seg_bytes(volume.datasets, labels, seg.labels, label) if fmt == "seg" else \
+                    nifti_bytes(labels, volume)
+            except UserError as exc:
+                if wanted == "seg":  # asked for by name: the answer cannot be made
+                    raise
+                # the SEG is only the default answer: the label map instead, and why, as predict says it
+                fmt, body = "nifti", nifti_bytes(labels, volume)
+                headers["X-Lesionseg-Note"] = header_value(f"{exc}; the NIfTI label map instead")
         except VolumeTooLarge as exc:
             raise HTTPError(413, str(exc)) from None
         except UserError as exc:
@@ -184,8 +192,7 @@ async def _volume(request: Request, service: Service, data: bytes, label: str, s
             raise HTTPError(504, f"timed out after {service.cfg.timeout_s:g} s waiting for the model") \
                 from None
         media = "application/dicom" if fmt == "seg" else "application/gzip"
-        return Response(body, media_type=media,
-                        headers={"X-Lesionseg-Model": header_value(service.model_name())})
+        return Response(body, media_type=media, headers=headers)
 
     try:
         return await run_in_threadpool(run)
