@@ -18,29 +18,21 @@ from typing import Callable, Iterable
 import numpy as np
 
 from ..errors import UserError
-from .reader import Reader
-from .volumes import GEOMETRY_TOLERANCE, RAS_FROM_LPS, Caps, Volume, VolumeTooLarge
+from .reader import HEAD_BYTES, Reader, file_head, has_dicm_marker
+from .volumes import CHUNK, GEOMETRY_TOLERANCE, RAS_FROM_LPS, Caps, Volume, VolumeTooLarge
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
-CHUNK = 1 << 20
+ZIP_MAGIC = b"PK\x03\x04"  # a series uploaded as a zip
 
 
 def is_dicom_file(name: str, head: bytes) -> bool:
-    """Whether a file is DICOM, by its name or by its first 132 bytes."""
-    return PurePath(name).suffix.lower() in DICOM_SUFFIXES or head[128:132] == b"DICM"
-
-
-def _head(path: Path) -> bytes:
-    try:
-        with path.open("rb") as f:
-            return f.read(132)
-    except OSError:
-        return b""
+    """Whether a file is DICOM, by its name or by its first bytes."""
+    return PurePath(name).suffix.lower() in DICOM_SUFFIXES or has_dicm_marker(head)
 
 
 def _dicom_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and is_dicom_file(p.name, _head(p)))
+                  if p.is_file() and not p.name.startswith(".") and is_dicom_file(p.name, file_head(p)))
 
 
 def is_dicom_series(path: Path) -> bool:
@@ -136,7 +128,7 @@ class DicomSeriesReader(Reader):
         def unpacked():
             for info in members:
                 raw = _read_member_capped(archive, info, budget, label)
-                if is_dicom_file(info.filename, raw[:132]):
+                if is_dicom_file(info.filename, raw[:HEAD_BYTES]):
                     yield f"{label}:{info.filename}", lambda raw=raw: io.BytesIO(raw)
 
         return one_series(unpacked(), Path(label), "upload", "zip", "send one series", caps)

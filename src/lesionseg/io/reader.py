@@ -50,3 +50,23 @@ class Reader:
     def read_bytes(self, data: bytes, label: str) -> Input:
         """The same from bytes in memory (an upload); errors name `label`."""
         raise NotImplementedError
+
+
+HEAD_BYTES = 132  # a DICOM file's 128-byte preamble and its DICM marker
+
+
+def has_dicm_marker(head: bytes) -> bool:
+    """DICOM told by content, as every DICOM tool tells it: `DICM` after the 128-byte preamble."""
+    return head[128:HEAD_BYTES] == b"DICM"
+
+
+def file_head(path: Path) -> bytes:
+    """A file's first bytes, for readers that tell a format by content; b"" for a folder or an unreadable
+    file."""
+    if not path.is_file():
+        return b""
+    try:
+        with path.open("rb") as f:
+            return f.read(HEAD_BYTES)
+    except OSError:
+        return b""

@@ -16,10 +16,10 @@ import numpy as np
 
 from ..errors import UserError
 from . import dicom
-from .dicom_series import DicomSeriesReader
+from .dicom_series import ZIP_MAGIC, DicomSeriesReader
 from .photo import IMAGE_EXTENSIONS, read_image
-from .reader import Input, Reader
-from .volumes import Caps, NiftiReader, Volume, VolumeTooLarge
+from .reader import Input, Reader, file_head, has_dicm_marker
+from .volumes import Caps, NiftiReader, NotNifti, Volume
 
 
 class PhotoReader(Reader):
@@ -40,7 +40,7 @@ class DicomReader(Reader):
     companion_suffix = dicom.SEG_SUFFIX
 
     def claims(self, path: Path, head: bytes) -> bool:
-        return super().claims(path, head) or head[128:132] == b"DICM"
+        return super().claims(path, head) or has_dicm_marker(head)
 
     def read(self, path: Path) -> Input:
         ds, frames = dicom.read_frames(path)
@@ -84,19 +84,9 @@ def _input_files(folder: Path) -> list[Path]:
     return out
 
 
-def _head(path: Path) -> bytes:
-    if not path.is_file():
-        return b""
-    try:
-        with path.open("rb") as f:
-            return f.read(132)
-    except OSError:
-        return b""
-
-
 def reader_for(path: str | Path) -> Reader:
     path = Path(path)
-    head = _head(path)
+    head = file_head(path)
     return next((r for r in READERS if r.claims(path, head)), FALLBACK)
 
 
@@ -123,16 +113,12 @@ def read_volume(path: str | Path) -> Volume:
 def read_volume_bytes(data: bytes, label: str, caps: Caps) -> Volume:
     """An uploaded volume, told by its first bytes: a zip of one DICOM series, else a NIfTI (gzip or not),
     read by the same readers as files; over a cap raises VolumeTooLarge, before the memory is taken."""
-    if data[:4] == b"PK\x03\x04":
+    if data[:4] == ZIP_MAGIC:
         return reader_by_name("dicom-series").read_bytes(data, label, caps)
     try:
         return reader_by_name("nifti").read_bytes(data, label, caps)
-    except VolumeTooLarge:
-        raise
-    except UserError as exc:
-        if "no NIfTI-1 or NIfTI-2 header" in str(exc):
-            raise UserError(f"{label}: not a NIfTI file or a zip of a DICOM series") from None
-        raise
+    except NotNifti:  # an upload could have been either: say both
+        raise UserError(f"{label}: not a NIfTI file or a zip of a DICOM series") from None
 
 
 def is_volume(path: str | Path) -> bool:

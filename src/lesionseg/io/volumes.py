@@ -66,6 +66,10 @@ class VolumeTooLarge(UserError):
     """An upload that unpacks to more than the cap (the service answers 413)."""
 
 
+class NotNifti(UserError):
+    """Bytes that hold no NIfTI-1 or NIfTI-2 header."""
+
+
 GZIP_MAGIC = b"\x1f\x8b"
 CHUNK = 1 << 20
 
@@ -81,7 +85,13 @@ def _nifti_class(data: bytes, label: str):
                             "than its header)")
         if size in (348, 540):
             return nib.Nifti1Image if size == 348 else nib.Nifti2Image
-    raise UserError(f"{label}: not a readable NIfTI file (no NIfTI-1 or NIfTI-2 header)")
+    raise NotNifti(f"{label}: not a readable NIfTI file (no NIfTI-1 or NIfTI-2 header)")
+
+
+def declared_size(header) -> tuple[int, int]:
+    """(voxels, bytes of voxel data) a NIfTI header declares."""
+    voxels = int(np.prod(header.get_data_shape(), dtype=np.int64))
+    return voxels, voxels * header.get_data_dtype().itemsize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,9 +108,8 @@ class Caps:
         klass = _nifti_class(head, label)
         try:
             header = klass.header_class(head[: klass.header_class.sizeof_hdr], check=False)
-            shape, dtype = header.get_data_shape(), header.get_data_dtype()
-            voxels = int(np.prod(shape, dtype=np.int64))
-            declared = int(header["vox_offset"]) + voxels * dtype.itemsize
+            shape, (voxels, data_bytes) = header.get_data_shape(), declared_size(header)
+            declared = int(header["vox_offset"]) + data_bytes
         except Exception:  # nibabel raises many types for a broken header
             return None
         if held is not None and declared > held:
@@ -258,7 +267,7 @@ def _check_header(image, where: Path, held: int) -> None:
     if dtype.names is not None or dtype.kind not in "biuf":
         raise UserError(f"{where}: voxels of type {dtype} (an RGB or complex NIfTI); a volume of one "
                         "intensity per voxel is expected")
-    declared = int(np.prod(image.shape, dtype=np.int64)) * dtype.itemsize
+    declared = declared_size(image.header)[1]
     present = held - int(image.header.get("vox_offset", 0))
     if present < declared:
         raise UserError(f"{where}: its header declares {'x'.join(map(str, image.shape))} voxels "

@@ -16,6 +16,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from ..errors import UserError
+from ..io.dicom_series import ZIP_MAGIC
+from ..io.reader import has_dicm_marker
+from ..io.volumes import GZIP_MAGIC
 from .batcher import BatchedSegmenter, QueueFull
 from .http import (
     HTTPError,
@@ -35,9 +38,9 @@ VOLUME_FORMATS = ("nifti", "seg", "json")
 
 def case_kind(data: bytes) -> str:
     """"dicom", "volume" (NIfTI-1/2, gzip, zip) or "photo", by the upload's first bytes."""
-    if data[128:132] == b"DICM":
+    if has_dicm_marker(data):
         return "dicom"
-    if data[:2] == b"\x1f\x8b" or data[:4] == b"PK\x03\x04" or \
+    if data[:2] == GZIP_MAGIC or data[:4] == ZIP_MAGIC or \
             {int.from_bytes(data[:4], "little"), int.from_bytes(data[:4], "big")} & {348, 540}:
         return "volume"
     return "photo"
