@@ -28,7 +28,7 @@ from lesionseg.inference.backends import TorchBackend
 from lesionseg.model_file import ModelFile
 from lesionseg.models import load_model
 from lesionseg.models.bundled import BUNDLED, bundled_model_path
-from lesionseg.volume_pairs import discover_volumes, is_volume_dataset
+from lesionseg.pairs import discover, is_volume_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 ISIC = ROOT.parent / "shared" / "data" / "isic2017"
@@ -153,12 +153,13 @@ def bundle_with_fixed_split(args) -> None:
                          "trainer.selection: last")
     val_ids = set(read_ids(args.data, listing))
     if is_volume_dataset(args.data):  # scored per volume in 3-D
-        from lesionseg.evaluation import evaluate_volumes, load_labelled_volumes
+        from lesionseg.evaluation import evaluate_volumes
 
-        train_ids = [p.id for p in discover_volumes(args.data) if p.id not in val_ids]
+        train_ids = [p.id for p in discover(args.data) if p.id not in val_ids]
 
         def score(segmenter, ids):
-            return evaluate_volumes(segmenter, load_labelled_volumes(args.data, segmenter, ids)).metrics
+            labelled = load_labelled(args.data, ids=ids, model_labels=segmenter.labels)
+            return evaluate_volumes(segmenter, labelled).metrics
     else:
         everything = load_labelled(args.data)
         train_ids = LabelledSet([p for p in everything.pairs if p.id not in val_ids], None)

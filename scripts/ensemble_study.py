@@ -66,8 +66,8 @@ def main() -> None:
     args = parser.parse_args()
     models = dict(spec.split("=", 1) for spec in args.models)
     labelled = labelled_splits(args.data)
-    images = {s: [im for im, _ in labelled[s].cache] for s in SPLITS}
-    truths = {s: [m for _, m in labelled[s].cache] for s in SPLITS}
+    images = {s: [c.image for c in labelled[s].cases] for s in SPLITS}
+    truths = {s: [c.truth for c in labelled[s].cases] for s in SPLITS}
     mode = "flip" if args.tta else "plain"
 
     probs = {}

@@ -34,7 +34,8 @@ STEPS = [
 
 def score(probs, labelled: LabelledSet, cfg: PostprocessConfig) -> dict:
     counts = []
-    for prob, (image, truth) in zip(probs, labelled.cache):
+    for prob, case in zip(probs, labelled.cases):
+        image, truth = case.image, case.truth
         c = cfg if cfg.min_area >= 0 else replace(cfg, min_area=int(0.005 * truth.size))
         counts.append(confusion(apply(prob, c, image), truth))
     return aggregate(counts)
@@ -58,7 +59,7 @@ def main() -> None:
         probs, secs = {}, {}
         for name, labelled in sets.items():
             start = time.perf_counter()
-            probs[name] = seg.predict_batch([image for image, _ in labelled.cache])
+            probs[name] = seg.predict_batch([c.image for c in labelled.cases])
             secs[name] = (time.perf_counter() - start) / len(labelled.pairs)
         for label, cfg in STEPS:
             m = {name: score(probs[name], labelled, cfg) for name, labelled in sets.items()}

@@ -39,7 +39,7 @@ def main() -> None:
     seg = segmenter(args.weights, tta=True, tta_scales=[0.75, 1.0, 1.25])
     labelled = carved_split(args.data / "train")
     jaccard, scores = [], {name: [] for name in CANDIDATES}
-    for image, truth in labelled.cache:
+    for image, truth in ((c.image, c.truth) for c in labelled.cases):
         prob = seg.predict(image)
         jaccard.append(image_scores(confusion(seg.to_mask(prob, image), truth))["jaccard"])
         for name, rule in CANDIDATES.items():

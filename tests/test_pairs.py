@@ -18,7 +18,7 @@ def test_pairs_by_id_not_by_order(tmp_path):
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(root / "masks" / "a_segmentation.png")
     Image.fromarray(np.full((4, 4), 255, np.uint8)).save(root / "masks" / "b.png")
     pairs = discover(root)
-    assert [(p.id, p.image_path.name, p.mask_path.name) for p in pairs] == [
+    assert [(p.id, p.image_path.name, p.truth_path.name) for p in pairs] == [
         ("a", "a.jpg", "a_segmentation.png"), ("b", "b.jpg", "b.png")]
 
 
@@ -56,7 +56,8 @@ def test_validate_keeps_decoded_arrays(dataset):
     pairs = discover(dataset)
     kept = validate(pairs, keep=True)
     assert len(kept) == len(pairs) == 12
-    image, mask = kept[0]
+    assert kept[0].pair == pairs[0]
+    image, mask = kept[0].image, kept[0].truth
     assert image.shape == (48, 64, 3) and mask.shape == (48, 64) and mask.dtype == bool
     assert validate(pairs, keep=True, keep_limit_bytes=1000) is None
 

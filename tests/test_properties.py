@@ -65,7 +65,7 @@ def test_pairing_is_by_id_whatever_the_names(tmp_path_factory, names, data):
     pairs = discover(root)
     assert sorted(p.id for p in pairs) == sorted(names)
     for p in pairs:
-        assert p.image_path.stem == p.id and p.mask_path.stem in (p.id, f"{p.id}_segmentation")
+        assert p.image_path.stem == p.id and p.truth_path.stem in (p.id, f"{p.id}_segmentation")
 
 
 @FAST

@@ -122,7 +122,7 @@ def test_extra_data_folders_only_add_training_pairs(tmp_path):
     assert {p.image_path.parent.parent for p in both.train_set.pairs} == {first, extra}
     leak = tmp_path / "leak"
     held = alone.val_set.pairs[0]
-    for sub, src in (("images", held.image_path), ("masks", held.mask_path)):
+    for sub, src in (("images", held.image_path), ("masks", held.truth_path)):
         (leak / sub).mkdir(parents=True)
         shutil.copy(src, leak / sub / src.name)
     with pytest.raises(UserError, match=f"id '{held.id}' is also in the validation set"):

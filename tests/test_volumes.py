@@ -37,8 +37,8 @@ from lesionseg.labels import Labels
 from lesionseg.measurement import structure_volumes
 from lesionseg.metrics import structure_scores
 from lesionseg.model_file import ModelFile
+from lesionseg.pairs import discover, labels_of, validate
 from lesionseg.postprocess import clean_volume
-from lesionseg.volume_pairs import discover_volumes, validate_volumes
 
 runner = CliRunner()
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -336,10 +336,12 @@ def test_3d_scores_match_monai_with_anisotropic_spacing(rng):
 @pytest.mark.parametrize("layout", ["msd", "nnunet"])
 def test_dataset_layouts_are_read_without_renaming(tmp_path, layout):
     root = make_volume_dataset(tmp_path / layout, n=3, layout=layout)
-    pairs = discover_volumes(root)
+    pairs = discover(root)
     assert [p.id for p in pairs] == ["vol_000", "vol_001", "vol_002"]
-    items = validate_volumes(pairs, LABELS)
-    assert items[0].truth.max() == 2 and items[0].volume.array.shape == SHAPE
+    assert labels_of(pairs).names == LABELS.names
+    assert [s.value for s in labels_of(pairs).structures] == [1, 2]
+    items = validate(pairs, keep=True)
+    assert items[0].truth.max() == 2 and items[0].image.array.shape == SHAPE
 
 
 def test_undeclared_label_value_and_channel_two_are_refused(tmp_path):
@@ -595,7 +597,7 @@ def test_predict_on_a_bad_series_is_one_line_and_exit_2(trained, tmp_path, rng):
 def test_foreground_slices_are_drawn_at_least_their_share():
     import torch
 
-    from lesionseg.data.volume_slices import foreground_weights
+    from lesionseg.data.datamodule import foreground_weights
 
     foreground = np.zeros(100, bool)
     foreground[:10] = True

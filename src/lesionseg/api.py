@@ -101,7 +101,6 @@ def evaluate(data: str | Path, weights: str | Path | None = None, *, out: str | 
         Spacing,
         evaluate_volumes,
         load_labelled,
-        load_labelled_volumes,
         write_report,
         write_results,
         write_volume_report,
@@ -109,7 +108,7 @@ def evaluate(data: str | Path, weights: str | Path | None = None, *, out: str | 
     from .evaluation import evaluate as score
     from .inference import InferenceOptions
     from .manifest import will_write_to
-    from .volume_pairs import is_volume_dataset
+    from .pairs import is_volume_dataset
 
     unknown = sorted(set(options) - {"backend", *InferenceOptions.names()})
     if unknown:
@@ -134,8 +133,8 @@ def evaluate(data: str | Path, weights: str | Path | None = None, *, out: str | 
                         if volumes else f"{data}: a folder of photos, and {seg.weights_path.name} is a model "
                         "for volumes (give an imagesTr/ + labelsTr/ dataset)")
     if volumes:
-        items = load_labelled_volumes(data, seg, ids)
-        result = evaluate_volumes(seg, items, nsd_tolerance)
+        labelled = load_labelled(data, ids=ids, model_labels=seg.labels)
+        result = evaluate_volumes(seg, labelled, nsd_tolerance)
     else:
         result = score(seg, labelled, spacing=Spacing.choose(pixel_spacing, seg.card),
                        nsd_tolerance=nsd_tolerance)
@@ -146,6 +145,6 @@ def evaluate(data: str | Path, weights: str | Path | None = None, *, out: str | 
                     "postprocess": seg.post.describe()}
         write_results(result, out, extra=settings)
         if report:
-            (write_volume_report(result, seg, items, Path(out), settings) if volumes
+            (write_volume_report(result, seg, labelled, Path(out), settings) if volumes
              else write_report(result, seg, labelled, out, settings))
     return dict(result.metrics)

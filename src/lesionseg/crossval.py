@@ -41,10 +41,7 @@ def case_ids(folder: Path, cfg) -> list[str]:
     """Every case id of a training folder (photo pairs or volumes), in sorted order."""
     from .data.datamodule import declared
     from .pairs import discover
-    from .volume_pairs import discover_volumes, is_volume_dataset
 
-    if is_volume_dataset(folder):
-        return sorted(p.id for p in discover_volumes(folder))
     return sorted(p.id for p in discover(folder, declared(folder, cfg.data)))
 
 
@@ -132,7 +129,7 @@ def photo_oof(model: Path, data: Path, listing: Path, fold: int, mask_threshold=
 
 def volume_oof(model: Path, data: Path, val: list[str], fold: int) -> list[dict]:
     """Fold `fold`'s model on its validation volumes, segmented in 3-D under every candidate setting."""
-    from .evaluation import load_labelled_volumes
+    from .evaluation import load_labelled
     from .inference import InferenceOptions, Segmenter
     from .inference.coverage import SliceCoverage
 
@@ -142,14 +139,16 @@ def volume_oof(model: Path, data: Path, val: list[str], fold: int) -> list[dict]
         tta=c["tta"], largest_component=c["largest_component"])).post for c in candidates(base.labels.mode)}
 
     def cases():
-        for item in load_labelled_volumes(data, base, val):
-            coverage = SliceCoverage(base, item.volume)
+        labelled = load_labelled(data, ids=val, model_labels=base.labels)
+        for i, pair in enumerate(labelled.pairs):
+            volume, truth = labelled.load(i)
+            coverage = SliceCoverage(base, volume)
 
-            def scores(prob, cand, coverage=coverage, truth=item.truth) -> list[tuple[float, float]]:
+            def scores(prob, cand, coverage=coverage, truth=truth) -> list[tuple[float, float]]:
                 pred = coverage.labels_of(prob, posts[cand["tta"], cand["largest_component"]])
                 return [_scores(pred == s.value, truth == s.value) for s in structures]
 
-            yield item.pair.id, {tta: coverage.probabilities(tta) for tta in (False, True)}, scores
+            yield pair.id, {tta: coverage.probabilities(tta) for tta in (False, True)}, scores
 
     return out_of_fold(fold, base.labels.mode, [s.name for s in structures], cases())
 
@@ -266,7 +265,7 @@ def train_folds(
     from .api import _nested_overrides
     from .api import train as train_one
     from .config import load_config
-    from .volume_pairs import is_volume_dataset
+    from .pairs import is_volume_dataset
 
     folder, out = Path(data), Path(out)
     overrides = dict(overrides or {})

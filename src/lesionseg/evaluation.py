@@ -1,6 +1,6 @@
 """Evaluate a model on labelled cases: the same segmentation as `predict`, scored case by case at each
-case's own size, every metric side by side. A folder of photos (pairs.py) and a dataset of volumes
-(volume_pairs.py) are read apart; rows, their aggregation, the CSV and the report are one code path.
+case's own size, every metric side by side. Photos and volumes are found and read as pairs.py finds
+them; rows, their aggregation, the CSV and the report are one code path.
 
 One structure on photos: every "MIoU" side by side (metrics.aggregate). Several structures, and volumes:
 per structure Dice, Jaccard, HD95, ASSD and NSD (metrics.structure_scores), in mm where the spacing is known
@@ -25,9 +25,8 @@ from .io import write_csv, write_png, write_text
 from .labels import DECLARATION_FILE, IGNORED, Declared, Labels
 from .metrics import aggregate, aggregate_structures, confusion, image_scores, structure_scores
 from .model_file import recorded_pixel_spacing
-from .pairs import Pair, discover, labels_of, load_pair, validate
+from .pairs import LabelledCase, Pair, discover, labels_of, load_pair, validate
 from .splits import listed, split_pairs, split_settings
-from .volume_pairs import LabelledVolume, discover_volumes, validate_volumes, volume_labels
 
 CASES_FILE = "per_case.csv"  # a row per photo or per volume
 ONE_STRUCTURE_FIELDS = ["id", "jaccard", "dice", "pixel_accuracy", "sensitivity", "specificity",
@@ -47,12 +46,14 @@ class EvaluationResult:
 @dataclass
 class LabelledSet:
     pairs: list[Pair]
-    cache: list | None  # decoded (image, mask) when they fit in memory
+    cases: list[LabelledCase] | None  # the cases read, when they fit in memory
     mask_threshold: int | None = None
 
     def load(self, i: int):
-        """(image, truth) of pair i, from the cache when there is one."""
-        return self.cache[i] if self.cache is not None else load_pair(self.pairs[i], self.mask_threshold)
+        """(image, truth) of pair i, from memory when it was kept."""
+        if self.cases is None:
+            return load_pair(self.pairs[i], self.mask_threshold)
+        return self.cases[i].image, self.cases[i].truth
 
     def read(self, i: int):
         """The pipeline's read step: pair i's frame, with its truth as the step's extra."""
@@ -60,14 +61,25 @@ class LabelledSet:
         return [(self.pairs[i].id, image)], truth
 
 
-def load_labelled(data: str | Path, mask_threshold: int | None = None,
-                  ids: str | Path | None = None) -> LabelledSet:
-    """Discover and check every pair first, so all problems are reported before a model is loaded. `ids`: a
-    file listing the ids to score (one per line; a dataset's fixed validation list)."""
-    pairs = discover(data)
+def load_labelled(data: str | Path, mask_threshold: int | None = None, ids: str | Path | list | None = None,
+                  model_labels: Labels | None = None) -> LabelledSet:
+    """Discover and check every case first, so all problems are reported before anything is scored. `ids`:
+    the ids to score (a file listing them one per line, a dataset's fixed validation list, or the ids).
+    `model_labels`: label volumes are read by value, with the model's structures where the dataset
+    declares none, and refused where it declares others."""
+    folder = Path(data)
+    declared = None
+    if model_labels is not None and not (folder / DECLARATION_FILE).is_file():
+        declared = Declared({s.name: s.value for s in model_labels.structures}, source="the model")
+    pairs = discover(folder, declared)
     if ids is not None:
-        wanted = set(listed([p.id for p in pairs], Path(data), ids))
+        wanted = set(listed([p.id for p in pairs], folder, ids))
         pairs = [p for p in pairs if p.id in wanted]
+    if model_labels is not None:
+        ours, theirs = (", ".join(f"{s.name}={s.value}" for s in x.structures)
+                        for x in (model_labels, labels_of(pairs)))
+        if ours != theirs:
+            raise UserError(f"{folder}: its structures ({theirs}) are not the model's ({ours})")
     return LabelledSet(pairs, validate(pairs, mask_threshold, keep=True), mask_threshold)
 
 
@@ -103,26 +115,6 @@ def carved_split(train_dir: str | Path, fraction: float = DataConfig.val_fractio
     _, val_idx = split_pairs(pairs, fraction, seed)
     subset = [pairs[i] for i in val_idx]
     return LabelledSet(subset, validate(subset, keep=True))
-
-
-def load_labelled_volumes(data: str | Path, segmenter, ids=None) -> list[LabelledVolume]:
-    """The labelled volumes of `data` (only `ids`: a listing file, or a list of ids), checked against the
-    model's structures, values included: the prediction and the truth are read by value."""
-    folder = Path(data)
-    pairs = discover_volumes(folder)
-    if ids is not None:
-        known = {p.id: p for p in pairs}
-        pairs = [known[i] for i in listed(known, folder, ids)]
-    found = (folder / DECLARATION_FILE).is_file()
-    labels = volume_labels(folder, Declared.for_folder(folder)) if found else segmenter.labels
-
-    def declared(x: Labels) -> str:
-        return ", ".join(f"{s.name}={s.value}" for s in x.structures)
-
-    if declared(labels) != declared(segmenter.labels):
-        raise UserError(f"{folder}: its structures ({declared(labels)}) are not the model's "
-                        f"({declared(segmenter.labels)})")
-    return validate_volumes(pairs, segmenter.labels)
 
 
 def evaluate(segmenter: Segmenter, data: LabelledSet | str | Path, workers: int = 2,
@@ -177,15 +169,16 @@ def _evaluate_structures(segmenter: Segmenter, labelled: LabelledSet, workers: i
                              nsd_tolerance=tolerance, hd_rules=HD_RULES.format("image diagonal"))
 
 
-def evaluate_volumes(segmenter, items: list[LabelledVolume], tolerance: float = 2.0) -> EvaluationResult:
+def evaluate_volumes(segmenter, labelled: LabelledSet, tolerance: float = 2.0) -> EvaluationResult:
     """Each volume segmented as `predict` does and scored in 3-D on its own grid, in mm."""
     from .inference.coverage import segment_volume
 
     cases = []
-    for item in items:
-        pred = segment_volume(segmenter, item.volume)
-        cases.append((item.pair.id, score_volume(pred, item.truth, segmenter.labels, item.volume.spacing,
-                                                 item.volume.voxel_mm3, tolerance)))
+    for i, pair in enumerate(labelled.pairs):
+        volume, truth = labelled.load(i)
+        pred = segment_volume(segmenter, volume)
+        cases.append((pair.id, score_volume(pred, truth, segmenter.labels, volume.spacing, volume.voxel_mm3,
+                                            tolerance)))
     result = _structure_result(segmenter.labels, cases, VOLUME_FIELDS, distance_unit="mm",
                                pixel_spacing_source="each volume's own voxel spacing", pixel_spacing_mm=None,
                                nsd_tolerance=tolerance, hd_rules=HD_RULES.format("volume's diagonal in mm"),
@@ -295,20 +288,20 @@ def write_report(result: EvaluationResult, segmenter: Segmenter, labelled: Label
     return page
 
 
-def write_volume_report(result: EvaluationResult, segmenter, items: list[LabelledVolume], out: Path,
+def write_volume_report(result: EvaluationResult, segmenter, labelled: LabelledSet, out: Path,
                         settings: dict) -> Path:
     """The per-structure table and, per structure, its worst volumes (truth | prediction views)."""
     from .inference.coverage import segment_volume
     from .viz import volume_views
 
-    index = {i.pair.id: i for i in items}
+    index = {p.id: i for i, p in enumerate(labelled.pairs)}
     axis_for = segmenter.backend.preprocessing.slicing.axis_for
 
     def picture(case_id: str) -> np.ndarray:
-        item = index[case_id]
-        v, axis = item.volume, axis_for(item.volume.spacing)
+        v, truth = labelled.load(index[case_id])
+        axis = axis_for(v.spacing)
         views = [volume_views(v.array, labels, segmenter.labels, axis)
-                 for labels in (item.truth, segment_volume(segmenter, v))]
+                 for labels in (truth, segment_volume(segmenter, v))]
         h = max(x.shape[0] for x in views)
         return np.concatenate([np.pad(x, ((0, h - x.shape[0]), (0, 8), (0, 0)), constant_values=255)
                                for x in views], axis=1)

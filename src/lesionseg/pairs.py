@@ -1,13 +1,16 @@
-"""Finding image/mask pairs by id, reading their masks in the folder's layout, checking a folder in one pass.
+"""A labelled dataset's cases, found by id in whichever layout the folder has, and checked in one pass.
 
-A data folder holds `images/` and a mask folder (`masks/`, or `mask/`, `labels/`, `annotations/`,
+Photos: a folder holds `images/` and a mask folder (`masks/`, or `mask/`, `labels/`, `annotations/`,
 `ground_truth/`). A mask pairs with an image by id, never by sorted order: `ID.<ext>` pairs with `ID.<ext>`
 or `ID<suffix>.<ext>` (`_segmentation`, `_mask`, `_seg`, `_label`, `_gt`); `ID<suffix>_N.<ext>` are
-instance masks of one image, merged by union. Three layouts (one `MaskLayout` class each):
-- binary masks (one structure; 0/255, 0/1, JPEG-noisy): `BinaryMasks`;
-- index label maps (8/16-bit or palette PNG), read when the structures are declared (labels.py):
-  `LabelMaps`;
-- one sub-folder per structure, `masks/<structure>/ID.<ext>`, structures may overlap: `StructureFolders`.
+instance masks of one image, merged by union; masks may also be label maps or one folder per structure.
+
+Volumes, in the Medical Segmentation Decathlon and nnU-Net v2 layouts: `imagesTr/` (MSD `case.nii.gz`,
+nnU-Net `case_0000.nii.gz`: one channel) beside `labelsTr/` (`case.nii.gz`), with `dataset.json` naming
+the label values and the modality; `images/` + `labels/` folders of NIfTI files work the same way.
+
+How each layout's files are read is its class in `layouts.py`; every problem of a folder is reported at
+once, before anything is written.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError, ValidationError
-from .io import IMAGE_EXTENSIONS, JPEG_MASK_THRESHOLD, read_image, read_label_map, read_mask
-from .labels import IGNORED, Declared, Labels
+from .io import IMAGE_EXTENSIONS, JPEG_MASK_THRESHOLD
+from .io.volumes import Volume, is_nifti, nifti_id
+from .labels import DECLARATION_FILE, Declared, Labels, read_dataset_json
+from .layouts import BinaryMasks, LabelMaps, LabelVolumes, StructureFolders, TruthLayout
 
 MASK_FOLDERS = ("masks", "mask", "labels", "annotations", "ground_truth")
 MASK_SUFFIXES = ("_segmentation", "_mask", "_seg", "_label", "_gt")
@@ -30,88 +35,17 @@ MASK_SUFFIX = MASK_SUFFIXES[0]
 MASK_EXTENSIONS = IMAGE_EXTENSIONS | {".gif"}  # SCR ships its masks as GIFs
 
 
-class MaskLayout:
-    """How a folder's masks become a training target: bool (H, W) for one structure, uint8 (H, W, C)
-    channels (0/1, labels.IGNORED) for several."""
-
-    labels: Labels = Labels.binary()
-
-    def read(self, pair: "Pair", threshold: int | None = None, on_auto=None) -> np.ndarray:
-        raise NotImplementedError
-
-
-def _read_masks(pair: "Pair", threshold, on_auto) -> list[np.ndarray]:
-    """Every binary mask file of a pair (instances, or one per structure), all of one size."""
-    masks = [read_mask(p, threshold=threshold, on_auto=on_auto) for p in pair.mask_paths]
-    for p, m in zip(pair.mask_paths[1:], masks[1:]):
-        if m.shape != masks[0].shape:
-            raise UserError(f"{p}: mask is {m.shape[1]}x{m.shape[0]}, {pair.mask_path.name} is "
-                            f"{masks[0].shape[1]}x{masks[0].shape[0]}")
-    return masks
-
-
-class BinaryMasks(MaskLayout):
-    def read(self, pair, threshold=None, on_auto=None):
-        masks = _read_masks(pair, threshold, on_auto)
-        return np.logical_or.reduce(masks) if len(masks) > 1 else masks[0]
-
-
-@dataclass(frozen=True)
-class LabelMaps(MaskLayout):
-    labels: Labels
-
-    def read(self, pair, threshold=None, on_auto=None):
-        path = pair.mask_path
-        index = read_label_map(path)
-        ignore = self.labels.ignore_value
-        unknown = self.labels.undeclared(np.unique(index).tolist())
-        if unknown:
-            declared = ", ".join(f"{s.value} {s.name}" for s in self.labels.structures)
-            what = "palette index" if _is_palette(path) else "value"
-            raise UserError(f"{path}: {what} {', '.join(map(str, unknown[:5]))} not declared "
-                            f"(declared: 0 background, {declared}"
-                            f"{f', {ignore} ignore' if ignore is not None else ''})")
-        out = np.stack([index == s.value for s in self.labels.structures], -1).astype(np.uint8)
-        if ignore is not None:
-            out[index == ignore] = IGNORED
-        return out
-
-
-@dataclass(frozen=True)
-class StructureFolders(MaskLayout):
-    labels: Labels
-
-    def read(self, pair, threshold=None, on_auto=None):
-        out = np.stack(_read_masks(pair, threshold, on_auto), -1).astype(np.uint8)
-        if self.labels.mode == "exclusive":
-            shared = out.sum(-1) > 1
-            if shared.any():
-                y, x = np.argwhere(shared)[0]
-                a, b = np.flatnonzero(out[y, x])[:2]
-                names = self.labels.names
-                raise UserError(f"{pair.mask_path.parent.parent}/*/{pair.mask_path.name}: structures "
-                                f"{names[a]} and {names[b]} overlap ({int(shared.sum())} pixels) but the "
-                                "labels are exclusive (set data.label_mode: overlapping)")
-        return out
-
-
-def _is_palette(path: Path) -> bool:
-    from .io.photo import open_image
-
-    return open_image(path).mode == "P"
-
-
 @dataclass(frozen=True)
 class Pair:
     id: str
     image_path: Path
-    mask_path: Path
+    truth_path: Path  # a mask, a label map, or a label volume
     more_masks: tuple[Path, ...] = ()  # instance masks merged by union, or the other structures' masks
-    layout: MaskLayout = field(default_factory=BinaryMasks, compare=False)
+    layout: TruthLayout = field(default_factory=BinaryMasks, compare=False)
 
     @property
-    def mask_paths(self) -> tuple[Path, ...]:
-        return (self.mask_path, *self.more_masks)
+    def truth_paths(self) -> tuple[Path, ...]:
+        return (self.truth_path, *self.more_masks)
 
 
 def _image_files(folder: Path, extensions=IMAGE_EXTENSIONS) -> list[Path]:
@@ -213,7 +147,7 @@ def _images(folder: Path, problems: list[str]) -> dict[str, Path]:
     return out
 
 
-def _layout(declared: Declared, structure_dirs: list[Path]) -> MaskLayout:
+def _layout(declared: Declared, structure_dirs: list[Path]) -> TruthLayout:
     pairs, ignore = declared.structures()
     if structure_dirs:
         names = [d.name for d in structure_dirs]
@@ -234,16 +168,24 @@ def _layout(declared: Declared, structure_dirs: list[Path]) -> MaskLayout:
 
 
 def discover(folder: str | Path, declared: Declared | None = None) -> list[Pair]:
-    """Pairs of `folder` in its mask layout. Raises ValidationError listing every pairing problem."""
+    """The labelled cases of `folder` in its layout (`declared`: what its dataset.json or the config says
+    of its labels). Raises ValidationError listing every pairing problem."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder}: data folder not found")
+    declared = declared or Declared.for_folder(folder)
+    found = volume_folders(folder)
+    if found is not None:
+        return _volume_pairs(*found, volume_labels(folder, declared))
+    return _photo_pairs(folder, declared)
+
+
+def _photo_pairs(folder: Path, declared: Declared) -> list[Pair]:
     masks_dir = _mask_folder(folder)
     if not (folder / "images").is_dir() or masks_dir is None:
         missing = ["images/"] if not (folder / "images").is_dir() else []
         missing += [] if masks_dir is not None else ["masks/ (or " + ", ".join(MASK_FOLDERS[1:]) + ")"]
         raise UserError(f"{folder}: expected sub-folders images/ and masks/ (missing: {', '.join(missing)})")
-    declared = declared or Declared.for_folder(folder)
     problems: list[str] = []
     images = _images(folder, problems)
     structure_dirs = sorted(d for d in masks_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -284,15 +226,96 @@ def labels_of(pairs: list[Pair]) -> Labels:
     return pairs[0].layout.labels if pairs else Labels.binary()
 
 
-def load_pair(pair: Pair, mask_threshold: int | None = None, on_auto=None) -> tuple[np.ndarray, np.ndarray]:
-    image = read_image(pair.image_path)
-    mask = pair.layout.read(pair, mask_threshold, on_auto)
-    if image.shape[:2] != mask.shape[:2]:
+VOLUME_IMAGE_FOLDERS = ("imagesTr", "images")
+VOLUME_LABEL_FOLDERS = ("labelsTr", "labels")
+CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+def volume_folders(folder: Path) -> tuple[Path, Path] | None:
+    """(images, labels) when `folder` is a labelled-volume dataset (NIfTI files in both), else None."""
+    for images, labels in zip(VOLUME_IMAGE_FOLDERS, VOLUME_LABEL_FOLDERS):
+        i, lab = folder / images, folder / labels
+        if i.is_dir() and lab.is_dir() and _nifti_files(i):
+            return i, lab
+    return None
+
+
+def is_volume_dataset(folder: str | Path) -> bool:
+    folder = Path(folder)
+    return folder.is_dir() and volume_folders(folder) is not None
+
+
+def _nifti_files(folder: Path) -> list[Path]:
+    # "._name" files are macOS resource forks that copies of the Decathlon carry
+    return sorted(p for p in folder.iterdir() if is_nifti(p) and not p.name.startswith("."))
+
+
+def read_modality(folder: Path) -> str | None:
+    """dataset.json's modality (MSD `modality`, nnU-Net v2 `channel_names`: channel "0")."""
+    path = folder / DECLARATION_FILE
+    doc = read_dataset_json(folder)
+    if doc is None:
+        return None
+    channels = doc.get("channel_names") or doc.get("modality") or {}
+    if isinstance(channels, dict) and len(channels) > 1:
         raise UserError(
-            f"{pair.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
-            f"{image.shape[1]}x{image.shape[0]}"
+            f"{path}: {len(channels)} input channels ({', '.join(map(str, channels.values()))}); "
+            "volumes of one channel are supported"
         )
-    return image, mask
+    value = next(iter(channels.values()), None) if isinstance(channels, dict) else None
+    return str(value) if value is not None else None
+
+
+def volume_labels(folder: Path, declared: Declared) -> Labels:
+    """The structures a volume dataset declares (exclusive values of one label map)."""
+    structures, ignore = declared.structures()
+    if not structures:
+        raise UserError(
+            f"{folder}: label volumes need their values declared (a {DECLARATION_FILE} with "
+            '"labels", or data.labels in the config)'
+        )
+    return Labels.of(
+        "exclusive" if declared.mode in ("auto", "exclusive") else declared.mode, structures, ignore
+    )
+
+
+def _volume_pairs(images_dir: Path, labels_dir: Path, labels: Labels) -> list[Pair]:
+    layout = LabelVolumes(labels)
+    truths = {nifti_id(p): p for p in _nifti_files(labels_dir)}
+    pairs, problems = [], []
+    for path in _nifti_files(images_dir):
+        case = nifti_id(path)
+        m = CHANNEL_SUFFIX.match(case)
+        if m and m["case"] in truths:  # nnU-Net v2: case_0000 is channel 0 of case
+            if m["channel"] != "0000":
+                problems.append(
+                    f"{path}: a second input channel ({m['channel']}); volumes of one channel are supported"
+                )
+                continue
+            case = m["case"]
+        if case not in truths:
+            problems.append(f"{path}: no label volume {labels_dir.name}/{case}.nii.gz")
+            continue
+        pairs.append(Pair(case, path, truths[case], layout=layout))
+    if problems:
+        raise ValidationError(problems, what="data check")
+    if not pairs:
+        raise UserError(f"{images_dir}: no volumes")
+    return pairs
+
+
+def load_pair(pair: Pair, mask_threshold: int | None = None, on_auto=None):
+    """(image, truth) of one case, as its layout reads them."""
+    return pair.layout.load(pair, mask_threshold, on_auto)
+
+
+@dataclass
+class LabelledCase:
+    """A case read and checked: its image (a photo's pixels, or a Volume) and its truth."""
+
+    pair: Pair
+    image: np.ndarray | Volume
+    truth: np.ndarray
 
 
 @dataclass
@@ -313,11 +336,6 @@ class StructureTally:
         self.cases += 1
         self.empty += int(on.sum() == 0)
 
-    def add_mask(self, mask: np.ndarray) -> None:
-        """A target as the mask layouts read it: bool (H, W), or uint8 (H, W, C) channels."""
-        channels = mask.reshape(-1, 1) if mask.ndim == 2 else mask.reshape(-1, mask.shape[-1])
-        self.add((channels == 1).sum(0) if mask.ndim == 3 else channels.sum(0), channels.shape[0])
-
     def shares(self, labels: Labels, decimals: int = 1) -> str:
         """One line: each structure's share, and the cases with none."""
         shares = ", ".join(f"{n} {100 * c / max(1, self.pixels):.{decimals}f}%"
@@ -326,52 +344,39 @@ class StructureTally:
                 f"{f'; {self.empty} with no structure' if self.empty else ''}")
 
 
-def check_each(items: list, load, use) -> list[str]:
-    """`use(item, load(item))` for every item that loads (nothing is held here), every refusal collected:
-    one line per problem."""
-    problems = []
-    for item in items:
+def validate(pairs: list[Pair], mask_threshold: int | None = None, keep: bool = False,
+             keep_limit_bytes: int | None = 4 << 30) -> list[LabelledCase] | None:
+    """Read every case once and report *all* problems together; a set whose truths are all empty is
+    refused. Several structures: one line with each one's share of the pixels (or voxels).
+
+    With `keep`, the cases read are returned (a cache for training and scoring) as long as they stay under
+    `keep_limit_bytes` (None: no limit); past that, None, and they are read from disk again.
+    """
+    auto: list[Path] = []
+    layout = pairs[0].layout if pairs else BinaryMasks()
+    tally = StructureTally(layout.noun)
+    kept: list[LabelledCase] | None = [] if keep else None
+    used, problems = 0, []
+    for pair in pairs:
         try:
-            loaded = load(item)
+            image, truth = load_pair(pair, mask_threshold, on_auto=auto.append)
         except UserError as exc:
             problems.append(str(exc))
             continue
-        use(item, loaded)
-    return problems
-
-
-def validate(pairs: list[Pair], mask_threshold: int | None = None, keep: bool = False,
-             keep_limit_bytes: int = 4 << 30) -> list[tuple[np.ndarray, np.ndarray]] | None:
-    """Read every pair once and report *all* problems together; a set whose masks are all empty is
-    refused. Several structures: one line with each one's pixel share.
-
-    With `keep`, the decoded arrays are returned (a cache for training) as long as they stay under
-    `keep_limit_bytes`; past that, None, and the dataset reads from disk.
-    """
-    auto: list[Path] = []
-    tally = StructureTally("pairs")
-    kept: list[tuple[np.ndarray, np.ndarray]] | None = [] if keep else None
-    used = 0
-
-    def use(pair: Pair, loaded: tuple[np.ndarray, np.ndarray]) -> None:
-        nonlocal kept, used
-        tally.add_mask(loaded[1])
+        tally.add(*layout.counts(truth))
         if kept is not None:
-            used += loaded[0].nbytes + loaded[1].nbytes
-            if used > keep_limit_bytes:
+            used += image.nbytes + truth.nbytes
+            if keep_limit_bytes is not None and used > keep_limit_bytes:
                 kept = None
             else:
-                kept.append(loaded)
-
-    problems = check_each(pairs, lambda pair: load_pair(pair, mask_threshold, on_auto=auto.append), use)
+                kept.append(LabelledCase(pair, image, truth))
     if problems:
         raise ValidationError(problems, what="data check")
     if pairs and tally.empty == len(pairs):
-        raise UserError(f"{pairs[0].mask_path.parent}: all {len(pairs)} masks are empty: nothing to learn "
-                        "or score (masks inverted, or saved as 0/1 in a format read as 0/255?)")
+        raise UserError(f"{pairs[0].truth_path.parent}: all {len(pairs)} {layout.all_empty}")
     labels = labels_of(pairs)
     if labels.multi and pairs:
-        print(tally.shares(labels), file=sys.stderr, flush=True)
+        print(tally.shares(labels, layout.share_decimals), file=sys.stderr, flush=True)
     elif tally.empty:
         print(f"data: {tally.empty} of {len(pairs)} masks are empty", file=sys.stderr, flush=True)
     if auto:

@@ -67,10 +67,9 @@ def _photo_channels(path: Path) -> int:
         return 3
 
 
-def photo_fingerprint(folder: Path, declared) -> dict[str, Any]:
-    from .pairs import discover, labels_of, load_pair
+def photo_fingerprint(folder: Path, pairs: list) -> dict[str, Any]:
+    from .pairs import labels_of, load_pair
 
-    pairs = discover(folder, declared)
     if len(pairs) < 2:
         raise UserError(
             f"{folder}: {len(pairs)} image/mask pair; a plan needs at least 2 (one to validate on)"
@@ -116,20 +115,19 @@ def photo_fingerprint(folder: Path, declared) -> dict[str, Any]:
     }
 
 
-def volume_fingerprint(folder: Path, declared) -> dict[str, Any]:
+def volume_fingerprint(folder: Path, pairs: list) -> dict[str, Any]:
     from .inference.coverage import Slicing
-    from .volume_pairs import discover_volumes, read_modality, validate_volumes, volume_labels
+    from .pairs import labels_of, read_modality, validate
 
-    labels = volume_labels(folder, declared)
-    pairs = discover_volumes(folder)
+    labels = labels_of(pairs)
     if len(pairs) < 2:
         raise UserError(f"{folder}: {len(pairs)} volume; a plan needs at least 2 (one to validate on)")
-    items = validate_volumes(pairs, labels)
+    items = validate(pairs, keep=True, keep_limit_bytes=None)
     rng = np.random.default_rng(0)
     shapes, spacings, planes, samples, empty = [], [], [], [], 0
     shares = np.zeros(len(labels.structures))
     for item in items:
-        v = item.volume
+        v = item.image
         shapes.append(v.array.shape)
         spacings.append(v.spacing)
         axis = Slicing().axis_for(v.spacing)
@@ -159,16 +157,17 @@ def volume_fingerprint(folder: Path, declared) -> dict[str, Any]:
 
 def fingerprint(data: str | Path, cfg: Config | None = None) -> dict[str, Any]:
     from .labels import Declared
-    from .volume_pairs import is_volume_dataset
+    from .pairs import discover, is_volume_dataset
 
     folder = Path(data)
     if not folder.is_dir():
         raise UserError(f"{folder}: {'not a folder' if folder.exists() else 'data folder not found'}")
     d = (cfg or Config()).data
     declared = Declared.for_folder(folder, d.labels, d.label_mode, d.ignore_value)
+    pairs = discover(folder, declared)
     if is_volume_dataset(folder):
-        return volume_fingerprint(folder, declared)
-    return photo_fingerprint(folder, declared)
+        return volume_fingerprint(folder, pairs)
+    return photo_fingerprint(folder, pairs)
 
 
 def training_device() -> str:

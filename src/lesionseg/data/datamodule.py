@@ -10,6 +10,7 @@ Validation always uses the evaluation pre-processing, as `lesionseg evaluate` do
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -22,11 +23,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import AugmentConfig, DataConfig
 from ..errors import UserError
+from ..inference.coverage import Slicing
+from ..intensity import Intensity, modality_scheme
 from ..labels import Declared, Labels
+from ..layouts import LabelVolumes
 from ..model_file import Preprocessing
-from ..pairs import discover, labels_of, validate
+from ..pairs import discover, labels_of, read_modality, validate
 from ..splits import kept_indices, listed_split, split_pairs
-from ..volume_pairs import is_volume_dataset
 from .dataset import SegmentationDataset
 from .preprocess import EvalTransform
 
@@ -35,16 +38,63 @@ def declared(folder: Path, cfg: DataConfig) -> Declared:
     return Declared.for_folder(folder, cfg.labels, cfg.label_mode, cfg.ignore_value)
 
 
-def _sources(folder: Path, cfg: DataConfig, first: bool = False):
+def _sources(folder: Path, cfg: DataConfig, first: bool = False) -> tuple[list, list | None]:
+    """A folder's cases, checked, and the cases read when they fit `data.cache_limit_gb` (volumes: always,
+    since their slices are cut once)."""
     pairs = discover(folder, declared(folder, cfg))
     if first and cfg.exclude_ids:
         pairs = [pairs[i] for i in kept_indices(pairs, folder, cfg.exclude_ids)]
-    cache = validate(pairs, cfg.mask_threshold, keep=cfg.cache,
-                     keep_limit_bytes=int(cfg.cache_limit_gb * 2**30))
-    return pairs, cache
+    volumes = isinstance(pairs[0].layout, LabelVolumes)
+    cases = validate(pairs, cfg.mask_threshold, keep=cfg.cache or volumes,
+                     keep_limit_bytes=None if volumes else int(cfg.cache_limit_gb * 2**30))
+    return pairs, cases
 
 
+def _picked(cases: list | None, indices) -> list | None:
+    return None if cases is None else [cases[i] for i in indices]
 
+
+def _arrays(cases: list | None) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """The dataset's cache: each case's (image, truth)."""
+    return None if cases is None else [(c.image, c.truth) for c in cases]
+
+
+@dataclasses.dataclass(frozen=True)
+class SliceId:
+    """What a training slice is, in the place a photo's Pair is kept."""
+
+    id: str
+    image_path: Path
+    truth_path: Path
+
+
+@dataclasses.dataclass
+class SliceSet:
+    ids: list[SliceId]
+    items: list[tuple[np.ndarray, np.ndarray]]  # (rows, cols, channels) float32, (rows, cols, C) uint8
+    foreground: np.ndarray  # bool per slice
+
+
+def cut_slices(cases: list, labels: Labels, intensity: Intensity, slicing: Slicing) -> SliceSet:
+    """Every case's slices, as the model will cut them at inference, with their label channels."""
+    ids, out, foreground = [], [], []
+    for case in cases:
+        axis, slices = slicing.cut(case.image, case.truth, intensity, labels)
+        for i, (image, mask) in enumerate(slices):
+            ids.append(SliceId(f"{case.pair.id}:{axis}:{i}", case.pair.image_path, case.pair.truth_path))
+            out.append((image, mask))
+            foreground.append(bool((mask == 1).any()))
+    return SliceSet(ids, out, np.asarray(foreground, bool))
+
+
+def foreground_weights(foreground: np.ndarray, share: float) -> torch.Tensor | None:
+    """Sampling weights that draw foreground slices at least `share` of the time (None: the data already
+    show that much foreground, or none at all)."""
+    n, n_fg = len(foreground), int(foreground.sum())
+    if n_fg == 0 or n_fg == n or n_fg / n >= share:
+        return None
+    w = np.where(foreground, share / n_fg, (1.0 - share) / (n - n_fg))
+    return torch.as_tensor(w, dtype=torch.double)
 
 
 def _reseed_worker(worker_id: int) -> None:
@@ -128,87 +178,74 @@ class SegmentationDataModule(L.LightningDataModule):
         self.feeding = "not set up"  # one line for the run's log and model card
         self._epoch, self._rank = 0, 0
         self.sample_weights: torch.Tensor | None = None
-        self.volumes = is_volume_dataset(folders[0])
-        if self.volumes:
-            self._init_volumes(folders, val_data)
-            return
-        self.preprocessing = Preprocessing(cfg.image_size, color_constancy=cfg.color_constancy)
-        pairs, cache = _sources(folders[0], cfg, first=True)
+        pairs, cases = _sources(folders[0], cfg, first=True)
+        layout = pairs[0].layout
+        self.volumes = isinstance(layout, LabelVolumes)
         if val_data is not None:
-            val_pairs, val_cache = _sources(Path(val_data), cfg)
+            val_pairs, val_cases = _sources(Path(val_data), cfg)
             train_idx = list(range(len(pairs)))
         else:
             if len(pairs) < 2:
-                raise UserError(
-                    f"{folders[0]}: need at least 2 image/mask pairs to split off validation data"
-                )
+                raise UserError(f"{folders[0]}: need at least 2 {layout.noun} to split off validation data")
             train_idx, val_idx = (listed_split(pairs, folders[0], cfg.val_ids) if cfg.val_ids else
                                   split_pairs(pairs, cfg.val_fraction, cfg.split_seed))
-            val_pairs = [pairs[i] for i in val_idx]
-            val_cache = [cache[i] for i in val_idx] if cache is not None else None
+            val_pairs, val_cases = [pairs[i] for i in val_idx], _picked(cases, val_idx)
         self.labels: Labels = labels_of(pairs)
         if labels_of(val_pairs) != self.labels:
             theirs = ", ".join(labels_of(val_pairs).names)
             raise UserError(f"{val_data}: its structures ({theirs}) differ from the training data's "
                             f"({', '.join(self.labels.names)})")
-        train_pairs = [pairs[i] for i in train_idx]
-        train_cache = [cache[i] for i in train_idx] if cache is not None else None
+        train_pairs, train_cases = [pairs[i] for i in train_idx], _picked(cases, train_idx)
         held_out = {p.id: "validation" for p in val_pairs}
         seen = {p.id: str(folders[0]) for p in train_pairs}
         for folder in folders[1:]:
-            more, more_cache = _sources(folder, cfg)
+            more, more_cases = _sources(folder, cfg)
             if labels_of(more) != self.labels:
                 raise UserError(f"{folder}: its structures differ from those of {folders[0]}")
-            for pair in more:  # an image twice would be weighted twice, or leak into the validation scores
+            for pair in more:  # a case twice would be weighted twice, or leak into the validation scores
                 if pair.id in held_out or pair.id in seen:
                     where = "the validation set" if pair.id in held_out else seen[pair.id]
                     raise UserError(f"{pair.image_path}: id '{pair.id}' is also in {where}; "
                                     "training folders must not overlap each other or the validation data")
                 seen[pair.id] = str(folder)
             train_pairs += more
-            train_cache = (
-                train_cache + more_cache if train_cache is not None and more_cache is not None else None
-            )
-        size = cfg.image_size
+            both = train_cases is not None and more_cases is not None
+            train_cases = train_cases + more_cases if both else None
+        if self.volumes:
+            self._slices(train_cases, val_cases)
+            return
+        self.preprocessing = Preprocessing(cfg.image_size, color_constancy=cfg.color_constancy)
         # The training transform is chosen in setup(), once the device (and so the feeding path) is known.
-        self.train_set = SegmentationDataset(train_pairs, None, train_cache, cfg.mask_threshold,
+        self.train_set = SegmentationDataset(train_pairs, None, _arrays(train_cases), cfg.mask_threshold,
                                              cfg.color_constancy)
         self.val_set = SegmentationDataset(val_pairs,
-                                           EvalTransform(size, color_constancy=cfg.color_constancy),
-                                           val_cache, cfg.mask_threshold)
+                                           EvalTransform(cfg.image_size, color_constancy=cfg.color_constancy),
+                                           _arrays(val_cases), cfg.mask_threshold)
 
-    def _init_volumes(self, folders: list[Path], val_data) -> None:
-        """Slices of an imagesTr/ + labelsTr/ dataset (data/volume_slices.py) in place of photo pairs."""
+    def _slices(self, train_cases: list, val_cases: list) -> None:
+        """Volumes train as slices, cut as the model will cut them (`Slicing`), normalised by an intensity
+        setting fitted on the training volumes; the validation volumes are also kept whole, to be scored as
+        `evaluate` scores them."""
         from .transforms import slice_eval_transform
-        from .volume_slices import foreground_weights, volume_data
 
-        if len(folders) > 1 or val_data is not None:
-            raise UserError(f"{folders[0]}: a volume dataset trains alone (give its validation cases with "
-                            "data.val_ids, not --val-data or more --data folders)")
         cfg = self.cfg
-
-        def split(pairs):
-            kept = kept_indices(pairs, folders[0], cfg.exclude_ids) if cfg.exclude_ids else range(len(pairs))
-            chosen = [pairs[i] for i in kept]
-            if len(chosen) < 2:
-                raise UserError(f"{folders[0]}: need at least 2 volumes to split off validation data")
-            train, val = (listed_split(chosen, folders[0], cfg.val_ids) if cfg.val_ids
-                          else split_pairs(chosen, cfg.val_fraction, cfg.split_seed))
-            return [kept[i] for i in train], [kept[i] for i in val]
-
-        data = volume_data(folders[0], cfg, split)
-        self.labels, self.preprocessing = data.labels, data.preprocessing
-        self.n_volumes = data.n_volumes
-        self.validation_volumes = data.val_cases
-        self.train_set = SegmentationDataset(data.train.ids, None, data.train.items)
-        self.val_set = SegmentationDataset(data.val.ids, slice_eval_transform(cfg.image_size), data.val.items)
-        self.sample_weights = foreground_weights(data.train.foreground, cfg.foreground_oversample)
-        share = float(data.train.foreground.mean()) if len(data.train.foreground) else 0.0
+        modality = read_modality(self.folders[0]) if cfg.modality == "auto" else cfg.modality
+        intensity = Intensity.fit(modality_scheme(modality), ((c.image.array, c.truth) for c in train_cases))
+        channels = 3 if cfg.slice_context == 1 else cfg.slice_context
+        slicing = Slicing.fit([c.image for c in train_cases], cfg.slice_axis, cfg.slice_context, channels,
+                              cfg.slice_spacing_mm)
+        self.preprocessing = pre = Preprocessing(image_size=0, intensity=intensity, slicing=slicing)
+        train, val = (cut_slices(c, self.labels, intensity, slicing) for c in (train_cases, val_cases))
+        self.n_volumes = (len(train_cases), len(val_cases))
+        self.validation_volumes = val_cases
+        self.train_set = SegmentationDataset(train.ids, None, train.items)
+        self.val_set = SegmentationDataset(val.ids, slice_eval_transform(cfg.image_size), val.items)
+        self.sample_weights = foreground_weights(train.foreground, cfg.foreground_oversample)
+        share = float(train.foreground.mean()) if len(train.foreground) else 0.0
         drawn = "" if self.sample_weights is None else f", drawn {cfg.foreground_oversample:.0%} of the time"
-        pre = data.preprocessing
-        print(f"data: {data.n_volumes[0]} training volumes → {len(data.train.ids)} slices "
+        print(f"data: {len(train_cases)} training volumes → {len(train.ids)} slices "
               f"({share:.0%} with a structure{drawn}), "
-              f"{data.n_volumes[1]} validation volumes → {len(data.val.ids)} slices; "
+              f"{len(val_cases)} validation volumes → {len(val.ids)} slices; "
               f"slicing {pre.slicing.to_dict()}, intensity {pre.intensity.to_dict()}",
               file=sys.stderr, flush=True)
 

@@ -26,7 +26,7 @@ from .. import postprocess
 from ..data.preprocess import resize_to, sigmoid, softmax
 from ..errors import UserError
 from ..io.volumes import Volume
-from ..labels import Labels
+from ..labels import IGNORED, Labels
 from ..orientation import Canonical
 
 # in-plane spacings within this fraction of the model's are used as they are
@@ -135,6 +135,37 @@ class Slicing:
                 image = np.repeat(image, 3, axis=-1)
             yield np.ascontiguousarray(image)
 
+    def cut(self, volume: Volume, truth: np.ndarray, intensity,
+            labels: Labels) -> tuple[int, list[tuple[np.ndarray, np.ndarray]]]:
+        """A labelled volume's training slices, cut as inference cuts it: (the axis, each slice's network
+        input and its label channels)."""
+        canonical = Canonical(volume.affine)  # the anatomical axes inference slices along
+        spacing = canonical.spacing(volume.spacing)
+        axis = self.axis_for(spacing)
+        normalised = intensity.apply(canonical.forward(volume.array))
+        size = self.plane_size(normalised.shape, spacing, axis)
+        stack = np.moveaxis(canonical.forward(truth), axis, 0)
+        out = []
+        for i, image in enumerate(self.images(normalised, axis, size)):
+            lab = stack[i]
+            if lab.shape != size:
+                lab = cv2.resize(lab, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+            out.append((image, label_channels(lab, labels)))
+        return axis, out
+
+    @classmethod
+    def fit(cls, volumes: list[Volume], axis: int | None, context: int, channels: int,
+            spacing_mm: float | None = None) -> "Slicing":
+        """The slicing of a training set: its axis rule, context, and the median in-plane spacing of its
+        volumes (or `spacing_mm`)."""
+        probe = cls(axis, context, None, channels)
+        if spacing_mm is not None:
+            return dataclasses.replace(probe, spacing_mm=(spacing_mm, spacing_mm))
+        spacings = [Canonical(v.affine).spacing(v.spacing) for v in volumes]
+        planes = [cls.plane_spacing(s, probe.axis_for(s)) for s in spacings]
+        median = np.median(np.asarray(planes, float), axis=0)
+        return dataclasses.replace(probe, spacing_mm=(round(float(median[0]), 4), round(float(median[1]), 4)))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "axis": self.axis,
@@ -153,6 +184,14 @@ class Slicing:
             tuple(float(v) for v in spacing) if spacing else None,
             int(values.get("channels", 3)),
         )
+
+
+def label_channels(label_slice: np.ndarray, labels: Labels) -> np.ndarray:
+    """(rows, cols, C) uint8: 1 where the voxel holds structure k, IGNORED everywhere the ignore value is."""
+    out = np.stack([label_slice == s.value for s in labels.structures], axis=-1).astype(np.uint8)
+    if labels.ignore_value is not None:
+        out[label_slice == labels.ignore_value] = IGNORED
+    return out
 
 
 def label_values(labels: Labels) -> np.ndarray:

@@ -49,6 +49,10 @@ class Volume:
     def voxel_mm3(self) -> float:
         return float(np.prod(self.spacing))
 
+    @property
+    def nbytes(self) -> int:
+        return self.array.nbytes
+
 
 def is_nifti(path: Path) -> bool:
     return path.name.lower().endswith(NIFTI_SUFFIXES)
