@@ -1,4 +1,5 @@
-"""One contract every model variant runs: forward on odd sizes, gradients everywhere, save/load."""
+"""One contract every model variant, 2-D and 3-D, runs: forward on odd sizes, gradients everywhere,
+save/load, ONNX."""
 
 import dataclasses
 from pathlib import Path
@@ -33,7 +34,23 @@ VARIANTS = {
     "lite0_no_full_res_cbam_ds": ModelConfig(encoder="efficientnet-lite0", base_width=4, depth=3,
                                              attention="cbam", deep_supervision=True,
                                              full_resolution_stage="none"),
+    # 3-D U-Nets (nnU-Net's layout): isotropic, and with a coarse first axis neither pooled nor convolved
+    # across at first, with deep supervision.
+    "unet3d": ModelConfig(arch="unet3d", in_channels=1, out_channels=2, base_width=4, depth=2),
+    "unet3d_anisotropic_ds": ModelConfig(arch="unet3d", in_channels=1, out_channels=3, base_width=4, depth=3,
+                                         deep_supervision=True,
+                                         kernels=[[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
+                                         strides=[[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]]),
 }
+
+
+def sized(cfg: ModelConfig, *hw: int) -> tuple[int, ...]:
+    """A spatial size for the variant: (h, w), or for a 3-D network (d, h, w) with a depth of its own."""
+    return hw if cfg.dimensions == 2 else (max(1, hw[0] // 3), *hw)
+
+
+def channels_last(cfg: ModelConfig):
+    return torch.channels_last if cfg.dimensions == 2 else torch.channels_last_3d
 
 
 def outputs_of(y):
@@ -52,8 +69,8 @@ def test_output_matches_input_size(variant, hw):
     cfg, model = variant
     model.eval()
     with torch.no_grad():
-        y = model(torch.randn(2, cfg.in_channels, *hw))
-    assert y.shape == (2, cfg.out_channels, *hw)
+        y = model(torch.randn(2, cfg.in_channels, *sized(cfg, *hw)))
+    assert y.shape == (2, cfg.out_channels, *sized(cfg, *hw))
     assert torch.isfinite(y).all()
 
 
@@ -62,10 +79,10 @@ def test_training_outputs_and_gradients_reach_every_parameter(variant):
     size."""
     cfg, model = variant
     model.train()
-    outputs = outputs_of(model(torch.randn(2, cfg.in_channels, 35, 29)))
+    outputs = outputs_of(model(torch.randn(2, cfg.in_channels, *sized(cfg, 35, 29))))
     stages = cfg.depth - (0 if cfg.full_resolution_stage != "none" else 1)
     assert len(outputs) == (stages if cfg.deep_supervision else 1)
-    assert all(o.shape == (2, cfg.out_channels, 35, 29) for o in outputs)
+    assert all(o.shape == (2, cfg.out_channels, *sized(cfg, 35, 29)) for o in outputs)
     sum(o.square().mean() for o in outputs).backward()
     unreached = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert unreached == []
@@ -77,10 +94,10 @@ def test_training_outputs_and_gradients_reach_every_parameter(variant):
 def test_channels_last_gives_same_output(variant):
     cfg, model = variant
     model.eval()
-    x = torch.randn(1, cfg.in_channels, 40, 40)
+    x = torch.randn(1, cfg.in_channels, *sized(cfg, 40, 40))
     with torch.no_grad():
         a = model(x)
-        b = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+        b = model.to(memory_format=channels_last(cfg))(x.contiguous(memory_format=channels_last(cfg)))
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
@@ -92,7 +109,7 @@ def test_save_load_round_trip(variant, tmp_path, fp16):
     save_model(path, model, cfg, image_size=64, card={"hello": "world"}, fp16_weights=fp16)
     loaded = load_model(path)
     assert loaded.config == cfg and loaded.image_size == 64 and loaded.card == {"hello": "world"}
-    x = torch.randn(1, cfg.in_channels, 33, 31)
+    x = torch.randn(1, cfg.in_channels, *sized(cfg, 33, 31))
     with torch.no_grad():
         tol = dict(rtol=2e-2, atol=2e-2) if fp16 else dict(rtol=0, atol=0)
         torch.testing.assert_close(loaded.model(x), model(x), **tol)
@@ -138,8 +155,8 @@ def test_truncated_model_file_refused(tmp_path):
 
 
 def test_onnx_export_matches_torch(variant, tmp_path):
-    """Every variant exports to one ONNX file with dynamic batch/height/width that ONNX Runtime runs like
-    torch."""
+    """Every variant exports to one ONNX file with dynamic batch and spatial sizes that ONNX Runtime runs
+    like torch."""
     import numpy as np
     import onnxruntime as ort
 
@@ -152,7 +169,7 @@ def test_onnx_export_matches_torch(variant, tmp_path):
     onnx_path = export_onnx(weights, tmp_path / "m.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.pt"]  # no external .data file
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    for shape in [(1, cfg.in_channels, 32, 32), (3, cfg.in_channels, 45, 29)]:
+    for shape in [(1, cfg.in_channels, *sized(cfg, 32, 32)), (3, cfg.in_channels, *sized(cfg, 45, 29))]:
         x = torch.randn(*shape)
         with torch.no_grad():
             expected = model(x).numpy()
@@ -284,3 +301,35 @@ def test_the_model_file_says_what_the_network_is(tiny_model_file):
     assert described["dimensions"] == 2 and described["coverage"] == "whole"
     assert described["input_size"] == (32, 32) and described["channels"]["count"] == 3
     assert described["channels"]["normalisation"]["mean"] == list(pre.mean)
+
+
+def test_3d_layout_is_checked_where_it_is_configured():
+    from lesionseg.config import load_config
+
+    base = {"arch": "unet3d", "depth": 2}
+    with pytest.raises(UserError, match="'model.strides': 3 \\[z, y, x\\] triples"):
+        load_config(overrides={"model": {**base, "strides": [[1, 1, 1], [2, 2, 2]]}})
+    with pytest.raises(UserError, match="'model.kernels'"):
+        load_config(overrides={"model": {**base, "kernels": [[3, 3, 3], [5, 3, 3], [3, 3, 3]]}})
+    with pytest.raises(UserError, match="first stage's stride"):
+        load_config(overrides={"model": {**base, "strides": [[2, 2, 2], [2, 2, 2], [2, 2, 2]]}})
+    with pytest.raises(UserError, match="built plain"):
+        load_config(overrides={"model": {**base, "encoder": "efficientnet-lite0"}})
+    cfg = load_config(overrides=["model.arch=unet3d", "model.depth=1", "model.strides=[[1,1,1],[1,2,2]]"])
+    assert cfg.model.strides == [[1, 1, 1], [1, 2, 2]] and cfg.model.dimensions == 3
+
+
+def test_pooling_follows_nnunet_rule():
+    """Hippocampus at 1 mm in a 40×56×40 patch: four stages pooled ×2 on every axis, as nnU-Net plans it. A
+    5 mm axis beside 1.56 mm ones is neither pooled nor convolved across until the others catch up."""
+    from lesionseg.models.unet3d import pooling_plan
+
+    kernels, strides = pooling_plan((1.0, 1.0, 1.0), (40, 56, 40))
+    assert strides == [(1, 1, 1), (2, 2, 2), (2, 2, 2), (2, 2, 2)] and set(kernels) == {(3, 3, 3)}
+    kernels, strides = pooling_plan((5.0, 1.56, 1.56), (20, 256, 224))
+    assert kernels[0] == (1, 3, 3) and strides[1] == (1, 2, 2) and len(kernels) == len(strides)
+    assert all(k == (3, 3, 3) for k in kernels[1:])
+    net = build_model(ModelConfig(arch="unet3d", in_channels=1, out_channels=4, base_width=2,
+                                  depth=len(strides) - 1, kernels=[list(k) for k in kernels],
+                                  strides=[list(s) for s in strides]))
+    assert net.multiple == [4, 32, 32]  # z: 20 → 10 → 5, then too small to pool

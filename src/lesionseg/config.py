@@ -54,6 +54,15 @@ class ModelConfig:
     # accuracy cost, docs/accuracy.md). none (EfficientNet encoders): never built; the 1/2-resolution logits
     # are upsampled ×2.
     full_resolution_stage: str = "kept"
+    # 3-D networks (arch unet3d): a (z, y, x) kernel and stride per stage, the first stride [1, 1, 1]
+    # (unset: 3×3×3 kernels and ×2 pooling along every axis). The planner sets them from the data's
+    # spacing, as nnU-Net does (models/unet3d.pooling_plan).
+    kernels: list[list[int]] | None = None
+    strides: list[list[int]] | None = None
+
+    @property
+    def dimensions(self) -> int:
+        return 3 if self.arch == "unet3d" else 2
 
 
 @dataclass
@@ -186,7 +195,7 @@ class Config:
 COLOR_CONSTANCY = ("none", "shades_of_grey")  # implemented in intensity.py
 
 CHOICES = {
-    "model.arch": {"unet"},
+    "model.arch": {"unet", "unet3d"},
     "model.upsample": {"bilinear", "transposed"},
     "model.attention": {"none", "cbam"},
     "model.full_resolution_stage": {"kept", "train_only", "none"},
@@ -234,9 +243,13 @@ def _check_value(key: str, value: Any, annotation: Any) -> Any:
     elif annotation is dict:
         if isinstance(value, dict):
             return value
+    elif origin is list:
+        if isinstance(value, (list, tuple)):
+            return [_check_value(key, v, typing.get_args(annotation)[0]) for v in value]
     else:  # pragma: no cover - schema only uses the types above
         return value
-    raise UserError(f"config key '{key}': expected {annotation.__name__}, got {value!r}")
+    expected = getattr(annotation, "__name__", annotation)
+    raise UserError(f"config key '{key}': expected {expected}, got {value!r}")
 
 
 def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
@@ -291,6 +304,8 @@ def _validate(cfg: Config) -> None:
     if m.full_resolution_stage == "none" and (m.encoder == "plain" or m.depth < 2):
         raise UserError("config key 'model.full_resolution_stage': none needs an EfficientNet encoder and "
                         "model.depth ≥ 2 (the plain encoder's full-resolution features feed all below)")
+    if m.arch == "unet3d":
+        _validate_3d(m)
     if d.image_size < 2**m.depth or d.image_size % (2**m.depth):
         raise UserError(f"config key 'data.image_size': must be a multiple of 2**model.depth = {2**m.depth}")
     if not 0.0 < d.val_fraction < 1.0:
@@ -329,6 +344,20 @@ def _validate(cfg: Config) -> None:
         raise UserError("config key 'trainer.max_minutes': must be > 0")
     if cfg.trainer.max_epochs < 1:
         raise UserError("config key 'trainer.max_epochs': must be ≥ 1")
+
+
+def _validate_3d(m: ModelConfig) -> None:
+    if m.encoder != "plain" or m.attention != "none" or m.full_resolution_stage != "kept":
+        raise UserError("config: model.arch unet3d is built plain (model.encoder plain, model.attention "
+                        "none, model.full_resolution_stage kept)")
+    for key, given, allowed in (("kernels", m.kernels, (1, 3)), ("strides", m.strides, (1, 2))):
+        if given is None:
+            continue
+        if len(given) != m.depth + 1 or any(len(v) != 3 or set(v) - set(allowed) for v in given):
+            raise UserError(f"config key 'model.{key}': {m.depth + 1} [z, y, x] triples (model.depth + 1) of "
+                            f"{' or '.join(map(str, allowed))}")
+    if m.strides is not None and list(m.strides[0]) != [1, 1, 1]:
+        raise UserError("config key 'model.strides': the first stage's stride is [1, 1, 1]")
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -31,9 +31,10 @@ def export_onnx(weights: str | Path | None, out: str | Path, opset: int = ONNX_O
     loaded = load_model(weights)
     model = loaded.model.eval().float().to(memory_format=torch.contiguous_format)
     size = loaded.image_size or VOLUME_EXAMPLE_SIDE  # 0: slices of volumes come at their own size
-    example = torch.randn(2, loaded.config.in_channels, size, size)
-    dims = {0: torch.export.Dim("batch", min=1, max=1024), 2: torch.export.Dim("height", min=1, max=16384),
-            3: torch.export.Dim("width", min=1, max=16384)}
+    spatial = ("depth", "height", "width")[-loaded.config.dimensions:]
+    example = torch.randn(2, loaded.config.in_channels, *(size,) * len(spatial))
+    dims = {0: torch.export.Dim("batch", min=1, max=1024),
+            **{i + 2: torch.export.Dim(name, min=1, max=16384) for i, name in enumerate(spatial)}}
     out = Path(out)
     with atomic_path(out) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")

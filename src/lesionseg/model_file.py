@@ -344,6 +344,9 @@ def _architecture_on_disk(architecture: ModelConfig) -> dict[str, Any]:
     """The `model` section in the vocabulary every version reads: the built network, so a stage trained
     only (`train_only`) is never in a file, and `full_resolution_decoder` says whether the stage is there."""
     values = dataclasses.asdict(architecture)
+    for key in ("kernels", "strides"):  # 3-D only: a 2-D model's file stays as every version wrote it
+        if values[key] is None:
+            del values[key]
     stage = values.pop("full_resolution_stage")
     if stage == "train_only":
         raise ValueError("a model file holds the shipped network: drop the full-resolution stage first")

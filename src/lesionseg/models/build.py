@@ -9,6 +9,7 @@ from torch import nn
 from ..config import ModelConfig, can_drop_full_resolution_stage
 from ..errors import UserError
 from .unet import UNet
+from .unet3d import UNet3D
 
 
 def build_model(cfg: ModelConfig, pretrained: bool = True) -> nn.Module:
@@ -18,6 +19,10 @@ def build_model(cfg: ModelConfig, pretrained: bool = True) -> nn.Module:
                     attention=cfg.attention, deep_supervision=cfg.deep_supervision, encoder=cfg.encoder,
                     full_resolution_decoder=cfg.full_resolution_stage != "none",
                     pretrained=pretrained)
+    if cfg.arch == "unet3d":
+        return UNet3D(cfg.in_channels, cfg.out_channels, cfg.base_width,
+                      cfg.kernels or [[3, 3, 3]] * (cfg.depth + 1),
+                      cfg.strides or [[1, 1, 1]] + [[2, 2, 2]] * cfg.depth, cfg.deep_supervision)
     raise UserError(f"config key 'model.arch': unknown architecture {cfg.arch!r}")
 
 
