@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from lesionseg.inference import Segmenter
-from lesionseg.inference.coverage import segment_volume
+from lesionseg.inference.volume_coverage import segment_volume
 from lesionseg.io.registry import read_volume
 from lesionseg.io.volumes import Volume, write_nifti_labels
 from lesionseg.machine import describe_machine

@@ -632,7 +632,7 @@ def test_bundled_hippocampus_model_on_the_shared_dicom_series(tmp_path):
 def test_a_volume_stored_lps_is_sliced_along_the_same_anatomy(trained, tmp_path, rng):
     """DICOM series come LPS, NIfTI files RAS: the same scan stored either way gets the same labels."""
     from lesionseg.inference import Segmenter
-    from lesionseg.inference.coverage import segment_volume
+    from lesionseg.inference.volume_coverage import segment_volume
     from lesionseg.orientation import Canonical
 
     _, model = trained

@@ -22,8 +22,9 @@ from typing import Iterator
 import numpy as np
 
 from .errors import UserError
-from .inference.coverage import Slicing, segment_volume
+from .inference.coverage import view_axis
 from .inference.pipeline import Segmented, run_pipeline
+from .inference.volume_coverage import segment_volume
 from .input_selection import ResultNames
 from .io import FAST_PNG, Input, check_unique_ids, list_images, read_input
 from .io.atomic import write_text, write_together
@@ -292,9 +293,9 @@ class VolumeResults:
         if self.views:
             from .viz import volume_views
 
-            slicing: Slicing = segmenter.backend.preprocessing.slicing
-            files[volume.id + VIEWS_SUFFIX] = encode_png(
-                volume_views(volume.array, label_volume, labels, slicing.axis_for(volume.spacing)), 1)
+            axis = view_axis(segmenter.backend.preprocessing, volume.spacing)
+            views = volume_views(volume.array, label_volume, labels, axis)
+            files[volume.id + VIEWS_SUFFIX] = encode_png(views, 1)
         return files
 
     @staticmethod

@@ -131,7 +131,7 @@ def volume_oof(model: Path, data: Path, val: list[str], fold: int) -> list[dict]
     """Fold `fold`'s model on its validation volumes, segmented in 3-D under every candidate setting."""
     from .evaluation import load_labelled
     from .inference import InferenceOptions, Segmenter
-    from .inference.coverage import SliceCoverage
+    from .inference.volume_coverage import volume_coverage
 
     base = Segmenter.load(model, backend="torch")
     structures = base.labels.structures
@@ -142,7 +142,7 @@ def volume_oof(model: Path, data: Path, val: list[str], fold: int) -> list[dict]
         labelled = load_labelled(data, ids=val, model_labels=base.labels)
         for i, pair in enumerate(labelled.pairs):
             volume, truth = labelled.load(i)
-            coverage = SliceCoverage(base, volume)
+            coverage = volume_coverage(base, volume)
 
             def scores(prob, cand, coverage=coverage, truth=truth) -> list[tuple[float, float]]:
                 pred = coverage.labels_of(prob, posts[cand["tta"], cand["largest_component"]])

@@ -171,7 +171,7 @@ def _evaluate_structures(segmenter: Segmenter, labelled: LabelledSet, workers: i
 
 def evaluate_volumes(segmenter, labelled: LabelledSet, tolerance: float = 2.0) -> EvaluationResult:
     """Each volume segmented as `predict` does and scored in 3-D on its own grid, in mm."""
-    from .inference.coverage import segment_volume
+    from .inference.volume_coverage import segment_volume
 
     cases = []
     for i, pair in enumerate(labelled.pairs):
@@ -291,15 +291,15 @@ def write_report(result: EvaluationResult, segmenter: Segmenter, labelled: Label
 def write_volume_report(result: EvaluationResult, segmenter, labelled: LabelledSet, out: Path,
                         settings: dict) -> Path:
     """The per-structure table and, per structure, its worst volumes (truth | prediction views)."""
-    from .inference.coverage import segment_volume
+    from .inference.coverage import view_axis
+    from .inference.volume_coverage import segment_volume
     from .viz import volume_views
 
     index = {p.id: i for i, p in enumerate(labelled.pairs)}
-    axis_for = segmenter.backend.preprocessing.slicing.axis_for
 
     def picture(case_id: str) -> np.ndarray:
         v, truth = labelled.load(index[case_id])
-        axis = axis_for(v.spacing)
+        axis = view_axis(segmenter.backend.preprocessing, v.spacing)
         views = [volume_views(v.array, labels, segmenter.labels, axis)
                  for labels in (truth, segment_volume(segmenter, v))]
         h = max(x.shape[0] for x in views)

@@ -30,9 +30,12 @@ def export_onnx(weights: str | Path | None, out: str | Path, opset: int = ONNX_O
         raise UserError(f"--opset {opset}: lesionseg exports need opset ≥ 17")
     loaded = load_model(weights)
     model = loaded.model.eval().float().to(memory_format=torch.contiguous_format)
-    size = loaded.image_size or VOLUME_EXAMPLE_SIDE  # 0: slices of volumes come at their own size
     spatial = ("depth", "height", "width")[-loaded.config.dimensions:]
-    example = torch.randn(2, loaded.config.in_channels, *(size,) * len(spatial))
+    # the network's input size (a patch, for 3-D), or a size of the example's own for slices of volumes
+    size = loaded.file.preprocessing.input_size
+    if size is None or len(size) != len(spatial):
+        size = (VOLUME_EXAMPLE_SIDE,) * len(spatial)
+    example = torch.randn(2, loaded.config.in_channels, *size)
     dims = {0: torch.export.Dim("batch", min=1, max=1024),
             **{i + 2: torch.export.Dim(name, min=1, max=16384) for i, name in enumerate(spatial)}}
     out = Path(out)

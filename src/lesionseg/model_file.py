@@ -8,7 +8,8 @@ ONNX export's metadata and both inference backends go through it.
 Format versions (`format_version` in the file): 1 is the original layout; 2 adds
 `preprocess.color_constancy`; 3 adds `labels` (several structures, labels.py); 4 adds `preprocess.intensity`
 and `preprocess.slicing` (a model for volumes); 5 adds `members`, an ensemble of that many networks of the one
-architecture (`train --folds`; weights keyed `members.<i>.`). A file is written with the
+architecture (`train --folds`; weights keyed `members.<i>.`); 6 adds `preprocess.patching` (a 3-D network
+covering volumes in a sliding window). A file is written with the
 lowest version that can hold what it records, so
 readers older than a feature still read every file that does not use it, and refuse those that do. Every
 version has a reader in `_READERS`. Importing this module does not import torch (the ONNX path needs it
@@ -27,7 +28,7 @@ from .errors import UserError
 from .labels import Labels
 
 FORMAT = "lesionseg-model"
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 # The input size assumed for an ONNX file whose metadata does not say (exported by another tool).
 FALLBACK_IMAGE_SIZE = 256
 
@@ -53,38 +54,51 @@ def recorded_pixel_spacing(card: dict[str, Any]) -> float | None:
 class Preprocessing:
     """What every input goes through before the network. Photos: resized to image_size², the
     colour-constancy step (intensity.py), then normalised with mean/std (of [0, 1] intensities).
-    Volumes (`slicing` and `intensity` set): normalised by modality (intensity.py), cut into slices
-    (inference/coverage.py) at the model's in-plane spacing and fed at that size (image_size 0)."""
+    Volumes (`intensity` set): normalised by modality (intensity.py), then either cut into slices
+    (`slicing`) at the model's in-plane spacing and fed at that size (image_size 0), or resampled to the
+    model's spacing and covered by patches in a sliding window (`patching`, a 3-D network)."""
 
     image_size: int = FALLBACK_IMAGE_SIZE
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     color_constancy: str = "none"
     intensity: Any = None  # intensity.Intensity, for volumes
-    slicing: Any = None  # inference.coverage.Slicing, for volumes
+    slicing: Any = None  # inference.coverage.Slicing, for volumes through a 2-D network
+    patching: Any = None  # inference.coverage.Patching, for volumes through a 3-D network
 
     # What the network is and how it covers a case, said outright (derived from the settings above, so
     # that every file of every format version says it the same way).
-    dimensions = 2  # the network's: a 2-D U-Net (3-D networks will say 3)
+    @property
+    def dimensions(self) -> int:
+        return 3 if self.patching is not None else 2
 
     @property
     def coverage(self) -> str:
         """How the network covers a case (inference/coverage.py): "whole" (the image, resized to
-        `input_size`) or "slices" (a volume's slices, each fed at the model's in-plane spacing)."""
+        `input_size`), "slices" (a volume's slices, each fed at the model's in-plane spacing) or "patches"
+        (a volume at the model's spacing, in a sliding window of `input_size` patches)."""
+        if self.patching is not None:
+            return "patches"
         return "slices" if self.slicing is not None else "whole"
 
     @property
     def covers_volumes(self) -> bool:
-        return self.coverage == "slices"
+        return self.coverage != "whole"
 
     @property
-    def input_size(self) -> tuple[int, int] | None:
-        """The network's input (rows, columns); None where each input is fed at its own size (slices)."""
+    def input_size(self) -> tuple[int, ...] | None:
+        """The network's input: (rows, columns), a 3-D network's patch (z, y, x), or None where each input
+        is fed at its own size (slices)."""
+        if self.patching is not None:
+            return tuple(self.patching.patch)
         return (self.image_size, self.image_size) if self.image_size else None
 
     @property
     def channels(self) -> dict[str, Any]:
         """The network's input channels and their normalisation."""
+        if self.patching is not None:
+            return {"count": self.patching.channels, "from": "the volume",
+                    "normalisation": self.intensity.to_dict()}
         if self.covers_volumes:
             return {"count": self.slicing.channels, "from": f"{self.slicing.context} neighbouring slice(s)",
                     "normalisation": self.intensity.to_dict()}
@@ -96,7 +110,8 @@ class Preprocessing:
         coverage."""
         return {"dimensions": self.dimensions, "input_size": self.input_size, "coverage": self.coverage,
                 "channels": self.channels,
-                **({"slicing": self.slicing.to_dict()} if self.covers_volumes else {})}
+                **({"slicing": self.slicing.to_dict()} if self.slicing is not None else {}),
+                **({"patching": self.patching.to_dict()} if self.patching is not None else {})}
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std)}
@@ -105,30 +120,35 @@ class Preprocessing:
             out["color_constancy"] = self.color_constancy
         if self.covers_volumes:
             out["intensity"] = self.intensity.to_dict()
-            out["slicing"] = self.slicing.to_dict()
+        for key in ("slicing", "patching"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key).to_dict()
         return out
 
     @property
     def format_version(self) -> int:
         """The lowest file format that records these settings."""
+        if self.patching is not None:
+            return 6
         if self.covers_volumes:
             return 4
         return 2 if self.color_constancy != "none" else 1
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Preprocessing":
-        intensity = slicing = None
-        if values.get("slicing") is not None:
-            from .inference.coverage import Slicing
+        intensity = slicing = patching = None
+        if values.get("slicing") is not None or values.get("patching") is not None:
+            from .inference.coverage import Patching, Slicing
             from .intensity import Intensity
 
             intensity = Intensity.from_dict(values.get("intensity") or {})
-            slicing = Slicing.from_dict(values["slicing"])
+            slicing = Slicing.from_dict(values["slicing"]) if values.get("slicing") is not None else None
+            patching = Patching.from_dict(values["patching"]) if values.get("patching") is not None else None
         return cls(image_size=int(values.get("image_size", FALLBACK_IMAGE_SIZE)),
                    mean=tuple(float(v) for v in values.get("mean", IMAGENET_MEAN)),
                    std=tuple(float(v) for v in values.get("std", IMAGENET_STD)),
                    color_constancy=str(values.get("color_constancy", "none")),
-                   intensity=intensity, slicing=slicing)
+                   intensity=intensity, slicing=slicing, patching=patching)
 
     def transform(self):
         """The numpy pre-processing (`EvalTransform`) for these settings."""
@@ -151,9 +171,8 @@ class ModelFile:
     @property
     def format_version(self) -> int:
         """The lowest file format that records what this file holds."""
-        if self.members > 1:
-            return 5
-        return max(3 if self.labels.multi else 1, self.preprocessing.format_version)
+        return max(5 if self.members > 1 else 1, 3 if self.labels.multi else 1,
+                   self.preprocessing.format_version)
 
     @classmethod
     def ensemble(cls, files: list["ModelFile"], card: dict[str, Any]) -> "ModelFile":
@@ -247,9 +266,9 @@ class ModelFile:
                 "producer": "lesionseg", "color_constancy": p.color_constancy}
         if self.labels.multi:
             meta["labels"] = json.dumps(self.labels.to_dict())
-        if p.covers_volumes:
-            meta["intensity"] = json.dumps(p.intensity.to_dict())
-            meta["slicing"] = json.dumps(p.slicing.to_dict())
+        for key, value in p.to_dict().items():
+            if key in ("intensity", "slicing", "patching"):
+                meta[key] = json.dumps(value)
         return meta
 
     @classmethod
@@ -257,7 +276,7 @@ class ModelFile:
         values: dict[str, Any] = {"color_constancy": meta.get("color_constancy", "none")}
         if "image_size" in meta:
             values["image_size"] = meta["image_size"]
-        for key in ("mean", "std", "intensity", "slicing"):
+        for key in ("mean", "std", "intensity", "slicing", "patching"):
             if key in meta:
                 values[key] = json.loads(meta[key])
         labels = Labels.from_dict(json.loads(meta["labels"])) if "labels" in meta else Labels.binary()
@@ -371,4 +390,5 @@ def _read_v5(payload: dict[str, Any], path: Path) -> ModelFile:
 
 
 # version 4 differs from 3 only in what `preprocess` may hold, which Preprocessing.from_dict reads
-_READERS = {1: _read_v1, 2: _read_v2, 3: _read_v3, 4: _read_v3, 5: _read_v5}
+# version 6 differs from 5 only in what `preprocess` may hold (`patching`: a 3-D network)
+_READERS = {1: _read_v1, 2: _read_v2, 3: _read_v3, 4: _read_v3, 5: _read_v5, 6: _read_v5}

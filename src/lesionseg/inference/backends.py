@@ -1,4 +1,5 @@
-"""Runtimes that turn an NCHW float32 batch into logits: torch (the model file) or ONNX Runtime.
+"""Runtimes that turn an NCHW (NCDHW for 3-D networks) float32 batch into logits: torch (the model
+file) or ONNX Runtime.
 
 Both read what the network needs to be fed from the model file (`ModelFile`: pre-processing and card). The
 ONNX backend never imports torch: a deployment needs only numpy, OpenCV, Pillow and onnxruntime.
@@ -31,16 +32,18 @@ class TorchBackend(Backend):
         if threads:
             torch.set_num_threads(threads)
         from ..models import LoadedModel, load_model
+        from ..models.parts import channels_last
 
         self._torch = torch
         self.loaded = weights if isinstance(weights, LoadedModel) else load_model(weights)
-        self.model = self.loaded.model.eval().to(memory_format=torch.channels_last)
+        self.memory_format = channels_last(self.loaded.config.dimensions)
+        self.model = self.loaded.model.eval().to(memory_format=self.memory_format)
         self.file = self.loaded.file
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
         with torch.inference_mode():
-            x = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
+            x = torch.from_numpy(batch).contiguous(memory_format=self.memory_format)
             return self.model(x).float().numpy()
 
 

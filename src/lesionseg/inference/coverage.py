@@ -6,12 +6,9 @@ input's own grid, which thresholds, clean-up and measurement take from there.
   probabilities. TTA: every scale × {identity, horizontal flip, vertical flip}; each view's logits are
   un-flipped, resized, turned into probabilities, and the probabilities averaged (so one over-confident
   view cannot dominate).
-- `SliceCoverage` (MONAI's SliceInferer, nnU-Net's `2d`): a volume normalised as its model says
-  (intensity.py), turned to the closest RAS+ order, cut along its slice axis into 2-D images of k
-  neighbouring slices as channels (2.5-D), resampled in-plane to the spacing the model was trained at,
-  each covered whole, a batch at a time, and its probabilities put back on the volume's own grid.
-  `segment_volume` streams them into a label volume: only the uint8 labels (and the normalised input) are
-  held whole, so a 512×512×600 CT needs ~0.2 GB beyond its own voxels; clean-up then runs in 3-D.
+- Volumes (`volume_coverage.py`): `Slicing` says how a 2-D network cuts a volume into slices (MONAI's
+  SliceInferer, nnU-Net's `2d`), `Patching` how a 3-D network covers it with patches in a sliding window
+  (nnU-Net's `3d_fullres`); both are recorded in the model file.
 """
 
 from __future__ import annotations
@@ -22,7 +19,6 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
-from .. import postprocess
 from ..data.preprocess import resize_to, sigmoid, softmax
 from ..errors import UserError
 from ..io.volumes import Volume
@@ -31,10 +27,6 @@ from ..orientation import Canonical
 
 # in-plane spacings within this fraction of the model's are used as they are
 SPACING_TOLERANCE = 0.01
-# A batch of slices holds about this many pixels (one 512² CT slice): small slices go through the network
-# many at a time (per-call overhead dominates a 50×40 slice), large ones one at a time (a batch of 717²
-# slices, a 0.7 mm CT at a 0.5 mm model, held 2.3 GB of activations).
-BATCH_PIXELS = 512 * 512
 
 
 class WholeImage:
@@ -199,88 +191,43 @@ def label_values(labels: Labels) -> np.ndarray:
     return np.asarray([0, *(s.value for s in labels.structures)], np.int64)
 
 
-def _resize_probabilities(prob: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    if prob.shape[-2:] == (rows, cols):
-        return prob
-    if prob.ndim == 2:
-        return cv2.resize(prob, (cols, rows), interpolation=cv2.INTER_LINEAR)
-    return np.stack([cv2.resize(p, (cols, rows), interpolation=cv2.INTER_LINEAR) for p in prob])
+def view_axis(preprocessing, spacing) -> int:
+    """The axis a volume's pictures are drawn across: the model's slice axis, or (patches) the coarsest."""
+    return (preprocessing.slicing or Slicing()).axis_for(spacing)
 
 
-class SliceCoverage:
-    """How a 2-D network covers one volume: normalised by the model's `Intensity`, turned to the closest
-    RAS+ order, cut along the model's slice axis into k-slice stacks resampled in-plane to its spacing, and
-    the probabilities resized back onto each slice's own grid. `chunks` yields them a batch of slices at a
-    time, so that a caller that only needs labels never holds the whole volume's probabilities."""
+@dataclasses.dataclass(frozen=True)
+class Patching:
+    """How a 3-D model covers volumes (the model file's `preprocess.patching`): turned to the closest RAS+
+    order, resampled to `spacing_mm`, covered by `patch`-sized windows overlapping by `overlap`."""
 
-    def __init__(self, segmenter, volume: Volume):
-        labels, pre = segmenter.labels, segmenter.backend.preprocessing
-        if pre.slicing is None or pre.intensity is None:
-            raise UserError(
-                f"{volume.source}: {segmenter.weights_path.name} is a model for photos; a volume "
-                "needs a model trained on volumes"
-            )
-        if labels.mode == "overlapping":
-            raise UserError(
-                f"{volume.source}: the model's structures overlap; a label volume holds one per voxel"
-            )
-        self.segmenter, self.labels, self.slicing = segmenter, labels, pre.slicing
-        self.canonical = Canonical(volume.affine)
-        spacing = self.canonical.spacing(volume.spacing)
-        self.axis = self.slicing.axis_for(spacing)
-        self.normalised = pre.intensity.apply(self.canonical.forward(volume.array))
-        self.stack_shape = np.moveaxis(self.normalised, self.axis, 0).shape
-        self.size = self.slicing.plane_size(self.normalised.shape, spacing, self.axis)
-        self.batch = max(1, BATCH_PIXELS // max(1, self.size[0] * self.size[1]))
+    patch: tuple[int, int, int]
+    spacing_mm: tuple[float, float, float]
+    overlap: float = 0.5
+    channels: int = 1
 
-    def chunks(self, tta: bool | None = None) -> Iterator[tuple[range, list[np.ndarray]]]:
-        """(slice indices, each slice's probabilities on its own grid: (rows, cols), or (C, rows, cols))."""
-        n, (rows, cols) = self.stack_shape[0], self.stack_shape[1:]
-        for start in range(0, n, self.batch):
-            indices = range(start, min(start + self.batch, n))
-            images = list(self.slicing.images(self.normalised, self.axis, self.size, indices))
-            probs = self.segmenter.predict_batch(images, tta=tta, batch_size=self.batch)
-            yield indices, [_resize_probabilities(p, rows, cols) for p in probs]
+    def grid(self, shape, spacing) -> tuple[int, int, int]:
+        """The volume's shape once resampled to the model's spacing (axes within 1 % are kept)."""
+        return tuple(n if abs(s / t - 1) <= SPACING_TOLERANCE else max(1, round(n * s / t))
+                     for n, s, t in zip(shape, spacing, self.spacing_mm))
 
-    def probabilities(self, tta: bool | None = None) -> np.ndarray:
-        """Every slice's probabilities, float32 (C, slices, rows, cols) in slice order (C = 1 for one
-        structure): what `labels` turns into a label volume, under any post-processing."""
-        channels = len(self.labels.structures) if self.labels.multi else 1
-        out = np.zeros((channels, *self.stack_shape), np.float32)
-        for indices, probs in self.chunks(tta):
-            for i, prob in zip(indices, probs):
-                out[:, i] = prob if self.labels.multi else prob[None]
-        return out
+    def to_dict(self) -> dict[str, Any]:
+        return {"patch": list(self.patch), "spacing_mm": list(self.spacing_mm), "overlap": self.overlap,
+                "channels": self.channels}
 
-    def labels_of(self, probabilities, post: postprocess.PostprocessConfig) -> np.ndarray:
-        """The label volume on the volume's own grid from `chunks(...)` or `probabilities(...)`: each slice
-        thresholded (one structure) or argmaxed (exclusive), then cleaned in 3-D."""
-        if isinstance(probabilities, np.ndarray):
-            multi = self.labels.multi
-            probabilities = [(range(probabilities.shape[1]),
-                              [probabilities[:, i] if multi else probabilities[0, i]
-                               for i in range(probabilities.shape[1])])]
-        values = label_values(self.labels)
-        threshold_only = dataclasses.replace(post, largest_component=False, fill_holes=False, min_area=0,
-                                             crf=False)
-        out = np.zeros(self.stack_shape, np.uint8)
-        zeros = np.zeros((1, *self.stack_shape[1:]), bool)
-        for indices, probs in probabilities:
-            for i, prob in zip(indices, probs):
-                if self.labels.multi:
-                    masks = postprocess.apply_structures(prob, threshold_only, self.labels.mode)
-                    out[i] = values[np.concatenate([zeros, masks]).argmax(0)]
-                else:
-                    out[i] = postprocess.threshold(prob, threshold_only.threshold) * values[1]
-        cleaned = postprocess.clean_volume(out, values[1:], post)
-        return self.canonical.inverse(np.moveaxis(cleaned, 0, self.axis))
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "Patching":
+        return cls(tuple(int(v) for v in values["patch"]), tuple(float(v) for v in values["spacing_mm"]),
+                   float(values.get("overlap", 0.5)), int(values.get("channels", 1)))
 
 
-def segment_volume(segmenter, volume: Volume) -> np.ndarray:
-    """The label volume (uint8 values of the model's structures, 0 background) on `volume`'s grid, slices
-    streamed through the network a batch at a time (only the uint8 labels are held whole). Overlapping
-    structures cannot share one label map: such models are refused."""
-    coverage = SliceCoverage(segmenter, volume)
-    return coverage.labels_of(coverage.chunks(), segmenter.post)
+def resample(array: np.ndarray, shape, order: int = 1) -> np.ndarray:
+    """`array`'s last three axes resampled to `shape` (voxel centres aligned as torch's align_corners=False
+    aligns them; order 0 for labels, 1 for intensities and logits); a matching shape is returned as is."""
+    from scipy import ndimage
 
-
+    shape = tuple(int(n) for n in shape)
+    if array.shape[-3:] == shape:
+        return array
+    zoom = (1,) * (array.ndim - 3) + tuple(n / m for n, m in zip(shape, array.shape[-3:]))
+    return ndimage.zoom(array, zoom, order=order, mode="nearest", grid_mode=True, prefilter=False)

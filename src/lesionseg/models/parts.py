@@ -13,6 +13,11 @@ def tracing() -> bool:
     return torch.compiler.is_exporting() or torch.compiler.is_compiling()
 
 
+def channels_last(dimensions: int) -> torch.memory_format:
+    """The channels-last memory format of a network's inputs and weights: NHWC, or NDHWC for 3-D."""
+    return torch.channels_last if dimensions == 2 else torch.channels_last_3d
+
+
 class DoubleConv(nn.Sequential):
     """(3×3 conv → BatchNorm → ReLU) × 2."""
 

@@ -112,7 +112,7 @@ class MicroBatcher:
 
 
 class BatchedSegmenter:
-    """A Segmenter as `inference.coverage.SliceCoverage` uses one, whose network calls go through the
+    """A Segmenter as `inference.volume_coverage` uses one, whose network calls go through the
     service's MicroBatcher (the one thread that owns the model), a batch at a time: how a volume's slices
     share the model with every other request."""
 

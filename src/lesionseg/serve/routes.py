@@ -139,7 +139,7 @@ async def _volume(request: Request, service: Service, data: bytes, label: str, s
     """A volume in, its label volume out in the input's own space: NIfTI (same affine and header) for a
     NIfTI, a DICOM SEG referencing every instance for a zipped series (format=nifti for a NIfTI instead),
     or JSON volumes."""
-    from ..inference.coverage import segment_volume
+    from ..inference.volume_coverage import segment_volume
     from ..io.dicom import series_seg_bytes
     from ..io.registry import read_volume_bytes
     from ..io.volumes import Caps, VolumeTooLarge, nifti_bytes

@@ -1,5 +1,5 @@
 """Validation on whole volumes, as `evaluate` scores them: the network being trained segments each
-validation volume through the one inference path (`inference.coverage.SliceCoverage`: every slice, on the
+validation volume through the one inference path (`inference.volume_coverage`: every slice, on the
 volume's own grid, thresholds and clean-up as `predict` applies them by default) and each case is scored in
 3-D per structure, a structure absent from both truth and prediction left out. The figure is `evaluate`'s
 headline (`mean_jaccard`, `mean_dice` of metrics.json), so selection looks at what users will be shown; a
@@ -11,7 +11,7 @@ import numpy as np
 
 from ..inference import InferenceOptions, Segmenter
 from ..inference.backends import Backend
-from ..inference.coverage import segment_volume
+from ..inference.volume_coverage import segment_volume
 from ..labels import Labels
 from ..metrics import headline, overlap_scores
 from ..model_file import ModelFile, Preprocessing

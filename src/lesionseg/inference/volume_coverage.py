@@ -1,0 +1,175 @@
+"""How a network covers a volume, as probabilities and then labels on the volume's own grid. A volume is
+normalised as its model says (intensity.py) and turned to the closest RAS+ order; then
+
+- `SliceCoverage` (MONAI's SliceInferer, nnU-Net's `2d`): cut along its slice axis into 2-D images of k
+  neighbouring slices as channels (2.5-D), resampled in-plane to the spacing the model was trained at, each
+  covered whole, a batch at a time, and the probabilities put back on each slice's own grid;
+- `PatchCoverage` (nnU-Net's `3d_fullres`): resampled to the model's spacing, covered by a sliding window of
+  patches blended with Gaussian importance (`sliding_window.py`; mirrored along every axis under TTA), the
+  blended logits resampled back and turned into probabilities.
+
+Both yield probabilities a stack of slices at a time (`chunks`), so `segment_volume` streams them into a
+uint8 label volume, thresholded or argmaxed per slice and cleaned in 3-D; a caller that only needs labels
+never holds the whole volume's probabilities from slices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from .. import postprocess
+from ..data.preprocess import sigmoid, softmax
+from ..errors import UserError
+from ..io.volumes import Volume
+from ..orientation import Canonical
+from .coverage import label_values, resample
+from .sliding_window import sliding_window
+
+# A batch of slices holds about this many pixels (one 512² CT slice): small slices go through the network
+# many at a time (per-call overhead dominates a 50×40 slice), large ones one at a time (a batch of 717²
+# slices, a 0.7 mm CT at a 0.5 mm model, held 2.3 GB of activations).
+BATCH_PIXELS = 512 * 512
+
+
+def _resize_probabilities(prob: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    if prob.shape[-2:] == (rows, cols):
+        return prob
+    if prob.ndim == 2:
+        return cv2.resize(prob, (cols, rows), interpolation=cv2.INTER_LINEAR)
+    return np.stack([cv2.resize(p, (cols, rows), interpolation=cv2.INTER_LINEAR) for p in prob])
+
+
+class VolumeCoverage:
+    """What every way of covering a volume shares: the checks, the volume normalised and in RAS+ order, and
+    `probabilities` and `labels_of` over `chunks` — (slice indices along `axis`, each slice's probabilities
+    on its own grid: (rows, cols) for one structure, (C, rows, cols) for several)."""
+
+    def __init__(self, segmenter, volume: Volume):
+        labels, pre = segmenter.labels, segmenter.backend.preprocessing
+        if not pre.covers_volumes:
+            raise UserError(
+                f"{volume.source}: {segmenter.weights_path.name} is a model for photos; a volume "
+                "needs a model trained on volumes"
+            )
+        if labels.mode == "overlapping":
+            raise UserError(
+                f"{volume.source}: the model's structures overlap; a label volume holds one per voxel"
+            )
+        self.segmenter, self.labels = segmenter, labels
+        self.canonical = Canonical(volume.affine)
+        self.spacing = self.canonical.spacing(volume.spacing)
+        self.normalised = pre.intensity.apply(self.canonical.forward(volume.array))
+        self.axis = 0
+
+    @property
+    def stack_shape(self) -> tuple[int, int, int]:
+        return np.moveaxis(self.normalised, self.axis, 0).shape
+
+    def chunks(self, tta: bool | None = None) -> Iterator[tuple[range, list[np.ndarray]]]:
+        raise NotImplementedError
+
+    def probabilities(self, tta: bool | None = None) -> np.ndarray:
+        """Every slice's probabilities, float32 (C, slices, rows, cols) in slice order (C = 1 for one
+        structure): what `labels` turns into a label volume, under any post-processing."""
+        channels = len(self.labels.structures) if self.labels.multi else 1
+        out = np.zeros((channels, *self.stack_shape), np.float32)
+        for indices, probs in self.chunks(tta):
+            for i, prob in zip(indices, probs):
+                out[:, i] = prob if self.labels.multi else prob[None]
+        return out
+
+    def labels_of(self, probabilities, post: postprocess.PostprocessConfig) -> np.ndarray:
+        """The label volume on the volume's own grid from `chunks(...)` or `probabilities(...)`: each slice
+        thresholded (one structure) or argmaxed (exclusive), then cleaned in 3-D."""
+        if isinstance(probabilities, np.ndarray):
+            multi = self.labels.multi
+            probabilities = [(range(probabilities.shape[1]),
+                              [probabilities[:, i] if multi else probabilities[0, i]
+                               for i in range(probabilities.shape[1])])]
+        values = label_values(self.labels)
+        threshold_only = dataclasses.replace(post, largest_component=False, fill_holes=False, min_area=0,
+                                             crf=False)
+        out = np.zeros(self.stack_shape, np.uint8)
+        zeros = np.zeros((1, *self.stack_shape[1:]), bool)
+        for indices, probs in probabilities:
+            for i, prob in zip(indices, probs):
+                if self.labels.multi:
+                    masks = postprocess.apply_structures(prob, threshold_only, self.labels.mode)
+                    out[i] = values[np.concatenate([zeros, masks]).argmax(0)]
+                else:
+                    out[i] = postprocess.threshold(prob, threshold_only.threshold) * values[1]
+        cleaned = postprocess.clean_volume(out, values[1:], post)
+        return self.canonical.inverse(np.moveaxis(cleaned, 0, self.axis))
+
+
+class SliceCoverage(VolumeCoverage):
+    """A 2-D network's: each slice along the model's axis (with its k-slice context) resampled in-plane to
+    the model's spacing, a batch of slices per network call, probabilities resized back."""
+
+    def __init__(self, segmenter, volume: Volume):
+        super().__init__(segmenter, volume)
+        self.slicing = segmenter.backend.preprocessing.slicing
+        self.axis = self.slicing.axis_for(self.spacing)
+        self.size = self.slicing.plane_size(self.normalised.shape, self.spacing, self.axis)
+        self.batch = max(1, BATCH_PIXELS // max(1, self.size[0] * self.size[1]))
+
+    def chunks(self, tta: bool | None = None) -> Iterator[tuple[range, list[np.ndarray]]]:
+        n, (rows, cols) = self.stack_shape[0], self.stack_shape[1:]
+        for start in range(0, n, self.batch):
+            indices = range(start, min(start + self.batch, n))
+            images = list(self.slicing.images(self.normalised, self.axis, self.size, indices))
+            probs = self.segmenter.predict_batch(images, tta=tta, batch_size=self.batch)
+            yield indices, [_resize_probabilities(p, rows, cols) for p in probs]
+
+def segment_volume(segmenter, volume: Volume) -> np.ndarray:
+    """The label volume (uint8 values of the model's structures, 0 background) on `volume`'s grid, slices
+    streamed through the network a batch at a time (only the uint8 labels are held whole). Overlapping
+    structures cannot share one label map: such models are refused."""
+    coverage = volume_coverage(segmenter, volume)
+    return coverage.labels_of(coverage.chunks(), segmenter.post)
+
+
+
+
+class PatchCoverage(VolumeCoverage):
+    """A 3-D network's: the volume resampled to the model's spacing, a sliding window of patches (mirrored
+    along every axis under TTA), the blended logits resampled back and activated a slab of slices at a
+    time."""
+
+    SLAB = 16  # slices activated at a time
+
+    def __init__(self, segmenter, volume: Volume):
+        super().__init__(segmenter, volume)
+        self.patching = segmenter.backend.preprocessing.patching
+        self.grid = self.patching.grid(self.normalised.shape, self.spacing)
+
+    def logits(self, tta: bool) -> np.ndarray:
+        """(K, *grid) float32: the network's blended logits at the model's spacing."""
+        image = resample(self.normalised.astype(np.float32, copy=False), self.grid, order=1)[None]
+        network = self.segmenter.backend
+        return sliding_window(network, image, self.patching.patch, self.patching.overlap,
+                              batch_size=getattr(self.segmenter, "batch_size", 1) or 1,
+                              mirror_axes=(0, 1, 2) if tta else ())
+
+    def chunks(self, tta: bool | None = None) -> Iterator[tuple[range, list[np.ndarray]]]:
+        tta = self.segmenter.tta if tta is None else tta
+        logits = resample(self.logits(bool(tta)), self.normalised.shape, order=1)
+        for start in range(0, logits.shape[1], self.SLAB):
+            slab = logits[:, start:start + self.SLAB]
+            if not self.labels.multi:
+                probs = list(sigmoid(slab[0]))
+            else:
+                p = softmax(slab)[1:] if self.labels.mode == "exclusive" else sigmoid(slab)
+                probs = [p[:, i] for i in range(p.shape[1])]
+            yield range(start, start + slab.shape[1]), probs
+
+
+def volume_coverage(segmenter, volume: Volume) -> VolumeCoverage:
+    """The model's way of covering `volume`: slices for a 2-D network, patches for a 3-D one."""
+    if segmenter.backend.preprocessing.coverage == "patches":
+        return PatchCoverage(segmenter, volume)
+    return SliceCoverage(segmenter, volume)
