@@ -116,3 +116,105 @@ def test_mirroring_under_tta_and_evaluate_scores_what_predict_writes(model_3d, t
     plain = np.asarray(nib.load(pred / "vol_000_labels.nii.gz").dataobj)
     mirrored = np.asarray(nib.load(tta / "vol_000_labels.nii.gz").dataobj)
     assert plain.shape == mirrored.shape and (plain != mirrored).any()
+
+
+# training: patches drawn from whole volumes, on the one training loop
+
+TINY_3D = ["--config", str(Path(__file__).resolve().parents[1] / "configs" / "seed_unet.yaml"),
+           "model.arch=unet3d", "model.in_channels=1", "model.base_width=4", "data.batch_size=2",
+           "trainer.max_epochs=2", "trainer.precision=fp32", "data.val_ids=val_ids.txt",
+           "data.patches_per_epoch=8"]
+
+
+def labelled_cases(root: Path):
+    from lesionseg.pairs import discover, validate
+
+    return validate(discover(make_volume_dataset(root, n=4)), keep=True)
+
+
+def test_the_patch_and_spacing_are_planned_from_the_training_volumes(tmp_path):
+    from lesionseg.config import DataConfig
+    from lesionseg.data.patch_sampler import MAX_PATCH_VOXELS, fit_patching
+
+    cases = labelled_cases(tmp_path / "d")
+    planned = fit_patching(cases, DataConfig())
+    assert planned.spacing_mm == (0.8, 0.8, 2.5) and planned.patch == (24, 24, 16)  # 20x24x10, up to 8s
+    given = fit_patching(cases, DataConfig(patch_size=[16, 16, 8], target_spacing_mm=[1.6, 1.6, 2.5]))
+    assert given == Patching((16, 16, 8), (1.6, 1.6, 2.5))
+    big = [dataclasses_replace_image(c, np.zeros((400, 400, 300), np.float32)) for c in cases[:1]]
+    patch = fit_patching(big, DataConfig()).patch
+    assert np.prod(patch) <= MAX_PATCH_VOXELS and all(p % 8 == 0 for p in patch)
+
+
+def dataclasses_replace_image(case, array):
+    import dataclasses
+
+    return dataclasses.replace(case, image=dataclasses.replace(case.image, array=array))
+
+
+def test_patches_oversample_structures_and_are_drawn_alike_for_a_seed(tmp_path):
+    from lesionseg.config import AugmentConfig
+    from lesionseg.data.patch_sampler import PatchDataset, patch_cases
+
+    cases = patch_cases(labelled_cases(tmp_path / "d"), Intensity("zscore"), PATCHING)
+    assert cases[0].image.shape == (10, 12, 10) and cases[0].labels.dtype == np.uint8
+    assert set(cases[0].locations) == {1, 2}
+    plain = PatchDataset(cases, (8, 8, 8), LABELS, 200, foreground=1.0)
+    image, target = plain[0]
+    assert image.shape == (1, 8, 8, 8) and target.shape == (2, 8, 8, 8) and image.dtype == torch.float32
+    assert all(plain[i][1].sum() > 0 for i in range(len(cases)))  # validation patches sit on a structure
+    trained = PatchDataset(cases, (8, 8, 8), LABELS, 200, foreground=1.0, aug=AugmentConfig(elastic=0.0))
+    trained.set_random_seed(3)
+    first = [trained[i] for i in range(3)]
+    trained.set_random_seed(3)
+    again = [trained[i] for i in range(3)]
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again))
+    on_structure = np.mean([trained[i][1].sum().item() > 0 for i in range(40)])
+    sparse = PatchDataset(cases, (8, 8, 8), LABELS, 200, foreground=0.0, aug=AugmentConfig(elastic=0.0))
+    anywhere = np.mean([sparse[i][1].sum().item() > 0 for i in range(40)])
+    assert on_structure == 1.0 and anywhere < on_structure
+
+
+@pytest.fixture(scope="module")
+def trained_3d(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("train3d")
+    data = make_volume_dataset(root / "data", n=6)
+    run = root / "run"
+    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(run), *TINY_3D])
+    assert result.exit_code == 0, result.output
+    return data, run
+
+
+def test_training_a_3d_network_plans_its_layout_and_records_its_patches(trained_3d):
+    data, run = trained_3d
+    file = ModelFile.read(run / "model.pt")
+    assert file.architecture.arch == "unet3d" and file.preprocessing.coverage == "patches"
+    assert file.preprocessing.patching == Patching((24, 24, 16), (0.8, 0.8, 2.5))
+    # the coarse third axis (2.5 mm beside 0.8) is neither convolved across nor pooled at first
+    assert file.architecture.kernels[0] == [3, 3, 1] and file.architecture.strides[1] == [2, 2, 1]
+    card = file.card["training_data"]
+    assert card["n_train_volumes"] == 4 and card["samples"].startswith("patches")
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3 and "val_dice" in rows[0]
+
+
+def test_a_3d_run_resumes_and_its_model_predicts(trained_3d, tmp_path):
+    data, run = trained_3d
+    more = [*TINY_3D[:-4], "trainer.max_epochs=3", *TINY_3D[-3:]]
+    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(run), *more])
+    assert result.exit_code == 0, result.output
+    assert "resuming from" in result.output and len((run / "metrics.csv").read_text().splitlines()) == 4
+    out = tmp_path / "pred"
+    result = runner.invoke(app, ["predict", str(data / "imagesTr" / "vol_000.nii.gz"), "--weights",
+                                 str(run / "model.pt"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    labels = np.asarray(nib.load(out / "vol_000_labels.nii.gz").dataobj)
+    assert labels.shape == (20, 24, 10) and set(np.unique(labels)) <= {0, 1, 2}
+
+
+def test_a_3d_network_refuses_photos(tmp_path):
+    from conftest import make_dataset
+
+    data = make_dataset(tmp_path / "photos", n=4)
+    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "run"), *TINY_3D[:-2]])
+    assert result.exit_code == 2 and "a 3-D network (model.arch unet3d) trains on volumes" in result.output

@@ -106,6 +106,12 @@ class DataConfig:
     slice_context: int = 1  # k neighbouring slices as the network's channels (2.5-D); odd
     slice_spacing_mm: float | None = None  # in-plane spacing slices are resampled to; null: the data's median
     foreground_oversample: float = 0.33  # at least this share of training slices show a structure
+    # 3-D networks (model.arch unet3d): the patch (z, y, x voxels, RAS+ order) and the spacing volumes are
+    # resampled to (null: planned from the training volumes, data/patch_sampler.py), and the patches an
+    # epoch draws
+    patch_size: list[int] | None = None
+    target_spacing_mm: list[float] | None = None
+    patches_per_epoch: int = 500
 
 
 @dataclass
@@ -316,6 +322,11 @@ def _validate(cfg: Config) -> None:
         raise UserError("config key 'data.slice_context': an odd number of slices (1, 3, 5, ...)")
     if d.slice_axis is not None and d.slice_axis not in (0, 1, 2):
         raise UserError("config key 'data.slice_axis': 0, 1, 2 or null (the coarsest axis)")
+    for key, value in (("patch_size", d.patch_size), ("target_spacing_mm", d.target_spacing_mm)):
+        if value is not None and (len(value) != 3 or min(value) <= 0):
+            raise UserError(f"config key 'data.{key}': three positive numbers [z, y, x], or null")
+    if d.patches_per_epoch < 1:
+        raise UserError("config key 'data.patches_per_epoch': must be ≥ 1")
     if d.batch_size < 1:
         raise UserError("config key 'data.batch_size': must be ≥ 1")
     if not 0.0 < a.crop_scale_min <= a.crop_scale_max <= 1.0:

@@ -45,7 +45,7 @@ IGNORED = 255.0  # labels.IGNORED, as a float target
 
 def _dice_per_channel(prob: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None,
                       smooth: float) -> torch.Tensor:
-    """1 - soft Dice per (image, channel), averaged: prob and target (N, C, H, W) fp32."""
+    """1 - soft Dice per (image, channel), averaged: prob and target (N, C, ...) fp32."""
     if valid is not None:
         prob, target = prob * valid, target * valid
     inter = (prob * target).flatten(2).sum(2)
@@ -81,7 +81,8 @@ class ExclusiveDiceCELoss(nn.Module):
         logits, target = logits.float(), target.float()
         ignored = target[:, 0] == IGNORED
         onehot = (target == 1.0).float()
-        classes = torch.arange(1, target.shape[1] + 1, device=target.device).view(1, -1, 1, 1)
+        shape = (1, -1, *[1] * (target.ndim - 2))
+        classes = torch.arange(1, target.shape[1] + 1, device=target.device).view(shape)
         index = (onehot.long() * classes).sum(1).masked_fill(ignored, -100)
         ce = F.cross_entropy(logits, index, ignore_index=-100) if (~ignored).any() else logits.sum() * 0
         valid = (~ignored).float()[:, None] if ignored.any() else None

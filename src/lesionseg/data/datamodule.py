@@ -100,7 +100,7 @@ def foreground_weights(foreground: np.ndarray, share: float) -> torch.Tensor | N
 def _reseed_worker(worker_id: int) -> None:
     # Each worker holds a copy of the same Compose RNG; without this they would all augment alike.
     info = torch.utils.data.get_worker_info()
-    info.dataset.transform.set_random_seed(torch.initial_seed() % 2**32)
+    info.dataset.set_random_seed(torch.initial_seed() % 2**32)
 
 
 class _Indices(Dataset):
@@ -163,12 +163,12 @@ def choose_on_device(choice: str, device: torch.device, nbytes: int, fraction: f
 
 class SegmentationDataModule(L.LightningDataModule):
     def __init__(self, data: str | Path | Sequence[str | Path], val_data: str | Path | None, cfg: DataConfig,
-                 aug: AugmentConfig, seed: int = 0):
+                 aug: AugmentConfig, seed: int = 0, dimensions: int = 2):
         """`data`: one folder or several; without `val_data`, validation is carved from the first folder only,
         and the others (e.g. pseudo-labelled images) only add training pairs, so the carved split, and
         with it every score that selection sees, is the same whatever is added."""
         super().__init__()
-        self.cfg, self.aug, self.seed = cfg, aug, seed
+        self.cfg, self.aug, self.seed, self.patches = cfg, aug, seed, dimensions == 3
         self.folders = folders = [Path(data)] if isinstance(data, (str, Path)) else [Path(d) for d in data]
         if not folders:
             raise UserError("training data: give at least one --data folder")
@@ -211,8 +211,10 @@ class SegmentationDataModule(L.LightningDataModule):
             train_pairs += more
             both = train_cases is not None and more_cases is not None
             train_cases = train_cases + more_cases if both else None
+        if self.patches and not self.volumes:
+            raise UserError(f"{folders[0]}: a 3-D network (model.arch unet3d) trains on volumes, not photos")
         if self.volumes:
-            self._slices(train_cases, val_cases)
+            (self._patches if self.patches else self._slices)(train_cases, val_cases)
             return
         self.preprocessing = Preprocessing(cfg.image_size, color_constancy=cfg.color_constancy)
         # The training transform is chosen in setup(), once the device (and so the feeding path) is known.
@@ -229,8 +231,7 @@ class SegmentationDataModule(L.LightningDataModule):
         from .transforms import slice_eval_transform
 
         cfg = self.cfg
-        modality = read_modality(self.folders[0]) if cfg.modality == "auto" else cfg.modality
-        intensity = Intensity.fit(modality_scheme(modality), ((c.image.array, c.truth) for c in train_cases))
+        intensity = self._intensity(train_cases)
         channels = 3 if cfg.slice_context == 1 else cfg.slice_context
         slicing = Slicing.fit([c.image for c in train_cases], cfg.slice_axis, cfg.slice_context, channels,
                               cfg.slice_spacing_mm)
@@ -248,6 +249,35 @@ class SegmentationDataModule(L.LightningDataModule):
               f"{len(val_cases)} validation volumes → {len(val.ids)} slices; "
               f"slicing {pre.slicing.to_dict()}, intensity {pre.intensity.to_dict()}",
               file=sys.stderr, flush=True)
+
+    def _intensity(self, train_cases: list) -> Intensity:
+        """The intensity setting fitted on the training volumes (dataset.json's modality, or
+        data.modality)."""
+        cfg = self.cfg
+        modality = read_modality(self.folders[0]) if cfg.modality == "auto" else cfg.modality
+        return Intensity.fit(modality_scheme(modality), ((c.image.array, c.truth) for c in train_cases))
+
+    def _patches(self, train_cases: list, val_cases: list) -> None:
+        """Volumes train a 3-D network as patches at the model's spacing (data/patch_sampler.py); the
+        validation volumes are also kept whole, to be scored as `evaluate` scores them."""
+        from .patch_sampler import PatchDataset, fit_patching, patch_cases
+
+        cfg = self.cfg
+        intensity = self._intensity(train_cases)
+        patching = fit_patching(train_cases, cfg)
+        self.preprocessing = Preprocessing(image_size=0, intensity=intensity, patching=patching)
+        train = patch_cases(train_cases, intensity, patching, self.seed)
+        val = patch_cases(val_cases, intensity, patching)
+        self.n_volumes = (len(train_cases), len(val_cases))
+        self.validation_volumes = val_cases
+        self.train_set = PatchDataset(train, patching.patch, self.labels, cfg.patches_per_epoch,
+                                      cfg.foreground_oversample, self.aug)
+        self.val_set = PatchDataset(val, patching.patch, self.labels, len(val))
+        self.feeding = (f"patches {'x'.join(map(str, patching.patch))} at {patching.spacing_mm} mm, "
+                        f"{cfg.foreground_oversample:.0%} centred on a structure, augmented by "
+                        f"batchgeneratorsv2 on the CPU, {cfg.num_workers} loader workers")
+        print(f"data: {len(train_cases)} training volumes, {len(val_cases)} validation volumes (whole); "
+              f"{self.feeding}; intensity {intensity.to_dict()}", file=sys.stderr, flush=True)
 
     def setup(self, stage: str) -> None:
         if stage != "fit" or self.train_set.transform is not None or self.resident is not None:
@@ -289,7 +319,7 @@ class SegmentationDataModule(L.LightningDataModule):
                 seed * 1009 + self._rank
             )
         elif self.train_set.transform is not None:
-            self.train_set.transform.set_random_seed(seed)
+            self.train_set.set_random_seed(seed)
         if self.sample_weights is not None:
             self.generator = torch.Generator().manual_seed(seed * 1009 + self._rank)
 

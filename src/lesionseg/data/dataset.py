@@ -34,6 +34,9 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def set_random_seed(self, seed: int) -> None:
+        self.transform.set_random_seed(seed)
+
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         image, mask = (
             self.cache[i] if self.cache is not None else load_pair(self.pairs[i], self.mask_threshold)

@@ -156,9 +156,13 @@ def prepare_run_dir(run_dir: Path, cfg: Config, write: bool = True) -> Path | No
         raise UserError(f"{run_dir}: exists and is not a folder")
     if run.is_run():
         old = run.config()
-        # before the data are read, the network's output channels are not known yet
+        # before the data are read, the network's channels (and a 3-D network's planned layout) are not
+        # known yet
+        derived = {"model.out_channels", "model.in_channels"}
+        if cfg.model.dimensions == 3 and cfg.model.strides is None and cfg.model.kernels is None:
+            derived |= {"model.depth", "model.kernels", "model.strides"}
         changed = [k for k in diff_configs(old, cfg) if k not in RESUMABLE_CHANGES
-                   and (write or k not in ("model.out_channels", "model.in_channels"))]
+                   and (write or k not in derived)]
         if changed:
             raise UserError(f"{run_dir}: holds a run with a different config ({', '.join(changed)}); "
                             "use another --out or the same settings to resume")
@@ -225,7 +229,8 @@ def describe_data(datamodule, cfg: Config, val_data) -> dict:
     }
     if datamodule.volumes:
         desc.update(n_train_volumes=datamodule.n_volumes[0], n_val_volumes=datamodule.n_volumes[1],
-                    samples="slices (n_train, n_val count slices)")
+                    samples=("patches (n_train: drawn per epoch; n_val: one per validation volume)"
+                             if datamodule.patches else "slices (n_train, n_val count slices)"))
     return desc
 
 
@@ -237,7 +242,8 @@ def _train(data, out, cfg: Config, val_data, devices, strategy: str, num_nodes: 
     prepare_run_dir(run_dir, cfg, write=False)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     # the data are checked before the run directory is written: a refused folder leaves nothing behind
-    datamodule = SegmentationDataModule(data, val_data, cfg.data, cfg.augment, seed=cfg.trainer.seed)
+    datamodule = SegmentationDataModule(data, val_data, cfg.data, cfg.augment, seed=cfg.trainer.seed,
+                                        dimensions=cfg.model.dimensions)
     cfg = with_labels(cfg, datamodule.labels, datamodule.preprocessing)
     resume = prepare_run_dir(run_dir, cfg)
     data_desc = describe_data(datamodule, cfg, val_data)

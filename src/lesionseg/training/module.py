@@ -3,6 +3,7 @@ weight EMA, per-image validation Jaccard/Dice."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import lightning as L
@@ -14,6 +15,7 @@ from ..labels import IGNORED, Labels
 from ..losses import DeepSupervisionLoss, loss_for
 from ..metrics import batch_jaccard_dice
 from ..models import build_model
+from ..models.parts import channels_last
 from .schedule import TimeCosine
 
 
@@ -26,8 +28,6 @@ def fit_to_initial_model(cfg: Config) -> Config:
     recipe whose full-resolution stage is `train_only`, started from a model shipped without that stage,
     trains without it (there are no weights to start it from). Any other difference is refused, naming each
     key and the value to use."""
-    import dataclasses
-
     from ..errors import UserError
     from ..model_file import ModelFile
     from ..models.bundled import resolve_weights
@@ -80,10 +80,11 @@ def warmed_ema(decay: float):
 def with_labels(cfg: Config, labels: Labels, preprocessing=None) -> Config:
     """The config whose network has one output channel per structure (+ background for exclusive ones), and
     for volumes one input channel per slice of context (3 for a lone slice, repeated for RGB encoders)."""
-    import dataclasses
-
     from ..errors import UserError
 
+    patching = getattr(preprocessing, "patching", None)
+    if patching is not None:
+        cfg = dataclasses.replace(cfg, model=_network_for(cfg.model, patching))
     slicing = getattr(preprocessing, "slicing", None)
     if slicing is not None and slicing.channels != cfg.model.in_channels:
         if cfg.model.encoder != "plain":
@@ -98,12 +99,26 @@ def with_labels(cfg: Config, labels: Labels, preprocessing=None) -> Config:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, out_channels=labels.out_channels))
 
 
+def _network_for(model, patching):
+    """A 3-D network's input channels and, unless configured, its kernels and strides for the patch and
+    spacing (nnU-Net's rule)."""
+    from ..models.unet3d import pooling_plan
+
+    model = dataclasses.replace(model, in_channels=patching.channels)
+    if model.strides is None and model.kernels is None:
+        kernels, strides = pooling_plan(patching.spacing_mm, patching.patch)
+        model = dataclasses.replace(model, depth=len(strides) - 1, kernels=[list(k) for k in kernels],
+                                    strides=[list(s) for s in strides])
+    return model
+
+
 def predicted_channels(logits: torch.Tensor, mode: str) -> torch.Tensor:
     """Bool (N, C, H, W) per structure: sigmoid channels > 0.5, or the softmax's argmax one-hot."""
     if mode != "exclusive":
         return logits > 0
     winner = logits.argmax(1, keepdim=True)
-    return winner == torch.arange(1, logits.shape[1], device=logits.device).view(1, -1, 1, 1)
+    classes = torch.arange(1, logits.shape[1], device=logits.device)
+    return winner == classes.view(1, -1, *[1] * (logits.ndim - 2))
 
 
 def image_jaccard_dice(logits: torch.Tensor, y: torch.Tensor, mode: str):
@@ -128,7 +143,8 @@ class SegmentationModule(L.LightningModule):
             load_initial_weights(self.model, cfg)
         self.loss = DeepSupervisionLoss(loss_for(self.labels.mode, cfg.loss.dice_weight, cfg.loss.bce_weight,
                                                  cfg.loss.lovasz_weight))
-        self.memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
+        self.memory_format = (channels_last(cfg.model.dimensions) if cfg.trainer.channels_last
+                              else torch.contiguous_format)
         self.model.to(memory_format=self.memory_format)
         # The compiled wrapper is kept outside the module tree, so checkpoints and model.pt hold the plain
         # model's keys whether or not it was compiled.
