@@ -116,3 +116,14 @@ def cli_in_child(args: list, then: str = "", imports: str = ""):
             f"except SystemExit as e:\n    assert e.code == 0, e.code\n{then}")
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True)
 
+
+
+def train_ok(data: Path, run: Path, *args: str) -> Path:
+    """`lesionseg train --data DATA --out RUN ARGS`, which must succeed; returns RUN."""
+    from typer.testing import CliRunner
+
+    from lesionseg.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(run), *args])
+    assert result.exit_code == 0, result.output
+    return run

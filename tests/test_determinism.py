@@ -1,10 +1,8 @@
 """Same seed and data → same weights after one CPU epoch (measured: bitwise on CPU with num_workers=0)."""
 
 import torch
-from typer.testing import CliRunner
 
-from conftest import SEED_RECIPE, make_dataset
-from lesionseg.cli import app
+from conftest import SEED_RECIPE, make_dataset, train_ok
 from lesionseg.models import load_model
 
 TINY = [*SEED_RECIPE, "model.base_width=4", "model.depth=2", "data.image_size=32", "data.batch_size=4",
@@ -12,9 +10,7 @@ TINY = [*SEED_RECIPE, "model.base_width=4", "model.depth=2", "data.image_size=32
 
 
 def train_once(data, run, *extra):
-    result = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(run), *TINY, *extra])
-    assert result.exit_code == 0, result.output
-    return load_model(run / "model.pt").model.state_dict()
+    return load_model(train_ok(data, run, *TINY, *extra) / "model.pt").model.state_dict()
 
 
 def test_same_seed_same_weights_bitwise(tmp_path):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import train_ok
 from lesionseg.cli import app
 from lesionseg.config import ModelConfig
 from lesionseg.inference.coverage import Patching, resample
@@ -179,10 +180,7 @@ def test_patches_oversample_structures_and_are_drawn_alike_for_a_seed(tmp_path):
 def trained_3d(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("train3d")
     data = make_volume_dataset(root / "data", n=6)
-    run = root / "run"
-    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(run), *TINY_3D])
-    assert result.exit_code == 0, result.output
-    return data, run
+    return data, train_ok(data, root / "run", *TINY_3D)
 
 
 def test_training_a_3d_network_plans_its_layout_and_records_its_patches(trained_3d):

@@ -13,12 +13,12 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import SEED_RECIPE
+from conftest import SEED_RECIPE, train_ok
 from lesionseg.cli import app
 from lesionseg.config import ModelConfig
 from lesionseg.errors import UserError, ValidationError
 from lesionseg.labels import IGNORED, Declared, Labels
-from lesionseg.model_file import ModelFile, Preprocessing
+from lesionseg.model_file import FORMAT_VERSION, ModelFile, Preprocessing
 from lesionseg.models import build_model
 from lesionseg.pairs import BinaryMasks, LabelMaps, StructureFolders, discover, labels_of, load_pair, validate
 
@@ -308,7 +308,7 @@ def test_model_file_records_the_structures_in_format_3(tmp_path):
     assert payload["format_version"] == 3 and payload["labels"]["mode"] == "overlapping"
     file = ModelFile.read(path)
     assert file.labels == OVERLAPPING and file.build()(torch.zeros(1, 3, 32, 32)).shape == (1, 2, 32, 32)
-    payload["format_version"] = 6
+    payload["format_version"] = FORMAT_VERSION + 1  # a version no reader knows
     torch.save(payload, tmp_path / "newer.pt")
     with pytest.raises(UserError, match="newer lesionseg"):
         ModelFile.read(tmp_path / "newer.pt")
@@ -338,10 +338,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     """An overlapping two-structure model trained by `lesionseg train` on layout (b), and its data."""
     root = tmp_path_factory.mktemp("structures")
     data = make_folders(root / "data", n=8)
-    run = root / "run"
-    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(run), *TINY])
-    assert result.exit_code == 0, result.output
-    return data, run / "model.pt"
+    return data, train_ok(data, root / "run", *TINY) / "model.pt"
 
 
 def test_train_writes_the_structures_into_the_model_file(trained):
@@ -604,9 +601,7 @@ def test_dicom_pixel_spacing_gives_areas_in_mm2(tmp_path):
 
 def test_exclusive_classes_with_an_ignore_value_train_and_evaluate(tmp_path):
     data = make_index_maps(tmp_path / "data", n=8, ignore=255)
-    run = tmp_path / "run"
-    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(run), *TINY])
-    assert result.exit_code == 0, result.output
+    run = train_ok(data, tmp_path / "run", *TINY)
     file = ModelFile.read(run / "model.pt")
     assert file.labels.mode == "exclusive" and file.labels.ignore_value == 255
     assert file.architecture.out_channels == 3  # background + disc + bar

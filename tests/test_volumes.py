@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from typer.testing import CliRunner
 
-from conftest import SEED_RECIPE
+from conftest import SEED_RECIPE, train_ok
 from lesionseg.cli import app
 from lesionseg.errors import UserError
 from lesionseg.inference.coverage import Slicing
@@ -374,10 +374,7 @@ TINY = [*SEED_RECIPE,
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("volumes")
     data = make_volume_dataset(root / "data", n=6, layout="nnunet")
-    run = root / "run"
-    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(run), *TINY])
-    assert result.exit_code == 0, result.output
-    return data, run / "model.pt"
+    return data, train_ok(data, root / "run", *TINY) / "model.pt"
 
 
 def test_train_records_how_volumes_are_cut_and_normalised(trained):
