@@ -198,7 +198,7 @@ def test_training_a_3d_network_plans_its_layout_and_records_its_patches(trained_
 
 def test_a_3d_run_resumes_and_its_model_predicts(trained_3d, tmp_path):
     data, run = trained_3d
-    more = [*TINY_3D[:-4], "trainer.max_epochs=3", *TINY_3D[-3:]]
+    more = [*TINY_3D, "trainer.max_epochs=3"]  # the later of two values for a key wins
     result = runner.invoke(app, ["train", "--data", str(data), "--out", str(run), *more])
     assert result.exit_code == 0, result.output
     assert "resuming from" in result.output and len((run / "metrics.csv").read_text().splitlines()) == 4
@@ -216,3 +216,30 @@ def test_a_3d_network_refuses_photos(tmp_path):
     data = make_dataset(tmp_path / "photos", n=4)
     result = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "run"), *TINY_3D[:-2]])
     assert result.exit_code == 2 and "a 3-D network (model.arch unet3d) trains on volumes" in result.output
+
+
+class Background(torch.nn.Module):
+    """A network that calls every voxel background."""
+
+    def forward(self, x):
+        out = torch.full((x.shape[0], 3, *x.shape[2:]), -10.0)
+        out[:, 0] = 10.0
+        return out
+
+
+def test_validation_counts_volumes_left_blank_and_training_says_so(tmp_path, monkeypatch):
+    from lesionseg.training import validation
+
+    cases = labelled_cases(tmp_path / "d")
+    pre = Preprocessing(image_size=0, intensity=Intensity("zscore"), patching=PATCHING)
+    scored = validation.score_volumes(Background(), LABELS, pre, cases, "cpu", torch.contiguous_format)
+    assert scored["blank"] == scored["with_structures"] == 4 and scored["dice"] == 0.0
+
+    real = validation.score_volumes
+    monkeypatch.setattr(validation, "score_volumes",
+                        lambda network, *args: real(Background(), *args))
+    data = make_volume_dataset(tmp_path / "data", n=6)
+    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "run"),
+                                 *TINY_3D, "trainer.max_epochs=1"])
+    assert result.exit_code == 0, result.output
+    assert "segmented nothing in any of the 2 validation volumes" in result.output
