@@ -243,3 +243,14 @@ def test_validation_counts_volumes_left_blank_and_training_says_so(tmp_path, mon
                                  *TINY_3D, "trainer.max_epochs=1"])
     assert result.exit_code == 0, result.output
     assert "segmented nothing in any of the 2 validation volumes" in result.output
+
+
+@pytest.mark.parametrize("grid, shape", [((10, 12, 10), (20, 24, 10)), ((13, 17, 9), (31, 40, 20)),
+                                         ((30, 40, 20), (13, 17, 9)), ((8, 8, 8), (8, 8, 8))])
+def test_logits_come_back_a_slab_at_a_time_as_whole_resampling_gives_them(grid, shape):
+    from lesionseg.inference.coverage import resampled_rows
+
+    logits = np.random.default_rng(0).normal(size=(3, *grid)).astype(np.float32)
+    slabs = np.concatenate([resampled_rows(logits, shape, s, min(s + 7, shape[0]))
+                            for s in range(0, shape[0], 7)], axis=1)
+    np.testing.assert_allclose(slabs, resample(logits, shape), atol=1e-6)

@@ -231,3 +231,25 @@ def resample(array: np.ndarray, shape, order: int = 1) -> np.ndarray:
         return array
     zoom = (1,) * (array.ndim - 3) + tuple(n / m for n, m in zip(shape, array.shape[-3:]))
     return ndimage.zoom(array, zoom, order=order, mode="nearest", grid_mode=True, prefilter=False)
+
+
+def resampled_rows(array: np.ndarray, shape, start: int, stop: int) -> np.ndarray:
+    """Rows `start:stop` (of the first spatial axis) of `array` (K, *grid) linearly resampled to `shape`, as
+    `resample` would give them (to float32 rounding), without resampling the whole: the rows interpolated
+    between their two neighbours on the grid, then each plane by OpenCV (half-voxel centres, edges
+    repeated)."""
+    k, rows = array.shape[0], array.shape[1]
+    if tuple(array.shape[1:]) == tuple(shape):
+        return array[:, start:stop]
+    where = np.clip((np.arange(start, stop) + 0.5) * rows / shape[0] - 0.5, 0, rows - 1)
+    below = np.floor(where).astype(int)
+    above = np.minimum(below + 1, rows - 1)
+    w = (where - below).astype(np.float32)[None, :, None, None]
+    planes = array[:, below] * (1 - w) + array[:, above] * w
+    if planes.shape[2:] == tuple(shape[1:]):
+        return planes
+    out = np.empty((k, stop - start, shape[1], shape[2]), np.float32)
+    for c in range(k):
+        for i in range(stop - start):
+            out[c, i] = cv2.resize(planes[c, i], (shape[2], shape[1]), interpolation=cv2.INTER_LINEAR)
+    return out

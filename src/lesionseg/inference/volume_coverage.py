@@ -26,7 +26,7 @@ from ..data.preprocess import sigmoid, softmax
 from ..errors import UserError
 from ..io.volumes import Volume
 from ..orientation import Canonical
-from .coverage import label_values, resample
+from .coverage import label_values, resample, resampled_rows
 from .sliding_window import sliding_window
 
 # A batch of slices holds about this many pixels (one 512² CT slice): small slices go through the network
@@ -157,9 +157,9 @@ class PatchCoverage(VolumeCoverage):
 
     def chunks(self, tta: bool | None = None) -> Iterator[tuple[range, list[np.ndarray]]]:
         tta = self.segmenter.tta if tta is None else tta
-        logits = resample(self.logits(bool(tta)), self.normalised.shape, order=1)
-        for start in range(0, logits.shape[1], self.SLAB):
-            slab = logits[:, start:start + self.SLAB]
+        logits, shape = self.logits(bool(tta)), self.normalised.shape
+        for start in range(0, shape[0], self.SLAB):  # back on the volume's grid a slab at a time
+            slab = resampled_rows(logits, shape, start, min(start + self.SLAB, shape[0]))
             if not self.labels.multi:
                 probs = list(sigmoid(slab[0]))
             else:
