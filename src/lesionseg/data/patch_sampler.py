@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from ..config import AugmentConfig, DataConfig
 from ..errors import UserError
-from ..inference.coverage import Patching, resample
+from ..inference.coverage import Patching, grid_shape, resample
 from ..intensity import Intensity
 from ..labels import IGNORED, Labels
 from ..orientation import Canonical
@@ -45,7 +45,7 @@ def fit_patching(cases: list, cfg: DataConfig) -> Patching:
     spacing = tuple(cfg.target_spacing_mm or np.round(np.median(spacings, 0), 4).tolist())
     if cfg.patch_size:
         return Patching(tuple(cfg.patch_size), spacing)
-    shapes = [Patching((1, 1, 1), spacing).grid(Canonical(c.image.affine).forward(c.image.array).shape, s)
+    shapes = [grid_shape(Canonical(c.image.affine).forward(c.image.array).shape, s, spacing)
               for c, s in zip(cases, spacings)]
     patch = [max(8, math.ceil(n / 8) * 8) for n in np.median(np.asarray(shapes), 0)]
     while math.prod(patch) > MAX_PATCH_VOXELS:

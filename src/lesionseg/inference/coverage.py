@@ -207,9 +207,8 @@ class Patching:
     channels: int = 1
 
     def grid(self, shape, spacing) -> tuple[int, int, int]:
-        """The volume's shape once resampled to the model's spacing (axes within 1 % are kept)."""
-        return tuple(n if abs(s / t - 1) <= SPACING_TOLERANCE else max(1, round(n * s / t))
-                     for n, s, t in zip(shape, spacing, self.spacing_mm))
+        """The volume's shape once resampled to the model's spacing."""
+        return grid_shape(shape, spacing, self.spacing_mm)
 
     def to_dict(self) -> dict[str, Any]:
         return {"patch": list(self.patch), "spacing_mm": list(self.spacing_mm), "overlap": self.overlap,
@@ -219,6 +218,12 @@ class Patching:
     def from_dict(cls, values: dict[str, Any]) -> "Patching":
         return cls(tuple(int(v) for v in values["patch"]), tuple(float(v) for v in values["spacing_mm"]),
                    float(values.get("overlap", 0.5)), int(values.get("channels", 1)))
+
+
+def grid_shape(shape, spacing, target) -> tuple[int, ...]:
+    """A volume's shape once resampled from `spacing` to `target` (axes within 1 % are kept)."""
+    return tuple(n if abs(s / t - 1) <= SPACING_TOLERANCE else max(1, round(n * s / t))
+                 for n, s, t in zip(shape, spacing, target))
 
 
 def resample(array: np.ndarray, shape, order: int = 1) -> np.ndarray:

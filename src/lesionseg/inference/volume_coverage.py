@@ -33,6 +33,9 @@ from .sliding_window import sliding_window
 # many at a time (per-call overhead dominates a 50×40 slice), large ones one at a time (a batch of 717²
 # slices, a 0.7 mm CT at a 0.5 mm model, held 2.3 GB of activations).
 BATCH_PIXELS = 512 * 512
+# and a batch of 3-D patches at most this many voxels: two 40×56×40 hippocampus patches a call, larger
+# patches one at a time
+BATCH_VOXELS = 2 * 40 * 56 * 40
 
 
 def _resize_probabilities(prob: np.ndarray, rows: int, cols: int) -> np.ndarray:
@@ -150,9 +153,9 @@ class PatchCoverage(VolumeCoverage):
     def logits(self, tta: bool) -> np.ndarray:
         """(K, *grid) float32: the network's blended logits at the model's spacing."""
         image = resample(self.normalised.astype(np.float32, copy=False), self.grid, order=1)[None]
-        network = self.segmenter.backend
-        return sliding_window(network, image, self.patching.patch, self.patching.overlap,
-                              batch_size=getattr(self.segmenter, "batch_size", 1) or 1,
+        patch = self.patching.patch
+        return sliding_window(self.segmenter.backend, image, patch, self.patching.overlap,
+                              batch_size=max(1, BATCH_VOXELS // int(np.prod(patch))),
                               mirror_axes=(0, 1, 2) if tta else ())
 
     def chunks(self, tta: bool | None = None) -> Iterator[tuple[range, list[np.ndarray]]]:
