@@ -181,6 +181,8 @@ class SegmentationDataModule(L.LightningDataModule):
         pairs, cases = _sources(folders[0], cfg, first=True)
         layout = pairs[0].layout
         self.volumes = isinstance(layout, LabelVolumes)
+        if self.patches and not self.volumes:
+            raise UserError(f"{folders[0]}: a 3-D network (model.arch unet3d) trains on volumes, not photos")
         if val_data is not None:
             val_pairs, val_cases = _sources(Path(val_data), cfg)
             train_idx = list(range(len(pairs)))
@@ -211,8 +213,6 @@ class SegmentationDataModule(L.LightningDataModule):
             train_pairs += more
             both = train_cases is not None and more_cases is not None
             train_cases = train_cases + more_cases if both else None
-        if self.patches and not self.volumes:
-            raise UserError(f"{folders[0]}: a 3-D network (model.arch unet3d) trains on volumes, not photos")
         if self.volumes:
             (self._patches if self.patches else self._slices)(train_cases, val_cases)
             return
