@@ -254,3 +254,30 @@ def test_logits_come_back_a_slab_at_a_time_as_whole_resampling_gives_them(grid, 
     slabs = np.concatenate([resampled_rows(logits, shape, s, min(s + 7, shape[0]))
                             for s in range(0, shape[0], 7)], axis=1)
     np.testing.assert_allclose(slabs, resample(logits, shape), atol=1e-6)
+
+
+@pytest.mark.parametrize("weights", ["3-D", "hippocampus"])
+def test_progress_is_told_after_each_network_call_of_a_volume(weights, model_3d, tmp_path, rng):
+    """Windows of a 3-D model, slices of a 2-D one: counts that rise to the volume's total, labels unchanged."""
+    from lesionseg.inference import Segmenter
+    from lesionseg.inference.pipeline import Progress
+    from lesionseg.inference.volume_coverage import segment_volume
+    from lesionseg.io.volumes import NiftiReader
+
+    image, _ = synthetic_volume(rng)
+    volume = NiftiReader().read(save_nifti(tmp_path / "scan.nii.gz", image, affine_for()))
+    seg = Segmenter.load(model_3d if weights == "3-D" else weights, backend="torch")
+    told: list[tuple[int, int]] = []
+    labels = segment_volume(seg, volume, lambda done, total: told.append((done, total)))
+    done, totals = zip(*told)
+    assert told and len(set(totals)) == 1 and done[-1] == totals[0]
+    assert list(done) == sorted(set(done))
+    np.testing.assert_array_equal(labels, segment_volume(seg, volume))
+
+    bar = Progress(1, enabled=True)  # predict's bar: a row for the volume in progress, gone when it is done
+    bar.within(done[0], totals[0])
+    (inner,) = [t for t in bar.bar.tasks if t.id != bar.task]
+    assert (inner.completed, inner.total) == (done[0], totals[0])
+    bar.advance()
+    assert [t.id for t in bar.bar.tasks] == [bar.task]
+    bar.close()

@@ -100,8 +100,10 @@ class ImageResults:
             raise UserError(f"{first}: images, and {segmenter.weights_path.name} is a model for volumes "
                             "(give NIfTI files or DICOM series folders)")
 
-    def segment(self, files: list[Path], segmenter, out: Path, on_failure) -> Iterator[tuple[Path, object]]:
-        """(input, CaseWritten or the UserError that stopped it), in input order."""
+    def segment(self, files: list[Path], segmenter, out: Path, on_failure,
+                within=None) -> Iterator[tuple[Path, object]]:
+        """(input, CaseWritten or the UserError that stopped it), in input order. A photo is one network
+        call: `within` (how far one case has gone) has nothing to show."""
         preread = _read_all_or_stop(files, on_failure) if self.strict else None
 
         def read(f: Path):
@@ -251,16 +253,19 @@ class VolumeResults:
             raise UserError(f"{first}: a volume, and {segmenter.weights_path.name} is a model for photos; "
                             "give a model trained on volumes (e.g. --weights hippocampus)")
 
-    def segment(self, files: list[Path], segmenter, out: Path, on_failure) -> Iterator[tuple[Path, object]]:
+    def segment(self, files: list[Path], segmenter, out: Path, on_failure,
+                within=None) -> Iterator[tuple[Path, object]]:
+        """(input, CaseWritten or the UserError that stopped it), in input order; `within(done, total)` is
+        told how far each volume's slices or windows have gone."""
         for path in files:
             try:
-                yield path, self._one(segmenter, path, out)
+                yield path, self._one(segmenter, path, out, within)
             except UserError as exc:
                 yield path, exc
 
-    def _one(self, segmenter, path: Path, out: Path) -> CaseWritten:
+    def _one(self, segmenter, path: Path, out: Path, within=None) -> CaseWritten:
         volume = read_volume(path)
-        label_volume = segment_volume(segmenter, volume)
+        label_volume = segment_volume(segmenter, volume, within)
         written = CaseWritten([])
         files = self._encode(segmenter, volume, label_volume, written.notes)
         write_together({out / name: data for name, data in files.items()})

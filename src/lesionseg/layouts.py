@@ -29,6 +29,7 @@ class TruthLayout:
 
     labels: Labels = Labels.binary()
     noun = "pairs"  # what the data check counts
+    volumetric = False  # a case is a volume, cut into slices or patches to train
     all_empty = ("masks are empty: nothing to learn or score (masks inverted, or saved as 0/1 in a format "
                  "read as 0/255?)")
     share_decimals = 1
@@ -114,6 +115,7 @@ class LabelVolumes(TruthLayout):
 
     labels: Labels
     noun = "volumes"
+    volumetric = True
     all_empty = "label volumes are empty: nothing to learn"
     share_decimals = 2
 

@@ -63,7 +63,7 @@ def run_predict(inputs, out: str | Path, segmenter_factory: Callable[[], Segment
         records.add(case_id, f, "skipped", mask=cases.done_name(case_id))
     bar = Progress(len(files), progress)
     try:
-        for f, result in cases.segment(files, segmenter, out, on_failure):
+        for f, result in cases.segment(files, segmenter, out, on_failure, bar.within):
             if isinstance(result, UserError):
                 failures.append(str(result))
                 if len(files) > 1:  # one input: its line is the command's error

@@ -26,7 +26,6 @@ from ..errors import UserError
 from ..inference.coverage import Slicing
 from ..intensity import Intensity, modality_scheme
 from ..labels import Declared, Labels
-from ..layouts import LabelVolumes
 from ..model_file import Preprocessing
 from ..pairs import discover, labels_of, read_modality, validate
 from ..splits import kept_indices, listed_split, split_pairs
@@ -44,7 +43,7 @@ def _sources(folder: Path, cfg: DataConfig, first: bool = False) -> tuple[list, 
     pairs = discover(folder, declared(folder, cfg))
     if first and cfg.exclude_ids:
         pairs = [pairs[i] for i in kept_indices(pairs, folder, cfg.exclude_ids)]
-    volumes = isinstance(pairs[0].layout, LabelVolumes)
+    volumes = pairs[0].layout.volumetric
     cases = validate(pairs, cfg.mask_threshold, keep=cfg.cache or volumes,
                      keep_limit_bytes=None if volumes else int(cfg.cache_limit_gb * 2**30))
     return pairs, cases
@@ -180,7 +179,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.sample_weights: torch.Tensor | None = None
         pairs, cases = _sources(folders[0], cfg, first=True)
         layout = pairs[0].layout
-        self.volumes = isinstance(layout, LabelVolumes)
+        self.volumes = layout.volumetric
         if self.patches and not self.volumes:
             raise UserError(f"{folders[0]}: a 3-D network (model.arch unet3d) trains on volumes, not photos")
         if val_data is not None:

@@ -137,10 +137,22 @@ class Progress:
                            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
                            TimeRemainingColumn(), transient=False, console=Console(stderr=True))
             self.task = self.bar.add_task("predict", total=total, rate="")
+            self.inner = None  # the case in progress, where one takes many network calls (a volume)
             self.bar.start()
+
+    def within(self, done: int, total: int) -> None:
+        """How far the case in progress has gone: `done` of its `total` network calls (slices or windows)."""
+        if self.bar is None:
+            return
+        if self.inner is None:
+            self.inner = self.bar.add_task("predict", total=total, rate="this volume")
+        self.bar.update(self.inner, completed=done, total=total)
 
     def advance(self) -> None:
         self.done += 1
+        if self.bar is not None and self.inner is not None:
+            self.bar.remove_task(self.inner)
+            self.inner = None
         if self.bar is not None:
             rate = self.done / max(time.perf_counter() - self.start, 1e-9)
             self.bar.update(self.task, advance=1, rate=f"{rate:.1f} files/s")

@@ -16,7 +16,7 @@ never holds the whole volume's probabilities from slices.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -49,9 +49,11 @@ def _resize_probabilities(prob: np.ndarray, rows: int, cols: int) -> np.ndarray:
 class VolumeCoverage:
     """What every way of covering a volume shares: the checks, the volume normalised and in RAS+ order, and
     `probabilities` and `labels_of` over `chunks` — (slice indices along `axis`, each slice's probabilities
-    on its own grid: (rows, cols) for one structure, (C, rows, cols) for several)."""
+    on its own grid: (rows, cols) for one structure, (C, rows, cols) for several). `progress(done, total)` is
+    told after each network call (slices or windows done of the volume's)."""
 
-    def __init__(self, segmenter, volume: Volume):
+    def __init__(self, segmenter, volume: Volume, progress: Callable[[int, int], None] | None = None):
+        self.progress = progress or (lambda done, total: None)
         labels, pre = segmenter.labels, segmenter.backend.preprocessing
         if not pre.covers_volumes:
             raise UserError(
@@ -113,8 +115,8 @@ class SliceCoverage(VolumeCoverage):
     """A 2-D network's: each slice along the model's axis (with its k-slice context) resampled in-plane to
     the model's spacing, a batch of slices per network call, probabilities resized back."""
 
-    def __init__(self, segmenter, volume: Volume):
-        super().__init__(segmenter, volume)
+    def __init__(self, segmenter, volume: Volume, progress: Callable[[int, int], None] | None = None):
+        super().__init__(segmenter, volume, progress)
         self.slicing = segmenter.backend.preprocessing.slicing
         self.axis = self.slicing.axis_for(self.spacing)
         self.size = self.slicing.plane_size(self.normalised.shape, self.spacing, self.axis)
@@ -126,16 +128,17 @@ class SliceCoverage(VolumeCoverage):
             indices = range(start, min(start + self.batch, n))
             images = list(self.slicing.images(self.normalised, self.axis, self.size, indices))
             probs = self.segmenter.predict_batch(images, tta=tta, batch_size=self.batch)
+            self.progress(indices.stop, n)
             yield indices, [_resize_probabilities(p, rows, cols) for p in probs]
 
-def segment_volume(segmenter, volume: Volume) -> np.ndarray:
+
+def segment_volume(segmenter, volume: Volume,
+                   progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """The label volume (uint8 values of the model's structures, 0 background) on `volume`'s grid, slices
     streamed through the network a batch at a time (only the uint8 labels are held whole). Overlapping
     structures cannot share one label map: such models are refused."""
-    coverage = volume_coverage(segmenter, volume)
+    coverage = volume_coverage(segmenter, volume, progress)
     return coverage.labels_of(coverage.chunks(), segmenter.post)
-
-
 
 
 class PatchCoverage(VolumeCoverage):
@@ -145,8 +148,8 @@ class PatchCoverage(VolumeCoverage):
 
     SLAB = 16  # slices activated at a time
 
-    def __init__(self, segmenter, volume: Volume):
-        super().__init__(segmenter, volume)
+    def __init__(self, segmenter, volume: Volume, progress: Callable[[int, int], None] | None = None):
+        super().__init__(segmenter, volume, progress)
         self.patching = segmenter.backend.preprocessing.patching
         self.grid = self.patching.grid(self.normalised.shape, self.spacing)
 
@@ -156,7 +159,7 @@ class PatchCoverage(VolumeCoverage):
         patch = self.patching.patch
         return sliding_window(self.segmenter.backend, image, patch, self.patching.overlap,
                               batch_size=max(1, BATCH_VOXELS // int(np.prod(patch))),
-                              mirror_axes=(0, 1, 2) if tta else ())
+                              mirror_axes=(0, 1, 2) if tta else (), progress=self.progress)
 
     def chunks(self, tta: bool | None = None) -> Iterator[tuple[range, list[np.ndarray]]]:
         tta = self.segmenter.tta if tta is None else tta
@@ -171,8 +174,9 @@ class PatchCoverage(VolumeCoverage):
             yield range(start, start + slab.shape[1]), probs
 
 
-def volume_coverage(segmenter, volume: Volume) -> VolumeCoverage:
+def volume_coverage(segmenter, volume: Volume,
+                    progress: Callable[[int, int], None] | None = None) -> VolumeCoverage:
     """The model's way of covering `volume`: slices for a 2-D network, patches for a 3-D one."""
     if segmenter.backend.preprocessing.coverage == "patches":
-        return PatchCoverage(segmenter, volume)
-    return SliceCoverage(segmenter, volume)
+        return PatchCoverage(segmenter, volume, progress)
+    return SliceCoverage(segmenter, volume, progress)
