@@ -281,3 +281,38 @@ def test_progress_is_told_after_each_network_call_of_a_volume(weights, model_3d,
     bar.advance()
     assert [t.id for t in bar.bar.tasks] == [bar.task]
     bar.close()
+
+
+def test_the_service_runs_a_3d_models_windows_in_its_batcher_thread(model_3d, tmp_path, rng, monkeypatch):
+    """Patches go through the one thread that owns the model, in turn with other requests (two volumes at
+    once here), and the answers are predict's labels."""
+    import gzip
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from starlette.testclient import TestClient
+
+    from lesionseg.inference import Segmenter
+    from lesionseg.serve.app import ServeConfig, create_app
+
+    image, _ = synthetic_volume(rng)
+    scan = save_nifti(tmp_path / "scan.nii.gz", image, affine_for())
+    seg = Segmenter.load(model_3d, backend="torch")
+    threads: list[str] = []
+    network = type(seg.backend).__call__
+
+    def recorded(self, batch):
+        threads.append(threading.current_thread().name)
+        return network(self, batch)
+
+    monkeypatch.setattr(type(seg.backend), "__call__", recorded)
+    with TestClient(create_app(ServeConfig(weights=str(model_3d)), segmenter=seg)) as client:
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda _: client.post("/v1/segment/volume", content=scan.read_bytes()),
+                                    range(2)))
+    expected = expected_labels(model_3d, image)
+    for r in answers:
+        assert r.status_code == 200, r.text
+        served = nib.Nifti1Image.from_bytes(gzip.decompress(r.content))
+        np.testing.assert_array_equal(np.asarray(served.dataobj), expected)
+    assert threads and set(threads) == {"lesionseg-batcher"}

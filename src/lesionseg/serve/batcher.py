@@ -1,7 +1,8 @@
 """Micro-batching: requests that arrive together go through the model as one batch.
 
 One inference thread owns the model (torch or ONNX Runtime use every core inside one call); request handlers
-decode, post-process and encode in their own threads and only hand decoded images to this queue. The queue
+decode, post-process and encode in their own threads and only hand decoded images — or, for a 3-D network's
+sliding window, batches of patches ready for the network — to this queue. The queue
 is bounded: when it is full, `submit` refuses at once (the service answers 503 with Retry-After) instead of
 letting latency grow without limit.
 """
@@ -23,22 +24,24 @@ class QueueFull(Exception):
 
 @dataclass
 class Job:
-    image: np.ndarray
+    image: np.ndarray  # one image for `predict_batch`, or (N, C, *patch) network inputs when `network`
     tta: bool
+    network: bool = False
     future: Future = field(default_factory=Future)
     enqueued: float = field(default_factory=time.perf_counter)
 
 
 @dataclass
 class Result:
-    prob: np.ndarray
+    prob: np.ndarray  # the image's probabilities, or the network's logits for a `network` job
     queue_ms: float  # waiting for the model
     infer_ms: float  # the batch's forward pass(es), shared by its images
     batch_size: int
 
 
 class MicroBatcher:
-    """Runs jobs through `segmenter.predict_batch`, jobs with and without TTA as separate batches."""
+    """Runs jobs through `segmenter.predict_batch`, jobs with and without TTA as separate batches; network
+    jobs (patches of 3-D volumes, from any request) of one shape go through the network as one call."""
 
     def __init__(self, segmenter, max_batch: int = 16, max_wait_ms: float = 2.0, max_queue: int = 64,
                  on_batch=None):
@@ -51,8 +54,8 @@ class MicroBatcher:
         self._thread = threading.Thread(target=self._run, name="lesionseg-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, image: np.ndarray, tta: bool = False) -> Future:
-        job = Job(image, tta)
+    def submit(self, image: np.ndarray, tta: bool = False, network: bool = False) -> Future:
+        job = Job(image, tta, network)
         try:
             self.queue.put_nowait(job)
         except queue.Full:
@@ -90,25 +93,38 @@ class MicroBatcher:
             batch = [j for j in batch if j.future.set_running_or_notify_cancel()]
             groups: dict[tuple, list[Job]] = {}
             for j in batch:
-                groups.setdefault((j.tta, j.image.shape if self.batch_by_size else None), []).append(j)
-            for group in groups.values():
-                self._infer(group)
+                # network inputs join whatever their count; images, by size where the network keeps sizes
+                shape = j.image.shape[1:] if j.network else j.image.shape if self.batch_by_size else None
+                key = (j.network, j.tta, shape)
+                groups.setdefault(key, []).append(j)
+            for (network, _, _), group in groups.items():
+                (self._network if network else self._infer)(group)
             if stop:
                 return
 
     def _infer(self, group: list[Job]) -> None:
+        self._answer(group, lambda: self.segmenter.predict_batch([j.image for j in group], tta=group[0].tta),
+                     len(group))
+
+    def _network(self, group: list[Job]) -> None:
+        """Network inputs of one shape, from any number of requests, as one call; each job gets its rows."""
+        sizes = np.cumsum([len(j.image) for j in group])[:-1]
+        self._answer(group, lambda: np.split(self.segmenter.backend(np.concatenate([j.image for j in group])),
+                                             sizes), int(sum(len(j.image) for j in group)))
+
+    def _answer(self, group: list[Job], run, n_inputs: int) -> None:
         start = time.perf_counter()
         try:
-            probs = self.segmenter.predict_batch([j.image for j in group], tta=group[0].tta)
+            outputs = run()
         except Exception as exc:  # the handler turns it into a 500 with one line; the thread lives on
             for j in group:
                 j.future.set_exception(exc)
             return
         infer_ms = (time.perf_counter() - start) * 1000
         if self.on_batch is not None:
-            self.on_batch(len(group))
-        for j, prob in zip(group, probs):
-            j.future.set_result(Result(prob, (start - j.enqueued) * 1000, infer_ms, len(group)))
+            self.on_batch(n_inputs)
+        for j, out in zip(group, outputs):
+            j.future.set_result(Result(out, (start - j.enqueued) * 1000, infer_ms, n_inputs))
 
 
 class BatchedSegmenter:
@@ -132,7 +148,8 @@ class BatchedSegmenter:
 
     @property
     def backend(self):
-        return self.segmenter.backend
+        """The model's backend as a sliding window calls it: its network calls queued like any other."""
+        return QueuedNetwork(self.segmenter.backend, self.batcher, self.timeout_s)
 
     @property
     def weights_path(self):
@@ -147,3 +164,14 @@ class BatchedSegmenter:
             futures = [self.batcher.submit(image, tta) for image in images[start : start + self.batch_size]]
             out += [f.result(timeout=self.timeout_s).prob for f in futures]
         return out
+
+
+class QueuedNetwork:
+    """A backend whose calls (a batch of patches in, logits out) run in the batcher's thread, in turn with
+    every other request's, and batched with other volumes' patches of the same shape."""
+
+    def __init__(self, backend, batcher: MicroBatcher, timeout_s: float):
+        self.preprocessing, self.batcher, self.timeout_s = backend.preprocessing, batcher, timeout_s
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.batcher.submit(batch, network=True).result(timeout=self.timeout_s).prob
