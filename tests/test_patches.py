@@ -316,3 +316,26 @@ def test_the_service_runs_a_3d_models_windows_in_its_batcher_thread(model_3d, tm
         served = nib.Nifti1Image.from_bytes(gzip.decompress(r.content))
         np.testing.assert_array_equal(np.asarray(served.dataobj), expected)
     assert threads and set(threads) == {"lesionseg-batcher"}
+
+
+def test_large_grids_blend_in_float16_with_the_same_labels(model_3d, tmp_path, rng, monkeypatch):
+    """Past HALF_ABOVE_BYTES the blended logits are float16: probabilities within 2e-3 of float32's, and the
+    same labels wherever the two most probable classes are more than 1e-2 apart."""
+    from lesionseg.inference import Segmenter
+    from lesionseg.inference import volume_coverage as vc
+    from lesionseg.io.volumes import NiftiReader
+
+    image, _ = synthetic_volume(rng)
+    volume = NiftiReader().read(save_nifti(tmp_path / "scan.nii.gz", image, affine_for()))
+    seg = Segmenter.load(model_3d, backend="torch")
+    full = vc.volume_coverage(seg, volume)
+    assert full.logits(False).dtype == np.float32
+    monkeypatch.setattr(vc, "HALF_ABOVE_BYTES", 0)
+    half = vc.volume_coverage(seg, volume)
+    assert half.logits(False).dtype == np.float16
+    p32, p16 = full.probabilities(tta=False), half.probabilities(tta=False)
+    np.testing.assert_allclose(p16, p32, atol=2e-3)
+    top2 = np.sort(np.concatenate([1 - p32.sum(0, keepdims=True), p32]), axis=0)[-2:]
+    sure = (top2[1] - top2[0]) > 1e-2
+    labels = [np.concatenate([1 - p.sum(0, keepdims=True), p]).argmax(0) for p in (p32, p16)]
+    np.testing.assert_array_equal(labels[1][sure], labels[0][sure])

@@ -36,6 +36,9 @@ BATCH_PIXELS = 512 * 512
 # and a batch of 3-D patches at most this many voxels: two 40×56×40 hippocampus patches a call, larger
 # patches one at a time
 BATCH_VOXELS = 2 * 40 * 56 * 40
+# Blended logits over this many bytes in float32 are held in float16 instead (a 512×512×300 CT at 3 classes:
+# 0.9 GB → 0.5 GB); below it they stay float32, as MONAI's sliding window keeps them.
+HALF_ABOVE_BYTES = 256 * 2**20
 
 
 def _resize_probabilities(prob: np.ndarray, rows: int, cols: int) -> np.ndarray:
@@ -154,18 +157,23 @@ class PatchCoverage(VolumeCoverage):
         self.grid = self.patching.grid(self.normalised.shape, self.spacing)
 
     def logits(self, tta: bool) -> np.ndarray:
-        """(K, *grid) float32: the network's blended logits at the model's spacing."""
+        """(K, *grid): the network's blended logits at the model's spacing, float32, or float16 for a grid
+        whose float32 logits would pass HALF_ABOVE_BYTES."""
         image = resample(self.normalised.astype(np.float32, copy=False), self.grid, order=1)[None]
         patch = self.patching.patch
+        classes = len(self.labels.structures) + (self.labels.mode == "exclusive")
+        half = classes * int(np.prod(self.grid)) * 4 > HALF_ABOVE_BYTES
         return sliding_window(self.segmenter.backend, image, patch, self.patching.overlap,
                               batch_size=max(1, BATCH_VOXELS // int(np.prod(patch))),
-                              mirror_axes=(0, 1, 2) if tta else (), progress=self.progress)
+                              mirror_axes=(0, 1, 2) if tta else (), progress=self.progress,
+                              dtype=np.float16 if half else np.float32)
 
     def chunks(self, tta: bool | None = None) -> Iterator[tuple[range, list[np.ndarray]]]:
         tta = self.segmenter.tta if tta is None else tta
         logits, shape = self.logits(bool(tta)), self.normalised.shape
         for start in range(0, shape[0], self.SLAB):  # back on the volume's grid a slab at a time
             slab = resampled_rows(logits, shape, start, min(start + self.SLAB, shape[0]))
+            slab = slab.astype(np.float32, copy=False)  # float16 logits are activated in float32
             if not self.labels.multi:
                 probs = list(sigmoid(slab[0]))
             else:
