@@ -150,10 +150,10 @@ class Progress:
 
     def advance(self) -> None:
         self.done += 1
-        if self.bar is not None and self.inner is not None:
-            self.bar.remove_task(self.inner)
-            self.inner = None
         if self.bar is not None:
+            if self.inner is not None:
+                self.bar.remove_task(self.inner)
+                self.inner = None
             rate = self.done / max(time.perf_counter() - self.start, 1e-9)
             self.bar.update(self.task, advance=1, rate=f"{rate:.1f} files/s")
 
