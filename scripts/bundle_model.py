@@ -299,7 +299,7 @@ def write_model_cards() -> None:
             f"{cfg.depth}, {cfg.upsample} up-sampling, attention {cfg.attention}, deep supervision "
             f"{cfg.deep_supervision}; {count_parameters(loaded.model):,} parameters; " + (
                 f"input {loaded.image_size}² (predictions resized back to each image's size)"
-                if not loaded.file.preprocessing.volumes else describe_slicing(loaded.file.preprocessing)),
+                if not loaded.file.preprocessing.covers_volumes else describe_slicing(loaded.file.preprocessing)),
         ]
         for key in ("label", "config", "command", "provenance", "data", "recipe", "training", "selection",
                     "licence"):

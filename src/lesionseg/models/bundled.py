@@ -9,7 +9,8 @@ from pathlib import Path
 # (configs/<recipe>.yaml); `--weights` takes either name. Each card (docs/model_cards.md, `lesionseg info
 # NAME`) gives the command that trains it. `default` is the model used when no --weights is given.
 BUNDLED = {"default": "lite0_256_gpu", "cpu": "lite0_160_ema_cpu", "polyp": "lite0_192_polyp_cpu",
-           "chest": "lite0_384_chest_cpu", "hippocampus": "lite0_96_hippocampus_cpu"}
+           "chest": "lite0_384_chest_cpu", "hippocampus": "lite0_96_hippocampus_cpu",
+           "heart": "lite0_256_heart_cpu"}
 WHEN_NO_WEIGHTS = "default"
 
 
