@@ -290,6 +290,7 @@ def write_model_cards() -> None:
         if "carved_split_of_train" in figures:
             carved = figures["carved_split_of_train"]
             shown.append((f"carved split of train ({carved.get('n_images', '?')})", carved))
+        pre = loaded.file.preprocessing
         lines += [
             f"## `{name}` — {card.get('name', '')}",
             "",
@@ -299,7 +300,7 @@ def write_model_cards() -> None:
             f"{cfg.depth}, {cfg.upsample} up-sampling, attention {cfg.attention}, deep supervision "
             f"{cfg.deep_supervision}; {count_parameters(loaded.model):,} parameters; " + (
                 f"input {loaded.image_size}² (predictions resized back to each image's size)"
-                if not loaded.file.preprocessing.covers_volumes else describe_slicing(loaded.file.preprocessing)),
+                if not pre.covers_volumes else describe_slicing(pre)),
         ]
         for key in ("label", "config", "command", "provenance", "data", "recipe", "training", "selection",
                     "licence"):

@@ -258,7 +258,8 @@ def test_logits_come_back_a_slab_at_a_time_as_whole_resampling_gives_them(grid, 
 
 @pytest.mark.parametrize("weights", ["3-D", "hippocampus"])
 def test_progress_is_told_after_each_network_call_of_a_volume(weights, model_3d, tmp_path, rng):
-    """Windows of a 3-D model, slices of a 2-D one: counts that rise to the volume's total, labels unchanged."""
+    """Windows of a 3-D model, slices of a 2-D one: counts that rise to the volume's total, labels the
+    same."""
     from lesionseg.inference import Segmenter
     from lesionseg.inference.pipeline import Progress
     from lesionseg.inference.volume_coverage import segment_volume
