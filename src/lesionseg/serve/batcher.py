@@ -108,9 +108,9 @@ class MicroBatcher:
 
     def _network(self, group: list[Job]) -> None:
         """Network inputs of one shape, from any number of requests, as one call; each job gets its rows."""
-        sizes = np.cumsum([len(j.image) for j in group])[:-1]
+        ends = np.cumsum([len(j.image) for j in group])
         self._answer(group, lambda: np.split(self.segmenter.backend(np.concatenate([j.image for j in group])),
-                                             sizes), int(sum(len(j.image) for j in group)))
+                                             ends[:-1]), int(ends[-1]))
 
     def _answer(self, group: list[Job], run, n_inputs: int) -> None:
         start = time.perf_counter()
