@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from lesionseg.losses import DiceBCELoss, soft_dice_loss
+from lesionseg.losses import DiceBCELoss, ExclusiveDiceCELoss, OverlappingDiceBCELoss, soft_dice_loss
 
 
 def test_soft_dice_hand_computed():
@@ -84,3 +84,30 @@ def test_lovasz_is_added_with_its_weight_and_has_gradients():
     assert torch.isclose(both, base + 0.5 * lovasz_hinge(logits, target))
     both.backward()
     assert logits.grad is not None and logits.grad.abs().sum() > 0
+
+
+def test_batch_dice_is_the_dice_of_the_batch_as_one_image():
+    """Per structure over the batch: the images side by side as one image, per-image Dice of that."""
+    torch.manual_seed(0)
+    logits, target = torch.randn(3, 1, 8, 8), (torch.rand(3, 1, 8, 8) > 0.7).float()
+    side_by_side = lambda t: torch.cat(list(t), dim=-1)[None]  # noqa: E731 (N, 1, H, W) → (1, 1, H, N·W)
+    assert torch.isclose(soft_dice_loss(logits, target, batch=True),
+                         soft_dice_loss(side_by_side(logits), side_by_side(target)))
+    classes = torch.randint(0, 4, (3, 8, 8))
+    onehot = F.one_hot(classes, 4).permute(0, 3, 1, 2)[:, 1:].float()
+    multi = torch.randn(3, 4, 8, 8)
+    for loss, logits in ((ExclusiveDiceCELoss, multi), (OverlappingDiceBCELoss, multi[:, 1:])):
+        joined = loss(dice_weight=1.0, batch_dice=True)(logits, onehot)
+        alone = loss(dice_weight=1.0)(side_by_side(logits), side_by_side(onehot))
+        assert torch.isclose(joined, alone, atol=1e-6)
+
+
+def test_batch_dice_spares_an_image_without_the_structure_its_own_penalty():
+    """A little probability on a structure absent from one image: per image that image's Dice term is
+    nearly 1; over the batch it only dilutes the other image's Dice a little."""
+    target = torch.zeros(2, 1, 16, 16)
+    target[0, :, 4:12, 4:12] = 1
+    logits = (target * 2 - 1) * 8
+    logits[1, :, :2, :2] = 2.0  # four faint false pixels in the image without the structure
+    per_image, over_batch = soft_dice_loss(logits, target), soft_dice_loss(logits, target, batch=True)
+    assert per_image > 0.35 and over_batch < 0.05  # 0.39 (0.78 for the image without it) against 0.03

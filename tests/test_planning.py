@@ -81,6 +81,7 @@ def test_volume_plan_zooms_small_crops():
     }
     assert plan_volumes(ct, 60).config.data.slice_spacing_mm == 0.7
     assert plan_volumes(ct, 60).config.data.image_size == 480  # 340 mm / 0.7 mm = 486 px
+    assert plan_volumes(ct, 60).config.loss.batch_dice  # nnU-Net's 2d: Dice over the batch of slices
 
 
 def test_plan_command_writes_a_config_train_reads(tmp_path):

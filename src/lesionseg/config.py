@@ -137,6 +137,7 @@ class LossConfig:
     dice_weight: float = 1.0
     bce_weight: float = 1.0
     lovasz_weight: float = 0.0  # Lovász hinge (a surrogate of per-image 1 − Jaccard) added to Dice + BCE
+    batch_dice: bool = False  # Dice per structure over the whole batch, not per image (nnU-Net's `2d`)
 
 
 @dataclass

@@ -1,6 +1,9 @@
 """Losses on logits: Dice + BCE (+ optionally the Lovász hinge) per sigmoid channel (one structure, or
 overlapping structures), Dice + cross-entropy over a softmax (exclusive classes). Dice is per image and per
-structure, then averaged, so a small structure weighs as much as a large one. Targets are (N, C, H, W)
+structure, then averaged, so a small structure weighs as much as a large one; or, with `batch_dice`, per
+structure over the whole batch (nnU-Net's `2d`): an image without a structure then adds no penalty of its own
+for a little probability on it, which on slices where most images hold none of several small structures is
+what keeps the network from learning to predict none. Targets are (N, C, H, W)
 with labels.IGNORED where nothing is scored."""
 
 from __future__ import annotations
@@ -10,13 +13,14 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    """1 - soft Dice per image, averaged over the batch. Computed in fp32: bf16 sums over 65k pixels
-    lose precision (and fp16 ones overflow)."""
-    prob = torch.sigmoid(logits.float()).flatten(1)
-    target = target.float().flatten(1)
-    inter = (prob * target).sum(1)
-    denom = prob.sum(1) + target.sum(1)
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0,
+                   batch: bool = False) -> torch.Tensor:
+    """1 - soft Dice per image, averaged over the batch (`batch`: over the batch as one). Computed in fp32:
+    bf16 sums over 65k pixels lose precision (and fp16 ones overflow)."""
+    prob = torch.sigmoid(logits.float()).flatten(0 if batch else 1)
+    target = target.float().flatten(0 if batch else 1)
+    inter = (prob * target).sum(-1)
+    denom = prob.sum(-1) + target.sum(-1)
     return (1.0 - (2.0 * inter + smooth) / (denom + smooth)).mean()
 
 
@@ -44,10 +48,13 @@ IGNORED = 255.0  # labels.IGNORED, as a float target
 
 
 def _dice_per_channel(prob: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None,
-                      smooth: float) -> torch.Tensor:
-    """1 - soft Dice per (image, channel), averaged: prob and target (N, C, ...) fp32."""
+                      smooth: float, batch: bool = False) -> torch.Tensor:
+    """1 - soft Dice per (image, channel), averaged (`batch`: per channel over the whole batch): prob and
+    target (N, C, ...) fp32."""
     if valid is not None:
         prob, target = prob * valid, target * valid
+    if batch:  # (1, C, N·pixels): the batch as one image
+        prob, target = prob.transpose(0, 1).flatten(1)[None], target.transpose(0, 1).flatten(1)[None]
     inter = (prob * target).flatten(2).sum(2)
     denom = prob.flatten(2).sum(2) + target.flatten(2).sum(2)
     return (1.0 - (2.0 * inter + smooth) / (denom + smooth)).mean()
@@ -56,9 +63,11 @@ def _dice_per_channel(prob: torch.Tensor, target: torch.Tensor, valid: torch.Ten
 class OverlappingDiceBCELoss(nn.Module):
     """Dice + BCE per sigmoid channel, with ignored pixels left out (nnU-Net's region-based training)."""
 
-    def __init__(self, dice_weight: float = 1.0, bce_weight: float = 1.0, smooth: float = 1.0):
+    def __init__(self, dice_weight: float = 1.0, bce_weight: float = 1.0, smooth: float = 1.0,
+                 batch_dice: bool = False):
         super().__init__()
         self.dice_weight, self.bce_weight, self.smooth = dice_weight, bce_weight, smooth
+        self.batch_dice = batch_dice
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits, target = logits.float(), target.float()
@@ -66,16 +75,18 @@ class OverlappingDiceBCELoss(nn.Module):
         target = target.clamp(max=1.0)
         bce = F.binary_cross_entropy_with_logits(logits, target, weight=valid, reduction="sum")
         bce = bce / (valid.sum().clamp(min=1.0) if valid is not None else target.numel())
-        dice = _dice_per_channel(torch.sigmoid(logits), target, valid, self.smooth)
+        dice = _dice_per_channel(torch.sigmoid(logits), target, valid, self.smooth, self.batch_dice)
         return self.bce_weight * bce + self.dice_weight * dice
 
 
 class ExclusiveDiceCELoss(nn.Module):
     """Dice (on the softmax's structure channels) + cross-entropy over background + the structures."""
 
-    def __init__(self, dice_weight: float = 1.0, ce_weight: float = 1.0, smooth: float = 1.0):
+    def __init__(self, dice_weight: float = 1.0, ce_weight: float = 1.0, smooth: float = 1.0,
+                 batch_dice: bool = False):
         super().__init__()
         self.dice_weight, self.ce_weight, self.smooth = dice_weight, ce_weight, smooth
+        self.batch_dice = batch_dice
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits, target = logits.float(), target.float()
@@ -86,29 +97,31 @@ class ExclusiveDiceCELoss(nn.Module):
         index = (onehot.long() * classes).sum(1).masked_fill(ignored, -100)
         ce = F.cross_entropy(logits, index, ignore_index=-100) if (~ignored).any() else logits.sum() * 0
         valid = (~ignored).float()[:, None] if ignored.any() else None
-        dice = _dice_per_channel(torch.softmax(logits, 1)[:, 1:], onehot, valid, self.smooth)
+        dice = _dice_per_channel(torch.softmax(logits, 1)[:, 1:], onehot, valid, self.smooth, self.batch_dice)
         return self.ce_weight * ce + self.dice_weight * dice
 
 
-def loss_for(mode: str, dice_weight: float, bce_weight: float, lovasz_weight: float) -> nn.Module:
+def loss_for(mode: str, dice_weight: float, bce_weight: float, lovasz_weight: float,
+             batch_dice: bool = False) -> nn.Module:
     """The loss of a label mode (labels.MODES); `bce_weight` weighs the cross-entropy term of each."""
     if mode == "exclusive":
-        return ExclusiveDiceCELoss(dice_weight, bce_weight)
+        return ExclusiveDiceCELoss(dice_weight, bce_weight, batch_dice=batch_dice)
     if mode == "overlapping":
-        return OverlappingDiceBCELoss(dice_weight, bce_weight)
-    return DiceBCELoss(dice_weight, bce_weight, lovasz_weight=lovasz_weight)
+        return OverlappingDiceBCELoss(dice_weight, bce_weight, batch_dice=batch_dice)
+    return DiceBCELoss(dice_weight, bce_weight, lovasz_weight=lovasz_weight, batch_dice=batch_dice)
 
 
 class DiceBCELoss(nn.Module):
     def __init__(self, dice_weight: float = 1.0, bce_weight: float = 1.0, smooth: float = 1.0,
-                 lovasz_weight: float = 0.0):
+                 lovasz_weight: float = 0.0, batch_dice: bool = False):
         super().__init__()
         self.dice_weight, self.bce_weight, self.smooth = dice_weight, bce_weight, smooth
-        self.lovasz_weight = lovasz_weight
+        self.lovasz_weight, self.batch_dice = lovasz_weight, batch_dice
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         bce = F.binary_cross_entropy_with_logits(logits.float(), target.float())
-        loss = self.bce_weight * bce + self.dice_weight * soft_dice_loss(logits, target, self.smooth)
+        loss = self.bce_weight * bce + self.dice_weight * soft_dice_loss(logits, target, self.smooth,
+                                                                         self.batch_dice)
         if self.lovasz_weight:
             loss = loss + self.lovasz_weight * lovasz_hinge(logits, target)
         return loss

@@ -304,6 +304,7 @@ def plan_volumes(fp: dict, minutes: float) -> Plan:
             "slice_context": 3,
             "slice_spacing_mm": round(slice_spacing, 4),
         },
+        "loss": {"batch_dice": True},
         "augment": {
             "crop_scale_min": 0.8,
             "crop_scale_max": 1.0,
@@ -331,6 +332,7 @@ def plan_volumes(fp: dict, minutes: float) -> Plan:
         "image_size": f"the median in-plane extent ({typical:g} mm) at {slice_spacing:g} mm, to the "
         "nearest multiple of 32 (64 to 512)",
         "augment": "no flips or turns: anatomy has sides",
+        "batch_dice": "Dice over the batch, as nnU-Net's 2d: most slices hold none of a volume's structures",
     }
     return Plan(load_config(None, values), reasons, {})
 

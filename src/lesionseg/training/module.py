@@ -142,7 +142,7 @@ class SegmentationModule(L.LightningModule):
         if cfg.trainer.init_from is not None:
             load_initial_weights(self.model, cfg)
         self.loss = DeepSupervisionLoss(loss_for(self.labels.mode, cfg.loss.dice_weight, cfg.loss.bce_weight,
-                                                 cfg.loss.lovasz_weight))
+                                                 cfg.loss.lovasz_weight, cfg.loss.batch_dice))
         self.memory_format = (channels_last(cfg.model.dimensions) if cfg.trainer.channels_last
                               else torch.contiguous_format)
         self.model.to(memory_format=self.memory_format)
