@@ -218,31 +218,40 @@ def test_a_3d_network_refuses_photos(tmp_path):
     assert result.exit_code == 2 and "a 3-D network (model.arch unet3d) trains on volumes" in result.output
 
 
-class Background(torch.nn.Module):
-    """A network that calls every voxel background."""
+class OneLabel(torch.nn.Module):
+    """A network that calls every voxel one label value (0: background)."""
+
+    def __init__(self, value: int):
+        super().__init__()
+        self.value = value
 
     def forward(self, x):
         out = torch.full((x.shape[0], 3, *x.shape[2:]), -10.0)
-        out[:, 0] = 10.0
+        out[:, self.value] = 10.0
         return out
 
 
-def test_validation_counts_volumes_left_blank_and_training_says_so(tmp_path, monkeypatch):
+@pytest.mark.parametrize("value, line", [
+    (0, "segmented nothing in any of the 2 validation volumes"),
+    (1, f"segmented no {LABELS.structures[1].name} in any validation volume that holds it")])
+def test_validation_counts_what_it_left_blank_and_training_says_so(value, line, tmp_path, monkeypatch):
     from lesionseg.training import validation
 
     cases = labelled_cases(tmp_path / "d")
     pre = Preprocessing(image_size=0, intensity=Intensity("zscore"), patching=PATCHING)
-    scored = validation.score_volumes(Background(), LABELS, pre, cases, "cpu", torch.contiguous_format)
-    assert scored["blank"] == scored["with_structures"] == 4 and scored["dice"] == 0.0
+    scored = validation.score_volumes(OneLabel(value), LABELS, pre, cases, "cpu", torch.contiguous_format)
+    assert scored["with_structures"] == 4 and scored["blank"] == (4 if value == 0 else 0)
+    assert scored["never_segmented"] == [s.name for s in LABELS.structures[value == 1:]]
+    assert scored["dice"] < 0.5
 
     real = validation.score_volumes
-    monkeypatch.setattr(validation, "score_volumes",
-                        lambda network, *args: real(Background(), *args))
+    monkeypatch.setattr(validation, "score_volumes", lambda network, *args: real(OneLabel(value), *args))
     data = make_volume_dataset(tmp_path / "data", n=6)
     result = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "run"),
                                  *TINY_3D, "trainer.max_epochs=1"])
     assert result.exit_code == 0, result.output
-    assert "segmented nothing in any of the 2 validation volumes" in result.output
+    assert sum("warning: at its last validation" in row for row in result.output.splitlines()) == 1
+    assert line in result.output
 
 
 @pytest.mark.parametrize("grid, shape", [((10, 12, 10), (20, 24, 10)), ((13, 17, 9), (31, 40, 20)),

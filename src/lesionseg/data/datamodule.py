@@ -71,7 +71,7 @@ class SliceId:
 class SliceSet:
     ids: list[SliceId]
     items: list[tuple[np.ndarray, np.ndarray]]  # (rows, cols, channels) float32, (rows, cols, C) uint8
-    foreground: np.ndarray  # bool per slice
+    foreground: np.ndarray  # bool (slices, structures): which structures each slice shows
 
 
 def cut_slices(cases: list, labels: Labels, intensity: Intensity, slicing: Slicing) -> SliceSet:
@@ -82,17 +82,20 @@ def cut_slices(cases: list, labels: Labels, intensity: Intensity, slicing: Slici
         for i, (image, mask) in enumerate(slices):
             ids.append(SliceId(f"{case.pair.id}:{axis}:{i}", case.pair.image_path, case.pair.truth_path))
             out.append((image, mask))
-            foreground.append(bool((mask == 1).any()))
-    return SliceSet(ids, out, np.asarray(foreground, bool))
+            foreground.append((mask == 1).any(axis=(0, 1)))
+    return SliceSet(ids, out, np.asarray(foreground, bool).reshape(len(ids), len(labels.structures)))
 
 
 def foreground_weights(foreground: np.ndarray, share: float) -> torch.Tensor | None:
-    """Sampling weights that draw foreground slices at least `share` of the time (None: the data already
-    show that much foreground, or none at all)."""
-    n, n_fg = len(foreground), int(foreground.sum())
-    if n_fg == 0 or n_fg == n or n_fg / n >= share:
+    """Sampling weights over slices, drawn as the patch sampler draws patches: `share` of the draws pick one
+    of the structures the training slices show (each alike, so a small organ is seen as often as a large
+    one) and then a slice that shows it, the rest any slice. `foreground`: bool (slices, structures).
+    None when no slice shows a structure."""
+    shown = foreground[:, foreground.any(axis=0)]
+    if shown.size == 0:
         return None
-    w = np.where(foreground, share / n_fg, (1.0 - share) / (n - n_fg))
+    n = len(foreground)
+    w = (1.0 - share) / n + share * (shown / shown.sum(axis=0)).sum(axis=1) / shown.shape[1]
     return torch.as_tensor(w, dtype=torch.double)
 
 
@@ -241,8 +244,9 @@ class SegmentationDataModule(L.LightningDataModule):
         self.train_set = SegmentationDataset(train.ids, None, train.items)
         self.val_set = SegmentationDataset(val.ids, slice_eval_transform(cfg.image_size), val.items)
         self.sample_weights = foreground_weights(train.foreground, cfg.foreground_oversample)
-        share = float(train.foreground.mean()) if len(train.foreground) else 0.0
-        drawn = "" if self.sample_weights is None else f", drawn {cfg.foreground_oversample:.0%} of the time"
+        share = float(train.foreground.any(axis=1).mean()) if len(train.foreground) else 0.0
+        drawn = "" if self.sample_weights is None else \
+            f"; {cfg.foreground_oversample:.0%} of draws centred on a structure, each alike"
         print(f"data: {len(train_cases)} training volumes → {len(train.ids)} slices "
               f"({share:.0%} with a structure{drawn}), "
               f"{len(val_cases)} validation volumes → {len(val.ids)} slices; "

@@ -240,7 +240,7 @@ class SegmentationModule(L.LightningModule):
             validated = self.model if self.ema is None else self.ema.module
             scored = self._score_volumes(validated, volumes)
             score, dice = torch.tensor(scored["jaccard"]), torch.tensor(scored["dice"])
-            self.blank_validation = (scored["blank"], scored["with_structures"])
+            self.blank_validation = (scored["blank"], scored["with_structures"], scored["never_segmented"])
             if self.ema is not None:
                 raw = torch.tensor(self._score_volumes(self.model, volumes)["jaccard"])
         self.log("val_loss", self.val_loss.compute())

@@ -36,14 +36,19 @@ class LiveBackend(Backend):
 
 def score_volumes(network, labels: Labels, preprocessing: Preprocessing, cases: list, device,
                   memory_format) -> dict[str, float]:
-    """`evaluate`'s mean Jaccard and mean Dice of `network` on `cases` (pairs.LabelledCase), and how many
-    of the cases that hold a structure it left blank."""
+    """`evaluate`'s mean Jaccard and mean Dice of `network` on `cases` (pairs.LabelledCase), how many of
+    the cases that hold a structure it left blank, and the structures some case holds that it segmented in
+    none."""
     backend = LiveBackend(network, ModelFile(None, preprocessing, labels=labels), device, memory_format)
     segmenter = Segmenter(backend, InferenceOptions(tta=False))
     per_case, blank = [], 0
+    held = found = np.zeros(len(labels.structures), bool)
     for case in cases:
         pred = segment_volume(segmenter, case.image)
         per_case.append([overlap_scores(pred == s.value, case.truth == s.value) for s in labels.structures])
         blank += int(not pred.any() and bool(case.truth.any()))
+        held = held | [bool((case.truth == s.value).any()) for s in labels.structures]
+        found = found | [bool((pred == s.value).any()) for s in labels.structures]
     return {"jaccard": headline(per_case, "jaccard"), "dice": headline(per_case, "dice"),
-            "blank": blank, "with_structures": sum(int(c.truth.any()) for c in cases)}
+            "blank": blank, "with_structures": sum(int(c.truth.any()) for c in cases),
+            "never_segmented": [s.name for s, h, f in zip(labels.structures, held, found) if h and not f]}
