@@ -79,3 +79,82 @@ def test_noc_counts_clicks_to_reach_a_dice():
     assert clicks_to_reach([0.5, 0.8, 0.86, 0.91], 0.90, 20) == 3
     assert clicks_to_reach([0.93], 0.90, 20) == 0  # the model alone was enough
     assert clicks_to_reach([0.1] * 30, 0.85, 20) == 20
+
+
+class Constant(__import__("torch").nn.Module):
+    """A network whose prediction for structure 1 is a fixed square and which ignores its input."""
+
+    def forward(self, x):
+        import torch
+
+        out = torch.full((x.shape[0], 1, *x.shape[2:]), -5.0)
+        out[:, :, 20:30, 20:30] = 5.0
+        return out
+
+
+def test_training_clicks_follow_the_simulated_user_on_the_models_own_prediction(monkeypatch):
+    """Each click is the one next_click gives on the network's prediction with the clicks before it (on a
+    sample without a structure, negative clicks on what the network made up); a batch drawn to have no
+    click has zero click channels."""
+    import torch
+
+    from lesionseg.training import simulated_clicks
+    from lesionseg.training.simulated_clicks import SimulatedClicks
+
+    y = torch.zeros(2, 1, 48, 64)
+    y[0, 0, 5:25, 30:60] = 1.0  # the second sample holds no structure
+    x = torch.randn(2, 3, 48, 64)
+    simulate = SimulatedClicks(structures=1, mode="binary")
+    monkeypatch.setattr(simulated_clicks, "CLICKS_WEIGHTS", (0.0, 0.0, 0.0, 1.0))
+    prompted = simulate(Constant(), x, y)
+    assert prompted.shape == (2, 5, 48, 64) and torch.equal(prompted[:, :3], x)
+
+    pred = np.zeros((48, 64), bool)
+    pred[20:30, 20:30] = True
+    truth = y[0, 0].numpy() > 0.5
+    placed = []
+    for _ in range(3):
+        placed.append(next_click(pred, truth, placed))
+    expected = click_maps((48, 64), placed, radius=2.0)
+    np.testing.assert_array_equal(prompted[0, 3:].numpy(), expected)
+    assert placed[0].positive
+    assert not prompted[1, 3].any() and prompted[1, 4].any() and not prompted[1, 4, 31:].any()
+
+    monkeypatch.setattr(simulated_clicks, "CLICKS_WEIGHTS", (1.0, 0.0, 0.0, 0.0))
+    assert not simulate(Constant(), x, y)[:, 3:].any()
+
+
+@pytest.mark.parametrize("kind", ["photo", "volume slices", "3-D"])
+def test_any_recipe_becomes_promptable_with_one_key(kind, tmp_path):
+    """model.prompt=clicks trains on photos, volume slices and 3-D patches; the model file says it reads
+    two click channels per structure, and predict (no clicks) runs it as any model."""
+    import nibabel as nib
+    from typer.testing import CliRunner
+
+    from conftest import make_dataset, train_ok
+    from lesionseg.cli import app
+    from lesionseg.models import load_model
+    from test_cli import TINY as PHOTO
+    from test_patches import TINY_3D
+    from test_volumes import TINY as SLICES
+    from test_volumes import make_volume_dataset
+
+    if kind == "photo":
+        data, recipe = make_dataset(tmp_path / "data", n=8), [*PHOTO, "trainer.max_epochs=1"]
+        image = next((data / "images").iterdir())
+    else:
+        data = make_volume_dataset(tmp_path / "data", n=6, layout="nnunet")
+        recipe = [*(SLICES if kind == "volume slices" else TINY_3D), "trainer.max_epochs=1"]
+        image = sorted((data / "imagesTr").iterdir())[0]
+    run = train_ok(data, tmp_path / "run", *recipe, "model.prompt=clicks")
+    loaded = load_model(run / "model.pt")
+    structures = 1 if kind == "photo" else 2
+    assert loaded.config.prompt == "clicks" and loaded.config.prompt_channels == 2 * structures
+    result = CliRunner().invoke(app, ["predict", str(image), "--weights", str(run / "model.pt"),
+                                      "--out", str(tmp_path / "pred")])
+    assert result.exit_code == 0, result.output
+    written = sorted(p.name for p in (tmp_path / "pred").iterdir())
+    assert written, result.output
+    if kind != "photo":
+        label_map = next(p for p in (tmp_path / "pred").iterdir() if p.name.endswith("_labels.nii.gz"))
+        assert nib.load(label_map).shape == nib.load(image).shape

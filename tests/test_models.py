@@ -41,12 +41,26 @@ VARIANTS = {
                                          deep_supervision=True,
                                          kernels=[[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
                                          strides=[[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]]),
+    # Promptable (model.prompt clicks): two click channels per structure after the image's.
+    "clicks_two_structures": ModelConfig(out_channels=3, base_width=4, depth=2, prompt="clicks",
+                                         prompt_channels=4),
+    "lite0_clicks_ds": ModelConfig(encoder="efficientnet-lite0", base_width=4, depth=3, deep_supervision=True,
+                                   prompt="clicks", prompt_channels=2),
+    "unet3d_clicks": ModelConfig(arch="unet3d", in_channels=1, out_channels=2, base_width=4, depth=2,
+                                 prompt="clicks", prompt_channels=2),
 }
 
 
 def sized(cfg: ModelConfig, *hw: int) -> tuple[int, ...]:
     """A spatial size for the variant: (h, w), or for a 3-D network (d, h, w) with a depth of its own."""
     return hw if cfg.dimensions == 2 else (max(1, hw[0] // 3), *hw)
+
+
+def inputs(cfg: ModelConfig, n: int, *hw: int) -> torch.Tensor:
+    """A random batch the variant reads: the image's channels, then any click channels (0/1 disks)."""
+    image = torch.randn(n, cfg.in_channels, *sized(cfg, *hw))
+    clicks = (torch.rand(n, cfg.prompt_channels, *sized(cfg, *hw)) > 0.9).float()
+    return torch.cat([image, clicks], dim=1)
 
 
 def channels_last(cfg: ModelConfig):
@@ -69,7 +83,7 @@ def test_output_matches_input_size(variant, hw):
     cfg, model = variant
     model.eval()
     with torch.no_grad():
-        y = model(torch.randn(2, cfg.in_channels, *sized(cfg, *hw)))
+        y = model(inputs(cfg, 2, *hw))
     assert y.shape == (2, cfg.out_channels, *sized(cfg, *hw))
     assert torch.isfinite(y).all()
 
@@ -79,7 +93,7 @@ def test_training_outputs_and_gradients_reach_every_parameter(variant):
     size."""
     cfg, model = variant
     model.train()
-    outputs = outputs_of(model(torch.randn(2, cfg.in_channels, *sized(cfg, 35, 29))))
+    outputs = outputs_of(model(inputs(cfg, 2, 35, 29)))
     stages = cfg.depth - (0 if cfg.full_resolution_stage != "none" else 1)
     assert len(outputs) == (stages if cfg.deep_supervision else 1)
     assert all(o.shape == (2, cfg.out_channels, *sized(cfg, 35, 29)) for o in outputs)
@@ -94,7 +108,7 @@ def test_training_outputs_and_gradients_reach_every_parameter(variant):
 def test_channels_last_gives_same_output(variant):
     cfg, model = variant
     model.eval()
-    x = torch.randn(1, cfg.in_channels, *sized(cfg, 40, 40))
+    x = inputs(cfg, 1, 40, 40)
     with torch.no_grad():
         a = model(x)
         b = model.to(memory_format=channels_last(cfg))(x.contiguous(memory_format=channels_last(cfg)))
@@ -109,7 +123,7 @@ def test_save_load_round_trip(variant, tmp_path, fp16):
     save_model(path, model, cfg, image_size=64, card={"hello": "world"}, fp16_weights=fp16)
     loaded = load_model(path)
     assert loaded.config == cfg and loaded.image_size == 64 and loaded.card == {"hello": "world"}
-    x = torch.randn(1, cfg.in_channels, *sized(cfg, 33, 31))
+    x = inputs(cfg, 1, 33, 31)
     with torch.no_grad():
         tol = dict(rtol=2e-2, atol=2e-2) if fp16 else dict(rtol=0, atol=0)
         torch.testing.assert_close(loaded.model(x), model(x), **tol)
@@ -156,7 +170,7 @@ def test_truncated_model_file_refused(tmp_path):
 
 def test_onnx_export_matches_torch(variant, tmp_path):
     """Every variant exports to one ONNX file with dynamic batch and spatial sizes that ONNX Runtime runs
-    like torch."""
+    like torch (a promptable one as it segments without clicks)."""
     import numpy as np
     import onnxruntime as ort
 
@@ -333,3 +347,30 @@ def test_pooling_follows_nnunet_rule():
                                   depth=len(strides) - 1, kernels=[list(k) for k in kernels],
                                   strides=[list(s) for s in strides]))
     assert net.multiple == [4, 32, 32]  # z: 20 → 10 → 5, then too small to pool
+
+
+@pytest.mark.parametrize("name", ["clicks_two_structures", "lite0_clicks_ds", "unet3d_clicks"])
+def test_a_promptable_network_without_clicks_is_its_image_part(name):
+    """No click (image channels only, or all-zero click channels) gives exactly what the same weights give
+    without the click inputs; the pretrained stem starts deaf to clicks, so fine-tuning starts from the
+    plain model."""
+    torch.manual_seed(0)
+    cfg = VARIANTS[name]
+    model = build_model(cfg).eval()
+    plain_cfg = dataclasses.replace(cfg, prompt="none", prompt_channels=0)
+    plain = build_model(plain_cfg, pretrained=False).eval()
+    state = model.state_dict()
+    first = next(k for k, v in plain.state_dict().items() if v.ndim >= 4)  # the convolution reading the input
+    state[first] = state[first][:, :cfg.in_channels]
+    plain.load_state_dict(state)
+    x = inputs(cfg, 2, 40, 36)
+    image, no_clicks = x[:, :cfg.in_channels], x.clone()
+    no_clicks[:, cfg.in_channels:] = 0
+    with torch.no_grad():
+        alone = plain(image)
+        torch.testing.assert_close(model(image), alone, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(model(no_clicks), alone, rtol=1e-5, atol=1e-6)
+        if cfg.encoder != "plain":
+            torch.testing.assert_close(model(x), alone, rtol=1e-5, atol=1e-6)
+        else:
+            assert not torch.allclose(model(x), alone)

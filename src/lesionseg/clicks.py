@@ -43,6 +43,12 @@ def next_click(pred: np.ndarray, truth: np.ndarray, clicked: list[Click] = (), s
     return Click(tuple(int(i) for i in np.unravel_index(int(np.argmax(depth)), depth.shape)), positive)
 
 
+def click_radius(shape: tuple[int, ...]) -> float:
+    """The disk radius, in pixels of the network's input, of a click on an input of `shape`: RITM's 5 pixels
+    on its 320-pixel crops, scaled to the input's shorter in-plane side, at least 2."""
+    return max(2.0, min(shape[-2:]) / 64)
+
+
 def click_maps(shape: tuple[int, ...], clicks: list[Click], radius: float) -> np.ndarray:
     """(2, *shape) float32 prompt channels: positive clicks as disks (balls in 3-D) of `radius` pixels in the
     first, negative in the second."""

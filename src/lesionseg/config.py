@@ -59,6 +59,11 @@ class ModelConfig:
     # spacing, as nnU-Net does (models/unet3d.pooling_plan).
     kernels: list[list[int]] | None = None
     strides: list[list[int]] | None = None
+    # clicks: the network also reads a user's clicks, two input channels per structure after the image's
+    # (positive and negative disks, clicks.py), and trains on simulated clicks. Without a click those
+    # channels are zero and add nothing, so the same model segments on its own too.
+    prompt: str = "none"
+    prompt_channels: int = 0  # set from the data: 2 per structure with prompt clicks
 
     @property
     def dimensions(self) -> int:
@@ -206,6 +211,7 @@ CHOICES = {
     "model.upsample": {"bilinear", "transposed"},
     "model.attention": {"none", "cbam"},
     "model.full_resolution_stage": {"kept", "train_only", "none"},
+    "model.prompt": {"none", "clicks"},
     "model.encoder": {"plain", "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"},
     "trainer.precision": {"auto", "bf16", "fp32"},
     "data.on_device": {"auto", "true", "false"},

@@ -18,11 +18,12 @@ def build_model(cfg: ModelConfig, pretrained: bool = True) -> nn.Module:
         return UNet(cfg.in_channels, cfg.out_channels, cfg.base_width, cfg.depth, cfg.upsample,
                     attention=cfg.attention, deep_supervision=cfg.deep_supervision, encoder=cfg.encoder,
                     full_resolution_decoder=cfg.full_resolution_stage != "none",
-                    pretrained=pretrained)
+                    pretrained=pretrained, prompt_channels=cfg.prompt_channels)
     if cfg.arch == "unet3d":
         return UNet3D(cfg.in_channels, cfg.out_channels, cfg.base_width,
                       cfg.kernels or [[3, 3, 3]] * (cfg.depth + 1),
-                      cfg.strides or [[1, 1, 1]] + [[2, 2, 2]] * cfg.depth, cfg.deep_supervision)
+                      cfg.strides or [[1, 1, 1]] + [[2, 2, 2]] * cfg.depth, cfg.deep_supervision,
+                      cfg.prompt_channels)
     raise UserError(f"config key 'model.arch': unknown architecture {cfg.arch!r}")
 
 

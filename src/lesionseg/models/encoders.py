@@ -41,7 +41,8 @@ class EfficientNetLiteEncoder(nn.Module):
     lesionseg model file supplies all weights anyway).
     """
 
-    def __init__(self, name: str = "efficientnet-lite0", depth: int = MAX_DEPTH, pretrained: bool = True):
+    def __init__(self, name: str = "efficientnet-lite0", depth: int = MAX_DEPTH, pretrained: bool = True,
+                 extra_channels: int = 0):
         super().__init__()
         if name not in WEIGHT_PACKAGES:
             raise UserError(f"unknown encoder {name!r} (choose from {', '.join(ENCODERS)})")
@@ -56,6 +57,13 @@ class EfficientNetLiteEncoder(nn.Module):
             state = {k: v for k, v in _pretrained_state(name).items() if not k.startswith("_fc.")}
             missing, unexpected = net.load_state_dict(state, strict=False)
             assert not unexpected and all(k.startswith("_fc.") for k in missing), (missing, unexpected)
+        if extra_channels:  # prompt channels after RGB: the stem reads them through weights that start at 0
+            stem = net._conv_stem
+            stem.weight = nn.Parameter(torch.cat(
+                [stem.weight.data, stem.weight.new_zeros(stem.out_channels, extra_channels,
+                                                         *stem.kernel_size)], dim=1))
+            stem.in_channels += extra_channels
+        self.extra_channels = extra_channels
         self.drop_connect_rate = net._global_params.drop_connect_rate or 0.0
         self.num_blocks = len(net._blocks)
         # Split the blocks into levels: a stride-2 block starts a new (coarser) level.
@@ -73,7 +81,7 @@ class EfficientNetLiteEncoder(nn.Module):
         return last._bn2.num_features if hasattr(last, "_bn2") else last.num_features
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        features = [x]
+        features = [x[:, :3] if self.extra_channels else x]  # the full-resolution skip is the RGB image
         index = 0  # block index, for the linearly growing drop-connect (stochastic depth) rate
         for level in self.levels:
             for layer in level:

@@ -57,3 +57,10 @@ class Up(nn.Module):
         if dy or dx or tracing():
             x = F.pad(x, [dx // 2, dx - dx // 2, dy // 2, dy - dy // 2])
         return self.conv(torch.cat([skip, x], dim=1))
+
+
+def with_prompt_room(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """`x` with zero prompt channels appended up to `channels` when it holds only the image's: an input
+    without clicks is one whose click channels are all zero."""
+    missing = channels - x.shape[1]
+    return x if missing <= 0 else torch.cat([x, x.new_zeros(x.shape[0], missing, *x.shape[2:])], dim=1)

@@ -12,7 +12,7 @@ from torch import nn
 from ..errors import UserError
 from .attention import CBAM
 from .encoders import EfficientNetLiteEncoder
-from .parts import DoubleConv, Down, Up, tracing
+from .parts import DoubleConv, Down, Up, tracing, with_prompt_room
 
 
 class UNet(nn.Module):
@@ -34,21 +34,23 @@ class UNet(nn.Module):
 
     def __init__(self, in_channels: int = 3, out_channels: int = 1, base_width: int = 64, depth: int = 4,
                  upsample: str = "bilinear", attention: str = "none", deep_supervision: bool = False,
-                 encoder: str = "plain", pretrained: bool = True, full_resolution_decoder: bool = True):
+                 encoder: str = "plain", pretrained: bool = True, full_resolution_decoder: bool = True,
+                 prompt_channels: int = 0):
         super().__init__()
         if not full_resolution_decoder and (encoder == "plain" or depth < 2):
             raise UserError("full_resolution_decoder=False needs an EfficientNet encoder and depth ≥ 2")
         self.depth = depth
+        self.input_channels = in_channels + prompt_channels
         self.top = 0 if full_resolution_decoder else 1  # the finest decoder level
         widths = [base_width * 2**i for i in range(depth + 1)]  # decoder width per level
         if encoder == "plain":
-            self.inc = DoubleConv(in_channels, widths[0])
+            self.inc = DoubleConv(in_channels + prompt_channels, widths[0])
             self.downs = nn.ModuleList(Down(widths[i], widths[i + 1]) for i in range(depth))
             skip_channels = widths
         else:
             if in_channels != 3:
                 raise UserError(f"model.encoder={encoder} is pretrained on RGB: model.in_channels must be 3")
-            self.encoder = EfficientNetLiteEncoder(encoder, depth, pretrained)
+            self.encoder = EfficientNetLiteEncoder(encoder, depth, pretrained, prompt_channels)
             skip_channels = self.encoder.channels
         below = [skip_channels[depth]] + widths[depth - 1:0:-1]  # what comes up into each Up, coarse first
         self.ups = nn.ModuleList(
@@ -67,6 +69,7 @@ class UNet(nn.Module):
         ) if deep_supervision else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        x = with_prompt_room(x, self.input_channels)
         h, w = x.shape[-2:]
         m = 2**self.depth
         ph, pw = (-h) % m, (-w) % m

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .parts import tracing
+from .parts import tracing, with_prompt_room
 
 MAX_WIDTH = 320  # nnU-Net's cap on 3-D feature maps
 
@@ -32,15 +32,16 @@ class UNet3D(nn.Module):
 
     def __init__(self, in_channels: int = 1, out_channels: int = 2, base_width: int = 32,
                  kernels=((3, 3, 3),) * 4, strides=((1, 1, 1),) + ((2, 2, 2),) * 3,
-                 deep_supervision: bool = False):
+                 deep_supervision: bool = False, prompt_channels: int = 0):
         super().__init__()
         if len(kernels) != len(strides) or tuple(strides[0]) != (1, 1, 1):
             raise ValueError("one kernel and one stride per stage, the first stage's stride (1, 1, 1)")
+        self.input_channels = in_channels + prompt_channels
         widths = [min(base_width * 2**i, MAX_WIDTH) for i in range(len(kernels))]
         self.multiple = [math.prod(s[axis] for s in strides) for axis in range(3)]
         self.encoder = nn.ModuleList(
             nn.Sequential(ConvNormAct(c_in, w, k, s), ConvNormAct(w, w, k))
-            for c_in, w, k, s in zip([in_channels, *widths], widths, kernels, strides))
+            for c_in, w, k, s in zip([self.input_channels, *widths], widths, kernels, strides))
         levels = list(reversed(range(len(widths) - 1)))  # decoder levels, coarse to fine
         self.ups = nn.ModuleList(nn.ConvTranspose3d(widths[i + 1], widths[i], strides[i + 1], strides[i + 1])
                                  for i in levels)
@@ -52,6 +53,7 @@ class UNet3D(nn.Module):
             if deep_supervision else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        x = with_prompt_room(x, self.input_channels)
         size = x.shape[-3:]
         pad = [(-n) % m for n, m in zip(size, self.multiple)]
         if not tracing() and all(n + p == m for n, p, m in zip(size, pad, self.multiple)):

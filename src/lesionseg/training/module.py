@@ -78,8 +78,9 @@ def warmed_ema(decay: float):
 
 
 def with_labels(cfg: Config, labels: Labels, preprocessing=None) -> Config:
-    """The config whose network has one output channel per structure (+ background for exclusive ones), and
-    for volumes one input channel per slice of context (3 for a lone slice, repeated for RGB encoders)."""
+    """The config whose network has one output channel per structure (+ background for exclusive ones), for
+    volumes one input channel per slice of context (3 for a lone slice, repeated for RGB encoders), and
+    with model.prompt clicks two click channels per structure."""
     from ..errors import UserError
 
     patching = getattr(preprocessing, "patching", None)
@@ -96,7 +97,9 @@ def with_labels(cfg: Config, labels: Labels, preprocessing=None) -> Config:
     if cfg.model.out_channels not in (1, labels.out_channels):
         raise UserError(f"config key 'model.out_channels': {cfg.model.out_channels}, but the data has "
                         f"{labels.out_channels} output channels ({labels.mode}: {', '.join(labels.names)})")
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, out_channels=labels.out_channels))
+    prompts = 2 * len(labels.structures) if cfg.model.prompt == "clicks" else 0
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, out_channels=labels.out_channels,
+                                                              prompt_channels=prompts))
 
 
 def _network_for(model, patching):
@@ -166,6 +169,12 @@ class SegmentationModule(L.LightningModule):
         self.val_loss, self.val_jaccard, self.val_dice = MeanMetric(), MeanMetric(), MeanMetric()
         self.train_loss = MeanMetric()
         self._epoch_images, self._epoch_start = 0, 0.0
+        self.simulated_clicks = None
+        if cfg.model.prompt_channels:
+            from .simulated_clicks import SimulatedClicks
+
+            self.simulated_clicks = SimulatedClicks(len(self.labels.structures), self.labels.mode,
+                                                    cfg.trainer.seed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         model = self.model if self._compiled is None else self._compiled
@@ -201,6 +210,8 @@ class SegmentationModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
+        if self.simulated_clicks is not None:
+            x = self.simulated_clicks(self.model, x, y)
         loss = self.loss(self(x), y)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()} at epoch {self.current_epoch}, "
