@@ -158,3 +158,83 @@ def test_any_recipe_becomes_promptable_with_one_key(kind, tmp_path):
     if kind != "photo":
         label_map = next(p for p in (tmp_path / "pred").iterdir() if p.name.endswith("_labels.nii.gz"))
         assert nib.load(label_map).shape == nib.load(image).shape
+
+
+@pytest.fixture(scope="module")
+def promptable_photos(tmp_path_factory):
+    from conftest import make_dataset, train_ok
+    from test_cli import TINY as PHOTO
+
+    root = tmp_path_factory.mktemp("promptable")
+    data = make_dataset(root / "data", n=8)
+    return data, train_ok(data, root / "run", *PHOTO, "trainer.max_epochs=1", "model.prompt=clicks") / "model.pt"
+
+
+def test_a_click_is_drawn_where_the_user_put_it_on_the_image(promptable_photos):
+    """A network that echoes its click channels: the probability map, back at the image's size, is high
+    around each positive click and low around each negative one, wherever the image was resized."""
+    from lesionseg.inference import Segmenter
+
+    _, weights = promptable_photos
+    seg = Segmenter.load(weights)
+
+    def echo(batch):
+        return 40.0 * batch[:, 3:4] - 40.0 * batch[:, 4:5] - 20.0
+
+    seg.whole.backend = echo
+    image = np.zeros((90, 150, 3), np.uint8)  # resized to the network's square
+    prob = seg.predict(image, [(0, Click((10, 140), True)), (0, Click((70, 20), True)),
+                               (0, Click((45, 75), False))])
+    assert prob.shape == (90, 150)
+    assert prob[10, 140] > 0.9 and prob[70, 20] > 0.9 and prob[45, 75] < 0.1
+    assert prob[45, 110] < 0.1 and (prob > 0.5).mean() < 0.1
+
+
+def test_evaluate_clicks_reports_dice_after_each_click_and_noc(promptable_photos, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from lesionseg.cli import app
+    from lesionseg.evaluation import load_labelled
+    from lesionseg.inference import Segmenter
+    from lesionseg.metrics import overlap_scores
+
+    data, weights = promptable_photos
+    result = CliRunner().invoke(app, ["evaluate", "--data", str(data), "--weights", str(weights), "--clicks",
+                                      "3", "--out", str(tmp_path / "e")])
+    assert result.exit_code == 0, result.output
+    assert "NoC@90" in result.output
+    clicks = json.loads((tmp_path / "e" / "metrics.json").read_text())["clicks"]
+    scored = clicks["per_structure"]["foreground"]
+    assert clicks["max_clicks"] == 3 and len(scored["dice_after_clicks"]) == 4
+
+    # the same protocol, written out: the model alone, then each click at the deepest error
+    seg, labelled = Segmenter.load(weights), load_labelled(data)
+    curves = []
+    for i in range(len(labelled.pairs)):
+        image, truth = labelled.load(i)
+        placed, dice = [], []
+        for _ in range(4):
+            mask = seg.to_mask(seg.predict(image, [(0, c) for c in placed]), image)
+            dice.append(overlap_scores(mask, truth.astype(bool))["dice"])
+            click = next_click(mask, truth.astype(bool), placed)
+            placed += [click] if click is not None else []
+        curves.append(dice)
+    np.testing.assert_allclose(scored["dice_after_clicks"], np.mean(curves, axis=0), atol=1e-4)
+    assert scored["noc90"] == pytest.approx(np.mean([clicks_to_reach(c, 0.9, 3) for c in curves]), abs=1e-3)
+
+
+def test_evaluate_clicks_refuses_a_model_that_takes_none(tmp_path):
+    from typer.testing import CliRunner
+
+    from conftest import make_dataset, train_ok
+    from lesionseg.cli import app
+    from test_cli import TINY as PHOTO
+
+    data = make_dataset(tmp_path / "data", n=6)
+    weights = train_ok(data, tmp_path / "run", *PHOTO, "trainer.max_epochs=1") / "model.pt"
+    result = CliRunner().invoke(app, ["evaluate", "--data", str(data), "--weights", str(weights), "--clicks",
+                                      "2", "--out", str(tmp_path / "e")])
+    assert result.exit_code == 2 and "takes no clicks: train it with model.prompt=clicks" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "e").exists()

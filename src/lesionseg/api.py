@@ -86,7 +86,7 @@ def segmenter(weights: str | Path | None = None, *, backend: str = "auto", **opt
 
 def evaluate(data: str | Path, weights: str | Path | None = None, *, out: str | Path | None = None,
              mask_threshold: int | None = None, report: bool = False, ids: str | Path | None = None,
-             pixel_spacing: float | None = None, nsd_tolerance: float = 2.0,
+             pixel_spacing: float | None = None, nsd_tolerance: float = 2.0, clicks: int = 0,
              **options: Any) -> dict[str, float]:
     """Score a model (a model file, an .onnx, or a bundled name; default: the bundled `default`) on a labelled
     folder at each image's original size; returns the metrics (mean_jaccard, mean_dice, thresholded_jaccard,
@@ -96,9 +96,12 @@ def evaluate(data: str | Path, weights: str | Path | None = None, *, out: str | 
     and per_case.csv there (and report.html with `report=True`). `ids`: a file listing the ids to score.
     Models of several structures: per structure Dice, Jaccard, HD95, ASSD, NSD (at `nsd_tolerance`), distances
     in mm with `pixel_spacing` (default: the model's training data's, when its card says), else pixels.
+    `clicks` N > 0 (a model trained with model.prompt clicks, on photos): also the interactive protocol's Dice
+    after each of up to N simulated clicks and NoC@85 / NoC@90, under the metrics' "clicks".
     """
     from .evaluation import (
         Spacing,
+        evaluate_clicks,
         evaluate_volumes,
         load_labelled,
         write_report,
@@ -128,6 +131,11 @@ def evaluate(data: str | Path, weights: str | Path | None = None, *, out: str | 
     else:  # every data problem is reported before a model is loaded
         labelled = load_labelled(data, mask_threshold, ids)
     seg = segmenter(weights, **options)
+    if clicks:
+        seg.click_channels()  # refuses a model that takes none
+        if volumes:
+            raise UserError(f"{data}: evaluate --clicks scores photos and radiographs; on volumes it is not "
+                            "built yet")
     if seg.backend.preprocessing.covers_volumes != volumes:
         raise UserError(f"{data}: a dataset of volumes, and {seg.weights_path.name} is a model for photos"
                         if volumes else f"{data}: a folder of photos, and {seg.weights_path.name} is a model "
@@ -138,6 +146,8 @@ def evaluate(data: str | Path, weights: str | Path | None = None, *, out: str | 
     else:
         result = score(seg, labelled, spacing=Spacing.choose(pixel_spacing, seg.card),
                        nsd_tolerance=nsd_tolerance)
+        if clicks:
+            result.metrics["clicks"] = evaluate_clicks(seg, labelled, clicks)
     if out is not None:
         settings = {"weights": str(seg.weights_path), "backend": seg.backend.name, "data": str(data),
                     **({"ids": str(ids) if ids else "all"} if volumes else {}),

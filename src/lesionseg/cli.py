@@ -165,6 +165,9 @@ def evaluate(
     nsd_tolerance: float = typer.Option(2.0, "--nsd-tolerance", min=0.0,
                                         help="Several structures: the normalised surface Dice's tolerance, "
                                         "in mm when the spacing is known, else pixels."),
+    clicks: int = typer.Option(0, "--clicks", min=0, help="Also simulate a user's clicks, up to N per case "
+                               "and structure, each at the deepest error: Dice after each click, NoC@85 / "
+                               "NoC@90 (a model trained with model.prompt=clicks)."),
     options: InferenceOptions = None,
 ):
     """Evaluate a model on a labelled folder; metrics at each image's original size."""
@@ -173,7 +176,7 @@ def evaluate(
 
     metrics = run_evaluate(data, weights, out=out, mask_threshold=mask_threshold, report=report,
                            backend=backend, ids=ids, pixel_spacing=pixel_spacing, nsd_tolerance=nsd_tolerance,
-                           **dataclasses.asdict(options))
+                           clicks=clicks, **dataclasses.asdict(options))
     print_metrics(metrics)
     print(f"wrote {out / 'metrics.json'} and {out / 'per_case.csv'}")
     if report:

@@ -23,7 +23,14 @@ from .inference import Segmenter
 from .inference.pipeline import Segmented, run_pipeline
 from .io import write_csv, write_png, write_text
 from .labels import DECLARATION_FILE, IGNORED, Declared, Labels
-from .metrics import aggregate, aggregate_structures, confusion, image_scores, structure_scores
+from .metrics import (
+    aggregate,
+    aggregate_structures,
+    confusion,
+    image_scores,
+    overlap_scores,
+    structure_scores,
+)
 from .model_file import recorded_pixel_spacing
 from .pairs import LabelledCase, Pair, discover, labels_of, load_pair, validate
 from .splits import listed, split_pairs, split_settings
@@ -167,6 +174,53 @@ def _evaluate_structures(segmenter: Segmenter, labelled: LabelledSet, workers: i
     return _structure_result(segmenter.labels, cases, STRUCTURE_FIELDS, distance_unit=spacing.unit,
                              pixel_spacing_mm=spacing.mm, pixel_spacing_source=spacing.source,
                              nsd_tolerance=tolerance, hd_rules=HD_RULES.format("image diagonal"))
+
+
+NOC_DICE = (0.85, 0.90)  # NoC@85, NoC@90
+
+
+def evaluate_clicks(segmenter: Segmenter, labelled: LabelledSet, max_clicks: int) -> dict:
+    """The interactive protocol (clicks.py), per structure: on each case that holds it, the model alone,
+    then up to `max_clicks` clicks, each at the deepest error of the mask so far (clicks.next_click), the
+    mask thresholded and cleaned as `predict` does. Per structure: the mean Dice after 0..max_clicks clicks
+    and NoC@85 / NoC@90 (mean clicks to reach that Dice; `max_clicks` for a case that never does)."""
+    from .clicks import clicks_to_reach, next_click
+
+    labels = segmenter.labels
+    order = truth_order(segmenter, labelled) if labels.multi else [0]
+    curves: dict[str, list[list[float]]] = {name: [] for name in labels.names}
+    for i in range(len(labelled.pairs)):
+        image, truth = labelled.load(i)
+        for k, name in enumerate(labels.names):
+            if labels.multi:
+                held, valid = truth[..., order[k]] == 1, truth[..., order[k]] != IGNORED
+            else:
+                held, valid = truth.astype(bool), np.ones(truth.shape, bool)
+            if not held.any():  # nothing to reach: the protocol scores cases that hold the structure
+                continue
+            placed, dice = [], []
+            for _ in range(max_clicks + 1):
+                mask = segmenter.to_mask(segmenter.predict(image, [(k, c) for c in placed]), image)
+                mask = (mask[k] if labels.multi else mask) & valid
+                dice.append(overlap_scores(mask, held)["dice"])
+                click = next_click(mask, held, placed)
+                if click is None:
+                    dice += [dice[-1]] * (max_clicks + 1 - len(dice))
+                    break
+                placed.append(click)
+            curves[name].append(dice[:max_clicks + 1])
+    out = {}
+    for name, cases in curves.items():
+        if not cases:
+            continue
+        out[name] = {"n": len(cases),
+                     "dice_after_clicks": [round(float(v), 4) for v in np.mean(cases, axis=0)],
+                     **{f"noc{round(t * 100)}": round(float(np.mean([clicks_to_reach(c, t, max_clicks)
+                                                                     for c in cases])), 3)
+                        for t in NOC_DICE}}
+    return {"max_clicks": max_clicks, "protocol": "each click at the deepest error of the mask so far "
+            "(RITM's), positive on missed truth, negative on a false region; NoC counts the model alone as 0 "
+            "clicks and a case never reaching the Dice as max_clicks", "per_structure": out}
 
 
 def evaluate_volumes(segmenter, labelled: LabelledSet, tolerance: float = 2.0) -> EvaluationResult:

@@ -114,13 +114,29 @@ def print_metrics(metrics: dict) -> None:
 
     if "per_class" in metrics:
         _print_structures(metrics)
-        return
-    table = Table(title=f"{metrics['n_images']} images")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in metrics.items():
-        if key != "n_images":
-            table.add_row(key, f"{value:.4f}")
+    else:
+        table = Table(title=f"{metrics['n_images']} images")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key, value in metrics.items():
+            if key not in ("n_images", "clicks"):
+                table.add_row(key, f"{value:.4f}")
+        Console().print(table)
+    if "clicks" in metrics:
+        _print_clicks(metrics["clicks"])
+
+
+def _print_clicks(clicks: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    n = clicks["max_clicks"]
+    table = Table(title=f"simulated clicks, up to {n} per case: Dice after k clicks (0: the model alone)")
+    for column in ("structure", "cases", *(f"k={k}" for k in range(n + 1)), "NoC@85", "NoC@90"):
+        table.add_column(column, justify="left" if column == "structure" else "right")
+    for name, v in clicks["per_structure"].items():
+        table.add_row(name, str(v["n"]), *(f"{d:.4f}" for d in v["dice_after_clicks"]), f"{v['noc85']:.2f}",
+                      f"{v['noc90']:.2f}")
     Console().print(table)
 
 

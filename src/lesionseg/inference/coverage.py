@@ -72,6 +72,24 @@ class WholeImage:
         return out
 
 
+    def clicked(self, image: np.ndarray, clicks, prompt_channels: int) -> np.ndarray:
+        """One image's probabilities given a user's clicks: `clicks` (structure index, clicks.Click at the
+        image's (row, col)), drawn as disks on the network's input grid, as training draws them."""
+        from ..clicks import Click, click_maps, click_radius
+
+        batch = self.transform.batch([image], self.image_size)
+        (h, w), grid = image.shape[:2], batch.shape[2:]
+        maps = np.zeros((1, prompt_channels, *grid), np.float32)
+        radius = click_radius(grid)
+        for k, click in clicks:
+            at = tuple(min(max(int(round((p + 0.5) * g / n - 0.5)), 0), g - 1)
+                       for p, g, n in zip(click.position, grid, (h, w)))
+            disk = click_maps(grid, [Click(at, click.positive)], radius)
+            maps[0, 2 * k:2 * k + 2] = np.maximum(maps[0, 2 * k:2 * k + 2], disk)
+        logits = self.backend(np.concatenate([batch, maps], axis=1))
+        return self.activation(logits[0], h, w).astype(np.float32, copy=False)
+
+
 @dataclasses.dataclass(frozen=True)
 class Slicing:
     """How a model cuts volumes into network inputs (the model file's `preprocess.slicing`)."""

@@ -96,8 +96,21 @@ class Segmenter:
         return self.whole.probabilities(images, self.tta if tta is None else tta, self.tta_scales,
                                         batch_size or self.batch_size)
 
-    def predict(self, image: np.ndarray) -> np.ndarray:
-        return self.predict_batch([image])[0]
+    def predict(self, image: np.ndarray, clicks: Sequence[tuple[int, Any]] = ()) -> np.ndarray:
+        """`clicks`: (structure index, clicks.Click at the image's (row, col)) a user placed, for a model
+        trained with model.prompt clicks (no TTA with clicks: a click is where it is)."""
+        if not clicks:
+            return self.predict_batch([image])[0]
+        return self.whole.clicked(image, clicks, self.click_channels())
+
+    def click_channels(self) -> int:
+        """The click channels the network reads; refuses a model that takes none."""
+        architecture = self.backend.file.architecture
+        channels = architecture.prompt_channels if architecture is not None else 0
+        if not channels:
+            raise UserError(f"{self.weights_path.name} takes no clicks: train it with model.prompt=clicks "
+                            "(an ONNX file is exported without its click inputs)")
+        return channels
 
     def to_mask(self, prob: np.ndarray, image: np.ndarray | None = None,
                 post: postprocess.PostprocessConfig | None = None) -> np.ndarray:
