@@ -167,7 +167,8 @@ def promptable_photos(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("promptable")
     data = make_dataset(root / "data", n=8)
-    return data, train_ok(data, root / "run", *PHOTO, "trainer.max_epochs=1", "model.prompt=clicks") / "model.pt"
+    run = train_ok(data, root / "run", *PHOTO, "trainer.max_epochs=1", "model.prompt=clicks")
+    return data, run / "model.pt"
 
 
 def test_a_click_is_drawn_where_the_user_put_it_on_the_image(promptable_photos):
