@@ -239,3 +239,38 @@ def test_evaluate_clicks_refuses_a_model_that_takes_none(tmp_path):
                                       "2", "--out", str(tmp_path / "e")])
     assert result.exit_code == 2 and "takes no clicks: train it with model.prompt=clicks" in result.output
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "e").exists()
+
+
+def test_a_plain_model_fine_tunes_into_a_promptable_one_starting_exactly_where_it_was(tmp_path):
+    """trainer.init_from a plain model with model.prompt=clicks: the input convolution gains click weights of
+    0, every other weight is copied, so before any step the model segments as the plain one, with or
+    without clicks; the other direction (clicks → none) is refused as another architecture."""
+    import torch
+
+    from conftest import make_dataset, train_ok
+    from lesionseg.config import load_config
+    from lesionseg.models import load_model
+    from lesionseg.training.module import SegmentationModule
+    from test_cli import TINY as PHOTO
+
+    data = make_dataset(tmp_path / "data", n=6)
+    plain = train_ok(data, tmp_path / "plain", *PHOTO, "trainer.max_epochs=1") / "model.pt"
+    module = SegmentationModule(load_config(PHOTO[1], [*PHOTO[2:], "model.prompt=clicks",
+                                                       f"trainer.init_from={plain}"]))
+    source = load_model(plain).model.eval()
+    tuned = module.model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    clicked = torch.cat([x, (torch.rand(2, 2, 32, 32) > 0.9).float()], dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(tuned(x), source(x), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(tuned(clicked), source(x), rtol=1e-5, atol=1e-6)
+    run = train_ok(data, tmp_path / "tuned", *PHOTO, "trainer.max_epochs=1", "model.prompt=clicks",
+                   f"trainer.init_from={plain}")
+    assert load_model(run / "model.pt").config.prompt_channels == 2
+    from typer.testing import CliRunner
+
+    from lesionseg.cli import app
+
+    back = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "back"), *PHOTO,
+                                    f"trainer.init_from={run / 'model.pt'}"])
+    assert back.exit_code == 2 and "model.prompt is none here" in back.output

@@ -37,9 +37,13 @@ def fit_to_initial_model(cfg: Config) -> Config:
     model = cfg.model
     if model.full_resolution_stage == "train_only" and theirs["full_resolution_stage"] == "none":
         model = dataclasses.replace(model, full_resolution_stage="none")
+    if model.prompt == "clicks" and theirs.get("prompt", "none") == "none":  # a plain model learns clicks
+        theirs.update(prompt=model.prompt, prompt_channels=model.prompt_channels)
     ours = dataclasses.asdict(model)
-    # deep-supervision heads may be absent in the source (they are dropped at inference)
-    differ = [k for k in ours if k != "deep_supervision" and theirs.get(k) != ours[k]]
+    # deep-supervision heads may be absent in the source (they are dropped at inference); click channels
+    # follow the data's structures
+    free = ("deep_supervision", "prompt_channels")
+    differ = [k for k in ours if k not in free and theirs.get(k) != ours[k]]
     if differ:
         wanted = " ".join(f"model.{k}={_yaml_value(theirs[k])}" for k in differ)
         here = ", ".join(f"model.{k} is {_yaml_value(ours[k])} here" for k in differ)
@@ -55,11 +59,26 @@ def load_initial_weights(model: torch.nn.Module, cfg: Config) -> None:
     from ..models import load_model
 
     source = load_model(cfg.trainer.init_from)
+    state = dict(source.model.state_dict())
+    if cfg.model.prompt_channels and not source.config.prompt_channels:
+        state = with_click_inputs(state, model.state_dict())
     # Deep-supervision heads may be absent in the source (they are dropped at inference): strict otherwise.
-    missing, unexpected = model.load_state_dict(source.model.state_dict(), strict=False)
+    missing, unexpected = model.load_state_dict(state, strict=False)
     misfits = [k for k in missing + unexpected if not k.startswith("aux_heads.")]
     if misfits:
         raise UserError(f"trainer.init_from {cfg.trainer.init_from}: weights do not fit ({misfits[0]})")
+
+
+def with_click_inputs(state: dict, target: dict) -> dict:
+    """A plain model's weights for its promptable twin: the convolution that reads the input gains the
+    click channels, their weights 0, so the model starts segmenting exactly as before."""
+    for key, weight in state.items():
+        wanted = target.get(key)
+        if (wanted is not None and weight.ndim >= 4 and wanted.shape[1] > weight.shape[1]
+                and (wanted.shape[0], *wanted.shape[2:]) == (weight.shape[0], *weight.shape[2:])):
+            extra = weight.new_zeros(weight.shape[0], wanted.shape[1] - weight.shape[1], *weight.shape[2:])
+            state[key] = torch.cat([weight, extra], dim=1)
+    return state
 
 
 def warmed_ema(decay: float):
