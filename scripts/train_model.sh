@@ -6,7 +6,7 @@
 #   nohup scripts/train_model.sh lite0_160_ema_cpu > runs/lite0_160_ema_cpu.log 2>&1 &
 #   LESIONSEG="python3 -m lesionseg.cli" DATA=.gpu/data scripts/train_model.sh lite0_256_gpu   (no .venv)
 # EXTRA_DATA (space-separated folders, e.g. `lesionseg pseudo-label` output) adds training pairs; the carved
-# validation split still comes from $DATA/train alone.
+# validation split still comes from $DATA/train alone. EVALUATE_FLAGS (e.g. "--clicks 5") go to evaluate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NAME=${1:?usage: scripts/train_model.sh NAME [KEY=VALUE ...]  (NAME: a config in configs/)}
@@ -19,8 +19,8 @@ EXTRA=()
 for folder in ${EXTRA_DATA:-}; do EXTRA+=(--data "$folder"); done
 if [ -d "$DATA/train" ]; then
   $LESIONSEG train --data "$DATA/train" "${EXTRA[@]}" --config "configs/$NAME.yaml" --out "$RUN" "$@"
-  $LESIONSEG evaluate --data "$DATA/val" --weights "$RUN/model.pt" --out "$RUN/eval_val"
+  $LESIONSEG evaluate --data "$DATA/val" --weights "$RUN/model.pt" --out "$RUN/eval_val" ${EVALUATE_FLAGS:-}
 else  # one folder with a fixed validation list (data.val_ids in the config, e.g. JSRT's val_ids.txt)
   $LESIONSEG train --data "$DATA" "${EXTRA[@]}" --config "configs/$NAME.yaml" --out "$RUN" "$@"
-  $LESIONSEG evaluate --data "$DATA" --ids val_ids.txt --weights "$RUN/model.pt" --out "$RUN/eval_val"
+  $LESIONSEG evaluate --data "$DATA" --ids val_ids.txt --weights "$RUN/model.pt" --out "$RUN/eval_val" ${EVALUATE_FLAGS:-}
 fi
