@@ -371,6 +371,10 @@ def serve(
     cors_origin: Optional[List[str]] = typer.Option(
         None, "--cors-origin", help="Allow browser calls from this origin (repeatable); none by default."
     ),
+    annotations: Optional[Path] = typer.Option(
+        None, "--annotations", help="Interactive sessions save corrected cases here (images/ + masks/, the "
+        "layout train reads); saving is refused without it."),
+    max_sessions: int = typer.Option(8, "--max-sessions", min=1, help="Interactive sessions open at once."),
 ):
     """Serve the model over HTTP: POST /v1/segment, a page at /, API reference at /docs."""
     import dataclasses
@@ -383,8 +387,12 @@ def serve(
                       max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, timeout_s=timeout,
                       max_body_mb=max_body_mb, max_pixels=max_pixels,
                       max_unpacked_mb=max_unpacked_mb, cors_origins=list(cors_origin or []),
+                      annotations=str(annotations) if annotations else None, max_sessions=max_sessions,
                       threads=max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None)
     cfg.check()
+    if annotations and workers > 1:
+        raise UserError("serve: --annotations needs --workers 1 (a session lives in the process that opened "
+                        "it)")
     from .inference.backends import open_backend
 
     # a wrong --weights fails here, in one line, before the server starts

@@ -5,6 +5,8 @@
     POST /v1/segment/dicom    a DICOM image → a DICOM SEG
     POST /v1/segment/volume   a NIfTI volume → a NIfTI label map; a zip of one DICOM series → a DICOM SEG;
                               format=json: each structure's volume in mm³ and mL
+    POST /v1/sessions         open an interactive session on a photo; then POST /v1/sessions/ID/click,
+                              /stroke, /undo, /save (into --annotations), GET or DELETE /v1/sessions/ID
     GET  /v1/model            the model card          GET /healthz, /readyz, /metrics (Prometheus)
     GET  /                    the browser page        GET /docs  the API reference
 
@@ -37,6 +39,7 @@ from .routes import (
     segment_volume_upload,
     static_page,
 )
+from .sessions import session_routes
 
 
 def create_app(cfg: ServeConfig | None = None, segmenter=None) -> Starlette:
@@ -59,8 +62,9 @@ def create_app(cfg: ServeConfig | None = None, segmenter=None) -> Starlette:
               Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics),
               Route("/v1/model", model_card), Route("/v1/segment", segment, methods=["POST"]),
               Route("/v1/segment/dicom", segment_dicom, methods=["POST"]),
-              Route("/v1/segment/volume", segment_volume_upload, methods=["POST"])]
-    middleware = [Middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST"],
+              Route("/v1/segment/volume", segment_volume_upload, methods=["POST"]), *session_routes()]
+    middleware = [Middleware(CORSMiddleware, allow_origins=cfg.cors_origins,
+                             allow_methods=["GET", "POST", "DELETE"],
                              allow_headers=["Authorization", "Content-Type"])] if cfg.cors_origins else []
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
                     exception_handlers={404: no_route, 405: no_route})

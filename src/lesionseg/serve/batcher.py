@@ -172,6 +172,7 @@ class QueuedNetwork:
 
     def __init__(self, backend, batcher: MicroBatcher, timeout_s: float):
         self.preprocessing, self.batcher, self.timeout_s = backend.preprocessing, batcher, timeout_s
+        self.labels, self.image_size = backend.labels, backend.image_size
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.batcher.submit(batch, network=True).result(timeout=self.timeout_s).prob

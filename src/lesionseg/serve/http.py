@@ -45,6 +45,12 @@ class ServeConfig:
     max_unpacked_mb: float = 1024.0  # a volume upload once unzipped / gunzipped (413 above)
     cors_origins: list[str] = field(default_factory=list)
     threads: int | None = None  # the model's intra-op threads; None = every core (--workers N sets cores/N)
+    # interactive sessions (/v1/sessions, serve/sessions.py): how many at once, the pixels they hold in all,
+    # how long one may sit idle, and the dataset folder saves go to (None: saving is refused)
+    max_sessions: int = 8
+    max_session_pixels: int = 100_000_000
+    session_idle_s: float = 1800.0
+    annotations: str | None = None
 
     def check(self) -> None:
         for name in ("max_batch", "max_queue", "max_pixels"):
@@ -128,14 +134,18 @@ class Service:
         self._given = segmenter
         self.segmenter = None
         self.batcher: MicroBatcher | None = None
+        self.sessions = None
 
     def load(self) -> None:
         from ..inference import Segmenter
+        from .sessions import Sessions
 
         seg = self._given or Segmenter.load(self.cfg.weights, self.cfg.backend, self.cfg.threads)
         self.segmenter, self.default_tta = seg, seg.tta
         self.batcher = MicroBatcher(seg, self.cfg.max_batch, self.cfg.max_wait_ms, self.cfg.max_queue,
                                     on_batch=self.metrics.batch_done)
+        self.sessions = Sessions(seg, self.cfg.max_sessions, self.cfg.max_session_pixels,
+                                 self.cfg.session_idle_s)
 
     def tta(self, opts: Options) -> bool:
         return self.default_tta if opts.inference.tta is None else opts.inference.tta

@@ -1,0 +1,306 @@
+"""Interactive correction sessions: a photo opened once, then a person's clicks, brush and eraser strokes and
+undos, each answered with the corrected mask, and a save that writes the image and its mask into a dataset
+folder in the layout `lesionseg train` reads.
+
+A session's mask is always recomputed from its actions in order: the model with every click so far (a model
+trained with model.prompt clicks), then the strokes painted over it, so undo is dropping the last action.
+Sessions are bounded in number and in pixels held, and closed after sitting idle; each has an unguessable
+id and its own lock, so two sessions never see or wait for each other's state.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..clicks import Click
+from ..io import encode_png
+from ..io.atomic import write_together
+from ..pairs import MASK_SUFFIX
+from .http import HTTPError
+
+
+@dataclass(frozen=True)
+class Stroke:
+    """A brush (paint) or eraser stroke on one structure: a polyline of (row, col) points, `radius` wide."""
+
+    structure: int
+    points: tuple[tuple[int, int], ...]
+    radius: int
+    paint: bool
+
+
+@dataclass
+class Session:
+    id: str
+    name: str  # the saved files' stem: the upload's name, made safe, and the id's start
+    image: np.ndarray
+    actions: list = field(default_factory=list)  # (structure, Click) or Stroke, in order
+    masks: np.ndarray | None = None  # bool (structures, H, W)
+    used: float = field(default_factory=time.monotonic)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def clicks(self) -> list[tuple[int, Click]]:
+        return [a for a in self.actions if not isinstance(a, Stroke)]
+
+
+def safe_stem(label: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(label).stem).strip("_")[:40]
+    return stem or "case"
+
+
+class Sessions:
+    """The open sessions of one service: at most `max_sessions`, holding at most `max_pixels` in all;
+    a session idle for `idle_s` seconds is closed when room is needed or when it is next asked for."""
+
+    def __init__(self, segmenter, max_sessions: int, max_pixels: int, idle_s: float):
+        self.segmenter = segmenter
+        self.max_sessions, self.max_pixels, self.idle_s = max_sessions, max_pixels, idle_s
+        self._open: dict[str, Session] = {}
+        self._lock = threading.Lock()
+
+    def _drop_idle(self) -> None:
+        now = time.monotonic()
+        for key in [k for k, s in self._open.items() if now - s.used > self.idle_s]:
+            del self._open[key]
+
+    def open(self, image: np.ndarray, label: str) -> Session:
+        pixels = image.shape[0] * image.shape[1]
+        with self._lock:
+            self._drop_idle()
+            held = sum(s.image.shape[0] * s.image.shape[1] for s in self._open.values())
+            if len(self._open) >= self.max_sessions or held + pixels > self.max_pixels:
+                raise HTTPError(503, f"full: {len(self._open)} sessions open; close one (DELETE "
+                                "/v1/sessions/ID) or retry when one has been idle "
+                                f"{self.idle_s:g} s", {"Retry-After": "5"})
+            key = secrets.token_urlsafe(16)
+            session = Session(key, f"{safe_stem(label)}_{key[:8]}", image)
+            self._open[key] = session
+        return session
+
+    def get(self, key: str) -> Session:
+        with self._lock:
+            self._drop_idle()
+            session = self._open.get(key)
+            if session is None:
+                raise HTTPError(404, f"no open session {key[:16]!r} (closed, idle too long, or never opened)")
+            session.used = time.monotonic()
+        return session
+
+    def close(self, key: str) -> None:
+        with self._lock:
+            if self._open.pop(key, None) is None:
+                raise HTTPError(404, f"no open session {key[:16]!r}")
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def structure_index(self, name: str | None) -> int:
+        labels = self.segmenter.labels
+        if name is None:
+            if labels.multi:
+                raise HTTPError(400, f"'structure': one of {', '.join(labels.names)}")
+            return 0
+        if name not in labels.names:
+            raise HTTPError(400, f"'structure': {name!r} is not one of {', '.join(labels.names)}")
+        return labels.names.index(name)
+
+    def recompute(self, session: Session, whole) -> None:
+        """The session's masks from its actions: the model with its clicks, then its strokes in order.
+        `whole`: the coverage.WholeImage that runs the network (the service's goes through its batcher)."""
+        seg, clicks = self.segmenter, session.clicks
+        prob = whole.clicked(session.image, clicks, seg.click_channels()) if clicks else \
+            whole.probabilities([session.image], False, seg.tta_scales, 1)[0]
+        masks = seg.to_mask(prob, session.image)
+        masks = np.array(masks if seg.labels.multi else masks[None], dtype=bool)
+        for action in session.actions:
+            if isinstance(action, Stroke):
+                layer = np.zeros(masks.shape[1:], np.uint8)
+                points = np.asarray([(c, r) for r, c in action.points], np.int32).reshape(-1, 1, 2)  # (x, y)
+                cv2.polylines(layer, [points], False, 1, thickness=2 * action.radius + 1)
+                for (x, y), in points:
+                    cv2.circle(layer, (int(x), int(y)), action.radius, 1, thickness=-1)
+                masks[action.structure][layer > 0] = action.paint
+        session.masks = masks
+
+    def state(self, session: Session) -> dict:
+        """What the page draws: each structure's mask as a PNG (base64), and the actions so far."""
+        import base64
+
+        labels = self.segmenter.labels
+        return {"session": session.id, "height": int(session.image.shape[0]),
+                "width": int(session.image.shape[1]), "structures": list(labels.names),
+                "masks": {name: base64.b64encode(encode_png(session.masks[k].astype(np.uint8) * 255,
+                                                            1)).decode()
+                          for k, name in enumerate(labels.names)},
+                "clicks": len(session.clicks), "strokes": len(session.actions) - len(session.clicks),
+                "fractions": {name: round(float(session.masks[k].mean()), 5)
+                              for k, name in enumerate(labels.names)}}
+
+    def save(self, session: Session, folder: Path) -> dict[str, str]:
+        """images/NAME.png and its mask, in the layout `train` reads: masks/NAME_segmentation.png for one
+        structure, masks/STRUCTURE/NAME.png for several; all files or none."""
+        labels = self.segmenter.labels
+        image_path = folder / "images" / f"{session.name}.png"
+        files = {image_path: encode_png(session.image)}
+        if labels.multi:
+            for k, name in enumerate(labels.names):
+                files[folder / "masks" / name / f"{session.name}.png"] = \
+                    encode_png(session.masks[k].astype(np.uint8) * 255)
+        else:
+            files[folder / "masks" / f"{session.name}{MASK_SUFFIX}.png"] = \
+                encode_png(session.masks[0].astype(np.uint8) * 255)
+        write_together(files)
+        return {"id": session.name, "files": [str(p.relative_to(folder)) for p in files]}
+
+
+# ---- routes: /v1/sessions ----------------------------------------------------------------------------------
+
+def _number(body: dict, key: str, low: float, high: float, kind=int):
+    value = body.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise HTTPError(400, f"'{key}': a number in [{low:g}, {high:g}]")
+    return kind(value)
+
+
+async def _json_body(request) -> dict:
+    import json
+
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        raise HTTPError(400, "the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise HTTPError(400, "the body must be a JSON object")
+    return body
+
+
+def _action(body: dict, kind: str, sessions: Sessions, session: Session):
+    """The click or stroke a request body describes, checked against the session's image."""
+    h, w = session.image.shape[:2]
+    structure = sessions.structure_index(body.get("structure"))
+    if kind == "click":
+        if not isinstance(body.get("positive", True), bool):
+            raise HTTPError(400, "'positive': true (on what the mask missed) or false (on a false region)")
+        return structure, Click((_number(body, "row", 0, h - 1), _number(body, "col", 0, w - 1)),
+                                body.get("positive", True))
+    points = body.get("points")
+    if not isinstance(points, list) or not 1 <= len(points) <= 10_000 or \
+            not all(isinstance(p, list) and len(p) == 2 for p in points):
+        raise HTTPError(400, "'points': a list of 1 to 10000 [row, col] pairs")
+    checked = tuple((_number({"row": r}, "row", 0, h - 1), _number({"col": c}, "col", 0, w - 1))
+                    for r, c in points)
+    erase = body.get("erase", False)
+    if not isinstance(erase, bool):
+        raise HTTPError(400, "'erase': true (eraser) or false (brush)")
+    return Stroke(structure, checked, _number(body, "radius", 1, 500) if "radius" in body else 8, not erase)
+
+
+async def _recomputed(service, session: Session, change) -> dict:
+    """Apply `change` to the session under its lock, recompute its masks through the service's batcher,
+    and answer its state; the change is undone if the model cannot be run."""
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    from starlette.concurrency import run_in_threadpool
+
+    from ..errors import UserError
+    from ..inference.coverage import WholeImage
+    from .batcher import QueuedNetwork, QueueFull
+
+    whole = WholeImage(QueuedNetwork(service.segmenter.backend, service.batcher, service.cfg.timeout_s),
+                       service.segmenter.transform)
+
+    def run() -> dict:
+        with session.lock:
+            before = list(session.actions)
+            change(session)
+            try:
+                service.sessions.recompute(session, whole)
+            except UserError as exc:
+                session.actions = before
+                raise HTTPError(400, str(exc)) from None
+            except QueueFull:
+                session.actions = before
+                raise HTTPError(503, "busy: the model's queue is full; retry shortly", {"Retry-After": "1"}) \
+                    from None
+            except FutureTimeout:
+                session.actions = before
+                raise HTTPError(504, f"timed out after {service.cfg.timeout_s:g} s waiting for the model") \
+                    from None
+            return service.sessions.state(session)
+
+    return await run_in_threadpool(run)
+
+
+def session_routes():
+    from starlette.concurrency import run_in_threadpool
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from .http import endpoint, read_upload
+    from .render import decode_photo
+
+    @endpoint("/v1/sessions", auth=True)
+    async def open_session(request, service):
+        if service.segmenter.backend.preprocessing.covers_volumes:
+            raise HTTPError(400, f"the model {service.model_name()} segments volumes; sessions open photos "
+                            "and radiographs (volumes are not built yet)")
+        data, label = await read_upload(request, int(service.cfg.max_body_mb * 2**20))
+        image, _ = await run_in_threadpool(decode_photo, data, label, service.cfg.max_pixels)
+        session = service.sessions.open(image, label)
+        try:
+            state = await _recomputed(service, session, lambda s: None)
+        except HTTPError:
+            service.sessions.close(session.id)
+            raise
+        return JSONResponse(state, status_code=201)
+
+    @endpoint("/v1/sessions/ID", auth=True)
+    async def one_session(request, service):
+        sessions: Sessions = service.sessions
+        key, action = request.path_params["session"], request.path_params.get("action")
+        if request.method == "DELETE" and action is None:
+            sessions.close(key)
+            return JSONResponse({"closed": key})
+        session = sessions.get(key)
+        if request.method == "GET" and action is None:
+            return JSONResponse(await run_in_threadpool(lambda: sessions.state(session)))
+        if request.method != "POST" or action not in ("click", "stroke", "undo", "save"):
+            raise HTTPError(404, f"no route {request.method} {request.url.path} (see /docs)")
+        if action == "save":
+            folder = service.cfg.annotations
+            if not folder:
+                raise HTTPError(409, "saving needs a folder: start the service with --annotations DIR")
+
+            def save():
+                from ..errors import UserError
+
+                with session.lock:
+                    try:
+                        return sessions.save(session, Path(folder))
+                    except UserError as exc:
+                        raise HTTPError(507, str(exc)) from None
+
+            return JSONResponse(await run_in_threadpool(save))
+        if action == "undo":
+            def undo(s: Session):
+                if not s.actions:
+                    raise HTTPError(409, "nothing to undo")
+                s.actions.pop()
+
+            return JSONResponse(await _recomputed(service, session, undo))
+        body = await _json_body(request)
+        step = _action(body, action, sessions, session)
+        return JSONResponse(await _recomputed(service, session, lambda s: s.actions.append(step)))
+
+    return [Route("/v1/sessions", open_session, methods=["POST"]),
+            Route("/v1/sessions/{session}", one_session, methods=["GET", "DELETE"]),
+            Route("/v1/sessions/{session}/{action}", one_session, methods=["POST"])]
