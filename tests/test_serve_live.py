@@ -28,12 +28,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(weights: str) -> Iterator[str]:
-    """`lesionseg serve --weights W` on a free loopback port, once it answers /readyz; the process is stopped
-    on the way out, whether the test passed, failed or skipped."""
+def serving(weights: str, *flags: str) -> Iterator[str]:
+    """`lesionseg serve --weights W FLAGS` on a free loopback port, once it answers /readyz; the process is
+    stopped on the way out, whether the test passed, failed or skipped."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lesionseg", "serve", "--weights", weights, "--port", str(port)],
+        [sys.executable, "-m", "lesionseg", "serve", "--weights", weights, "--port", str(port), *flags],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -212,3 +212,69 @@ def _check_legend(browser, url: str, path: Path) -> None:
         box.click()  # every structure off: nothing coloured is left on the grey picture
     wait.until(lambda b: b.execute_script(count) == 0)
     assert browser.find_element(By.ID, "area").text == "–"
+
+
+def test_annotating_in_a_real_browser_clicks_brushes_undoes_and_saves(tmp_path):
+    """/annotate in Chromium: a click on the canvas lands on that pixel of the image (the server's session
+    says where), a brush stroke paints the mask, undo takes it back, and save writes a case that train's
+    reader pairs."""
+    import torch
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from lesionseg.config import ModelConfig
+    from lesionseg.models import build_model, save_model
+    from lesionseg.pairs import discover, validate
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(base_width=4, depth=2, prompt="clicks", prompt_channels=2)
+    weights = tmp_path / "clicks.pt"
+    save_model(weights, build_model(cfg), cfg, image_size=64, card={"note": "test model"})
+    annotated = tmp_path / "annotated"
+    browser = _chrome()
+    try:
+        with serving(str(weights), "--annotations", str(annotated)) as url:
+            browser.get(url + "/annotate")
+            wait = WebDriverWait(browser, 60)
+            wait.until(lambda b: b.find_element(By.ID, "model").text.startswith("model: "))
+            browser.find_element(By.ID, "file").send_keys(str(SAMPLES[0]))
+            wait.until(lambda b: b.find_element(By.ID, "clicks").text == "0")
+            session = browser.execute_script("return state.session")
+
+            def server_state():
+                return httpx.get(f"{url}/v1/sessions/{session}").json()
+
+            canvas = browser.find_element(By.ID, "view")
+            # all of it in view, so that Selenium's offsets count from its geometric centre
+            width = browser.execute_script("arguments[0].style.maxWidth = '400px'; "
+                                           "arguments[0].scrollIntoView(); "
+                                           "return arguments[0].getBoundingClientRect().width", canvas)
+            scale = 256 / width  # the sample is 256 × 256, drawn at the canvas's CSS size
+            # Selenium's offsets are from the element's centre: (+20, -30) CSS px → that image pixel
+            ActionChains(browser).move_to_element_with_offset(canvas, 20, -30).click().perform()
+            wait.until(lambda b: b.find_element(By.ID, "clicks").text == "1")
+            (click,) = server_state()["clicks"]
+            assert click["positive"]
+            assert abs(click["col"] - (width / 2 + 20) * scale) <= 2
+            assert abs(click["row"] - (width / 2 - 30) * scale) <= 2
+
+            browser.find_element(By.CSS_SELECTOR, "input[name=tool][value=brush]").click()
+            (ActionChains(browser).move_to_element_with_offset(canvas, -60, 50).click_and_hold()
+             .move_by_offset(40, 0).move_by_offset(40, 0).release().perform())
+            wait.until(lambda b: server_state()["strokes"] == 1)
+            wait.until(lambda b: not b.find_element(By.ID, "undo").get_property("disabled"))
+            row, col = int((width / 2 + 50) * scale), int((width / 2 - 20) * scale)
+            painted = browser.execute_script(f"return state.masks.foreground[{row} * 256 + {col}]")
+            assert painted == 1
+            browser.find_element(By.ID, "undo").click()
+            wait.until(lambda b: server_state()["strokes"] == 0)
+            (ActionChains(browser).move_to_element_with_offset(canvas, -60, 50).click_and_hold()
+             .move_by_offset(80, 0).release().perform())
+            wait.until(lambda b: server_state()["strokes"] == 1)
+            browser.find_element(By.ID, "save").click()
+            wait.until(lambda b: b.find_element(By.ID, "status").text.startswith("saved "))
+        (case,) = validate(discover(annotated), keep=True)
+        assert case.image.shape == (256, 256, 3) and case.truth[row, col]
+    finally:
+        browser.quit()

@@ -71,7 +71,8 @@ def test_clicks_brush_eraser_and_undo_change_the_mask_where_they_are(client):
 
     clicked = client.post(f"/v1/sessions/{key}/click", json={"row": 30, "col": 20, "positive": True}).json()
     first = mask_of(clicked)
-    assert first[30, 20] and not first[30, 70] and clicked["clicks"] == 1
+    assert first[30, 20] and not first[30, 70]
+    assert clicked["clicks"] == [{"row": 30, "col": 20, "positive": True, "structure": "foreground"}]
     second = mask_of(client.post(f"/v1/sessions/{key}/click", json={"row": 10, "col": 70}).json())
     assert second[10, 70] and second[30, 20]
 

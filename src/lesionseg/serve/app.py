@@ -9,6 +9,7 @@
                               /stroke, /undo, /save (into --annotations), GET or DELETE /v1/sessions/ID
     GET  /v1/model            the model card          GET /healthz, /readyz, /metrics (Prometheus)
     GET  /                    the browser page        GET /docs  the API reference
+    GET  /annotate            the annotation page (sessions: clicks, brush, eraser, undo, save)
 
 Every error is a JSON body {"error": ..., "status": ...} with a 4xx/5xx status, never a traceback. Uploads
 stay in memory (or in anonymous temporary files of the multipart parser); nothing is written under a name
@@ -59,6 +60,8 @@ def create_app(cfg: ServeConfig | None = None, segmenter=None) -> Starlette:
               Route("/app.js", static_page("app.js", "text/javascript; charset=utf-8")),
               Route("/style.css", static_page("style.css", "text/css; charset=utf-8")),
               Route("/docs", static_page("docs.html", "text/html; charset=utf-8")),
+              Route("/annotate", static_page("annotate.html", "text/html; charset=utf-8")),
+              Route("/annotate.js", static_page("annotate.js", "text/javascript; charset=utf-8")),
               Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics),
               Route("/v1/model", model_card), Route("/v1/segment", segment, methods=["POST"]),
               Route("/v1/segment/dicom", segment_dicom, methods=["POST"]),

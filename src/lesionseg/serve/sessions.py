@@ -141,7 +141,9 @@ class Sessions:
                 "masks": {name: base64.b64encode(encode_png(session.masks[k].astype(np.uint8) * 255,
                                                             1)).decode()
                           for k, name in enumerate(labels.names)},
-                "clicks": len(session.clicks), "strokes": len(session.actions) - len(session.clicks),
+                "clicks": [{"row": c.position[0], "col": c.position[1], "positive": c.positive,
+                            "structure": labels.names[k]} for k, c in session.clicks],
+                "strokes": len(session.actions) - len(session.clicks),
                 "fractions": {name: round(float(session.masks[k].mean()), 5)
                               for k, name in enumerate(labels.names)}}
 

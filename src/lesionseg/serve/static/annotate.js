@@ -1,0 +1,190 @@
+// The annotation page: open a session on an image (/v1/sessions), then each click, brush or eraser stroke
+// and undo goes to the server, which answers every structure's corrected mask (a PNG at the image's size);
+// the page draws the image, the chosen structure's mask and the clicks. Save writes the image and its mask
+// into the server's --annotations folder, where `lesionseg train` reads them.
+"use strict";
+const $ = (id) => document.getElementById(id);
+const COLORS = [[230, 40, 40], [40, 160, 230], [60, 200, 80], [230, 180, 30], [180, 80, 220]];
+const state = { session: null, photo: null, masks: {}, result: null, width: 0, height: 0, stroke: null };
+
+function authHeaders(extra = {}) {
+  const token = $("token").value.trim();
+  return token ? { Authorization: "Bearer " + token, ...extra } : extra;
+}
+
+function setStatus(text, isError = false) {
+  $("status").textContent = text;
+  $("status").className = isError ? "error" : "";
+}
+
+async function call(path, options = {}) {
+  const started = performance.now();
+  const resp = await fetch(path, { method: "POST", ...options, headers: authHeaders(options.headers || {}) });
+  if (!resp.ok) {
+    let text = resp.status + " " + resp.statusText;
+    try { text = (await resp.json()).error; } catch (e) { /* not JSON */ }
+    setStatus(text, true);
+    return null;
+  }
+  const body = await resp.json();
+  $("timing").textContent = `${(performance.now() - started).toFixed(0)} ms`;
+  return body;
+}
+
+async function decodeMasks(result) {
+  const masks = {};
+  for (const [name, b64] of Object.entries(result.masks)) {
+    const bitmap = await createImageBitmap(await (await fetch("data:image/png;base64," + b64)).blob());
+    const scratch = document.createElement("canvas");
+    scratch.width = result.width; scratch.height = result.height;
+    const ctx = scratch.getContext("2d", { willReadFrequently: true });
+    ctx.drawImage(bitmap, 0, 0);
+    const rgba = ctx.getImageData(0, 0, result.width, result.height).data;
+    const mask = new Uint8Array(result.width * result.height);
+    for (let i = 0; i < mask.length; i++) mask[i] = rgba[4 * i] > 127 ? 1 : 0;
+    masks[name] = mask;
+  }
+  return masks;
+}
+
+async function show(result) {
+  if (!result) return;
+  state.masks = await decodeMasks(result);
+  state.result = result;
+  state.session = result.session;
+  $("undo").disabled = result.clicks.length + result.strokes === 0;
+  $("save").disabled = false;
+  $("clicks").textContent = String(result.clicks.length);
+  render();
+}
+
+function structure() {
+  return state.result && state.result.structures.length > 1 ? $("structure").value : null;
+}
+
+function render() {
+  if (!state.result) return;
+  const { width: w, height: h } = state.result;
+  const canvas = $("view");
+  canvas.width = w; canvas.height = h;
+  const ctx = canvas.getContext("2d");
+  if (state.photo) ctx.drawImage(state.photo, 0, 0, w, h);
+  else { ctx.fillStyle = "#888"; ctx.fillRect(0, 0, w, h); }
+  const img = ctx.getImageData(0, 0, w, h), px = img.data;
+  const areas = [];
+  state.result.structures.forEach((name, k) => {
+    const mask = state.masks[name], [r, g, b] = COLORS[k % COLORS.length];
+    const a = structure() === null || structure() === name ? 0.45 : 0.15;
+    let n = 0;
+    for (let i = 0; i < mask.length; i++) {
+      if (!mask[i]) continue;
+      n++;
+      const p = 4 * i;
+      px[p] = (1 - a) * px[p] + a * r; px[p + 1] = (1 - a) * px[p + 1] + a * g; px[p + 2] = (1 - a) * px[p + 2] + a * b;
+    }
+    areas.push(`${name} ${(100 * n / mask.length).toFixed(1)} %`);
+  });
+  ctx.putImageData(img, 0, 0);
+  for (const c of state.result.clicks) {
+    ctx.beginPath();
+    ctx.arc(c.col + 0.5, c.row + 0.5, Math.max(3, w / 150), 0, 2 * Math.PI);
+    ctx.fillStyle = c.positive ? "#1c1" : "#c11";
+    ctx.fill(); ctx.strokeStyle = "#fff"; ctx.stroke();
+  }
+  $("area").textContent = areas.join(", ");
+}
+
+function imagePoint(event) {
+  const canvas = $("view"), box = canvas.getBoundingClientRect();
+  const col = Math.floor((event.clientX - box.left) * canvas.width / box.width);
+  const row = Math.floor((event.clientY - box.top) * canvas.height / box.height);
+  return [Math.min(Math.max(row, 0), canvas.height - 1), Math.min(Math.max(col, 0), canvas.width - 1)];
+}
+
+function tool() {
+  return document.querySelector("input[name=tool]:checked").value;
+}
+
+async function open(file) {
+  setStatus("opening " + file.name + " …");
+  let photo = null;
+  try { photo = await createImageBitmap(file); } catch (e) { photo = null; }
+  const form = new FormData();
+  form.append("file", file, file.name);
+  const result = await call("/v1/sessions", { body: form });
+  if (!result) return;
+  state.photo = photo;
+  await show(result);
+  setStatus(file.name + ": click where the mask is wrong");
+}
+
+async function send(action, body) {
+  if (!state.session) return;
+  const result = await call(`/v1/sessions/${state.session}/${action}`, {
+    body: JSON.stringify({ ...body, ...(structure() ? { structure: structure() } : {}) }),
+    headers: { "Content-Type": "application/json" } });
+  if (result) { await show(result); setStatus(`${action} done`); }
+}
+
+const canvas = $("view");
+canvas.addEventListener("pointerdown", (e) => {
+  if (!state.session) return;
+  const t = tool();
+  if (t === "brush" || t === "eraser") {
+    state.stroke = { points: [imagePoint(e)], erase: t === "eraser" };
+    canvas.setPointerCapture(e.pointerId);
+  }
+});
+canvas.addEventListener("pointermove", (e) => {
+  if (state.stroke) {
+    const [row, col] = imagePoint(e);
+    state.stroke.points.push([row, col]);
+    const ctx = canvas.getContext("2d");
+    ctx.fillStyle = state.stroke.erase ? "rgba(0,0,0,0.5)" : "rgba(255,255,255,0.5)";
+    ctx.beginPath(); ctx.arc(col, row, Number($("radius").value), 0, 2 * Math.PI); ctx.fill();
+  }
+});
+canvas.addEventListener("pointerup", (e) => {
+  if (state.stroke) {
+    const stroke = state.stroke;
+    state.stroke = null;
+    send("stroke", { points: stroke.points, radius: Number($("radius").value), erase: stroke.erase });
+    return;
+  }
+  if (!state.session) return;
+  const [row, col] = imagePoint(e);
+  send("click", { row, col, positive: tool() !== "remove" && !e.shiftKey });
+});
+$("undo").addEventListener("click", () => state.session &&
+  call(`/v1/sessions/${state.session}/undo`).then(show).then(() => setStatus("undone")));
+document.addEventListener("keydown", (e) => {
+  if ((e.ctrlKey || e.metaKey) && e.key === "z") { e.preventDefault(); $("undo").click(); }
+});
+$("save").addEventListener("click", async () => {
+  const saved = await call(`/v1/sessions/${state.session}/save`);
+  if (saved) setStatus("saved " + saved.files.join(", "));
+});
+$("radius").addEventListener("input", () => ($("radius-value").textContent = $("radius").value));
+$("structure").addEventListener("change", render);
+$("file").addEventListener("change", (e) => e.target.files[0] && open(e.target.files[0]));
+const drop = $("drop");
+drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (e) => {
+  e.preventDefault(); drop.classList.remove("over");
+  if (e.dataTransfer.files[0]) open(e.dataTransfer.files[0]);
+});
+
+async function showModel() {
+  const resp = await fetch("/v1/model", { headers: authHeaders() });
+  if (!resp.ok) { $("model").textContent = "model: (token needed)"; return; }
+  const model = await resp.json();
+  $("model").textContent = "model: " + model.name;
+  const names = (model.structures || []).map((s) => s.name);
+  if (names.length > 1) {
+    $("structure").innerHTML = names.map((n) => `<option>${n}</option>`).join("");
+    $("structure-picker").hidden = false;
+  }
+}
+$("token").addEventListener("change", showModel);
+showModel();
