@@ -257,3 +257,27 @@ def test_fine_tuning_a_bundled_model_runs_end_to_end(tmp_path):
     assert result.exit_code == 0, result.output
     tuned = load_model(tmp_path / "tuned" / "model.pt")
     assert tuned.config == load_model("cpu").config
+
+
+def test_rank_orders_unlabelled_images_the_least_confident_first(tiny_model_file, tmp_path):
+    """`lesionseg rank`: every readable image once, by uncertainty = 1 − confidence of predict's own
+    probabilities, highest first; an unreadable file is one line and left out."""
+    import csv as csv_module
+
+    from lesionseg.inference import Segmenter
+    from lesionseg.io import read_image
+    from lesionseg.pseudo_label import confidence
+
+    data = make_dataset(tmp_path / "data", n=6)
+    (data / "images" / "broken.png").write_bytes(b"not a png")
+    result = invoke("rank", "--data", data, "--weights", tiny_model_file, "--out", tmp_path / "rank.csv")
+    assert result.exit_code == 0, result.output
+    assert sum("broken.png" in line for line in result.output.splitlines()) == 1
+    rows = list(csv_module.DictReader((tmp_path / "rank.csv").open()))
+    assert [int(r["rank"]) for r in rows] == list(range(1, 7))
+    seg = Segmenter.load(tiny_model_file)
+    for row in rows:
+        expected = 1.0 - confidence(seg.predict(read_image(row["source"])))
+        assert float(row["uncertainty"]) == pytest.approx(expected, abs=1e-4)
+    assert [float(r["uncertainty"]) for r in rows] == sorted((float(r["uncertainty"]) for r in rows),
+                                                             reverse=True)

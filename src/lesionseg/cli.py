@@ -226,6 +226,28 @@ def predict(
         raise typer.Exit(1)
 
 
+@app.command("rank")
+@handle_errors
+def rank(
+    data: Path = typer.Option(..., "--data",
+                              help="Unlabelled images: a folder of images, or one with images/."),
+    out: Path = typer.Option(..., "--out", help="The ranking, a CSV: rank, id, source, uncertainty, "
+                             "foreground fraction."),
+    weights: Optional[Path] = WEIGHTS,
+    backend: str = BACKEND,
+):
+    """Rank unlabelled images for annotation, the one the model is least sure of first."""
+    from .inference import Segmenter
+    from .io import write_csv
+    from .pseudo_label import RANK_FIELDS, rank_for_annotation
+
+    rows = rank_for_annotation(Segmenter.load(weights, backend), data)
+    write_csv(out, RANK_FIELDS, rows)
+    for row in rows[:5]:
+        print(f"{row['rank']:>4}  {row['id']}  uncertainty {row['uncertainty']:.4f}")
+    print(f"wrote {out} ({len(rows)} images, the least confident first)")
+
+
 @app.command("pseudo-label")
 @handle_errors
 @inference_flags(exclude=("crf",), tta={"default": True, "help": "Teacher with test-time augmentation "

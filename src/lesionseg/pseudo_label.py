@@ -6,6 +6,9 @@ confidence, foreground fraction and whether it was kept), so `lesionseg train --
 trains a student on both. DIR is built beside itself and renamed into place at the end: a run cut short
 leaves no half-written folder behind.
 
+`lesionseg rank --data UNLABELLED --out ranking.csv` orders unlabelled images for annotation, the least
+confident first (MONAI Label's "next sample"): the case the model is least sure of gains most from a person.
+
 Confidence is the mask's stability under the threshold: |p > 0.7| / |p > 0.3|, the Jaccard index between
 the masks the teacher gives at thresholds 0.7 and 0.3 (1 = every pixel is confidently in or out; 0 = nothing
 confidently foreground). docs/accuracy.md measures how it ranks the teacher's real errors.
@@ -112,3 +115,31 @@ def pseudo_label(segmenter: Segmenter, data: str | Path, out: str | Path, min_co
         shutil.rmtree(out)
     staging.rename(out)
     return PseudoLabelSummary(len(files), sum(r["kept"] for r in rows), failed, out)
+
+
+RANK_FIELDS = ["rank", "id", "source", "uncertainty", "foreground_fraction"]
+
+
+def rank_for_annotation(segmenter: Segmenter, data: str | Path,
+                        on_failure: Callable[[str], None] | None = None) -> list[dict]:
+    """Every image in `data`, the least confident first: uncertainty = 1 − confidence (over every structure's
+    probabilities together). An unreadable image is reported (one line, through `on_failure`) and left out."""
+    files = check_unique_ids(list_images([_input_folder(Path(data))]))
+    report = on_failure or (lambda line: print(line, file=sys.stderr))
+
+    def read(path: Path):
+        return [(path.stem, read_image(path))], None
+
+    def score(path: Path, _, frames: list[Segmented]) -> dict:
+        frame = frames[0]
+        return {"id": path.stem, "source": str(path), "uncertainty": round(1.0 - confidence(frame.prob), 4),
+                "foreground_fraction": round(float(frame.mask.mean()), 4)}
+
+    rows = []
+    for outcome in run_pipeline(files, read, segmenter, score):
+        if outcome.error is not None:
+            report(str(outcome.error))
+        else:
+            rows.append(outcome.result)
+    rows.sort(key=lambda r: (-r["uncertainty"], r["id"]))
+    return [{"rank": i + 1, **r} for i, r in enumerate(rows)]
