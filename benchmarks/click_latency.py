@@ -85,7 +85,8 @@ def main() -> None:
 
     def stats(values) -> dict:
         return {"p50_ms": round(float(np.percentile(values, 50)), 1),
-                "p95_ms": round(float(np.percentile(values, 95)), 1), "max_ms": round(float(np.max(values)), 1)}
+                "p95_ms": round(float(np.percentile(values, 95)), 1),
+                "max_ms": round(float(np.max(values)), 1)}
 
     payload = {"machine": describe_machine(), "weights": args.weights, "data": str(args.data),
                "cases": len(curves), "clicks_per_case": args.clicks, "clicks_timed": len(per_click),
