@@ -99,12 +99,13 @@ def test_training_clicks_follow_the_simulated_user_on_the_models_own_prediction(
     import torch
 
     from lesionseg.training import simulated_clicks
+    from lesionseg.training.module import predicted_channels
     from lesionseg.training.simulated_clicks import SimulatedClicks
 
     y = torch.zeros(2, 1, 48, 64)
     y[0, 0, 5:25, 30:60] = 1.0  # the second sample holds no structure
     x = torch.randn(2, 3, 48, 64)
-    simulate = SimulatedClicks(structures=1, mode="binary")
+    simulate = SimulatedClicks(structures=1, mode="binary", predicted=predicted_channels)
     monkeypatch.setattr(simulated_clicks, "CLICKS_WEIGHTS", (0.0, 0.0, 0.0, 1.0))
     prompted = simulate(Constant(), x, y)
     assert prompted.shape == (2, 5, 48, 64) and torch.equal(prompted[:, :3], x)

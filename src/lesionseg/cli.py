@@ -243,9 +243,8 @@ def rank(
 
     rows = rank_for_annotation(Segmenter.load(weights, backend), data)
     write_csv(out, RANK_FIELDS, rows)
-    for row in rows[:5]:
-        print(f"{row['rank']:>4}  {row['id']}  uncertainty {row['uncertainty']:.4f}")
-    print(f"wrote {out} ({len(rows)} images, the least confident first)")
+    first = f"; first {rows[0]['id']} (uncertainty {rows[0]['uncertainty']:.4f})" if rows else ""
+    print(f"wrote {out} ({len(rows)} images, the least confident first{first})")
 
 
 @app.command("pseudo-label")

@@ -40,7 +40,7 @@ from .routes import (
     segment_volume_upload,
     static_page,
 )
-from .sessions import session_routes
+from .sessions import Sessions, session_routes
 
 
 def create_app(cfg: ServeConfig | None = None, segmenter=None) -> Starlette:
@@ -51,6 +51,8 @@ def create_app(cfg: ServeConfig | None = None, segmenter=None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app):
         await run_in_threadpool(service.load)
+        service.sessions = Sessions(service.segmenter, cfg.max_sessions, cfg.max_session_pixels,
+                                    cfg.session_idle_s)
         try:
             yield
         finally:

@@ -134,18 +134,15 @@ class Service:
         self._given = segmenter
         self.segmenter = None
         self.batcher: MicroBatcher | None = None
-        self.sessions = None
+        self.sessions = None  # serve/sessions.Sessions, made by the app once the model is loaded
 
     def load(self) -> None:
         from ..inference import Segmenter
-        from .sessions import Sessions
 
         seg = self._given or Segmenter.load(self.cfg.weights, self.cfg.backend, self.cfg.threads)
         self.segmenter, self.default_tta = seg, seg.tta
         self.batcher = MicroBatcher(seg, self.cfg.max_batch, self.cfg.max_wait_ms, self.cfg.max_queue,
                                     on_batch=self.metrics.batch_done)
-        self.sessions = Sessions(seg, self.cfg.max_sessions, self.cfg.max_session_pixels,
-                                 self.cfg.session_idle_s)
 
     def tta(self, opts: Options) -> bool:
         return self.default_tta if opts.inference.tta is None else opts.inference.tta

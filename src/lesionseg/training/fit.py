@@ -305,13 +305,17 @@ def _train(data, out, cfg: Config, val_data, devices, strategy: str, num_nodes: 
         module.load_state_dict(state["state_dict"])
         recorder.save_best(module.selected_model(), state["epoch"],
                            RunDir(run_dir).last_score() if last else None, module.selected_weights)
-        blank, holding, never = getattr(module, "blank_validation", (0, 0, []))
-        if holding and blank == holding:  # a model that segments nothing is never reported as good
-            print(f"warning: at its last validation the model segmented nothing in any of the {holding} "
-                  "validation volumes that hold a structure (Dice 0): train longer or plan again",
-                  file=sys.stderr, flush=True)
-        elif never:
-            print(f"warning: at its last validation the model segmented no {', '.join(never)} in any "
-                  "validation volume that holds it (Dice 0 for each): train longer or plan again",
-                  file=sys.stderr, flush=True)
+        _warn_if_blank(*getattr(module, "blank_validation", (0, 0, [])))
     return RunDir(run_dir).model_path
+
+
+def _warn_if_blank(blank: int, holding: int, never: list[str]) -> None:
+    """A model that segments nothing, or never one of its structures, is never reported as good."""
+    if holding and blank == holding:
+        print(f"warning: at its last validation the model segmented nothing in any of the {holding} "
+              "validation volumes that hold a structure (Dice 0): train longer or plan again",
+              file=sys.stderr, flush=True)
+    elif never:
+        print(f"warning: at its last validation the model segmented no {', '.join(never)} in any "
+              "validation volume that holds it (Dice 0 for each): train longer or plan again",
+              file=sys.stderr, flush=True)

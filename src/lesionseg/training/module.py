@@ -193,7 +193,7 @@ class SegmentationModule(L.LightningModule):
             from .simulated_clicks import SimulatedClicks
 
             self.simulated_clicks = SimulatedClicks(len(self.labels.structures), self.labels.mode,
-                                                    cfg.trainer.seed)
+                                                    predicted_channels, cfg.trainer.seed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         model = self.model if self._compiled is None else self._compiled

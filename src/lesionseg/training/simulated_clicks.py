@@ -13,7 +13,6 @@ import torch
 
 from ..clicks import Click, click_maps, click_radius, next_click
 from ..labels import IGNORED
-from .module import predicted_channels
 
 CLICKS_DRAWN = (0, 1, 2, 3)  # clicks per sample in a batch
 CLICKS_WEIGHTS = (0.25, 0.35, 0.25, 0.15)  # mean 1.3: a no-gradient forward pass per click
@@ -25,8 +24,10 @@ def truth_channels(y: torch.Tensor, mode: str) -> torch.Tensor:
 
 
 class SimulatedClicks:
-    def __init__(self, structures: int, mode: str, seed: int = 0):
-        self.structures, self.mode = structures, mode
+    """`predicted`: logits → bool (N, structures, ...) as training scores them (module.predicted_channels)."""
+
+    def __init__(self, structures: int, mode: str, predicted, seed: int = 0):
+        self.structures, self.mode, self.predicted = structures, mode, predicted
         self.rng = np.random.default_rng(seed)
 
     def prompts(self, clicks: list[tuple[int, list[Click]]], shape: tuple[int, ...]) -> np.ndarray:
@@ -55,7 +56,7 @@ class SimulatedClicks:
         network.eval()
         try:
             for _ in range(n_clicks):
-                pred = predicted_channels(network(prompted), self.mode).cpu().numpy()
+                pred = self.predicted(network(prompted), self.mode).cpu().numpy()
                 for i, (k, placed) in enumerate(clicks):
                     click = next_click(pred[i, k] & valid[i, k], truth[i, k] & valid[i, k], placed)
                     if click is not None:
