@@ -275,3 +275,23 @@ def test_a_plain_model_fine_tunes_into_a_promptable_one_starting_exactly_where_i
     back = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "back"), *PHOTO,
                                     f"trainer.init_from={run / 'model.pt'}"])
     assert back.exit_code == 2 and "model.prompt is none here" in back.output
+
+
+def test_a_planned_run_fine_tunes_a_model_on_saved_corrections(tmp_path):
+    """`train --data ANNOTATED --auto trainer.init_from=MODEL`: the plan keeps the model's architecture and
+    input size (so nothing is refused), and the run starts from its weights."""
+    import dataclasses
+
+    from conftest import make_dataset, train_ok
+    from lesionseg.models import load_model
+    from test_cli import TINY as PHOTO
+
+    data = make_dataset(tmp_path / "data", n=8)
+    plain = train_ok(data, tmp_path / "plain", *PHOTO, "trainer.max_epochs=1") / "model.pt"
+    annotated = make_dataset(tmp_path / "annotated", n=6, seed=3)
+    run = train_ok(annotated, tmp_path / "tuned", "--auto", "--minutes", "0.3", f"trainer.init_from={plain}",
+                   "model.prompt=clicks", "trainer.max_epochs=1")
+    source, tuned = load_model(plain), load_model(run / "model.pt")
+    assert tuned.image_size == source.image_size == 32
+    assert dataclasses.replace(tuned.config, prompt="none", prompt_channels=0, deep_supervision=False) == \
+        dataclasses.replace(source.config, deep_supervision=False)

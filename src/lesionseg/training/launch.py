@@ -89,6 +89,12 @@ def launch(request: TrainRequest) -> tuple[Path | None, str]:
             if unconfigured:
                 print("train: no --config, so the run is planned for this data, machine and --minutes (as "
                       "--auto); the seed's recipe is --config configs/seed_unet.yaml", file=sys.stderr)
+            initial = extra.get("trainer", {}).get("init_from")
+            if initial:  # fine-tuning: the model's own architecture and input; the plan's schedule
+                from .module import initial_model_settings
+
+                taken = initial_model_settings(str(initial))
+                extra = {**extra, **{k: {**taken[k], **extra.get(k, {})} for k in taken}}
         command = request.command()
         if request.crossval:
             from ..crossval import train_folds

@@ -52,6 +52,27 @@ def fit_to_initial_model(cfg: Config) -> Config:
     return dataclasses.replace(cfg, model=model)
 
 
+def initial_model_settings(name: str) -> dict:
+    """The config keys a planned run (`train --auto trainer.init_from=MODEL`) takes from the model it
+    fine-tunes: its architecture, input size and how it covers volumes, so the plan keeps only its schedule,
+    batch and augmentation."""
+    from ..model_file import ModelFile
+    from ..models.bundled import resolve_weights
+
+    file = ModelFile.read(resolve_weights(name))
+    model = {k: v for k, v in dataclasses.asdict(file.architecture).items()
+             if k not in ("prompt_channels", "deep_supervision")}
+    pre, data = file.preprocessing, {"image_size": file.preprocessing.image_size}
+    if pre.slicing is not None:
+        data.update(slice_axis=pre.slicing.axis, slice_context=pre.slicing.context)
+        spacing = pre.slicing.spacing_mm
+        if spacing and spacing[0] == spacing[1]:
+            data["slice_spacing_mm"] = spacing[0]
+    if pre.patching is not None:
+        data.update(patch_size=list(pre.patching.patch), target_spacing_mm=list(pre.patching.spacing_mm))
+    return {"model": model, "data": data}
+
+
 def load_initial_weights(model: torch.nn.Module, cfg: Config) -> None:
     """`trainer.init_from`: copy a model file's (or bundled model's) weights into `model`, whose architecture
     `fit_to_initial_model` made the source's."""
