@@ -295,3 +295,28 @@ def test_a_planned_run_fine_tunes_a_model_on_saved_corrections(tmp_path):
     assert tuned.image_size == source.image_size == 32
     assert dataclasses.replace(tuned.config, prompt="none", prompt_channels=0, deep_supervision=False) == \
         dataclasses.replace(source.config, deep_supervision=False)
+
+
+def test_evaluate_clicks_on_several_structures_clicks_each_alone(tmp_path):
+    """Overlapping structures (one folder per structure): each structure gets its own sequence of clicks, on
+    its own channels, and its own Dice curve and NoC."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from conftest import train_ok
+    from lesionseg.cli import app
+    from test_structures import TINY as STRUCTURES
+    from test_structures import make_folders
+
+    data = make_folders(tmp_path / "data", n=6)
+    run = train_ok(data, tmp_path / "run", *STRUCTURES, "trainer.max_epochs=1", "model.prompt=clicks")
+    result = CliRunner().invoke(app, ["evaluate", "--data", str(data), "--weights", str(run / "model.pt"),
+                                      "--clicks", "2", "--out", str(tmp_path / "e")])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    scored = metrics["clicks"]["per_structure"]
+    assert sorted(scored) == sorted(metrics["per_class"])
+    for name, curve in scored.items():
+        assert len(curve["dice_after_clicks"]) == 3 and 0 <= curve["noc90"] <= 2
+        assert curve["dice_after_clicks"][0] == pytest.approx(metrics["per_class"][name]["dice"], abs=0.05)
