@@ -60,6 +60,7 @@ def create_app(cfg: ServeConfig | None = None, segmenter=None) -> Starlette:
 
     routes = [Route("/", static_page("index.html", "text/html; charset=utf-8")),
               Route("/app.js", static_page("app.js", "text/javascript; charset=utf-8")),
+              Route("/common.js", static_page("common.js", "text/javascript; charset=utf-8")),
               Route("/style.css", static_page("style.css", "text/css; charset=utf-8")),
               Route("/docs", static_page("docs.html", "text/html; charset=utf-8")),
               Route("/annotate", static_page("annotate.html", "text/html; charset=utf-8")),

@@ -3,29 +3,13 @@
 // the page draws the image, the chosen structure's mask and the clicks. Save writes the image and its mask
 // into the server's --annotations folder, where `lesionseg train` reads them.
 "use strict";
-const $ = (id) => document.getElementById(id);
 const COLORS = [[230, 40, 40], [40, 160, 230], [60, 200, 80], [230, 180, 30], [180, 80, 220]];
 const state = { session: null, photo: null, masks: {}, result: null, width: 0, height: 0, stroke: null };
-
-function authHeaders(extra = {}) {
-  const token = $("token").value.trim();
-  return token ? { Authorization: "Bearer " + token, ...extra } : extra;
-}
-
-function setStatus(text, isError = false) {
-  $("status").textContent = text;
-  $("status").className = isError ? "error" : "";
-}
 
 async function call(path, options = {}) {
   const started = performance.now();
   const resp = await fetch(path, { method: "POST", ...options, headers: authHeaders(options.headers || {}) });
-  if (!resp.ok) {
-    let text = resp.status + " " + resp.statusText;
-    try { text = (await resp.json()).error; } catch (e) { /* not JSON */ }
-    setStatus(text, true);
-    return null;
-  }
+  if (!resp.ok) { setStatus(await errorText(resp), true); return null; }
   const body = await resp.json();
   $("timing").textContent = `${(performance.now() - started).toFixed(0)} ms`;
   return body;
@@ -65,11 +49,7 @@ function structure() {
 function render() {
   if (!state.result) return;
   const { width: w, height: h } = state.result;
-  const canvas = $("view");
-  canvas.width = w; canvas.height = h;
-  const ctx = canvas.getContext("2d");
-  if (state.photo) ctx.drawImage(state.photo, 0, 0, w, h);
-  else { ctx.fillStyle = "#888"; ctx.fillRect(0, 0, w, h); }
+  const ctx = drawPhoto(state.photo, w, h);
   const img = ctx.getImageData(0, 0, w, h), px = img.data;
   const areas = [];
   state.result.structures.forEach((name, k) => {
@@ -167,13 +147,7 @@ $("save").addEventListener("click", async () => {
 $("radius").addEventListener("input", () => ($("radius-value").textContent = $("radius").value));
 $("structure").addEventListener("change", render);
 $("file").addEventListener("change", (e) => e.target.files[0] && open(e.target.files[0]));
-const drop = $("drop");
-drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
-drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-drop.addEventListener("drop", (e) => {
-  e.preventDefault(); drop.classList.remove("over");
-  if (e.dataTransfer.files[0]) open(e.dataTransfer.files[0]);
-});
+onDrop(open);
 
 async function showModel() {
   const resp = await fetch("/v1/model", { headers: authHeaders() });

@@ -4,23 +4,8 @@
 // (each structure's contours and colour): the page draws them with a legend, one toggle per structure.
 "use strict";
 const MAX_SIDE = 1024;
-const $ = (id) => document.getElementById(id);
 const state = { file: null, photo: null, prob: null, width: 0, height: 0, origW: 0, origH: 0,
                 structures: null, labelMode: null, shown: {}, result: null };
-
-function authHeaders() {
-  const token = $("token").value.trim();
-  return token ? { Authorization: "Bearer " + token } : {};
-}
-
-function setStatus(text, isError = false) {
-  $("status").textContent = text;
-  $("status").className = isError ? "error" : "";
-}
-
-async function errorText(resp) {
-  try { return (await resp.json()).error; } catch (e) { return resp.status + " " + resp.statusText; }
-}
 
 async function post(file, query) {
   const headers = { ...authHeaders(), "Content-Type": file.type || "application/octet-stream" };
@@ -66,11 +51,7 @@ function renderStructures() {
   const opacity = Number($("opacity").value);
   $("opacity-value").textContent = opacity.toFixed(2);
   const { width: w, height: h } = state, f = w / state.origW;
-  const canvas = $("view");
-  canvas.width = w; canvas.height = h;
-  const ctx = canvas.getContext("2d");
-  if (state.photo) ctx.drawImage(state.photo, 0, 0, w, h);
-  else { ctx.fillStyle = "#888"; ctx.fillRect(0, 0, w, h); }
+  const ctx = drawPhoto(state.photo, w, h);
   const areas = [];
   for (const [name, s] of Object.entries(state.result.structures)) {
     if (!state.shown[name]) continue;
@@ -123,11 +104,7 @@ function render() {
   $("threshold-value").textContent = threshold.toFixed(2);
   $("opacity-value").textContent = opacity.toFixed(2);
   const { width: w, height: h, prob } = state;
-  const canvas = $("view");
-  canvas.width = w; canvas.height = h;
-  const ctx = canvas.getContext("2d");
-  if (state.photo) ctx.drawImage(state.photo, 0, 0, w, h);
-  else { ctx.fillStyle = "#888"; ctx.fillRect(0, 0, w, h); }
+  const ctx = drawPhoto(state.photo, w, h);
   const img = ctx.getImageData(0, 0, w, h), px = img.data;
   const cut = threshold * 255;  // the server's rule: probability > threshold
   const inside = (i) => prob[i] > cut;
@@ -178,11 +155,5 @@ $("threshold").addEventListener("input", () => (state.structures ? state.file &&
 $("opacity").addEventListener("input", () => (state.structures ? renderStructures() : render()));
 $("download").addEventListener("click", download);
 $("token").addEventListener("change", showModel);
-const drop = $("drop");
-drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
-drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-drop.addEventListener("drop", (e) => {
-  e.preventDefault(); drop.classList.remove("over");
-  if (e.dataTransfer.files[0]) { state.file = e.dataTransfer.files[0]; upload(state.file); }
-});
+onDrop((file) => { state.file = file; upload(file); });
 showModel();
