@@ -320,3 +320,70 @@ def test_evaluate_clicks_on_several_structures_clicks_each_alone(tmp_path):
     for name, curve in scored.items():
         assert len(curve["dice_after_clicks"]) == 3 and 0 <= curve["noc90"] <= 2
         assert curve["dice_after_clicks"][0] == pytest.approx(metrics["per_class"][name]["dice"], abs=0.05)
+
+
+def test_a_voxel_lands_where_the_canonical_order_puts_it():
+    from lesionseg.orientation import Canonical
+
+    rng = np.random.default_rng(0)
+    shape = (5, 7, 4)
+    for affine in (np.diag([-1.0, -1.0, 1.0, 1.0]), np.diag([2.0, 1.0, 3.0, 1.0]),
+                   np.array([[0, 0, -2.0, 0], [1.0, 0, 0, 0], [0, -1.0, 0, 0], [0, 0, 0, 1.0]])):
+        canonical = Canonical(affine)
+        for _ in range(5):
+            position = tuple(int(rng.integers(n)) for n in shape)
+            one = np.zeros(shape, bool)
+            one[position] = True
+            assert canonical.forward(one)[canonical.forward_index(position, shape)]
+
+
+def test_evaluate_clicks_on_volumes_refines_the_clicked_slice(tmp_path):
+    """A slice model of volumes: the protocol in 3-D and in mm, each click refining the slice it is on
+    (every other slice keeps the model's probabilities), a Dice curve per structure."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from conftest import train_ok
+    from lesionseg.cli import app
+    from lesionseg.clicks import Click
+    from lesionseg.evaluation import load_labelled
+    from lesionseg.inference import Segmenter
+    from lesionseg.inference.volume_coverage import volume_coverage
+    from test_volumes import TINY as SLICES
+    from test_volumes import make_volume_dataset
+
+    data = make_volume_dataset(tmp_path / "data", n=6, layout="nnunet")
+    run = train_ok(data, tmp_path / "run", *SLICES, "trainer.max_epochs=1", "model.prompt=clicks")
+    result = CliRunner().invoke(app, ["evaluate", "--data", str(data), "--weights", str(run / "model.pt"),
+                                      "--clicks", "2", "--out", str(tmp_path / "e")])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert sorted(metrics["clicks"]["per_structure"]) == sorted(metrics["per_class"])
+    assert all(len(v["dice_after_clicks"]) == 3 for v in metrics["clicks"]["per_structure"].values())
+
+    seg = Segmenter.load(run / "model.pt")
+    volume, truth = load_labelled(data, model_labels=seg.labels).load(0)
+    coverage = volume_coverage(seg, volume)
+    alone = coverage.probabilities()
+    position = tuple(int(v) for v in np.argwhere(truth == 1)[len(np.argwhere(truth == 1)) // 2])
+    clicked = coverage.clicked(alone, [(0, Click(position, True))])
+    changed = [s for s in range(alone.shape[1]) if not np.array_equal(alone[:, s], clicked[:, s])]
+    assert len(changed) <= 1
+
+    def echo(self, batch):  # structure 1 exactly on its positive click disks, background elsewhere
+        out = np.zeros((batch.shape[0], 3, *batch.shape[2:]), np.float32)
+        out[:, 1:] = -20.0
+        if batch.shape[1] > 3:
+            out[:, 1] = 40.0 * batch[:, 3] - 20.0
+        return out
+
+    seg.backend.__class__ = type("Echo", (type(seg.backend),), {"__call__": echo})
+    coverage = volume_coverage(seg, volume)
+    labels = coverage.labels_of(coverage.clicked(coverage.probabilities(), [(0, Click(position, True))]),
+                                seg.post)
+    assert labels[position] == 1
+    marked = np.argwhere(labels == 1)
+    spread = np.abs(marked - np.asarray(position)).max(axis=0)
+    assert (spread == 0).sum() == 1  # all on the clicked slice: one plane through the click
+    assert np.abs(marked - np.asarray(position)).max() <= 6

@@ -96,7 +96,7 @@ def evaluate(data: str | Path, weights: str | Path | None = None, *, out: str | 
     and per_case.csv there (and report.html with `report=True`). `ids`: a file listing the ids to score.
     Models of several structures: per structure Dice, Jaccard, HD95, ASSD, NSD (at `nsd_tolerance`), distances
     in mm with `pixel_spacing` (default: the model's training data's, when its card says), else pixels.
-    `clicks` N > 0 (a model trained with model.prompt clicks, on photos): also the interactive protocol's Dice
+    `clicks` N > 0 (a model trained with model.prompt clicks): also the interactive protocol's Dice
     after each of up to N simulated clicks and NoC@85 / NoC@90, under the metrics' "clicks".
     """
     from .evaluation import (
@@ -133,9 +133,6 @@ def evaluate(data: str | Path, weights: str | Path | None = None, *, out: str | 
     seg = segmenter(weights, **options)
     if clicks:
         seg.click_channels()  # refuses a model that takes none
-        if volumes:
-            raise UserError(f"{data}: evaluate --clicks scores photos and radiographs; on volumes it is not "
-                            "built yet")
     if seg.backend.preprocessing.covers_volumes != volumes:
         raise UserError(f"{data}: a dataset of volumes, and {seg.weights_path.name} is a model for photos"
                         if volumes else f"{data}: a folder of photos, and {seg.weights_path.name} is a model "
@@ -146,8 +143,8 @@ def evaluate(data: str | Path, weights: str | Path | None = None, *, out: str | 
     else:
         result = score(seg, labelled, spacing=Spacing.choose(pixel_spacing, seg.card),
                        nsd_tolerance=nsd_tolerance)
-        if clicks:
-            result.metrics["clicks"] = evaluate_clicks(seg, labelled, clicks)
+    if clicks:
+        result.metrics["clicks"] = evaluate_clicks(seg, labelled, clicks)
     if out is not None:
         settings = {"weights": str(seg.weights_path), "backend": seg.backend.name, "data": str(data),
                     **({"ids": str(ids) if ids else "all"} if volumes else {}),

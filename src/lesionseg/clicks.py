@@ -69,3 +69,20 @@ def clicks_to_reach(dice_after: list[float], threshold: float, max_clicks: int) 
         if dice >= threshold:
             return k
     return max_clicks
+
+
+def click_curve(mask_after, truth: np.ndarray, max_clicks: int, spacing=None) -> list[float]:
+    """One case and structure under the protocol: Dice of `mask_after(clicks)` (bool, truth's shape) with no
+    click, then after each of up to `max_clicks` clicks, each placed by `next_click` on the mask so far; a
+    case the user can no longer improve keeps its last Dice."""
+    from .metrics import overlap_scores
+
+    placed: list[Click] = []
+    dice: list[float] = []
+    while True:
+        mask = mask_after(placed)
+        dice.append(overlap_scores(mask, truth)["dice"])
+        click = next_click(mask, truth, placed, spacing) if len(placed) < max_clicks else None
+        if click is None:
+            return dice + [dice[-1]] * (max_clicks + 1 - len(dice))
+        placed.append(click)

@@ -28,7 +28,6 @@ from .metrics import (
     aggregate_structures,
     confusion,
     image_scores,
-    overlap_scores,
     structure_scores,
 )
 from .model_file import recorded_pixel_spacing
@@ -181,34 +180,43 @@ NOC_DICE = (0.85, 0.90)  # NoC@85, NoC@90
 
 def evaluate_clicks(segmenter: Segmenter, labelled: LabelledSet, max_clicks: int) -> dict:
     """The interactive protocol (clicks.py), per structure: on each case that holds it, the model alone,
-    then up to `max_clicks` clicks, each at the deepest error of the mask so far (clicks.next_click), the
-    mask thresholded and cleaned as `predict` does. Per structure: the mean Dice after 0..max_clicks clicks
-    and NoC@85 / NoC@90 (mean clicks to reach that Dice; `max_clicks` for a case that never does)."""
-    from .clicks import clicks_to_reach, next_click
+    then up to `max_clicks` clicks, each at the deepest error of the mask so far (in mm on a volume, in 3-D),
+    the mask thresholded and cleaned as `predict` does. Per structure: the mean Dice after 0..max_clicks
+    clicks and NoC@85 / NoC@90 (mean clicks to reach that Dice; `max_clicks` for a case that never does).
+    Volumes: a 2-D model's clicks refine the slice they are on."""
+    from .clicks import click_curve, clicks_to_reach
+    from .inference.volume_coverage import SliceCoverage, volume_coverage
 
     labels = segmenter.labels
-    order = truth_order(segmenter, labelled) if labels.multi else [0]
+    volumes = segmenter.backend.preprocessing.covers_volumes
+    order = truth_order(segmenter, labelled) if labels.multi and not volumes else None
     curves: dict[str, list[list[float]]] = {name: [] for name in labels.names}
     for i in range(len(labelled.pairs)):
         image, truth = labelled.load(i)
-        for k, name in enumerate(labels.names):
-            if labels.multi:
-                held, valid = truth[..., order[k]] == 1, truth[..., order[k]] != IGNORED
+        if volumes:
+            coverage = volume_coverage(segmenter, image)
+            if not isinstance(coverage, SliceCoverage):
+                raise UserError("evaluate --clicks: clicks into a 3-D model are not built yet; a slice "
+                                "model takes them")
+            alone = coverage.probabilities()
+        for k, structure in enumerate(labels.structures):
+            if volumes:
+                held, valid = truth == structure.value, None
+
+                def mask_after(placed, k=k, value=structure.value):
+                    probs = coverage.clicked(alone, [(k, c) for c in placed])
+                    return coverage.labels_of(probs, segmenter.post) == value
             else:
-                held, valid = truth.astype(bool), np.ones(truth.shape, bool)
-            if not held.any():  # nothing to reach: the protocol scores cases that hold the structure
-                continue
-            placed, dice = [], []
-            for _ in range(max_clicks + 1):
-                mask = segmenter.to_mask(segmenter.predict(image, [(k, c) for c in placed]), image)
-                mask = (mask[k] if labels.multi else mask) & valid
-                dice.append(overlap_scores(mask, held)["dice"])
-                click = next_click(mask, held, placed)
-                if click is None:
-                    dice += [dice[-1]] * (max_clicks + 1 - len(dice))
-                    break
-                placed.append(click)
-            curves[name].append(dice[:max_clicks + 1])
+                held = truth[..., order[k]] == 1 if labels.multi else truth.astype(bool)
+                valid = truth[..., order[k]] != IGNORED if labels.multi else None
+
+                def mask_after(placed, k=k, valid=valid):
+                    mask = segmenter.to_mask(segmenter.predict(image, [(k, c) for c in placed]), image)
+                    mask = mask[k] if labels.multi else mask
+                    return mask if valid is None else mask & valid
+            if held.any():  # nothing to reach otherwise: the protocol scores cases that hold the structure
+                curves[structure.name].append(click_curve(mask_after, held, max_clicks,
+                                                          image.spacing if volumes else None))
     out = {}
     for name, cases in curves.items():
         if not cases:

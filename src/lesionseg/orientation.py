@@ -22,6 +22,13 @@ class Canonical:
         """A view where it can be (normalisation makes the one copy)."""
         return self._o.apply_orientation(array, self.ornt)
 
+    def forward_index(self, position, shape) -> tuple[int, ...]:
+        """Where voxel `position` of an array of `shape` lands in `forward(array)`."""
+        out = [0] * len(shape)
+        for axis, (target, flip) in enumerate(self.ornt):
+            out[int(target)] = shape[axis] - 1 - position[axis] if flip < 0 else position[axis]
+        return tuple(int(v) for v in out)
+
     def inverse(self, array: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(self._o.apply_orientation(array, self.back))
 

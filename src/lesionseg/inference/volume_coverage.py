@@ -71,6 +71,7 @@ class VolumeCoverage:
         self.canonical = Canonical(volume.affine)
         self.spacing = self.canonical.spacing(volume.spacing)
         self.normalised = pre.intensity.apply(self.canonical.forward(volume.array))
+        self.source_shape = volume.array.shape
         self.axis = 0
 
     @property
@@ -133,6 +134,31 @@ class SliceCoverage(VolumeCoverage):
             probs = self.segmenter.predict_batch(images, tta=tta, batch_size=self.batch)
             self.progress(indices.stop, n)
             yield indices, [_resize_probabilities(p, rows, cols) for p in probs]
+
+
+    def clicked(self, probabilities: np.ndarray, clicks) -> np.ndarray:
+        """`probabilities` (as `probabilities()` gives them) with each slice that holds a click predicted
+        again with that slice's clicks: `clicks` are (structure index, clicks.Click at a voxel of the volume's
+        own array). A click refines its own slice (the network's click channels belong to the middle slice
+        of its context)."""
+        from ..clicks import Click
+
+        (rows, cols), shape = self.stack_shape[1:], self.source_shape
+        by_slice: dict[int, list] = {}
+        for k, click in clicks:
+            at = [self.axis] + [a for a in range(3) if a != self.axis]  # stack axes → canonical axes
+            where = self.canonical.forward_index(click.position, shape)
+            s, r, c = (where[a] for a in at)
+            on_plane = (min(int((r + 0.5) * self.size[0] / rows), self.size[0] - 1),
+                        min(int((c + 0.5) * self.size[1] / cols), self.size[1] - 1))
+            by_slice.setdefault(s, []).append((k, Click(on_plane, click.positive)))
+        out = probabilities.copy()
+        for s, on_slice in by_slice.items():
+            (image,) = self.slicing.images(self.normalised, self.axis, self.size, [s])
+            prob = self.segmenter.whole.clicked(image, on_slice, self.segmenter.click_channels())
+            prob = _resize_probabilities(prob, rows, cols)
+            out[:, s] = prob if self.labels.multi else prob[None]
+        return out
 
 
 def segment_volume(segmenter, volume: Volume,
