@@ -231,15 +231,24 @@ def test_annotating_in_a_real_browser_clicks_brushes_undoes_and_saves(tmp_path):
     cfg = ModelConfig(base_width=4, depth=2, prompt="clicks", prompt_channels=2)
     weights = tmp_path / "clicks.pt"
     save_model(weights, build_model(cfg), cfg, image_size=64, card={"note": "test model"})
-    annotated = tmp_path / "annotated"
+    annotated, unlabelled = tmp_path / "annotated", tmp_path / "unlabelled"
+    unlabelled.mkdir()
+    for sample in SAMPLES[:2]:
+        shutil.copyfile(sample, unlabelled / sample.name)
     browser = _chrome()
     try:
-        with serving(str(weights), "--annotations", str(annotated)) as url:
+        with serving(str(weights), "--annotations", str(annotated), "--unlabelled", str(unlabelled)) as url:
             browser.get(url + "/annotate")
             wait = WebDriverWait(browser, 60)
             wait.until(lambda b: b.find_element(By.ID, "model").text.startswith("model: "))
+            # the unlabelled images are offered, the least confident first; one click opens one
+            wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#next-list button")) == 2)
+            first = browser.find_element(By.CSS_SELECTOR, "#next-list button")
+            first.click()
+            wait.until(lambda b: b.find_element(By.ID, "status").text.startswith(first.get_attribute(
+                "data-case") + ": click"))
             browser.find_element(By.ID, "file").send_keys(str(SAMPLES[0]))
-            wait.until(lambda b: b.find_element(By.ID, "clicks").text == "0")
+            wait.until(lambda b: b.find_element(By.ID, "status").text.startswith(SAMPLES[0].name + ": click"))
             session = browser.execute_script("return state.session")
 
             def server_state():

@@ -149,3 +149,28 @@ def test_idle_sessions_close_and_a_model_without_clicks_still_takes_the_brush(ti
         now = sessions.time.monotonic()
         monkeypatch.setattr(sessions.time, "monotonic", lambda: now + 61)
         assert c.get(f"/v1/sessions/{key}").status_code == 404
+
+
+def test_the_next_cases_are_the_least_confident_and_open_by_id(promptable_file, tmp_path):
+    unlabelled = tmp_path / "unlabelled"
+    unlabelled.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        pixels = rng.integers(0, 255, (40 + 10 * i, 50, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(unlabelled / f"u{i}.png")
+    cfg = ServeConfig(annotations=str(tmp_path / "annotated"), unlabelled=str(unlabelled))
+    with TestClient(create_app(cfg, segmenter=echoing(promptable_file))) as c:
+        cases = c.get("/v1/next").json()["cases"]
+        assert sorted(x["id"] for x in cases) == ["u0", "u1", "u2"] and not any(x["saved"] for x in cases)
+        assert [x["uncertainty"] for x in cases] == sorted((x["uncertainty"] for x in cases), reverse=True)
+        opened = c.post("/v1/sessions?case=u2")
+        assert opened.status_code == 201 and opened.json()["height"] == 60
+        key = opened.json()["session"]
+        shown = np.asarray(Image.open(io.BytesIO(c.get(f"/v1/sessions/{key}/image").content)))
+        np.testing.assert_array_equal(shown, np.asarray(Image.open(unlabelled / "u2.png")))
+        c.post(f"/v1/sessions/{key}/stroke", json={"points": [[5, 5]]})
+        assert c.post(f"/v1/sessions/{key}/save").status_code == 200
+        assert [x["saved"] for x in c.get("/v1/next").json()["cases"] if x["id"] == "u2"] == [True]
+        assert c.post("/v1/sessions?case=../../etc/passwd").status_code == 404
+    with TestClient(create_app(ServeConfig(), segmenter=echoing(promptable_file))) as c:
+        assert c.get("/v1/next").status_code == 409

@@ -390,11 +390,12 @@ def serve(
     max_unpacked_mb: float = typer.Option(
         1024.0, "--max-unpacked-mb", help="Largest volume upload once unzipped or gunzipped (413 above)."),
     cors_origin: Optional[List[str]] = typer.Option(
-        None, "--cors-origin", help="Allow browser calls from this origin (repeatable); none by default."
-    ),
+        None, "--cors-origin", help="Allow browser calls from this origin (repeatable); none by default."),
     annotations: Optional[Path] = typer.Option(
         None, "--annotations", help="Interactive sessions save corrected cases here (images/ + masks/, the "
         "layout train reads); saving is refused without it."),
+    unlabelled: Optional[Path] = typer.Option(None, "--unlabelled", help="Images the annotation page offers "
+                                              "next, the one the model is least sure of first."),
     max_sessions: int = typer.Option(8, "--max-sessions", min=1, help="Interactive sessions open at once."),
 ):
     """Serve the model over HTTP: POST /v1/segment, a page at /, API reference at /docs."""
@@ -409,11 +410,9 @@ def serve(
                       max_body_mb=max_body_mb, max_pixels=max_pixels,
                       max_unpacked_mb=max_unpacked_mb, cors_origins=list(cors_origin or []),
                       annotations=str(annotations) if annotations else None, max_sessions=max_sessions,
+                      unlabelled=str(unlabelled) if unlabelled else None,
                       threads=max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None)
-    cfg.check()
-    if annotations and workers > 1:
-        raise UserError("serve: --annotations needs --workers 1 (a session lives in the process that opened "
-                        "it)")
+    cfg.check(workers)
     from .inference.backends import open_backend
 
     # a wrong --weights fails here, in one line, before the server starts

@@ -52,7 +52,7 @@ def create_app(cfg: ServeConfig | None = None, segmenter=None) -> Starlette:
     async def lifespan(app):
         await run_in_threadpool(service.load)
         service.sessions = Sessions(service.segmenter, cfg.max_sessions, cfg.max_session_pixels,
-                                    cfg.session_idle_s)
+                                    cfg.session_idle_s, cfg.unlabelled)
         try:
             yield
         finally:

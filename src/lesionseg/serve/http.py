@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -46,13 +47,20 @@ class ServeConfig:
     cors_origins: list[str] = field(default_factory=list)
     threads: int | None = None  # the model's intra-op threads; None = every core (--workers N sets cores/N)
     # interactive sessions (/v1/sessions, serve/sessions.py): how many at once, the pixels they hold in all,
-    # how long one may sit idle, and the dataset folder saves go to (None: saving is refused)
+    # how long one may sit idle, the dataset folder saves go to (None: saving is refused), and the
+    # unlabelled images offered next
     max_sessions: int = 8
     max_session_pixels: int = 100_000_000
     session_idle_s: float = 1800.0
     annotations: str | None = None
+    unlabelled: str | None = None  # images the page offers to annotate next, the least confident first
 
-    def check(self) -> None:
+    def check(self, workers: int = 1) -> None:
+        if (self.annotations or self.unlabelled) and workers > 1:
+            raise UserError("serve: --annotations and --unlabelled need --workers 1 (a session lives in the "
+                            "process that opened it)")
+        if self.unlabelled and not Path(self.unlabelled).is_dir():
+            raise UserError(f"serve: --unlabelled {self.unlabelled}: folder not found")
         for name in ("max_batch", "max_queue", "max_pixels"):
             if getattr(self, name) < 1:
                 raise UserError(f"serve: --{name.replace('_', '-')} must be ≥ 1")

@@ -42,6 +42,7 @@ class Session:
     id: str
     name: str  # the saved files' stem: the upload's name, made safe, and the id's start
     image: np.ndarray
+    source: str | None = None  # the unlabelled image it was opened from
     actions: list = field(default_factory=list)  # (structure, Click) or Stroke, in order
     masks: np.ndarray | None = None  # bool (structures, H, W)
     used: float = field(default_factory=time.monotonic)
@@ -61,18 +62,43 @@ class Sessions:
     """The open sessions of one service: at most `max_sessions`, holding at most `max_pixels` in all;
     a session idle for `idle_s` seconds is closed when room is needed or when it is next asked for."""
 
-    def __init__(self, segmenter, max_sessions: int, max_pixels: int, idle_s: float):
+    def __init__(self, segmenter, max_sessions: int, max_pixels: int, idle_s: float,
+                 unlabelled: str | None = None):
         self.segmenter = segmenter
         self.max_sessions, self.max_pixels, self.idle_s = max_sessions, max_pixels, idle_s
         self._open: dict[str, Session] = {}
         self._lock = threading.Lock()
+        self.unlabelled = unlabelled
+        self._ranking: list[dict] | None = None  # pseudo_label.rank_for_annotation, made on first ask
+        self.saved_sources: set[str] = set()
+
+    def ranking(self) -> list[dict]:
+        """The unlabelled images, the least confident first, each marked once a session on it was saved."""
+        from ..pseudo_label import rank_for_annotation
+
+        if self.unlabelled is None:
+            raise HTTPError(409, "no unlabelled images: start the service with --unlabelled DIR")
+        with self._lock:
+            if self._ranking is None:
+                self._ranking = rank_for_annotation(self.segmenter, self.unlabelled,
+                                                    on_failure=lambda line: None)
+        return [{"id": r["id"], "rank": r["rank"], "uncertainty": r["uncertainty"],
+                 "saved": r["source"] in self.saved_sources} for r in self._ranking]
+
+    def source_of(self, case: str) -> Path:
+        """The unlabelled image of a ranked id (only ranked ids open: the client never names a path)."""
+        self.ranking()
+        for row in self._ranking:
+            if row["id"] == case:
+                return Path(row["source"])
+        raise HTTPError(404, f"no unlabelled image {case[:60]!r}")
 
     def _drop_idle(self) -> None:
         now = time.monotonic()
         for key in [k for k, s in self._open.items() if now - s.used > self.idle_s]:
             del self._open[key]
 
-    def open(self, image: np.ndarray, label: str) -> Session:
+    def open(self, image: np.ndarray, label: str, source: str | None = None) -> Session:
         pixels = image.shape[0] * image.shape[1]
         with self._lock:
             self._drop_idle()
@@ -82,7 +108,7 @@ class Sessions:
                                 "/v1/sessions/ID) or retry when one has been idle "
                                 f"{self.idle_s:g} s", {"Retry-After": "5"})
             key = secrets.token_urlsafe(16)
-            session = Session(key, f"{safe_stem(label)}_{key[:8]}", image)
+            session = Session(key, f"{safe_stem(label)}_{key[:8]}", image, source)
             self._open[key] = session
         return session
 
@@ -161,6 +187,8 @@ class Sessions:
             files[folder / "masks" / f"{session.name}{MASK_SUFFIX}.png"] = \
                 encode_png(session.masks[0].astype(np.uint8) * 255)
         write_together(files)
+        if session.source is not None:
+            self.saved_sources.add(session.source)
         return {"id": session.name, "files": [str(p.relative_to(folder)) for p in files]}
 
 
@@ -244,7 +272,7 @@ async def _recomputed(service, session: Session, change) -> dict:
 
 def session_routes():
     from starlette.concurrency import run_in_threadpool
-    from starlette.responses import JSONResponse
+    from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
     from .http import endpoint, read_upload
@@ -255,9 +283,14 @@ def session_routes():
         if service.segmenter.backend.preprocessing.covers_volumes:
             raise HTTPError(400, f"the model {service.model_name()} segments volumes; sessions open photos "
                             "and radiographs (volumes are not built yet)")
-        data, label = await read_upload(request, int(service.cfg.max_body_mb * 2**20))
+        source = None
+        if "case" in request.query_params:  # one of the ranked unlabelled images
+            source = await run_in_threadpool(service.sessions.source_of, request.query_params["case"])
+            data, label = source.read_bytes(), source.name
+        else:
+            data, label = await read_upload(request, int(service.cfg.max_body_mb * 2**20))
         image, _ = await run_in_threadpool(decode_photo, data, label, service.cfg.max_pixels)
-        session = service.sessions.open(image, label)
+        session = service.sessions.open(image, label, None if source is None else str(source))
         try:
             state = await _recomputed(service, session, lambda s: None)
         except HTTPError:
@@ -275,6 +308,8 @@ def session_routes():
         session = sessions.get(key)
         if request.method == "GET" and action is None:
             return JSONResponse(await run_in_threadpool(lambda: sessions.state(session)))
+        if request.method == "GET" and action == "image":  # as the server decoded it (TIFF, DICOM too)
+            return Response(await run_in_threadpool(encode_png, session.image, 1), media_type="image/png")
         if request.method != "POST" or action not in ("click", "stroke", "undo", "save"):
             raise HTTPError(404, f"no route {request.method} {request.url.path} (see /docs)")
         if action == "save":
@@ -303,6 +338,10 @@ def session_routes():
         step = _action(body, action, sessions, session)
         return JSONResponse(await _recomputed(service, session, lambda s: s.actions.append(step)))
 
-    return [Route("/v1/sessions", open_session, methods=["POST"]),
+    @endpoint("/v1/next", auth=True)
+    async def next_cases(request, service):
+        return JSONResponse({"cases": await run_in_threadpool(service.sessions.ranking)})
+
+    return [Route("/v1/sessions", open_session, methods=["POST"]), Route("/v1/next", next_cases),
             Route("/v1/sessions/{session}", one_session, methods=["GET", "DELETE"]),
-            Route("/v1/sessions/{session}/{action}", one_session, methods=["POST"])]
+            Route("/v1/sessions/{session}/{action}", one_session, methods=["GET", "POST"])]

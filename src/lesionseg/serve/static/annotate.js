@@ -1,7 +1,8 @@
 // The annotation page: open a session on an image (/v1/sessions), then each click, brush or eraser stroke
 // and undo goes to the server, which answers every structure's corrected mask (a PNG at the image's size);
 // the page draws the image, the chosen structure's mask and the clicks. Save writes the image and its mask
-// into the server's --annotations folder, where `lesionseg train` reads them.
+// into the server's --annotations folder, where `lesionseg train` reads them. With --unlabelled, the page
+// lists those images the least confident first (/v1/next); one click opens the next.
 "use strict";
 const COLORS = [[230, 40, 40], [40, 160, 230], [60, 200, 80], [230, 180, 30], [180, 80, 220]];
 const state = { session: null, photo: null, masks: {}, result: null, width: 0, height: 0, stroke: null };
@@ -85,17 +86,42 @@ function tool() {
   return document.querySelector("input[name=tool]:checked").value;
 }
 
+async function opened(result, name) {
+  if (!result) return;
+  // the image as the server decoded it, so the page shows what the model saw (TIFF and DICOM too)
+  const resp = await fetch(`/v1/sessions/${result.session}/image`, { headers: authHeaders() });
+  state.photo = resp.ok ? await createImageBitmap(await resp.blob()) : null;
+  await show(result);
+  setStatus(name + ": click where the mask is wrong");
+}
+
 async function open(file) {
   setStatus("opening " + file.name + " …");
-  let photo = null;
-  try { photo = await createImageBitmap(file); } catch (e) { photo = null; }
   const form = new FormData();
   form.append("file", file, file.name);
-  const result = await call("/v1/sessions", { body: form });
-  if (!result) return;
-  state.photo = photo;
-  await show(result);
-  setStatus(file.name + ": click where the mask is wrong");
+  await opened(await call("/v1/sessions", { body: form }), file.name);
+}
+
+async function openCase(id) {
+  setStatus("opening " + id + " …");
+  await opened(await call("/v1/sessions?" + new URLSearchParams({ case: id })), id);
+}
+
+async function showNext() {
+  const resp = await fetch("/v1/next", { headers: authHeaders() });
+  if (!resp.ok) return;  // the server offers no unlabelled images
+  const list = $("next-list");
+  list.innerHTML = "";
+  for (const c of (await resp.json()).cases) {
+    const item = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button"; button.dataset.case = c.id;
+    button.textContent = `${c.id} (${c.uncertainty.toFixed(2)})${c.saved ? " ✓" : ""}`;
+    button.addEventListener("click", () => openCase(c.id));
+    item.append(button);
+    list.append(item);
+  }
+  $("next").hidden = false;
 }
 
 async function send(action, body) {
@@ -142,7 +168,7 @@ document.addEventListener("keydown", (e) => {
 });
 $("save").addEventListener("click", async () => {
   const saved = await call(`/v1/sessions/${state.session}/save`);
-  if (saved) setStatus("saved " + saved.files.join(", "));
+  if (saved) { setStatus("saved " + saved.files.join(", ")); showNext(); }
 });
 $("radius").addEventListener("input", () => ($("radius-value").textContent = $("radius").value));
 $("structure").addEventListener("change", render);
@@ -160,5 +186,6 @@ async function showModel() {
     $("structure-picker").hidden = false;
   }
 }
-$("token").addEventListener("change", showModel);
+$("token").addEventListener("change", () => { showModel(); showNext(); });
 showModel();
+showNext();
