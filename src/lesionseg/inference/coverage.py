@@ -71,7 +71,6 @@ class WholeImage:
             out.extend((a if len(views) == 1 else a / len(views)).astype(np.float32, copy=False) for a in acc)
         return out
 
-
     def clicked(self, image: np.ndarray, clicks, prompt_channels: int) -> np.ndarray:
         """One image's probabilities given a user's clicks: `clicks` (structure index, clicks.Click at the
         image's (row, col)), drawn as disks on the network's input grid, as training draws them."""
