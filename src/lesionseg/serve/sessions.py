@@ -70,6 +70,7 @@ class Sessions:
         self._lock = threading.Lock()
         self.unlabelled = unlabelled
         self._ranking: list[dict] | None = None  # pseudo_label.rank_for_annotation, made on first ask
+        self._ranking_lock = threading.Lock()
         self.saved_sources: set[str] = set()
 
     def ranking(self) -> list[dict]:
@@ -78,7 +79,7 @@ class Sessions:
 
         if self.unlabelled is None:
             raise HTTPError(409, "no unlabelled images: start the service with --unlabelled DIR")
-        with self._lock:
+        with self._ranking_lock:  # its own lock: ranking a folder takes a while, sessions go on meanwhile
             if self._ranking is None:
                 self._ranking = rank_for_annotation(self.segmenter, self.unlabelled,
                                                     on_failure=lambda line: None)
