@@ -59,7 +59,8 @@ def test_health_ready_model_metrics(client):
 
 def test_page_and_docs_are_served_and_work_offline(client):
     for path, kind in (("/", "text/html"), ("/app.js", "text/javascript"), ("/style.css", "text/css"),
-                       ("/docs", "text/html")):
+                       ("/docs", "text/html"), ("/common.js", "text/javascript"), ("/annotate", "text/html"),
+                       ("/annotate.js", "text/javascript")):
         resp = client.get(path)
         assert resp.status_code == 200 and resp.headers["content-type"].startswith(kind)
         # no CDN, no web fonts: every reference is to this server
