@@ -110,8 +110,8 @@ class DataConfig:
     slice_axis: int | None = None  # null: each volume's coarsest axis (ties: the first)
     slice_context: int = 1  # k neighbouring slices as the network's channels (2.5-D); odd
     slice_spacing_mm: float | None = None  # in-plane spacing slices are resampled to; null: the data's median
-    # volumes: this share of training draws picks one structure (each alike), then a slice that shows it or a
-    # patch centred on it; the rest are drawn anywhere
+    # volumes: at least this share of training slices show a structure; of 3-D patches, this share is
+    # centred on one (each structure alike), the rest drawn anywhere
     foreground_oversample: float = 0.33
     # 3-D networks (model.arch unet3d): the patch (z, y, x voxels, RAS+ order) and the spacing volumes are
     # resampled to (null: planned from the training volumes, data/patch_sampler.py), and the patches an
