@@ -174,3 +174,22 @@ def test_the_next_cases_are_the_least_confident_and_open_by_id(promptable_file, 
         assert c.post("/v1/sessions?case=../../etc/passwd").status_code == 404
     with TestClient(create_app(ServeConfig(), segmenter=echoing(promptable_file))) as c:
         assert c.get("/v1/next").status_code == 409
+
+
+def test_strokes_and_their_undo_do_not_run_the_network_again(promptable_file, tmp_path):
+    seg = echoing(promptable_file)
+    calls = []
+    echo = type(seg.backend).__call__
+    seg.backend.__class__ = type("Counted", (type(seg.backend),),
+                                 {"__call__": lambda self, batch: calls.append(1) or echo(self, batch)})
+    with TestClient(create_app(ServeConfig(), segmenter=seg)) as c:
+        key = c.post("/v1/sessions", content=png(IMAGE)).json()["session"]
+        c.post(f"/v1/sessions/{key}/click", json={"row": 30, "col": 20})
+        before = len(calls)
+        painted = c.post(f"/v1/sessions/{key}/stroke",
+                         json={"points": [[50, 5], [50, 85]], "radius": 2}).json()
+        undone = c.post(f"/v1/sessions/{key}/undo").json()
+        assert len(calls) == before
+        assert mask_of(painted)[50, 40] and not mask_of(undone)[50, 40] and mask_of(undone)[30, 20]
+        c.post(f"/v1/sessions/{key}/undo")  # the click: the network runs again, without it
+        assert len(calls) == before + 1

@@ -45,6 +45,7 @@ class Session:
     source: str | None = None  # the unlabelled image it was opened from
     actions: list = field(default_factory=list)  # (structure, Click) or Stroke, in order
     masks: np.ndarray | None = None  # bool (structures, H, W)
+    model_masks: tuple | None = None  # (the clicks, the model's masks for them): strokes and undo reuse them
     used: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -127,9 +128,6 @@ class Sessions:
             if self._open.pop(key, None) is None:
                 raise HTTPError(404, f"no open session {key[:16]!r}")
 
-    def __len__(self) -> int:
-        return len(self._open)
-
     def structure_index(self, name: str | None) -> int:
         labels = self.segmenter.labels
         if name is None:
@@ -144,10 +142,12 @@ class Sessions:
         """The session's masks from its actions: the model with its clicks, then its strokes in order.
         `whole`: the coverage.WholeImage that runs the network (the service's goes through its batcher)."""
         seg, clicks = self.segmenter, session.clicks
-        prob = whole.clicked(session.image, clicks, seg.click_channels()) if clicks else \
-            whole.probabilities([session.image], False, seg.tta_scales, 1)[0]
-        masks = seg.to_mask(prob, session.image)
-        masks = np.array(masks if seg.labels.multi else masks[None], dtype=bool)
+        if session.model_masks is None or session.model_masks[0] != clicks:  # only clicks need the network
+            prob = whole.clicked(session.image, clicks, seg.click_channels()) if clicks else \
+                whole.probabilities([session.image], False, seg.tta_scales, 1)[0]
+            masks = seg.to_mask(prob, session.image)
+            session.model_masks = (clicks, np.array(masks if seg.labels.multi else masks[None], dtype=bool))
+        masks = session.model_masks[1].copy()
         for action in session.actions:
             if isinstance(action, Stroke):
                 layer = np.zeros(masks.shape[1:], np.uint8)
