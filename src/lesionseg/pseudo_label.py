@@ -63,6 +63,11 @@ def _check_out(out: Path) -> None:
                         "choose another --out")
 
 
+def _read(path: Path):
+    """The pipeline's read step for an unlabelled image: its one frame, no truth."""
+    return [(path.stem, read_image(path))], None
+
+
 def pseudo_label(segmenter: Segmenter, data: str | Path, out: str | Path, min_confidence: float = 0.85,
                  on_failure: Callable[[str], None] | None = None) -> PseudoLabelSummary:
     """Label every image in `data` with `segmenter`; keep those with confidence ≥ `min_confidence`.
@@ -87,9 +92,6 @@ def pseudo_label(segmenter: Segmenter, data: str | Path, out: str | Path, min_co
     rows, failed = [], 0
     report = on_failure or (lambda line: print(line, file=sys.stderr))
 
-    def read(path: Path):
-        return [(path.stem, read_image(path))], None
-
     def keep(path: Path, _, frames: list[Segmented]) -> dict:
         frame = frames[0]
         score = confidence(frame.prob)
@@ -101,7 +103,7 @@ def pseudo_label(segmenter: Segmenter, data: str | Path, out: str | Path, min_co
                 "foreground_fraction": f"{frame.mask.mean():.4f}", "kept": int(kept)}
 
     try:
-        for outcome in run_pipeline(files, read, segmenter, keep):
+        for outcome in run_pipeline(files, _read, segmenter, keep):
             if outcome.error is not None:
                 report(str(outcome.error))
                 failed += 1
@@ -127,16 +129,13 @@ def rank_for_annotation(segmenter: Segmenter, data: str | Path,
     files = check_unique_ids(list_images([_input_folder(Path(data))]))
     report = on_failure or (lambda line: print(line, file=sys.stderr))
 
-    def read(path: Path):
-        return [(path.stem, read_image(path))], None
-
     def score(path: Path, _, frames: list[Segmented]) -> dict:
         frame = frames[0]
         return {"id": path.stem, "source": str(path), "uncertainty": round(1.0 - confidence(frame.prob), 4),
                 "foreground_fraction": round(float(frame.mask.mean()), 4)}
 
     rows = []
-    for outcome in run_pipeline(files, read, segmenter, score):
+    for outcome in run_pipeline(files, _read, segmenter, score):
         if outcome.error is not None:
             report(str(outcome.error))
         else:
