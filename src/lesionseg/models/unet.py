@@ -12,7 +12,7 @@ from torch import nn
 from ..errors import UserError
 from .attention import CBAM
 from .encoders import EfficientNetLiteEncoder
-from .parts import DoubleConv, Down, Up, tracing, with_prompt_room
+from .parts import DoubleConv, Down, PromptedInput, Up, tracing, with_prompt_room
 
 
 class UNet(nn.Module):
@@ -44,7 +44,9 @@ class UNet(nn.Module):
         self.top = 0 if full_resolution_decoder else 1  # the finest decoder level
         widths = [base_width * 2**i for i in range(depth + 1)]  # decoder width per level
         if encoder == "plain":
-            self.inc = DoubleConv(in_channels + prompt_channels, widths[0])
+            self.inc = DoubleConv(in_channels, widths[0])
+            if prompt_channels:
+                self.inc[0] = PromptedInput(self.inc[0], prompt_channels)
             self.downs = nn.ModuleList(Down(widths[i], widths[i + 1]) for i in range(depth))
             skip_channels = widths
         else:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .parts import tracing, with_prompt_room
+from .parts import PromptedInput, tracing, with_prompt_room
 
 MAX_WIDTH = 320  # nnU-Net's cap on 3-D feature maps
 
@@ -41,7 +41,9 @@ class UNet3D(nn.Module):
         self.multiple = [math.prod(s[axis] for s in strides) for axis in range(3)]
         self.encoder = nn.ModuleList(
             nn.Sequential(ConvNormAct(c_in, w, k, s), ConvNormAct(w, w, k))
-            for c_in, w, k, s in zip([self.input_channels, *widths], widths, kernels, strides))
+            for c_in, w, k, s in zip([in_channels, *widths], widths, kernels, strides))
+        if prompt_channels:
+            self.encoder[0][0][0] = PromptedInput(self.encoder[0][0][0], prompt_channels)
         levels = list(reversed(range(len(widths) - 1)))  # decoder levels, coarse to fine
         self.ups = nn.ModuleList(nn.ConvTranspose3d(widths[i + 1], widths[i], strides[i + 1], strides[i + 1])
                                  for i in levels)

@@ -17,6 +17,9 @@ from ..metrics import batch_jaccard_dice
 from ..models import build_model
 from ..models.parts import channels_last
 from .schedule import TimeCosine
+from .simulated_clicks import SimulatedClicks
+
+VALIDATION_CLICKS = 3  # a promptable model is validated without clicks and after this many
 
 
 def _yaml_value(value) -> str:
@@ -78,28 +81,15 @@ def load_initial_weights(model: torch.nn.Module, cfg: Config) -> None:
     `fit_to_initial_model` made the source's."""
     from ..errors import UserError
     from ..models import load_model
+    from ..models.parts import with_prompted_input_weights
 
     source = load_model(cfg.trainer.init_from)
-    state = dict(source.model.state_dict())
-    if cfg.model.prompt_channels and not source.config.prompt_channels:
-        state = with_click_inputs(state, model.state_dict())
+    state = with_prompted_input_weights(dict(source.model.state_dict()), model.state_dict())
     # Deep-supervision heads may be absent in the source (they are dropped at inference): strict otherwise.
     missing, unexpected = model.load_state_dict(state, strict=False)
     misfits = [k for k in missing + unexpected if not k.startswith("aux_heads.")]
     if misfits:
         raise UserError(f"trainer.init_from {cfg.trainer.init_from}: weights do not fit ({misfits[0]})")
-
-
-def with_click_inputs(state: dict, target: dict) -> dict:
-    """A plain model's weights for its promptable twin: the convolution that reads the input gains the
-    click channels, their weights 0, so the model starts segmenting exactly as before."""
-    for key, weight in state.items():
-        wanted = target.get(key)
-        if (wanted is not None and weight.ndim >= 4 and wanted.shape[1] > weight.shape[1]
-                and (wanted.shape[0], *wanted.shape[2:]) == (weight.shape[0], *weight.shape[2:])):
-            extra = weight.new_zeros(weight.shape[0], wanted.shape[1] - weight.shape[1], *weight.shape[2:])
-            state[key] = torch.cat([weight, extra], dim=1)
-    return state
 
 
 def warmed_ema(decay: float):
@@ -211,8 +201,6 @@ class SegmentationModule(L.LightningModule):
         self._epoch_images, self._epoch_start = 0, 0.0
         self.simulated_clicks = None
         if cfg.model.prompt_channels:
-            from .simulated_clicks import SimulatedClicks
-
             self.simulated_clicks = SimulatedClicks(len(self.labels.structures), self.labels.mode,
                                                     predicted_channels, cfg.trainer.seed)
 
@@ -269,17 +257,30 @@ class SegmentationModule(L.LightningModule):
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         self.train_loss.reset()
 
+    def on_validation_epoch_start(self) -> None:
+        if self.simulated_clicks is not None:  # every validation clicks alike, so epochs compare
+            self.validation_clicks = SimulatedClicks(len(self.labels.structures), self.labels.mode,
+                                                     predicted_channels, self.cfg.trainer.seed)
+
+    def _validated(self, network: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
+        """(logits without clicks, per-image Jaccard, Dice). A promptable network scores the mean of its
+        figures without clicks and after VALIDATION_CLICKS simulated ones, so that selection rewards a
+        model that both segments alone and follows clicks."""
+        logits = network(x.contiguous(memory_format=self.memory_format))
+        jac, dice = image_jaccard_dice(logits, y, self.labels.mode)
+        if self.simulated_clicks is not None:
+            prompted = self.validation_clicks(network, x, y, VALIDATION_CLICKS)
+            clicked = image_jaccard_dice(network(prompted.contiguous(memory_format=self.memory_format)), y,
+                                         self.labels.mode)
+            jac, dice = (jac + clicked[0]) / 2, (dice + clicked[1]) / 2
+        return logits, jac, dice
+
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        mode = self.labels.mode
         if self.ema is not None:
-            raw, _ = image_jaccard_dice(self(x), y, mode)
-            self.val_jaccard_raw.update(raw.float())
-            logits = self.ema.module(x.contiguous(memory_format=self.memory_format))
-        else:
-            logits = self(x)
+            self.val_jaccard_raw.update(self._validated(self, x, y)[1].float())
+        logits, jac, dice = self._validated(self if self.ema is None else self.ema.module, x, y)
         self.val_loss.update(self.loss(logits, y).detach(), weight=x.shape[0])
-        jac, dice = image_jaccard_dice(logits, y, mode)
         self.val_jaccard.update(jac.float())
         self.val_dice.update(dice.float())
 
@@ -329,7 +330,10 @@ class SegmentationModule(L.LightningModule):
 
     def configure_optimizers(self):
         o = self.cfg.optim
-        opt = torch.optim.AdamW(self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        named = list(self.model.named_parameters())
+        groups = [{"params": [p for n, p in named if ".clicks." not in n], "lr": o.lr},
+                  {"params": [p for n, p in named if ".clicks." in n], "lr": o.lr * o.click_lr_scale}]
+        opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=o.lr, weight_decay=o.weight_decay)
         if o.schedule == "cosine_time":
             sched = TimeCosine(opt, self.elapsed_s, self.cfg.trainer.max_minutes * 60, o.warmup_steps,
                                o.eta_min)

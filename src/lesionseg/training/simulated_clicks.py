@@ -39,9 +39,12 @@ class SimulatedClicks:
         return out
 
     @torch.no_grad()
-    def __call__(self, network: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """`x` with its prompt channels appended, the clicks placed on `network`'s predictions."""
-        n_clicks = int(self.rng.choice(CLICKS_DRAWN, p=CLICKS_WEIGHTS))
+    def __call__(self, network: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 n_clicks: int | None = None) -> torch.Tensor:
+        """`x` with its prompt channels appended, `n_clicks` (drawn when None) placed on `network`'s
+        predictions."""
+        if n_clicks is None:
+            n_clicks = int(self.rng.choice(CLICKS_DRAWN, p=CLICKS_WEIGHTS))
         shape = tuple(x.shape[2:])
         truth = truth_channels(y, self.mode).cpu().numpy()
         valid = (y != IGNORED).cpu().numpy() if self.mode != "binary" else np.ones_like(truth)
