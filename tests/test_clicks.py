@@ -371,7 +371,8 @@ def test_evaluate_clicks_on_volumes_refines_the_clicked_slice(tmp_path):
     coverage = volume_coverage(seg, volume)
     alone = coverage.probabilities()
     position = tuple(int(v) for v in np.argwhere(truth == 1)[len(np.argwhere(truth == 1)) // 2])
-    clicked = coverage.clicked(alone, [(0, Click(position, True))])
+    on_stack = coverage.stack_position(position)
+    clicked = coverage.clicked(alone, [(0, Click(on_stack, True))])
     changed = [s for s in range(alone.shape[1]) if not np.array_equal(alone[:, s], clicked[:, s])]
     assert len(changed) <= 1
 
@@ -384,7 +385,7 @@ def test_evaluate_clicks_on_volumes_refines_the_clicked_slice(tmp_path):
 
     seg.backend.__class__ = type("Echo", (type(seg.backend),), {"__call__": echo})
     coverage = volume_coverage(seg, volume)
-    labels = coverage.labels_of(coverage.clicked(coverage.probabilities(), [(0, Click(position, True))]),
+    labels = coverage.labels_of(coverage.clicked(coverage.probabilities(), [(0, Click(on_stack, True))]),
                                 seg.post)
     assert labels[position] == 1
     marked = np.argwhere(labels == 1)

@@ -72,7 +72,8 @@ def test_clicks_brush_eraser_and_undo_change_the_mask_where_they_are(client):
     clicked = client.post(f"/v1/sessions/{key}/click", json={"row": 30, "col": 20, "positive": True}).json()
     first = mask_of(clicked)
     assert first[30, 20] and not first[30, 70]
-    assert clicked["clicks"] == [{"row": 30, "col": 20, "positive": True, "structure": "foreground"}]
+    assert clicked["clicks"] == [{"slice": 0, "row": 30, "col": 20, "positive": True,
+                                  "structure": "foreground"}]
     second = mask_of(client.post(f"/v1/sessions/{key}/click", json={"row": 10, "col": 70}).json())
     assert second[10, 70] and second[30, 20]
 
@@ -193,3 +194,97 @@ def test_strokes_and_their_undo_do_not_run_the_network_again(promptable_file, tm
         assert mask_of(painted)[50, 40] and not mask_of(undone)[50, 40] and mask_of(undone)[30, 20]
         c.post(f"/v1/sessions/{key}/undo")  # the click: the network runs again, without it
         assert len(calls) == before + 1
+
+
+@pytest.fixture(scope="module")
+def volume_model(tmp_path_factory):
+    """A promptable slice model of volumes (two exclusive structures), trained one epoch, and its data."""
+    from conftest import train_ok
+    from test_volumes import TINY as SLICES
+    from test_volumes import make_volume_dataset
+
+    root = tmp_path_factory.mktemp("volume_sessions")
+    data = make_volume_dataset(root / "data", n=6, layout="nnunet")
+    run = train_ok(data, root / "run", *SLICES, "trainer.max_epochs=1", "model.prompt=clicks")
+    return run / "model.pt", data
+
+
+def echoing_volumes(weights) -> Segmenter:
+    """Structure "Anterior" exactly on its positive click disks, background elsewhere (no click: none)."""
+    seg = Segmenter.load(weights)
+
+    def echo(self, batch):
+        out = np.zeros((batch.shape[0], 3, *batch.shape[2:]), np.float32)
+        out[:, 1:] = -20.0
+        if batch.shape[1] > 3:
+            out[:, 1] = 40.0 * batch[:, 3] - 20.0
+        return out
+
+    seg.backend.__class__ = type("Echo", (type(seg.backend),), {"__call__": echo})
+    return seg
+
+
+def test_a_volume_session_shows_slices_clicks_on_one_and_saves_a_pair_train_reads(volume_model, tmp_path):
+    """A NIfTI opens as its model's slices; a click refines the slice it is on and no other; a brush stroke
+    on another slice paints there, undo takes it back; save writes the volume and its label map, on the
+    input's grid, with a dataset.json, into a folder `train` reads; bad slices are one-line 400s."""
+    import nibabel as nib
+
+    from lesionseg.evaluation import load_labelled
+    from lesionseg.inference.volume_coverage import volume_coverage
+    from lesionseg.io.registry import read_volume
+
+    weights, data = volume_model
+    source = data / "imagesTr" / "vol_000_0000.nii.gz"
+    seg = echoing_volumes(weights)
+    coverage = volume_coverage(seg, read_volume(source))
+    slices, rows, cols = coverage.stack_shape
+    cfg = ServeConfig(annotations=str(tmp_path / "annotated"))
+    with TestClient(create_app(cfg, segmenter=seg)) as c:
+        opened = c.post("/v1/sessions", files={"file": ("vol 0.nii.gz", source.read_bytes())})
+        assert opened.status_code == 201, opened.text
+        state = opened.json()
+        key = state["session"]
+        assert (state["slices"], state["height"], state["width"]) == (slices, rows, cols)
+        assert state["structures"] == ["Anterior", "Posterior"] and not mask_of(state, "Anterior").any()
+        shown = np.asarray(Image.open(io.BytesIO(c.get(f"/v1/sessions/{key}/image?slice=3").content)))
+        np.testing.assert_array_equal(shown, coverage.display_slice(3))
+
+        s, r, col = slices // 2, rows // 2, cols // 2
+        clicked = c.post(f"/v1/sessions/{key}/click",
+                         json={"slice": s, "row": r, "col": col, "structure": "Anterior"}).json()
+        assert clicked["slice"] == s and mask_of(clicked, "Anterior")[r, col]
+        assert clicked["clicks"] == [{"slice": s, "row": r, "col": col, "positive": True,
+                                      "structure": "Anterior"}]
+        for other in (s - 1, s + 1):
+            around = c.get(f"/v1/sessions/{key}?slice={other}").json()
+            assert not mask_of(around, "Anterior").any() and around["clicks"] == []
+
+        painted = c.post(f"/v1/sessions/{key}/stroke", json={"slice": 1, "points": [[2, 2]], "radius": 1,
+                                                              "structure": "Posterior"}).json()
+        assert painted["slice"] == 1 and mask_of(painted, "Posterior")[2, 2]
+        undone = c.post(f"/v1/sessions/{key}/undo?slice=1").json()
+        assert not mask_of(undone, "Posterior").any() and undone["all_clicks"] == 1
+        bad = [c.get(f"/v1/sessions/{key}?slice={slices}"), c.get(f"/v1/sessions/{key}/image?slice=-1"),
+               c.post(f"/v1/sessions/{key}/click", json={"slice": "two", "row": 1, "col": 1,
+                                                         "structure": "Anterior"})]
+        assert [b.status_code for b in bad] == [400] * 3
+        assert all("'slice'" in b.json()["error"] and "\n" not in b.json()["error"] for b in bad)
+
+        saved = c.post(f"/v1/sessions/{key}/save")
+        assert saved.status_code == 200, saved.text
+        folder = tmp_path / "annotated"
+        assert sorted(saved.json()["files"]) == sorted(["dataset.json", f"images/{saved.json()['id']}.nii.gz",
+                                                        f"labels/{saved.json()['id']}.nii.gz"])
+        photo = c.post("/v1/sessions", files={"file": ("x.png", png(IMAGE), "image/png")})
+        assert photo.status_code == 400 and "\n" not in photo.json()["error"]
+
+    labelled = load_labelled(folder)
+    image, truth = labelled.load(0)
+    original = nib.load(source)
+    np.testing.assert_allclose(image.array, original.get_fdata(), rtol=1e-6)
+    np.testing.assert_allclose(image.affine, read_volume(source).affine, atol=1e-6)
+    marked = np.argwhere(truth == 1)
+    assert len(marked) and (truth == 2).sum() == 0
+    assert {coverage.stack_position(v)[0] for v in marked} == {s}  # all on the clicked slice
+    assert coverage.stack_position(tuple(marked[len(marked) // 2]))[0] == s

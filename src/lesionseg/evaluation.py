@@ -184,7 +184,7 @@ def evaluate_clicks(segmenter: Segmenter, labelled: LabelledSet, max_clicks: int
     the mask thresholded and cleaned as `predict` does. Per structure: the mean Dice after 0..max_clicks
     clicks and NoC@85 / NoC@90 (mean clicks to reach that Dice; `max_clicks` for a case that never does).
     Volumes: a 2-D model's clicks refine the slice they are on."""
-    from .clicks import click_curve, clicks_to_reach
+    from .clicks import Click, click_curve, clicks_to_reach
     from .inference.volume_coverage import SliceCoverage, volume_coverage
 
     labels = segmenter.labels
@@ -204,7 +204,8 @@ def evaluate_clicks(segmenter: Segmenter, labelled: LabelledSet, max_clicks: int
                 held, valid = truth == structure.value, None
 
                 def mask_after(placed, k=k, value=structure.value):
-                    probs = coverage.clicked(alone, [(k, c) for c in placed])
+                    probs = coverage.clicked(alone, [(k, Click(coverage.stack_position(c.position),
+                                                               c.positive)) for c in placed])
                     return coverage.labels_of(probs, segmenter.post) == value
             else:
                 held = truth[..., order[k]] == 1 if labels.multi else truth.astype(bool)

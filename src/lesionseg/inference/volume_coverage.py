@@ -94,6 +94,10 @@ class VolumeCoverage:
     def labels_of(self, probabilities, post: postprocess.PostprocessConfig) -> np.ndarray:
         """The label volume on the volume's own grid from `chunks(...)` or `probabilities(...)`: each slice
         thresholded (one structure) or argmaxed (exclusive), then cleaned in 3-D."""
+        return self.to_source(self.stack_labels(probabilities, post))
+
+    def stack_labels(self, probabilities, post: postprocess.PostprocessConfig) -> np.ndarray:
+        """`labels_of` in slice order (`stack_shape`), where a page shows slices and clicks land."""
         if isinstance(probabilities, np.ndarray):
             multi = self.labels.multi
             probabilities = [(range(probabilities.shape[1]),
@@ -111,8 +115,25 @@ class VolumeCoverage:
                     out[i] = values[np.concatenate([zeros, masks]).argmax(0)]
                 else:
                     out[i] = postprocess.threshold(prob, threshold_only.threshold) * values[1]
-        cleaned = postprocess.clean_volume(out, values[1:], post)
-        return self.canonical.inverse(np.moveaxis(cleaned, 0, self.axis))
+        return postprocess.clean_volume(out, values[1:], post)
+
+    def to_source(self, stacked: np.ndarray) -> np.ndarray:
+        """An array in slice order back on the volume's own grid."""
+        return self.canonical.inverse(np.moveaxis(stacked, 0, self.axis))
+
+    def stack_position(self, voxel) -> tuple[int, int, int]:
+        """Where voxel `voxel` of the volume's own array lands in slice order: (slice, row, col)."""
+        where = self.canonical.forward_index(voxel, self.source_shape)
+        return tuple(where[a] for a in [self.axis] + [a for a in range(3) if a != self.axis])
+
+    def display_slice(self, index: int) -> np.ndarray:
+        """Slice `index` in slice order as uint8 grey for a page: the volume's 0.5-99.5 percentiles of the
+        normalised intensities stretched to 0-255."""
+        if not hasattr(self, "_window"):
+            self._window = np.percentile(self.normalised, (0.5, 99.5))
+        low, high = self._window
+        plane = np.take(self.normalised, index, axis=self.axis)
+        return np.clip((plane - low) * (255.0 / max(high - low, 1e-6)), 0, 255).astype(np.uint8)
 
 
 class SliceCoverage(VolumeCoverage):
@@ -138,17 +159,15 @@ class SliceCoverage(VolumeCoverage):
 
     def clicked(self, probabilities: np.ndarray, clicks) -> np.ndarray:
         """`probabilities` (as `probabilities()` gives them) with each slice that holds a click predicted
-        again with that slice's clicks: `clicks` are (structure index, clicks.Click at a voxel of the volume's
-        own array). A click refines its own slice (the network's click channels belong to the middle slice
-        of its context)."""
+        again with that slice's clicks: `clicks` are (structure index, clicks.Click at (slice, row, col) in
+        slice order, `stack_position`). A click refines its own slice (the network's click channels belong to
+        the middle slice of its context)."""
         from ..clicks import Click
 
-        (rows, cols), shape = self.stack_shape[1:], self.source_shape
+        rows, cols = self.stack_shape[1:]
         by_slice: dict[int, list] = {}
         for k, click in clicks:
-            at = [self.axis] + [a for a in range(3) if a != self.axis]  # stack axes → canonical axes
-            where = self.canonical.forward_index(click.position, shape)
-            s, r, c = (where[a] for a in at)
+            s, r, c = click.position
             on_plane = (min(int((r + 0.5) * self.size[0] / rows), self.size[0] - 1),
                         min(int((c + 0.5) * self.size[1] / cols), self.size[1] - 1))
             by_slice.setdefault(s, []).append((k, Click(on_plane, click.positive)))

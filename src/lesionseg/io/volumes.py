@@ -302,14 +302,24 @@ def read_label_volume(path: str | Path, like: Volume) -> np.ndarray:
 def nifti_label_image(labels: np.ndarray, like: Volume):
     """A nibabel image of `labels` (uint8) with `like`'s affine and header (a DICOM series gets a fresh
     header with its affine as both qform and sform)."""
+    data = np.ascontiguousarray(labels.astype(np.uint8))
+    image = nifti_image(data, like)
+    image.header["descrip"] = b"lesionseg label map"
+    image.header["cal_min"], image.header["cal_max"] = 0, float(data.max()) if data.size else 0
+    return image
+
+
+def nifti_image(data: np.ndarray, like: Volume):
+    """A nibabel image of `data` (stored in its dtype, unscaled) on `like`'s grid: `like`'s header and its
+    stored forms exactly, or for a DICOM series a fresh header with its affine as both qform and sform."""
     import nibabel as nib
 
-    data = np.ascontiguousarray(labels.astype(np.uint8))
+    data = np.ascontiguousarray(data)
     if like.header is not None and isinstance(like.header, nib.Nifti1Header):
         header = like.header.copy()
-        header.set_data_dtype(np.uint8)
+        header.set_data_dtype(data.dtype)
         header.set_slope_inter(1.0, 0.0)
-        # a NIfTI-2 input gets a NIfTI-2 label map: the same header, not a converted one
+        # a NIfTI-2 input gets a NIfTI-2 output: the same header, not a converted one
         klass = nib.Nifti2Image if isinstance(like.header, nib.Nifti2Header) else nib.Nifti1Image
         image = klass(data, None, header=header)
         # the stored forms, exactly as in the input (nibabel would otherwise recompute them from the affine)
@@ -319,8 +329,6 @@ def nifti_label_image(labels: np.ndarray, like: Volume):
         image = nib.Nifti1Image(data, like.affine)
         image.set_qform(like.affine, code=1)
         image.set_sform(like.affine, code=1)
-    image.header["descrip"] = b"lesionseg label map"
-    image.header["cal_min"], image.header["cal_max"] = 0, float(data.max()) if data.size else 0
     return image
 
 

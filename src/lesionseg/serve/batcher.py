@@ -155,6 +155,16 @@ class BatchedSegmenter:
     def weights_path(self):
         return self.segmenter.weights_path
 
+    @property
+    def whole(self):
+        """coverage.WholeImage over the queued backend: one image (with its clicks) at a time."""
+        from ..inference.coverage import WholeImage
+
+        return WholeImage(self.backend, self.segmenter.transform)
+
+    def click_channels(self) -> int:
+        return self.segmenter.click_channels()
+
     def predict_batch(self, images: list[np.ndarray], tta: bool | None = None,
                       batch_size: int | None = None) -> list[np.ndarray]:
         """In chunks of this adapter's batch size (the batcher's queue holds no more)."""

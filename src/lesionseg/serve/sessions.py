@@ -1,6 +1,7 @@
-"""Interactive correction sessions: a photo opened once, then a person's clicks, brush and eraser strokes and
-undos, each answered with the corrected mask, and a save that writes the image and its mask into a dataset
-folder in the layout `lesionseg train` reads.
+"""Interactive correction sessions: a case opened once (a photo, or a volume shown slice by slice:
+`session_cases.py`), then a person's clicks, brush and eraser strokes and undos, each answered with the
+corrected mask, and a save that writes the case and its masks into a dataset folder in the layout
+`lesionseg train` reads.
 
 A session's mask is always recomputed from its actions in order: the model with every click so far (a model
 trained with model.prompt clicks), then the strokes painted over it, so undo is dropping the last action.
@@ -10,6 +11,7 @@ id and its own lock, so two sessions never see or wait for each other's state.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
 import threading
@@ -23,28 +25,29 @@ import numpy as np
 from ..clicks import Click
 from ..io import encode_png
 from ..io.atomic import write_together
-from ..pairs import MASK_SUFFIX
 from .http import HTTPError
 
 
 @dataclass(frozen=True)
 class Stroke:
-    """A brush (paint) or eraser stroke on one structure: a polyline of (row, col) points, `radius` wide."""
+    """A brush (paint) or eraser stroke on one structure on one slice: a polyline of (row, col) points,
+    `radius` wide."""
 
     structure: int
     points: tuple[tuple[int, int], ...]
     radius: int
     paint: bool
+    slice: int = 0
 
 
 @dataclass
 class Session:
     id: str
     name: str  # the saved files' stem: the upload's name, made safe, and the id's start
-    image: np.ndarray
+    case: object  # session_cases.PhotoCase or VolumeCase
     source: str | None = None  # the unlabelled image it was opened from
-    actions: list = field(default_factory=list)  # (structure, Click) or Stroke, in order
-    masks: np.ndarray | None = None  # bool (structures, H, W)
+    actions: list = field(default_factory=list)  # (structure, Click at (slice, row, col)) or Stroke, in order
+    masks: np.ndarray | None = None  # bool (structures, slices, rows, cols)
     model_masks: tuple | None = None  # (the clicks, the model's masks for them): strokes and undo reuse them
     used: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -100,17 +103,24 @@ class Sessions:
         for key in [k for k, s in self._open.items() if now - s.used > self.idle_s]:
             del self._open[key]
 
-    def open(self, image: np.ndarray, label: str, source: str | None = None) -> Session:
-        pixels = image.shape[0] * image.shape[1]
+    def check_room(self, pixels: int = 0) -> None:
+        """503 unless one more session of `pixels` fits (told before a case is read, and again at open)."""
         with self._lock:
-            self._drop_idle()
-            held = sum(s.image.shape[0] * s.image.shape[1] for s in self._open.values())
-            if len(self._open) >= self.max_sessions or held + pixels > self.max_pixels:
-                raise HTTPError(503, f"full: {len(self._open)} sessions open; close one (DELETE "
-                                "/v1/sessions/ID) or retry when one has been idle "
-                                f"{self.idle_s:g} s", {"Retry-After": "5"})
+            self._check_room(pixels)
+
+    def _check_room(self, pixels: int) -> None:
+        self._drop_idle()
+        held = sum(int(np.prod(s.case.shape)) for s in self._open.values())
+        if len(self._open) >= self.max_sessions or held + pixels > self.max_pixels:
+            raise HTTPError(503, f"full: {len(self._open)} sessions open; close one (DELETE "
+                            "/v1/sessions/ID) or retry when one has been idle "
+                            f"{self.idle_s:g} s", {"Retry-After": "5"})
+
+    def open(self, case, label: str, source: str | None = None) -> Session:
+        with self._lock:
+            self._check_room(int(np.prod(case.shape)))
             key = secrets.token_urlsafe(16)
-            session = Session(key, f"{safe_stem(label)}_{key[:8]}", image, source)
+            session = Session(key, f"{safe_stem(label)}_{key[:8]}", case, source)
             self._open[key] = session
         return session
 
@@ -139,54 +149,50 @@ class Sessions:
         return labels.names.index(name)
 
     def recompute(self, session: Session, whole) -> None:
-        """The session's masks from its actions: the model with its clicks, then its strokes in order.
-        `whole`: the coverage.WholeImage that runs the network (the service's goes through its batcher)."""
+        """The session's masks from its actions: the model with its clicks, then its strokes in order (on
+        exclusive structures a brush takes its pixels from the others). `whole`: the coverage.WholeImage
+        that runs the network (the service's goes through its batcher)."""
         seg, clicks = self.segmenter, session.clicks
         if session.model_masks is None or session.model_masks[0] != clicks:  # only clicks need the network
-            prob = whole.clicked(session.image, clicks, seg.click_channels()) if clicks else \
-                whole.probabilities([session.image], False, seg.tta_scales, 1)[0]
-            masks = seg.to_mask(prob, session.image)
-            session.model_masks = (clicks, np.array(masks if seg.labels.multi else masks[None], dtype=bool))
+            session.model_masks = (clicks, session.case.model_masks(seg, whole, clicks))
         masks = session.model_masks[1].copy()
         for action in session.actions:
             if isinstance(action, Stroke):
-                layer = np.zeros(masks.shape[1:], np.uint8)
+                layer = np.zeros(masks.shape[2:], np.uint8)
                 points = np.asarray([(c, r) for r, c in action.points], np.int32).reshape(-1, 1, 2)  # (x, y)
                 cv2.polylines(layer, [points], False, 1, thickness=2 * action.radius + 1)
                 for (x, y), in points:
                     cv2.circle(layer, (int(x), int(y)), action.radius, 1, thickness=-1)
-                masks[action.structure][layer > 0] = action.paint
+                painted = layer > 0
+                if action.paint and seg.labels.mode == "exclusive":
+                    masks[:, action.slice][:, painted] = False
+                masks[action.structure, action.slice][painted] = action.paint
         session.masks = masks
 
-    def state(self, session: Session) -> dict:
-        """What the page draws: each structure's mask as a PNG (base64), and the actions so far."""
+    def state(self, session: Session, index: int = 0) -> dict:
+        """What the page draws of slice `index`: each structure's mask as a PNG (base64), the clicks on it,
+        and how much of the case each structure covers."""
         import base64
 
         labels = self.segmenter.labels
-        return {"session": session.id, "height": int(session.image.shape[0]),
-                "width": int(session.image.shape[1]), "structures": list(labels.names),
-                "masks": {name: base64.b64encode(encode_png(session.masks[k].astype(np.uint8) * 255,
-                                                            1)).decode()
+        slices, height, width = session.case.shape
+        on_slice = session.masks[:, index]
+        return {"session": session.id, "slices": int(slices), "slice": index, "height": int(height),
+                "width": int(width), "structures": list(labels.names),
+                "masks": {name: base64.b64encode(encode_png(on_slice[k].astype(np.uint8) * 255, 1)).decode()
                           for k, name in enumerate(labels.names)},
-                "clicks": [{"row": c.position[0], "col": c.position[1], "positive": c.positive,
-                            "structure": labels.names[k]} for k, c in session.clicks],
+                "clicks": [{"slice": c.position[0], "row": c.position[1], "col": c.position[2],
+                            "positive": c.positive, "structure": labels.names[k]}
+                           for k, c in session.clicks if c.position[0] == index],
+                "all_clicks": len(session.clicks),
                 "strokes": len(session.actions) - len(session.clicks),
                 "fractions": {name: round(float(session.masks[k].mean()), 5)
                               for k, name in enumerate(labels.names)}}
 
     def save(self, session: Session, folder: Path) -> dict[str, str]:
-        """images/NAME.png and its mask, in the layout `train` reads: masks/NAME_segmentation.png for one
-        structure, masks/STRUCTURE/NAME.png for several; all files or none."""
-        labels = self.segmenter.labels
-        image_path = folder / "images" / f"{session.name}.png"
-        files = {image_path: encode_png(session.image)}
-        if labels.multi:
-            for k, name in enumerate(labels.names):
-                files[folder / "masks" / name / f"{session.name}.png"] = \
-                    encode_png(session.masks[k].astype(np.uint8) * 255)
-        else:
-            files[folder / "masks" / f"{session.name}{MASK_SUFFIX}.png"] = \
-                encode_png(session.masks[0].astype(np.uint8) * 255)
+        """The case and its masks into `folder`, in the layout `train` reads (session_cases); all files or
+        none."""
+        files = session.case.files(folder, session.name, session.masks, self.segmenter.labels)
         write_together(files)
         if session.source is not None:
             self.saved_sources.add(session.source)
@@ -214,14 +220,26 @@ async def _json_body(request) -> dict:
     return body
 
 
+def _slice_index(value, session: Session, where: str) -> int:
+    slices = session.case.shape[0]
+    if value is None:
+        return 0
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < slices:
+        raise HTTPError(400, f"{where} 'slice': a whole number in [0, {slices - 1}]")
+    return value
+
+
 def _action(body: dict, kind: str, sessions: Sessions, session: Session):
-    """The click or stroke a request body describes, checked against the session's image."""
-    h, w = session.image.shape[:2]
+    """The click or stroke a request body describes, checked against the session's case."""
+    _, h, w = session.case.shape
     structure = sessions.structure_index(body.get("structure"))
+    index = _slice_index(body.get("slice"), session, "body")
     if kind == "click":
         if not isinstance(body.get("positive", True), bool):
             raise HTTPError(400, "'positive': true (on what the mask missed) or false (on a false region)")
-        return structure, Click((_number(body, "row", 0, h - 1), _number(body, "col", 0, w - 1)),
+        return structure, Click((index, _number(body, "row", 0, h - 1), _number(body, "col", 0, w - 1)),
                                 body.get("positive", True))
     points = body.get("points")
     if not isinstance(points, list) or not 1 <= len(points) <= 10_000 or \
@@ -232,43 +250,79 @@ def _action(body: dict, kind: str, sessions: Sessions, session: Session):
     erase = body.get("erase", False)
     if not isinstance(erase, bool):
         raise HTTPError(400, "'erase': true (eraser) or false (brush)")
-    return Stroke(structure, checked, _number(body, "radius", 1, 500) if "radius" in body else 8, not erase)
+    return Stroke(structure, checked, _number(body, "radius", 1, 500) if "radius" in body else 8, not erase,
+                  index)
 
 
-async def _recomputed(service, session: Session, change) -> dict:
-    """Apply `change` to the session under its lock, recompute its masks through the service's batcher,
-    and answer its state; the change is undone if the model cannot be run."""
+def batched(service):
+    """The service's segmenter with its network calls through the batcher, as sessions run it."""
+    from .batcher import BatchedSegmenter
+
+    return BatchedSegmenter(service.segmenter, service.batcher, max(1, min(service.cfg.max_batch,
+                                                                           service.cfg.max_queue)),
+                            False, service.segmenter.post, service.cfg.timeout_s)
+
+
+@contextlib.contextmanager
+def model_errors(timeout_s: float):
+    """What running the model can raise, as the answers a client gets: the input's fault (400, 413), a full
+    queue (503 with Retry-After), a timeout (504)."""
     from concurrent.futures import TimeoutError as FutureTimeout
 
+    from ..errors import UserError
+    from ..io.volumes import VolumeTooLarge
+    from .batcher import QueueFull
+
+    try:
+        yield
+    except VolumeTooLarge as exc:
+        raise HTTPError(413, str(exc)) from None
+    except UserError as exc:
+        raise HTTPError(400, str(exc)) from None
+    except QueueFull:
+        raise HTTPError(503, "busy: the model's queue is full; retry shortly", {"Retry-After": "1"}) from None
+    except FutureTimeout:
+        raise HTTPError(504, f"timed out after {timeout_s:g} s waiting for the model") from None
+
+
+async def _recomputed(service, session: Session, change, index: int = 0) -> dict:
+    """Apply `change` to the session under its lock, recompute its masks through the service's batcher,
+    and answer its state on slice `index`; the change is undone if the model cannot be run."""
     from starlette.concurrency import run_in_threadpool
 
-    from ..errors import UserError
-    from ..inference.coverage import WholeImage
-    from .batcher import QueuedNetwork, QueueFull
-
-    whole = WholeImage(QueuedNetwork(service.segmenter.backend, service.batcher, service.cfg.timeout_s),
-                       service.segmenter.transform)
+    whole = batched(service).whole
 
     def run() -> dict:
         with session.lock:
             before = list(session.actions)
             change(session)
             try:
-                service.sessions.recompute(session, whole)
-            except UserError as exc:
+                with model_errors(service.cfg.timeout_s):
+                    service.sessions.recompute(session, whole)
+            except HTTPError:
                 session.actions = before
-                raise HTTPError(400, str(exc)) from None
-            except QueueFull:
-                session.actions = before
-                raise HTTPError(503, "busy: the model's queue is full; retry shortly", {"Retry-After": "1"}) \
-                    from None
-            except FutureTimeout:
-                session.actions = before
-                raise HTTPError(504, f"timed out after {service.cfg.timeout_s:g} s waiting for the model") \
-                    from None
-            return service.sessions.state(session)
+                raise
+            return service.sessions.state(session, index)
 
     return await run_in_threadpool(run)
+
+
+def open_case(service, data: bytes, label: str):
+    """The session case an upload is: a volume for a volume model (a NIfTI or a zip of a DICOM series),
+    else a photo; a volume's model probabilities are computed here, once."""
+    from ..inference.volume_coverage import volume_coverage
+    from ..io.registry import read_volume_bytes
+    from ..io.volumes import Caps
+    from .render import decode_photo
+    from .session_cases import PhotoCase, VolumeCase
+
+    pre = service.segmenter.backend.preprocessing
+    with model_errors(service.cfg.timeout_s):
+        if not pre.covers_volumes:
+            return PhotoCase(decode_photo(data, label, service.cfg.max_pixels)[0])
+        caps = Caps(bytes=int(service.cfg.max_unpacked_mb * 2**20), voxels=service.cfg.max_pixels * 4)
+        volume = read_volume_bytes(data, label, caps)
+        return VolumeCase(volume, volume_coverage(batched(service), volume), pre.intensity.scheme == "ct")
 
 
 def session_routes():
@@ -277,21 +331,18 @@ def session_routes():
     from starlette.routing import Route
 
     from .http import endpoint, read_upload
-    from .render import decode_photo
 
     @endpoint("/v1/sessions", auth=True)
     async def open_session(request, service):
-        if service.segmenter.backend.preprocessing.covers_volumes:
-            raise HTTPError(400, f"the model {service.model_name()} segments volumes; sessions open photos "
-                            "and radiographs (volumes are not built yet)")
+        service.sessions.check_room()
         source = None
         if "case" in request.query_params:  # one of the ranked unlabelled images
             source = await run_in_threadpool(service.sessions.source_of, request.query_params["case"])
             data, label = source.read_bytes(), source.name
         else:
             data, label = await read_upload(request, int(service.cfg.max_body_mb * 2**20))
-        image, _ = await run_in_threadpool(decode_photo, data, label, service.cfg.max_pixels)
-        session = service.sessions.open(image, label, None if source is None else str(source))
+        case = await run_in_threadpool(open_case, service, data, label)
+        session = service.sessions.open(case, label, None if source is None else str(source))
         try:
             state = await _recomputed(service, session, lambda s: None)
         except HTTPError:
@@ -307,10 +358,11 @@ def session_routes():
             sessions.close(key)
             return JSONResponse({"closed": key})
         session = sessions.get(key)
+        index = _slice_index(request.query_params.get("slice"), session, "query parameter")
         if request.method == "GET" and action is None:
-            return JSONResponse(await run_in_threadpool(lambda: sessions.state(session)))
+            return JSONResponse(await run_in_threadpool(lambda: sessions.state(session, index)))
         if request.method == "GET" and action == "image":  # as the server decoded it (TIFF, DICOM too)
-            return Response(await run_in_threadpool(encode_png, session.image, 1), media_type="image/png")
+            return Response(await run_in_threadpool(session.case.slice_png, index), media_type="image/png")
         if request.method != "POST" or action not in ("click", "stroke", "undo", "save"):
             raise HTTPError(404, f"no route {request.method} {request.url.path} (see /docs)")
         if action == "save":
@@ -334,10 +386,11 @@ def session_routes():
                     raise HTTPError(409, "nothing to undo")
                 s.actions.pop()
 
-            return JSONResponse(await _recomputed(service, session, undo))
+            return JSONResponse(await _recomputed(service, session, undo, index))
         body = await _json_body(request)
         step = _action(body, action, sessions, session)
-        return JSONResponse(await _recomputed(service, session, lambda s: s.actions.append(step)))
+        on = step.slice if isinstance(step, Stroke) else step[1].position[0]
+        return JSONResponse(await _recomputed(service, session, lambda s: s.actions.append(step), on))
 
     @endpoint("/v1/next", auth=True)
     async def next_cases(request, service):

@@ -1,11 +1,13 @@
 // The annotation page: open a session on an image (/v1/sessions), then each click, brush or eraser stroke
 // and undo goes to the server, which answers every structure's corrected mask (a PNG at the image's size);
-// the page draws the image, the chosen structure's mask and the clicks. Save writes the image and its mask
+// the page draws the image, the chosen structure's mask and the clicks. A volume (with a volume model) is
+// shown a slice at a time: the slider (or Page Up / Page Down) moves through the model's slices, and each
+// click or stroke lands on the slice shown. Save writes the image and its mask (a volume and its label map)
 // into the server's --annotations folder, where `lesionseg train` reads them. With --unlabelled, the page
 // lists those images the least confident first (/v1/next); one click opens the next.
 "use strict";
 const COLORS = [[230, 40, 40], [40, 160, 230], [60, 200, 80], [230, 180, 30], [180, 80, 220]];
-const state = { session: null, photo: null, masks: {}, result: null, width: 0, height: 0, stroke: null };
+const state = { session: null, photo: null, slices: {}, slice: 0, masks: {}, result: null, stroke: null };
 
 async function call(path, options = {}) {
   const started = performance.now();
@@ -32,15 +34,38 @@ async function decodeMasks(result) {
   return masks;
 }
 
+async function sliceImage(session, index) {
+  // the slice as the server decoded it, so the page shows what the model saw (TIFF, DICOM, NIfTI too)
+  if (!(index in state.slices)) {
+    const resp = await fetch(`/v1/sessions/${session}/image?slice=${index}`, { headers: authHeaders() });
+    state.slices[index] = resp.ok ? await createImageBitmap(await resp.blob()) : null;
+  }
+  return state.slices[index];
+}
+
 async function show(result) {
   if (!result) return;
+  state.photo = await sliceImage(result.session, result.slice);
   state.masks = await decodeMasks(result);
   state.result = result;
   state.session = result.session;
-  $("undo").disabled = result.clicks.length + result.strokes === 0;
+  state.slice = result.slice;
+  $("undo").disabled = result.all_clicks + result.strokes === 0;
   $("save").disabled = false;
-  $("clicks").textContent = String(result.clicks.length);
+  $("clicks").textContent = String(result.all_clicks);
+  $("slice-picker").hidden = result.slices < 2;
+  $("slice").max = String(result.slices - 1);
+  $("slice").value = String(result.slice);
+  $("slice-value").textContent = `${result.slice + 1} / ${result.slices}`;
   render();
+}
+
+async function goToSlice(index) {
+  if (!state.result) return;
+  index = Math.min(Math.max(index, 0), state.result.slices - 1);
+  const resp = await fetch(`/v1/sessions/${state.session}?slice=${index}`, { headers: authHeaders() });
+  if (!resp.ok) { setStatus(await errorText(resp), true); return; }
+  await show(await resp.json());
 }
 
 function structure() {
@@ -88,9 +113,7 @@ function tool() {
 
 async function opened(result, name) {
   if (!result) return;
-  // the image as the server decoded it, so the page shows what the model saw (TIFF and DICOM too)
-  const resp = await fetch(`/v1/sessions/${result.session}/image`, { headers: authHeaders() });
-  state.photo = resp.ok ? await createImageBitmap(await resp.blob()) : null;
+  state.slices = {};
   await show(result);
   setStatus(name + ": click where the mask is wrong");
 }
@@ -127,7 +150,7 @@ async function showNext() {
 async function send(action, body) {
   if (!state.session) return;
   const result = await call(`/v1/sessions/${state.session}/${action}`, {
-    body: JSON.stringify({ ...body, ...(structure() ? { structure: structure() } : {}) }),
+    body: JSON.stringify({ ...body, slice: state.slice, ...(structure() ? { structure: structure() } : {}) }),
     headers: { "Content-Type": "application/json" } });
   if (result) { await show(result); setStatus(`${action} done`); }
 }
@@ -162,10 +185,14 @@ canvas.addEventListener("pointerup", (e) => {
   send("click", { row, col, positive: tool() !== "remove" && !e.shiftKey });
 });
 $("undo").addEventListener("click", () => state.session &&
-  call(`/v1/sessions/${state.session}/undo`).then(show).then(() => setStatus("undone")));
+  call(`/v1/sessions/${state.session}/undo?slice=${state.slice}`).then(show).then(() => setStatus("undone")));
 document.addEventListener("keydown", (e) => {
   if ((e.ctrlKey || e.metaKey) && e.key === "z") { e.preventDefault(); $("undo").click(); }
+  if (e.key === "PageUp" || e.key === "PageDown") {
+    e.preventDefault(); goToSlice(state.slice + (e.key === "PageUp" ? 1 : -1));
+  }
 });
+$("slice").addEventListener("input", () => goToSlice(Number($("slice").value)));
 $("save").addEventListener("click", async () => {
   const saved = await call(`/v1/sessions/${state.session}/save`);
   if (saved) { setStatus("saved " + saved.files.join(", ")); showNext(); }
