@@ -287,3 +287,56 @@ def test_annotating_in_a_real_browser_clicks_brushes_undoes_and_saves(tmp_path):
         assert case.image.shape == (256, 256, 3) and case.truth[row, col]
     finally:
         browser.quit()
+
+
+def test_annotating_a_volume_in_a_real_browser_moves_through_slices_and_saves_a_pair(tmp_path):
+    """/annotate with a slice model of volumes: a NIfTI opens at its first slice, Page Up and the slider move
+    through the slices, a click lands on the slice shown, and save writes the volume and its label map."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from conftest import train_ok
+    from lesionseg.evaluation import load_labelled
+    from test_volumes import TINY as SLICES
+    from test_volumes import make_volume_dataset
+
+    browser = _chrome()
+    try:
+        data = make_volume_dataset(tmp_path / "data", n=6, layout="nnunet")
+        weights = train_ok(data, tmp_path / "run", *SLICES, "trainer.max_epochs=1", "model.prompt=clicks") \
+            / "model.pt"
+        annotated = tmp_path / "annotated"
+        with serving(str(weights), "--annotations", str(annotated)) as url:
+            browser.get(url + "/annotate")
+            wait = WebDriverWait(browser, 60)
+            wait.until(lambda b: b.find_element(By.ID, "model").text.startswith("model: "))
+            browser.find_element(By.ID, "file").send_keys(str(data / "imagesTr" / "vol_000_0000.nii.gz"))
+            wait.until(lambda b: b.find_element(By.ID, "status").text.endswith("mask is wrong"))
+            slices = browser.execute_script("return state.result.slices")
+            assert slices > 2 and browser.find_element(By.ID, "slice-picker").is_displayed()
+            browser.find_element(By.TAG_NAME, "body").send_keys(Keys.PAGE_UP)
+            wait.until(lambda b: b.execute_script("return state.slice") == 1)
+            browser.execute_script("const s = document.getElementById('slice'); s.value = arguments[0];"
+                                   "s.dispatchEvent(new Event('input'));", slices // 2)
+            wait.until(lambda b: b.execute_script("return state.slice") == slices // 2)
+            assert browser.find_element(By.ID, "slice-value").text == f"{slices // 2 + 1} / {slices}"
+            browser.find_element(By.ID, "structure").send_keys("Posterior")
+            canvas = browser.find_element(By.ID, "view")
+            browser.execute_script("arguments[0].scrollIntoView()", canvas)
+            ActionChains(browser).move_to_element(canvas).click().perform()
+            wait.until(lambda b: b.find_element(By.ID, "clicks").text == "1")
+            session = browser.execute_script("return state.session")
+            (click,) = httpx.get(f"{url}/v1/sessions/{session}?slice={slices // 2}").json()["clicks"]
+            assert click["slice"] == slices // 2 and click["structure"] == "Posterior"
+            browser.find_element(By.CSS_SELECTOR, "input[name=tool][value=brush]").click()
+            (ActionChains(browser).move_to_element(canvas).click_and_hold().move_by_offset(10, 0).release()
+             .perform())
+            wait.until(lambda b: httpx.get(f"{url}/v1/sessions/{session}").json()["strokes"] == 1)
+            browser.find_element(By.ID, "save").click()
+            wait.until(lambda b: b.find_element(By.ID, "status").text.startswith("saved "))
+        image, truth = load_labelled(annotated).load(0)
+        assert image.array.shape == truth.shape and image.array.ndim == 3 and (truth == 2).any()
+    finally:
+        browser.quit()
