@@ -15,13 +15,9 @@ from torch import nn
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0,
                    batch: bool = False) -> torch.Tensor:
-    """1 - soft Dice per image, averaged over the batch (`batch`: over the batch as one). Computed in fp32:
-    bf16 sums over 65k pixels lose precision (and fp16 ones overflow)."""
-    prob = torch.sigmoid(logits.float()).flatten(0 if batch else 1)
-    target = target.float().flatten(0 if batch else 1)
-    inter = (prob * target).sum(-1)
-    denom = prob.sum(-1) + target.sum(-1)
-    return (1.0 - (2.0 * inter + smooth) / (denom + smooth)).mean()
+    """1 - soft Dice per image of one channel (N, 1, ...), averaged over the batch (`batch`: over the batch as
+    one). Computed in fp32: bf16 sums over 65k pixels lose precision (and fp16 ones overflow)."""
+    return _dice_per_channel(torch.sigmoid(logits.float()), target.float(), None, smooth, batch)
 
 
 def lovasz_hinge(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
