@@ -268,7 +268,8 @@ def test_a_plain_model_fine_tunes_into_a_promptable_one_starting_exactly_where_i
         torch.testing.assert_close(tuned(clicked), source(x), rtol=1e-5, atol=1e-6)
     image_group, click_group = module.configure_optimizers()["optimizer"].param_groups
     assert click_group["lr"] == image_group["lr"] * module.cfg.optim.click_lr_scale
-    assert [p.shape for p in click_group["params"]] == [(4, 2, 3, 3)]  # base_width 4, 2 click channels
+    # base_width 4, depth 2, 2 click channels: the input convolution's twin, then 1x1 at levels 1 and 2
+    assert [tuple(p.shape) for p in click_group["params"]] == [(4, 2, 3, 3), (8, 2, 1, 1), (16, 2, 1, 1)]
     run = train_ok(data, tmp_path / "tuned", *PHOTO, "trainer.max_epochs=1", "model.prompt=clicks",
                    f"trainer.init_from={plain}")
     assert load_model(run / "model.pt").config.prompt_channels == 2

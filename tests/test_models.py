@@ -10,7 +10,7 @@ import torch
 from lesionseg.config import ModelConfig
 from lesionseg.errors import UserError
 from lesionseg.models import build_model, count_parameters, load_model, save_model
-from lesionseg.models.parts import with_prompted_input_weights
+from lesionseg.models.parts import is_click_weight, with_prompted_input_weights
 
 VARIANTS = {
     "bilinear": ModelConfig(base_width=4, depth=3, upsample="bilinear"),
@@ -367,8 +367,9 @@ def test_a_promptable_network_without_clicks_is_its_image_part(name):
         alone = plain(image)
         for prompted in (image, no_clicks, x):
             torch.testing.assert_close(model(prompted), alone, rtol=1e-5, atol=1e-6)
-        clicks = next(p for n, p in model.named_parameters() if ".clicks." in n)
-        clicks.normal_(0, 0.1)
+        for n, p in model.named_parameters():
+            if is_click_weight(n):
+                p.normal_(0, 0.1)
         torch.testing.assert_close(model(no_clicks), alone, rtol=1e-5, atol=1e-6)
         assert not torch.allclose(model(x), alone)
 
@@ -382,7 +383,7 @@ def test_a_promptable_model_file_with_one_widened_input_convolution_still_loads(
     model = build_model(cfg, pretrained=False).eval()
     with torch.no_grad():
         for n, p in model.named_parameters():
-            if ".clicks." in n:
+            if is_click_weight(n):
                 p.normal_(0, 0.1)
     widened = dict(model.state_dict())
     base = next(k for k in widened if k.endswith(".image.weight"))[:-len(".image.weight")]

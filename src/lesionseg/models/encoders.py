@@ -77,15 +77,19 @@ class EfficientNetLiteEncoder(nn.Module):
         last = level[-1]
         return last._bn2.num_features if hasattr(last, "_bn2") else last.num_features
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, add_clicks=None) -> list[torch.Tensor]:
+        """`add_clicks(i, features)`: each coarser level's features with the clicks added (ClickLevels),
+        before the next level reads them."""
         features = [x[:, :3] if self.extra_channels else x]  # the full-resolution skip is the RGB image
         index = 0  # block index, for the linearly growing drop-connect (stochastic depth) rate
-        for level in self.levels:
+        for i, level in enumerate(self.levels):
             for layer in level:
                 if hasattr(layer, "_block_args"):
                     x = layer(x, drop_connect_rate=self.drop_connect_rate * index / self.num_blocks)
                     index += 1
                 else:
                     x = layer(x)
+            if add_clicks is not None:
+                x = add_clicks(i, x)
             features.append(x)
         return features

@@ -89,10 +89,37 @@ class PromptedInput(nn.Module):
         return self.image(x[:, :c]) + self.clicks(x[:, c:])
 
 
+class ClickLevels(nn.Module):
+    """The click channels added to the encoder's features at each coarser level: max-pooled to the level's
+    grid (`strides`: each level's total stride), through a 1×1 convolution whose weights start at 0. A
+    coarse level sees a click as part of a whole region, so the network learns to follow clicks in a short
+    fine-tune; through the input convolution alone its gradients are local and mostly noise."""
+
+    def __init__(self, click_channels: int, channels: list[int], strides: list[tuple[int, ...]]):
+        super().__init__()
+        conv = nn.Conv2d if len(strides[0]) == 2 else nn.Conv3d
+        self.strides = [tuple(s) for s in strides]
+        self.levels = nn.ModuleList(conv(click_channels, c, 1, bias=False) for c in channels)
+        for level in self.levels:
+            nn.init.zeros_(level.weight)
+
+    def forward(self, index: int, features: torch.Tensor, clicks: torch.Tensor) -> torch.Tensor:
+        """`features` of level `index` (0 = the first coarser level) with `clicks` (full resolution) added."""
+        stride = self.strides[index]
+        pool = F.max_pool2d if len(stride) == 2 else F.max_pool3d
+        return features + self.levels[index](pool(clicks, stride, stride))
+
+
+def is_click_weight(name: str) -> bool:
+    """Whether a parameter reads the clicks (PromptedInput's twin, ClickLevels): they train at their own
+    learning rate."""
+    return "clicks" in name.split(".")
+
+
 def with_prompted_input_weights(state: dict, target: dict) -> dict:
     """`state` fitted to `target` (both state dicts) where `target` has a PromptedInput and `state` one
     convolution in its place: a plain model's (its click weights become 0) or one that read image and
-    clicks through one widened weight (split)."""
+    clicks through one widened weight (split); click weights `state` lacks start at 0."""
     suffix = ".image.weight"
     for key in [k for k in target if k.endswith(suffix)]:
         base = key[:-len(suffix)]
@@ -105,4 +132,7 @@ def with_prompted_input_weights(state: dict, target: dict) -> dict:
         state[base + ".clicks.weight"] = weight[:, c:] if weight.shape[1] > c else zeros
         if base + ".bias" in state:
             state[base + ".image.bias"] = state.pop(base + ".bias")
+    for key in target:  # click weights the source lacks (a plain model, an older promptable one) start at 0
+        if is_click_weight(key) and key not in state:
+            state[key] = target[key].new_zeros(target[key].shape)
     return state

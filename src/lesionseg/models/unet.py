@@ -12,7 +12,7 @@ from torch import nn
 from ..errors import UserError
 from .attention import CBAM
 from .encoders import EfficientNetLiteEncoder
-from .parts import DoubleConv, Down, PromptedInput, Up, tracing, with_prompt_room
+from .parts import ClickLevels, DoubleConv, Down, PromptedInput, Up, tracing, with_prompt_room
 
 
 class UNet(nn.Module):
@@ -40,7 +40,7 @@ class UNet(nn.Module):
         if not full_resolution_decoder and (encoder == "plain" or depth < 2):
             raise UserError("full_resolution_decoder=False needs an EfficientNet encoder and depth ≥ 2")
         self.depth = depth
-        self.input_channels = in_channels + prompt_channels
+        self.image_channels, self.input_channels = in_channels, in_channels + prompt_channels
         self.top = 0 if full_resolution_decoder else 1  # the finest decoder level
         widths = [base_width * 2**i for i in range(depth + 1)]  # decoder width per level
         if encoder == "plain":
@@ -54,6 +54,9 @@ class UNet(nn.Module):
                 raise UserError(f"model.encoder={encoder} is pretrained on RGB: model.in_channels must be 3")
             self.encoder = EfficientNetLiteEncoder(encoder, depth, pretrained, prompt_channels)
             skip_channels = self.encoder.channels
+        self.clicks = ClickLevels(prompt_channels, skip_channels[1:], [(2**i, 2**i)
+                                                                             for i in range(1, depth + 1)]) \
+            if prompt_channels else None
         below = [skip_channels[depth]] + widths[depth - 1:0:-1]  # what comes up into each Up, coarse first
         self.ups = nn.ModuleList(
             Up(below[j], skip_channels[i], widths[i], mode=upsample)
@@ -77,12 +80,15 @@ class UNet(nn.Module):
         ph, pw = (-h) % m, (-w) % m
         if ph or pw or tracing():
             x = F.pad(x, [0, pw, 0, ph], mode="replicate")
+        click_maps = x[:, self.image_channels:] if self.clicks is not None else None
+        add_clicks = (lambda i, f: self.clicks(i, f, click_maps)) if click_maps is not None else None
         if hasattr(self, "encoder"):
-            skips = self.encoder(x)
+            skips = self.encoder(x, add_clicks)
         else:
             skips = [self.inc(x)]
-            for down in self.downs:
-                skips.append(down(skips[-1]))
+            for i, down in enumerate(self.downs):
+                y = down(skips[-1])
+                skips.append(y if add_clicks is None else add_clicks(i, y))
         y = skips.pop()
         skips = skips[self.top:]
         stages = []

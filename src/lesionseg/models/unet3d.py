@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .parts import PromptedInput, tracing, with_prompt_room
+from .parts import ClickLevels, PromptedInput, tracing, with_prompt_room
 
 MAX_WIDTH = 320  # nnU-Net's cap on 3-D feature maps
 
@@ -42,8 +42,13 @@ class UNet3D(nn.Module):
         self.encoder = nn.ModuleList(
             nn.Sequential(ConvNormAct(c_in, w, k, s), ConvNormAct(w, w, k))
             for c_in, w, k, s in zip([in_channels, *widths], widths, kernels, strides))
+        self.image_channels = in_channels
+        self.clicks = None
         if prompt_channels:
             self.encoder[0][0][0] = PromptedInput(self.encoder[0][0][0], prompt_channels)
+            total = [tuple(math.prod(s[a] for s in strides[:i + 1]) for a in range(3))
+                     for i in range(1, len(strides))]
+            self.clicks = ClickLevels(prompt_channels, widths[1:], total)
         levels = list(reversed(range(len(widths) - 1)))  # decoder levels, coarse to fine
         self.ups = nn.ModuleList(nn.ConvTranspose3d(widths[i + 1], widths[i], strides[i + 1], strides[i + 1])
                                  for i in levels)
@@ -62,9 +67,12 @@ class UNet3D(nn.Module):
             pad[2] += self.multiple[2]  # instance norm needs more than one voxel at the bottom
         if any(pad) or tracing():
             x = F.pad(x, [0, pad[2], 0, pad[1], 0, pad[0]], mode="replicate")
+        click_maps = x[:, self.image_channels:] if self.clicks is not None else None
         skips = []
-        for stage in self.encoder:
+        for i, stage in enumerate(self.encoder):
             x = stage(x)
+            if click_maps is not None and i > 0:
+                x = self.clicks(i - 1, x, click_maps)
             skips.append(x)
         y = skips.pop()
         stages = []

@@ -15,7 +15,7 @@ from ..labels import IGNORED, Labels
 from ..losses import DeepSupervisionLoss, loss_for
 from ..metrics import batch_jaccard_dice
 from ..models import build_model
-from ..models.parts import channels_last
+from ..models.parts import channels_last, is_click_weight
 from .schedule import TimeCosine
 from .simulated_clicks import SimulatedClicks
 
@@ -331,8 +331,8 @@ class SegmentationModule(L.LightningModule):
     def configure_optimizers(self):
         o = self.cfg.optim
         named = list(self.model.named_parameters())
-        groups = [{"params": [p for n, p in named if ".clicks." not in n], "lr": o.lr},
-                  {"params": [p for n, p in named if ".clicks." in n], "lr": o.lr * o.click_lr_scale}]
+        groups = [{"params": [p for n, p in named if not is_click_weight(n)], "lr": o.lr},
+                  {"params": [p for n, p in named if is_click_weight(n)], "lr": o.lr * o.click_lr_scale}]
         opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=o.lr, weight_decay=o.weight_decay)
         if o.schedule == "cosine_time":
             sched = TimeCosine(opt, self.elapsed_s, self.cfg.trainer.max_minutes * 60, o.warmup_steps,
