@@ -355,6 +355,7 @@ def test_evaluate_clicks_on_volumes_refines_the_clicked_slice(tmp_path):
     from lesionseg.evaluation import load_labelled
     from lesionseg.inference import Segmenter
     from lesionseg.inference.volume_coverage import volume_coverage
+    from test_sessions import echoing_volumes
     from test_volumes import TINY as SLICES
     from test_volumes import make_volume_dataset
 
@@ -377,14 +378,7 @@ def test_evaluate_clicks_on_volumes_refines_the_clicked_slice(tmp_path):
     changed = [s for s in range(alone.shape[1]) if not np.array_equal(alone[:, s], clicked[:, s])]
     assert len(changed) <= 1
 
-    def echo(self, batch):  # structure 1 exactly on its positive click disks, background elsewhere
-        out = np.zeros((batch.shape[0], 3, *batch.shape[2:]), np.float32)
-        out[:, 1:] = -20.0
-        if batch.shape[1] > 3:
-            out[:, 1] = 40.0 * batch[:, 3] - 20.0
-        return out
-
-    seg.backend.__class__ = type("Echo", (type(seg.backend),), {"__call__": echo})
+    seg = echoing_volumes(run / "model.pt")  # structure 1 exactly on its positive click disks
     coverage = volume_coverage(seg, volume)
     labels = coverage.labels_of(coverage.clicked(coverage.probabilities(), [(0, Click(on_stack, True))]),
                                 seg.post)
