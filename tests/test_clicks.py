@@ -387,3 +387,46 @@ def test_evaluate_clicks_on_volumes_refines_the_clicked_slice(tmp_path):
     spread = np.abs(marked - np.asarray(position)).max(axis=0)
     assert (spread == 0).sum() == 1  # all on the clicked slice: one plane through the click
     assert np.abs(marked - np.asarray(position)).max() <= 6
+
+
+def test_the_onnx_export_of_a_promptable_model_takes_clicks_as_torch_does(tmp_path):
+    """The graph reads the image's channels, then the click channels (the metadata says how many); fed the
+    image alone it appends zero click channels. Its probabilities with and without clicks match torch's; the
+    INT8 export is calibrated with clicks, so clicks move its answer as they move torch's."""
+    import torch
+
+    from conftest import make_dataset
+    from lesionseg.clicks import Click, click_maps
+    from lesionseg.config import ModelConfig
+    from lesionseg.export import export_int8, export_onnx
+    from lesionseg.inference import Segmenter
+    from lesionseg.models import build_model, save_model
+    from lesionseg.models.parts import is_click_weight
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(base_width=4, depth=2, prompt="clicks", prompt_channels=2)
+    network = build_model(cfg)
+    with torch.no_grad():
+        for name, p in network.named_parameters():
+            if is_click_weight(name):
+                p.normal_(0, 1.0)
+    weights = tmp_path / "clicks.pt"
+    save_model(weights, network, cfg, image_size=32, card={"note": "test model"})
+    image = np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    clicks = [(0, Click((20, 25), True)), (0, Click((5, 5), False))]
+    onnx_path = export_onnx(weights, tmp_path / "clicks.onnx")
+    torch_seg, onnx_seg = Segmenter.load(weights), Segmenter.load(onnx_path)
+    assert onnx_seg.click_channels() == torch_seg.click_channels() == 2
+    for placed in ([], clicks):
+        np.testing.assert_allclose(onnx_seg.predict(image, placed), torch_seg.predict(image, placed),
+                                   atol=1e-4)
+    calibration = make_dataset(tmp_path / "cal", n=6) / "images"
+    export_int8(weights, tmp_path / "int8.onnx", calibration, n_images=6)
+    int8 = Segmenter.load(tmp_path / "int8.onnx")
+    assert int8.click_channels() == 2
+    x = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    clicked = np.concatenate([x, click_maps((32, 32), [c for _, c in clicks], 2.0)[None]], axis=1)
+    by_torch = torch_seg.backend(clicked) - torch_seg.backend(x)  # what the clicks do to the logits
+    by_int8 = int8.backend(clicked) - int8.backend(x)
+    assert np.corrcoef(by_torch.ravel(), by_int8.ravel())[0, 1] > 0.8
+    assert np.abs(by_int8).max() > 0.5 * np.abs(by_torch).max() > 0

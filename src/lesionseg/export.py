@@ -9,6 +9,8 @@ import logging
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 from .errors import UserError
 from .io import atomic_path
 from .model_file import ModelFile
@@ -35,7 +37,8 @@ def export_onnx(weights: str | Path | None, out: str | Path, opset: int = ONNX_O
     size = loaded.file.preprocessing.input_size
     if size is None or len(size) != len(spatial):
         size = (VOLUME_EXAMPLE_SIDE,) * len(spatial)
-    example = torch.randn(2, loaded.config.in_channels, *size)
+    # a promptable model's graph reads its click channels after the image's (zeros: no click)
+    example = torch.randn(2, loaded.config.in_channels + loaded.config.prompt_channels, *size)
     dims = {0: torch.export.Dim("batch", min=1, max=1024),
             **{i + 2: torch.export.Dim(name, min=1, max=16384) for i, name in enumerate(spatial)}}
     out = Path(out)
@@ -93,15 +96,23 @@ def export_int8(weights: str | Path | None, out: str | Path, calibration: str | 
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export_onnx(weights, Path(tmp) / "fp32.onnx", opset)
         meta = {p.key: p.value for p in onnx.load(str(fp32)).metadata_props}
-        transform = ModelFile.from_onnx_metadata(meta).preprocessing.transform()
+        onnx_file = ModelFile.from_onnx_metadata(meta)
+        transform = onnx_file.preprocessing.transform()
 
         class Images(CalibrationDataReader):
             def __init__(self):
                 self.files = iter(files)
+                self.rng = np.random.default_rng(0)
 
             def get_next(self):
                 f = next(self.files, None)
-                return None if f is None else {"image": transform.batch([read_image(f)])}
+                if f is None:
+                    return None
+                batch = transform.batch([read_image(f)])
+                if onnx_file.click_channels:  # calibrated with clicks, or their range would quantize to 0
+                    clicks = calibration_clicks(batch.shape[2:], onnx_file.click_channels, self.rng)
+                    batch = np.concatenate([batch, clicks], axis=1)
+                return {"image": batch}
 
         prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
         settings = {**INT8_SETTINGS, "calibration_images": len(files), "calibration_folder": str(folder),
@@ -118,6 +129,19 @@ def export_int8(weights: str | Path | None, out: str | Path, calibration: str | 
         with atomic_path(out) as target:
             onnx.save_model(proto, str(target), save_as_external_data=False)
     return settings
+
+
+def calibration_clicks(shape: tuple[int, ...], channels: int, rng: np.random.Generator) -> np.ndarray:
+    """(1, channels, *shape) click channels for calibrating a promptable model: one positive and one negative
+    click at random places on a random structure's pair."""
+    from .clicks import Click, click_maps, click_radius
+
+    out = np.zeros((1, channels, *shape), np.float32)
+    k = int(rng.integers(channels // 2))
+    at = [tuple(int(rng.integers(n)) for n in shape) for _ in range(2)]
+    placed = [Click(at[0], True), Click(at[1], False)]
+    out[0, 2 * k:2 * k + 2] = click_maps(shape, placed, click_radius(shape))
+    return out
 
 
 def cached_onnx(weights: str | Path | None) -> Path:

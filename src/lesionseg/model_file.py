@@ -167,6 +167,14 @@ class ModelFile:
     path: Path | None = None
     labels: Labels = dataclasses.field(default_factory=Labels.binary)
     members: int = 1  # > 1: an ensemble (models/ensemble.py) of that many networks of `architecture`
+    onnx_click_channels: int = 0  # an ONNX file's click inputs (a torch file's architecture says it)
+
+    @property
+    def click_channels(self) -> int:
+        """The network's click input channels (model.prompt clicks), 0 when it takes none."""
+        if self.architecture is None:
+            return self.onnx_click_channels
+        return self.architecture.prompt_channels
 
     @property
     def format_version(self) -> int:
@@ -269,6 +277,8 @@ class ModelFile:
                 "producer": "lesionseg", "color_constancy": p.color_constancy}
         if self.labels.multi:
             meta["labels"] = json.dumps(self.labels.to_dict())
+        if self.click_channels:  # the graph's input holds the image's channels, then these
+            meta["click_channels"] = str(self.click_channels)
         for key, value in p.to_dict().items():
             if key in ("intensity", "slicing", "patching"):
                 meta[key] = json.dumps(value)
@@ -284,7 +294,8 @@ class ModelFile:
                 values[key] = json.loads(meta[key])
         labels = Labels.from_dict(json.loads(meta["labels"])) if "labels" in meta else Labels.binary()
         card = json.loads(meta.get("card", "{}"))
-        return cls(None, Preprocessing.from_dict(values), card, None, path, labels)
+        return cls(None, Preprocessing.from_dict(values), card, None, path, labels,
+                   onnx_click_channels=int(meta.get("click_channels", 0)))
 
 
 class FileView:

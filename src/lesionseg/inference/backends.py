@@ -67,8 +67,14 @@ class OnnxBackend(Backend):
             raise UserError(f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0][:200]})") from None
         self.file = ModelFile.from_onnx_metadata(self.session.get_modelmeta().custom_metadata_map, path)
         self.input_name = self.session.get_inputs()[0].name
+        channels = self.session.get_inputs()[0].shape[1]
+        self.input_channels = channels if isinstance(channels, int) else None
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        missing = (self.input_channels or 0) - batch.shape[1]
+        if missing > 0:  # a promptable graph fed the image alone: no click = zero click channels
+            zeros = np.zeros((batch.shape[0], missing, *batch.shape[2:]), np.float32)
+            batch = np.concatenate([batch, zeros], axis=1)
         return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, np.float32)})[0]
 
 

@@ -105,11 +105,9 @@ class Segmenter:
 
     def click_channels(self) -> int:
         """The click channels the network reads; refuses a model that takes none."""
-        architecture = self.backend.file.architecture
-        channels = architecture.prompt_channels if architecture is not None else 0
+        channels = self.backend.file.click_channels
         if not channels:
-            raise UserError(f"{self.weights_path.name} takes no clicks: train it with model.prompt=clicks "
-                            "(an ONNX file is exported without its click inputs)")
+            raise UserError(f"{self.weights_path.name} takes no clicks: train it with model.prompt=clicks")
         return channels
 
     def to_mask(self, prob: np.ndarray, image: np.ndarray | None = None,
