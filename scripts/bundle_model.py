@@ -38,6 +38,17 @@ LICENCE = ("Weights for research use only: trained on ISIC Archive images releas
 
 
 TTA_SUFFIX = "_val_with_model_default_tta"
+CLICKS_KEY = "val_clicks"
+MAX_CLICKS = 5
+
+
+def clicks_figures(segmenter, labelled) -> dict:
+    """A promptable model's interactive protocol on the validation set (`evaluate --clicks 5`), else {}."""
+    from lesionseg.evaluation import evaluate_clicks
+
+    if not segmenter.backend.file.click_channels:
+        return {}
+    return {CLICKS_KEY: evaluate_clicks(segmenter, labelled, MAX_CLICKS)}
 
 
 def rounded(metrics: dict) -> dict:
@@ -91,7 +102,8 @@ def main() -> None:
         stored = Segmenter(TorchBackend(fp16_path if use_fp16 else source))
         val = load_labelled(args.data / "val")
         figures = {"carved_split": fp16 if use_fp16 else full,
-                   f"{args.data.name}_val": evaluate(stored, val).metrics}
+                   f"{args.data.name}_val": evaluate(stored, val).metrics,
+                   **clicks_figures(stored, val)}
         inference = {}
         if args.tta_scales:
             inference, with_tta = choose_tta(stored, carved, figures["carved_split"]["mean_jaccard"],
@@ -122,6 +134,7 @@ def main() -> None:
         **({"inference": inference} if inference else {}),
         "figures": {
             **{k: rounded(v) for k, v in figures.items() if k.startswith(f"{args.data.name}_val")},
+            **({CLICKS_KEY: figures[CLICKS_KEY]} if CLICKS_KEY in figures else {}),
             "carved_split_of_train": rounded(figures["carved_split"]),
             "fp32_carved_split_mean_jaccard": round(full["mean_jaccard"], 4),
             "evaluated_with": "lesionseg evaluate (threshold 0.5, no TTA, no post-processing); carved "
@@ -176,6 +189,8 @@ def bundle_with_fixed_split(args) -> None:
         use_fp16 = abs(fp16["mean_dice"] - full["mean_dice"]) < 5e-4
         stored = Segmenter(TorchBackend(fp16_path if use_fp16 else source))
         figures = {f"{args.data.name}_val": score(stored, listing)}
+        val = load_labelled(args.data, ids=listing, model_labels=stored.labels)
+        figures.update(clicks_figures(stored, val))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     card = {
@@ -187,6 +202,7 @@ def bundle_with_fixed_split(args) -> None:
         "weights_storage": "fp16" if use_fp16 else "fp32",
         "figures": {
             f"{args.data.name}_val": rounded(figures[f"{args.data.name}_val"]),
+            **({CLICKS_KEY: figures[CLICKS_KEY]} if CLICKS_KEY in figures else {}),
             "training_ids_mean_dice": {"fp32": round(full["mean_dice"], 4),
                                        "fp16": round(fp16["mean_dice"], 4)},
             "evaluated_with": f"lesionseg evaluate --ids {listing} (threshold 0.5, no TTA, no "
@@ -330,6 +346,12 @@ def write_model_cards() -> None:
                 lines.append(f"- {label}: mean Jaccard {fig['mean_jaccard']:.4f}, thresholded Jaccard "
                              f"{fig['thresholded_jaccard']:.4f}, Dice {fig['mean_dice']:.4f}, sensitivity "
                              f"{fig['sensitivity']:.4f}, specificity {fig['specificity']:.4f}")
+        clicks = figures.get(CLICKS_KEY)
+        if clicks:
+            lines.append(f"- val, interactive (`evaluate --clicks {clicks['max_clicks']}`: each click at the "
+                         "deepest error), Dice after 0, 1, ... clicks; NoC@85 / NoC@90:")
+            lines += [f"  - {n}: {', '.join(f'{d:.4f}' for d in v['dice_after_clicks'])}; {v['noc85']:.2f} / "
+                      f"{v['noc90']:.2f}" for n, v in clicks["per_structure"].items()]
         if "figures" in card:
             lines.append(f"- evaluated with: {card['figures'].get('evaluated_with', '')} "
                          f"(commit {card['figures'].get('commit', '?')})")

@@ -248,7 +248,7 @@ def test_bundled_names_resolve_unless_a_file_of_that_name_exists(tmp_path, monke
     assert resolve_weights("some/model.pt") == tmp_path.joinpath("some/model.pt").relative_to(tmp_path)
 
 
-@pytest.mark.parametrize("name", ["default", "cpu", "polyp", "chest", "hippocampus", "heart"])
+@pytest.mark.parametrize("name", ["default", "cpu", "polyp", "chest", "hippocampus", "heart", "polyp_clicks"])
 def test_every_bundled_model_is_made_by_its_config(name):
     """A bundled model, its config and its command share a name; the config builds the very model shipped."""
     from lesionseg.config import load_config
@@ -261,7 +261,10 @@ def test_every_bundled_model_is_made_by_its_config(name):
     assert f"--config configs/{recipe}.yaml" in loaded.card["command"]
     cfg = load_config(root / loaded.card["config"])
     stage = cfg.model.full_resolution_stage
-    shipped = dataclasses.replace(cfg.model, full_resolution_stage="none" if stage == "train_only" else stage)
+    # click channels follow the data's structures: 2 per structure
+    clicks = 2 * len(loaded.labels.structures) if cfg.model.prompt == "clicks" else 0
+    shipped = dataclasses.replace(cfg.model, full_resolution_stage="none" if stage == "train_only" else stage,
+                                  prompt_channels=clicks)
     assert shipped == loaded.config
     pre = loaded.file.preprocessing
     if pre.covers_volumes:  # slices at their own size; the config's image_size is the training patch
