@@ -67,7 +67,7 @@ def main() -> None:
     ap.add_argument("--label",
                     help="what the model segments, shown by predict, reports and the service (lesion, polyp)")
     ap.add_argument("--data", type=Path, default=ISIC, help="a dataset root with train/ and val/")
-    ap.add_argument("--licence", default=LICENCE)
+    ap.add_argument("--licence", help="the weights' licence (bundling: the ISIC one unless given)")
     ap.add_argument(
         "--tta-scales",
         type=float,
@@ -79,7 +79,8 @@ def main() -> None:
         fields = {
             k: v
             for k, v in (("recipe", args.recipe), ("training", args.training),
-                         ("provenance", args.provenance), ("name", args.name), ("label", args.label))
+                         ("provenance", args.provenance), ("name", args.name), ("label", args.label),
+                         ("licence", args.licence))
             if v
         }
         if args.tta_scales:
@@ -129,7 +130,7 @@ def main() -> None:
         "training": args.training,
         **({"label": args.label} if args.label else {}),
         **reproduction(args.bundle_as, args.data),
-        "licence": args.licence,
+        "licence": args.licence or LICENCE,
         "weights_storage": "fp16" if use_fp16 else "fp32",
         **({"inference": inference} if inference else {}),
         "figures": {
@@ -198,7 +199,7 @@ def bundle_with_fixed_split(args) -> None:
            if k not in ("figures", "weights_storage", "recipe", "training")},
         "recipe_config": recipe, "name": args.name, "data": source.card.get("training_data"),
         "recipe": args.recipe, "training": args.training, **({"label": args.label} if args.label else {}),
-        **reproduction(args.bundle_as, args.data), "licence": args.licence,
+        **reproduction(args.bundle_as, args.data), "licence": args.licence or LICENCE,
         "weights_storage": "fp16" if use_fp16 else "fp32",
         "figures": {
             f"{args.data.name}_val": rounded(figures[f"{args.data.name}_val"]),
