@@ -68,13 +68,11 @@ def user_clicks(client, state: dict, truth: np.ndarray, clicks: int, on: dict) -
     return seconds, dice
 
 
-def slices_to_click(weights: str, labelled, i: int) -> list[tuple[dict, np.ndarray]]:
+def slices_to_click(seg, labelled, i: int) -> list[tuple[dict, np.ndarray]]:
     """Per structure a volume holds: (the slice showing most of it and the structure's name, its truth on
-    that slice), in the model's slice order."""
-    from lesionseg.inference import Segmenter
+    that slice), in the model's slice order (`seg`: the model's Segmenter)."""
     from lesionseg.inference.volume_coverage import volume_coverage
 
-    seg = Segmenter.load(weights)
     volume, truth = labelled.load(i)
     coverage = volume_coverage(seg, volume)
     stacked = np.moveaxis(coverage.canonical.forward(truth), coverage.axis, 0)
@@ -99,13 +97,17 @@ def main() -> None:
     args = ap.parse_args()
     labelled = load_labelled(args.data, args.mask_threshold, args.ids)
     volumes = labelled.pairs[0].image_path.name.endswith((".nii", ".nii.gz"))
+    if volumes:
+        from lesionseg.inference import Segmenter
+
+        local = Segmenter.load(args.weights)  # to find each volume's slices in the model's order
     server = Server(args.weights, 1, [])
     opening, per_click, curves = [], [], []
     try:
         with httpx.Client(base_url=server.url, timeout=120) as client:
             for i in range(min(args.cases, len(labelled.pairs))):
                 path = labelled.pairs[i].image_path
-                targets = slices_to_click(args.weights, labelled, i) if volumes else \
+                targets = slices_to_click(local, labelled, i) if volumes else \
                     [({}, labelled.load(i)[1].astype(bool))]
                 t = time.perf_counter()
                 answer = client.post("/v1/sessions", files={"file": (path.name, path.read_bytes())})

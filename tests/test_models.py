@@ -171,7 +171,8 @@ def test_truncated_model_file_refused(tmp_path):
 
 def test_onnx_export_matches_torch(variant, tmp_path):
     """Every variant exports to one ONNX file with dynamic batch and spatial sizes that ONNX Runtime runs
-    like torch (a promptable one as it segments without clicks)."""
+    like torch (a promptable one reads its click channels after the image's, and runs like torch with
+    clicks)."""
     import numpy as np
     import onnxruntime as ort
 
@@ -184,8 +185,10 @@ def test_onnx_export_matches_torch(variant, tmp_path):
     onnx_path = export_onnx(weights, tmp_path / "m.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.pt"]  # no external .data file
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    for shape in [(1, cfg.in_channels, *sized(cfg, 32, 32)), (3, cfg.in_channels, *sized(cfg, 45, 29))]:
+    channels = cfg.in_channels + cfg.prompt_channels
+    for shape in [(1, channels, *sized(cfg, 32, 32)), (3, channels, *sized(cfg, 45, 29))]:
         x = torch.randn(*shape)
+        x[:, cfg.in_channels:] = (x[:, cfg.in_channels:] > 1.5).float()  # a few click pixels
         with torch.no_grad():
             expected = model(x).numpy()
         got = session.run(None, {"image": x.numpy()})[0]
