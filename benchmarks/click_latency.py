@@ -75,7 +75,7 @@ def slices_to_click(seg, labelled, i: int) -> list[tuple[dict, np.ndarray]]:
 
     volume, truth = labelled.load(i)
     coverage = volume_coverage(seg, volume)
-    stacked = np.moveaxis(coverage.canonical.forward(truth), coverage.axis, 0)
+    stacked = coverage.to_stack(truth)
     out = []
     for structure in seg.labels.structures:
         held = stacked == structure.value

@@ -288,3 +288,6 @@ def test_a_volume_session_shows_slices_clicks_on_one_and_saves_a_pair_train_read
     assert len(marked) and (truth == 2).sum() == 0
     assert {coverage.stack_position(v)[0] for v in marked} == {s}  # all on the clicked slice
     assert coverage.stack_position(tuple(marked[len(marked) // 2]))[0] == s
+    stacked = coverage.to_stack(truth)  # slice order and back: the same voxels
+    np.testing.assert_array_equal(coverage.to_source(stacked), truth)
+    assert stacked.shape == coverage.stack_shape and (stacked[s] == 1).sum() == len(marked)

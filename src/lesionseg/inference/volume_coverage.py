@@ -121,6 +121,10 @@ class VolumeCoverage:
         """An array in slice order back on the volume's own grid."""
         return self.canonical.inverse(np.moveaxis(stacked, 0, self.axis))
 
+    def to_stack(self, array: np.ndarray) -> np.ndarray:
+        """An array on the volume's own grid (a truth label map) in slice order: `to_source` undone."""
+        return np.moveaxis(self.canonical.forward(array), self.axis, 0)
+
     def stack_position(self, voxel) -> tuple[int, int, int]:
         """Where voxel `voxel` of the volume's own array lands in slice order: (slice, row, col)."""
         where = self.canonical.forward_index(voxel, self.source_shape)

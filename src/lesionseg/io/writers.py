@@ -41,7 +41,7 @@ def write_mask(path: str | Path, mask: np.ndarray) -> None:
 
 
 def label_map(masks: np.ndarray, labels) -> np.ndarray:
-    """Exclusive structures' bool (C, H, W) masks → uint8 index map of their declared values (0 elsewhere)."""
+    """Exclusive structures' bool (C, ...) masks (2-D or 3-D) → uint8 index map of their declared values."""
     index = np.zeros(masks.shape[1:], np.uint8)
     for mask, structure in zip(masks, labels.structures):
         index[mask] = structure.value

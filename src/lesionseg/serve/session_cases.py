@@ -83,16 +83,13 @@ class VolumeCase:
         """images/NAME.nii.gz (the volume as read) and labels/NAME.nii.gz (the label map on its grid), with
         the dataset.json that declares the structures when the folder has none; one that declares others is
         refused."""
-        from ..io.volumes import gzip_bytes, nifti_image, nifti_label_image
+        from ..io.volumes import gzip_bytes, nifti_bytes, nifti_image
+        from ..io.writers import label_map
 
-        stacked = np.zeros(masks.shape[1:], np.uint8)
-        for k, structure in enumerate(labels.structures):
-            stacked[masks[k]] = structure.value
-        label_map = self.coverage.to_source(stacked)
+        labels_on_grid = self.coverage.to_source(label_map(masks, labels))
         files = {folder / "images" / f"{name}.nii.gz": gzip_bytes(nifti_image(self.volume.array,
                                                                                  self.volume).to_bytes()),
-                 folder / "labels" / f"{name}.nii.gz": gzip_bytes(nifti_label_image(label_map,
-                                                                                    self.volume).to_bytes())}
+                 folder / "labels" / f"{name}.nii.gz": nifti_bytes(labels_on_grid, self.volume)}
         declared = {"background": 0, **{s.name: s.value for s in labels.structures}}
         existing = read_dataset_json(folder)
         if existing is None:
