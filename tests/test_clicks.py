@@ -354,7 +354,8 @@ def test_evaluate_clicks_on_volumes_refines_the_clicked_slice(tmp_path):
     from lesionseg.clicks import Click
     from lesionseg.evaluation import load_labelled
     from lesionseg.inference import Segmenter
-    from lesionseg.inference.volume_coverage import volume_coverage
+    from lesionseg.inference.volume_coverage import segment_volume, volume_coverage
+    from lesionseg.metrics import overlap_scores
     from test_sessions import echoing_volumes
     from test_volumes import TINY as SLICES
     from test_volumes import make_volume_dataset
@@ -368,8 +369,25 @@ def test_evaluate_clicks_on_volumes_refines_the_clicked_slice(tmp_path):
     assert sorted(metrics["clicks"]["per_structure"]) == sorted(metrics["per_class"])
     assert all(len(v["dice_after_clicks"]) == 3 for v in metrics["clicks"]["per_structure"].values())
 
+    # slice by slice: each slice holding the structure is a case; with no click, its Dice in that plane
     seg = Segmenter.load(run / "model.pt")
-    volume, truth = load_labelled(data, model_labels=seg.labels).load(0)
+    labelled = load_labelled(data, model_labels=seg.labels)
+    alone_dice: dict[int, list[float]] = {1: [], 2: []}
+    for i in range(len(labelled.pairs)):
+        volume, truth = labelled.load(i)
+        coverage = volume_coverage(seg, volume)
+        predicted = coverage.to_stack(segment_volume(seg, volume))
+        for value in (1, 2):
+            held = coverage.to_stack(truth == value)
+            alone_dice[value] += [overlap_scores(predicted[s] == value, held[s])["dice"]
+                                  for s in np.flatnonzero(held.any(axis=(1, 2)))]
+    for value, name in ((1, seg.labels.structures[0].name), (2, seg.labels.structures[1].name)):
+        per_slice = metrics["clicks"]["per_slice"][name]
+        assert per_slice["n"] == len(alone_dice[value]) and len(per_slice["dice_after_clicks"]) == 3
+        assert per_slice["dice_after_clicks"][0] == pytest.approx(np.mean(alone_dice[value]), abs=1e-4)
+    assert "per slice" in result.output
+
+    volume, truth = labelled.load(0)
     coverage = volume_coverage(seg, volume)
     alone = coverage.probabilities()
     position = tuple(int(v) for v in np.argwhere(truth == 1)[len(np.argwhere(truth == 1)) // 2])

@@ -183,14 +183,16 @@ def evaluate_clicks(segmenter: Segmenter, labelled: LabelledSet, max_clicks: int
     then up to `max_clicks` clicks, each at the deepest error of the mask so far (in mm on a volume, in 3-D),
     the mask thresholded and cleaned as `predict` does. Per structure: the mean Dice after 0..max_clicks
     clicks and NoC@85 / NoC@90 (mean clicks to reach that Dice; `max_clicks` for a case that never does).
-    Volumes: a 2-D model's clicks refine the slice they are on."""
-    from .clicks import Click, click_curve, clicks_to_reach
+    Volumes: a 2-D model's clicks refine the slice they are on, so volumes are also scored slice by slice
+    (`per_slice`: each slice that holds the structure a case, its clicks on it, Dice in its plane)."""
+    from .clicks import Click, click_curve
     from .inference.volume_coverage import SliceCoverage, volume_coverage
 
     labels = segmenter.labels
     volumes = segmenter.backend.preprocessing.covers_volumes
     order = truth_order(segmenter, labelled) if labels.multi and not volumes else None
     curves: dict[str, list[list[float]]] = {name: [] for name in labels.names}
+    slice_curves: dict[str, list[list[float]]] = {name: [] for name in labels.names}
     for i in range(len(labelled.pairs)):
         image, truth = labelled.load(i)
         if volumes:
@@ -201,12 +203,14 @@ def evaluate_clicks(segmenter: Segmenter, labelled: LabelledSet, max_clicks: int
             alone = coverage.probabilities()
         for k, structure in enumerate(labels.structures):
             if volumes:
-                held, valid = truth == structure.value, None
+                held = truth == structure.value
 
                 def mask_after(placed, k=k, value=structure.value):
                     probs = coverage.clicked(alone, [(k, Click(coverage.stack_position(c.position),
                                                                c.positive)) for c in placed])
                     return coverage.labels_of(probs, segmenter.post) == value
+                slice_curves[structure.name] += _slice_curves(coverage, alone, coverage.to_stack(held), k,
+                                                              structure.value, segmenter.post, max_clicks)
             else:
                 held = truth[..., order[k]] == 1 if labels.multi else truth.astype(bool)
                 valid = truth[..., order[k]] != IGNORED if labels.multi else None
@@ -218,18 +222,44 @@ def evaluate_clicks(segmenter: Segmenter, labelled: LabelledSet, max_clicks: int
             if held.any():  # nothing to reach otherwise: the protocol scores cases that hold the structure
                 curves[structure.name].append(click_curve(mask_after, held, max_clicks,
                                                           image.spacing if volumes else None))
-    out = {}
-    for name, cases in curves.items():
-        if not cases:
-            continue
-        out[name] = {"n": len(cases),
-                     "dice_after_clicks": [round(float(v), 4) for v in np.mean(cases, axis=0)],
-                     **{f"noc{round(t * 100)}": round(float(np.mean([clicks_to_reach(c, t, max_clicks)
-                                                                     for c in cases])), 3)
-                        for t in NOC_DICE}}
-    return {"max_clicks": max_clicks, "protocol": "each click at the deepest error of the mask so far "
-            "(RITM's), positive on missed truth, negative on a false region; NoC counts the model alone as 0 "
-            "clicks and a case never reaching the Dice as max_clicks", "per_structure": out}
+    out = {"max_clicks": max_clicks, "protocol": "each click at the deepest error of the mask so far "
+           "(RITM's), positive on missed truth, negative on a false region; NoC counts the model alone as 0 "
+           "clicks and a case never reaching the Dice as max_clicks", "per_structure": _click_table(curves,
+                                                                                              max_clicks)}
+    if volumes:
+        out["per_slice"] = _click_table(slice_curves, max_clicks)
+    return out
+
+
+def _slice_curves(coverage, alone: np.ndarray, held: np.ndarray, k: int, value: int, post,
+                  max_clicks: int) -> list:
+    """The protocol slice by slice on one volume: each slice of `held` (bool, in slice order) that holds
+    structure `k` (label `value`) is a case, clicked on alone, scored in its plane (in mm) on the volume's
+    cleaned labels."""
+    from .clicks import Click, click_curve
+
+    plain = coverage.stack_labels(alone, post) == value
+    in_plane = tuple(coverage.spacing[a] for a in range(3) if a != coverage.axis)
+    curves = []
+    for s in np.flatnonzero(held.any(axis=(1, 2))):
+        def mask_after(placed, s=s):
+            if not placed:
+                return plain[s]
+            probs = coverage.clicked(alone, [(k, Click((s, *c.position), c.positive)) for c in placed])
+            return coverage.stack_labels(probs, post)[s] == value
+        curves.append(click_curve(mask_after, held[s], max_clicks, in_plane))
+    return curves
+
+
+def _click_table(curves: dict[str, list[list[float]]], max_clicks: int) -> dict:
+    from .clicks import clicks_to_reach
+
+    return {name: {"n": len(cases),
+                   "dice_after_clicks": [round(float(v), 4) for v in np.mean(cases, axis=0)],
+                   **{f"noc{round(t * 100)}": round(float(np.mean([clicks_to_reach(c, t, max_clicks)
+                                                                   for c in cases])), 3)
+                      for t in NOC_DICE}}
+            for name, cases in curves.items() if cases}
 
 
 def evaluate_volumes(segmenter, labelled: LabelledSet, tolerance: float = 2.0) -> EvaluationResult:

@@ -131,13 +131,18 @@ def _print_clicks(clicks: dict) -> None:
     from rich.table import Table
 
     n = clicks["max_clicks"]
-    table = Table(title=f"simulated clicks, up to {n} per case: Dice after k clicks (0: the model alone)")
-    for column in ("structure", "cases", *(f"k={k}" for k in range(n + 1)), "NoC@85", "NoC@90"):
-        table.add_column(column, justify="left" if column == "structure" else "right")
-    for name, v in clicks["per_structure"].items():
-        table.add_row(name, str(v["n"]), *(f"{d:.4f}" for d in v["dice_after_clicks"]), f"{v['noc85']:.2f}",
-                      f"{v['noc90']:.2f}")
-    Console().print(table)
+    tables = [("case", clicks["per_structure"])]
+    if "per_slice" in clicks:  # a slice model's volumes, also scored slice by slice
+        tables = [("volume", clicks["per_structure"]), ("slice", clicks["per_slice"])]
+    for case, per_structure in tables:
+        table = Table(title=f"simulated clicks, up to {n} per {case}: Dice after k clicks "
+                            "(0: the model alone)")
+        for column in ("structure", f"{case}s", *(f"k={k}" for k in range(n + 1)), "NoC@85", "NoC@90"):
+            table.add_column(column, justify="left" if column == "structure" else "right")
+        for name, v in per_structure.items():
+            table.add_row(name, str(v["n"]), *(f"{d:.4f}" for d in v["dice_after_clicks"]),
+                          f"{v['noc85']:.2f}", f"{v['noc90']:.2f}")
+        Console().print(table)
 
 
 def _print_structures(metrics: dict) -> None:
