@@ -5,6 +5,7 @@ model's queue with its time budget. Routes are in routes.py, response bodies in 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -287,9 +288,7 @@ async def run_model(service: Service, image: np.ndarray, tta: bool, started: flo
     try:
         future = service.batcher.submit(image, tta)
     except QueueFull:
-        raise HTTPError(503,
-                        f"busy: {service.cfg.max_queue} images already wait for the model; retry shortly",
-                        {"Retry-After": "1"}) from None
+        raise busy(service.cfg) from None
     remaining = service.cfg.timeout_s - (time.perf_counter() - started)
     try:
         return await asyncio.wait_for(asyncio.wrap_future(future), timeout=max(remaining, 0.001))
@@ -298,3 +297,29 @@ async def run_model(service: Service, image: np.ndarray, tta: bool, started: flo
         raise HTTPError(504, f"timed out after {service.cfg.timeout_s:g} s waiting for the model") from None
 
 
+
+
+def busy(cfg: ServeConfig) -> HTTPError:
+    """The answer when the model's queue is full: come back shortly."""
+    return HTTPError(503, f"busy: {cfg.max_queue} images already wait for the model; retry shortly",
+                     {"Retry-After": "1"})
+
+
+@contextlib.contextmanager
+def model_errors(cfg: ServeConfig):
+    """What running the model from a worker thread can raise, as the answers a client gets: the input's fault
+    (400; 413 for a volume over the caps), a full queue (503 with Retry-After), a timeout (504)."""
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    from ..io.volumes import VolumeTooLarge
+
+    try:
+        yield
+    except VolumeTooLarge as exc:
+        raise HTTPError(413, str(exc)) from None
+    except UserError as exc:
+        raise HTTPError(400, str(exc)) from None
+    except QueueFull:
+        raise busy(cfg) from None
+    except FutureTimeout:
+        raise HTTPError(504, f"timed out after {cfg.timeout_s:g} s waiting for the model") from None

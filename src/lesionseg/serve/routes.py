@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import time
-from concurrent.futures import TimeoutError as FutureTimeout
 from importlib import resources
 
 import numpy as np
@@ -19,7 +18,7 @@ from ..errors import UserError
 from ..io.dicom_series import ZIP_MAGIC
 from ..io.reader import has_dicm_marker
 from ..io.volumes import GZIP_MAGIC
-from .batcher import BatchedSegmenter, QueueFull
+from .batcher import BatchedSegmenter
 from .http import (
     HTTPError,
     Service,
@@ -27,6 +26,7 @@ from .http import (
     error_response,
     give_memory_back,
     header_value,
+    model_errors,
     parse_options,
     read_upload,
     run_model,
@@ -142,7 +142,7 @@ async def _volume(request: Request, service: Service, data: bytes, label: str, s
     from ..inference.volume_coverage import segment_volume
     from ..io.dicom import series_seg_bytes
     from ..io.registry import read_volume_bytes
-    from ..io.volumes import Caps, VolumeTooLarge, nifti_bytes
+    from ..io.volumes import Caps, nifti_bytes
     from ..measurement import structure_volumes
 
     opts = parse_options(request, service.segmenter.options, VOLUME_FORMATS)
@@ -155,7 +155,7 @@ async def _volume(request: Request, service: Service, data: bytes, label: str, s
         raise HTTPError(400, f"query parameter 'structure': {exc}") from None
 
     def run() -> Response:
-        try:
+        with model_errors(service.cfg):
             caps = Caps(bytes=int(service.cfg.max_unpacked_mb * 2**20), voxels=service.cfg.max_pixels * 4)
             volume = read_volume_bytes(data, label, caps)
             fmt = wanted or ("seg" if volume.datasets is not None else "nifti")
@@ -184,16 +184,6 @@ async def _volume(request: Request, service: Service, data: bytes, label: str, s
                 # the SEG is only the default answer: the label map instead, and why, as predict says it
                 fmt, body = "nifti", nifti_bytes(labels, volume)
                 headers["X-Lesionseg-Note"] = header_value(f"{exc}; the NIfTI label map instead")
-        except VolumeTooLarge as exc:
-            raise HTTPError(413, str(exc)) from None
-        except UserError as exc:
-            raise HTTPError(400, str(exc)) from None
-        except QueueFull:  # the model's queue is full: come back, as for an image
-            raise HTTPError(503, f"busy: {service.cfg.max_queue} images already wait for the model; retry "
-                            "shortly", {"Retry-After": "1"}) from None
-        except FutureTimeout:
-            raise HTTPError(504, f"timed out after {service.cfg.timeout_s:g} s waiting for the model") \
-                from None
         media = "application/dicom" if fmt == "seg" else "application/gzip"
         return Response(body, media_type=media, headers=headers)
 

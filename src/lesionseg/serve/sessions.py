@@ -11,7 +11,6 @@ id and its own lock, so two sessions never see or wait for each other's state.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import secrets
 import threading
@@ -25,7 +24,7 @@ import numpy as np
 from ..clicks import Click
 from ..io import encode_png
 from ..io.atomic import write_together
-from .http import HTTPError
+from .http import HTTPError, model_errors
 
 
 @dataclass(frozen=True)
@@ -263,28 +262,6 @@ def batched(service):
                             False, service.segmenter.post, service.cfg.timeout_s)
 
 
-@contextlib.contextmanager
-def model_errors(timeout_s: float):
-    """What running the model can raise, as the answers a client gets: the input's fault (400, 413), a full
-    queue (503 with Retry-After), a timeout (504)."""
-    from concurrent.futures import TimeoutError as FutureTimeout
-
-    from ..errors import UserError
-    from ..io.volumes import VolumeTooLarge
-    from .batcher import QueueFull
-
-    try:
-        yield
-    except VolumeTooLarge as exc:
-        raise HTTPError(413, str(exc)) from None
-    except UserError as exc:
-        raise HTTPError(400, str(exc)) from None
-    except QueueFull:
-        raise HTTPError(503, "busy: the model's queue is full; retry shortly", {"Retry-After": "1"}) from None
-    except FutureTimeout:
-        raise HTTPError(504, f"timed out after {timeout_s:g} s waiting for the model") from None
-
-
 async def _recomputed(service, session: Session, change, index: int = 0) -> dict:
     """Apply `change` to the session under its lock, recompute its masks through the service's batcher,
     and answer its state on slice `index`; the change is undone if the model cannot be run."""
@@ -297,7 +274,7 @@ async def _recomputed(service, session: Session, change, index: int = 0) -> dict
             before = list(session.actions)
             change(session)
             try:
-                with model_errors(service.cfg.timeout_s):
+                with model_errors(service.cfg):
                     service.sessions.recompute(session, whole)
             except HTTPError:
                 session.actions = before
@@ -317,7 +294,7 @@ def open_case(service, data: bytes, label: str):
     from .session_cases import PhotoCase, VolumeCase
 
     pre = service.segmenter.backend.preprocessing
-    with model_errors(service.cfg.timeout_s):
+    with model_errors(service.cfg):
         if not pre.covers_volumes:
             return PhotoCase(decode_photo(data, label, service.cfg.max_pixels)[0])
         caps = Caps(bytes=int(service.cfg.max_unpacked_mb * 2**20), voxels=service.cfg.max_pixels * 4)
