@@ -342,7 +342,7 @@ def test_a_voxel_lands_where_the_canonical_order_puts_it():
             assert canonical.forward(one)[canonical.forward_index(position, shape)]
 
 
-def test_evaluate_clicks_on_volumes_refines_the_clicked_slice(tmp_path):
+def test_evaluate_clicks_on_volumes_refines_the_clicked_slice(tmp_path, monkeypatch):
     """A slice model of volumes: the protocol in 3-D and in mm, each click refining the slice it is on
     (every other slice keeps the model's probabilities), a Dice curve per structure."""
     import json
@@ -354,6 +354,7 @@ def test_evaluate_clicks_on_volumes_refines_the_clicked_slice(tmp_path):
     from lesionseg.clicks import Click
     from lesionseg.evaluation import load_labelled
     from lesionseg.inference import Segmenter
+    from lesionseg.inference import volume_coverage as volume_coverage_module
     from lesionseg.inference.volume_coverage import segment_volume, volume_coverage
     from lesionseg.metrics import overlap_scores
     from test_sessions import echoing_volumes
@@ -405,6 +406,13 @@ def test_evaluate_clicks_on_volumes_refines_the_clicked_slice(tmp_path):
     spread = np.abs(marked - np.asarray(position)).max(axis=0)
     assert (spread == 0).sum() == 1  # all on the clicked slice: one plane through the click
     assert np.abs(marked - np.asarray(position)).max() <= 6
+
+    # with a reach of one slice's thickness, the click conditions the slices either side too
+    monkeypatch.setattr(volume_coverage_module, "CLICK_REACH_MM", float(coverage.spacing[coverage.axis]))
+    stacked = coverage.stack_labels(coverage.clicked(coverage.probabilities(), [(0, Click(on_stack, True))]),
+                                    seg.post)
+    assert sorted(np.flatnonzero((stacked == 1).any(axis=(1, 2)))) == \
+        [s for s in (on_stack[0] - 1, on_stack[0], on_stack[0] + 1) if 0 <= s < stacked.shape[0]]
 
 
 def test_the_onnx_export_of_a_promptable_model_takes_clicks_as_torch_does(tmp_path):

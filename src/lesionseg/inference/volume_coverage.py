@@ -39,6 +39,8 @@ BATCH_VOXELS = 2 * 40 * 56 * 40
 # Blended logits over this many bytes in float32 are held in float16 instead (a 512×512×300 CT at 3 classes:
 # 0.9 GB → 0.5 GB); below it they stay float32, as MONAI's sliding window keeps them.
 HALF_ABOVE_BYTES = 256 * 2**20
+# A click on a slice also conditions the slices within this distance of it (mm along the slice axis).
+CLICK_REACH_MM = 0.0
 
 
 def _resize_probabilities(prob: np.ndarray, rows: int, cols: int) -> np.ndarray:
@@ -162,19 +164,22 @@ class SliceCoverage(VolumeCoverage):
 
 
     def clicked(self, probabilities: np.ndarray, clicks) -> np.ndarray:
-        """`probabilities` (as `probabilities()` gives them) with each slice that holds a click predicted
-        again with that slice's clicks: `clicks` are (structure index, clicks.Click at (slice, row, col) in
-        slice order, `stack_position`). A click refines its own slice (the network's click channels belong to
-        the middle slice of its context)."""
+        """`probabilities` (as `probabilities()` gives them) with each slice a click reaches predicted again
+        with the clicks that reach it: `clicks` are (structure index, clicks.Click at (slice, row, col) in
+        slice order, `stack_position`). The network's click channels belong to the middle slice of its
+        context, so a click conditions its own slice, and the slices within CLICK_REACH_MM of it along the
+        slice axis at the same in-plane point (a structure moves little between thin slices)."""
         from ..clicks import Click
 
-        rows, cols = self.stack_shape[1:]
+        n, rows, cols = self.stack_shape
+        reach = int(CLICK_REACH_MM / max(float(self.spacing[self.axis]), 1e-6))
         by_slice: dict[int, list] = {}
         for k, click in clicks:
             s, r, c = click.position
             on_plane = (min(int((r + 0.5) * self.size[0] / rows), self.size[0] - 1),
                         min(int((c + 0.5) * self.size[1] / cols), self.size[1] - 1))
-            by_slice.setdefault(s, []).append((k, Click(on_plane, click.positive)))
+            for t in range(max(0, s - reach), min(n, s + reach + 1)):
+                by_slice.setdefault(t, []).append((k, Click(on_plane, click.positive)))
         out = probabilities.copy()
         for s, on_slice in by_slice.items():
             (image,) = self.slicing.images(self.normalised, self.axis, self.size, [s])
