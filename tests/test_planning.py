@@ -66,22 +66,77 @@ def test_photo_plan_takes_the_largest_size_the_budget_allows():
     assert plan_photos(fp, 60, probe, devices=2).config.data.image_size == 384
 
 
+HIPPOCAMPUS = {  # its fingerprint, in short
+    "spacing_mm": [{"median": 1.0}] * 3,
+    "shape": [{"median": 36.0}, {"median": 50.0}, {"median": 35.0}],
+    "plane_extent_mm": [{"max": 59.0, "median": 50.0}, {"max": 47.0, "median": 36.0}],
+    "label_mode": "exclusive",
+    "structures": {"Anterior": 0.027, "Posterior": 0.025},
+}
+
+
+def cpu_probe(patch, out_channels):  # 3-D patches/s as measured on the 2-core machine
+    return 1.6
+
+
+def test_volume_plan_is_3d_where_the_budget_trains_enough_patches():
+    """3-D where the data are near-isotropic and the budget trains MIN_3D_PATCHES patches at the probed
+    speed; else 2.5-D slices, the reason naming the count; thick slices are never probed."""
+    from lesionseg.planning import MIN_3D_PATCHES
+
+    probed = []
+
+    def gpu_probe(patch, out_channels):
+        probed.append((patch, out_channels))
+        return 100.0
+
+    plan = plan_volumes(HIPPOCAMPUS, 60, gpu_probe)
+    assert probed == [((40, 56, 40), 3)]  # the median case, in multiples of 8; background and two classes
+    cfg = plan.config
+    assert cfg.model.arch == "unet3d" and cfg.model.deep_supervision and cfg.data.batch_size == 2
+    assert cfg.data.patch_size is None and cfg.trainer.max_minutes == 60
+    assert plan.probe["patches_per_s"] == 100
+    assert "360,000 3-D patches of 40x56x40" in plan.reasons["network"]
+    slices = plan_volumes(HIPPOCAMPUS, 60, cpu_probe)  # 1.6/s x 3600 s = 5,760 patches
+    assert slices.config.model.arch == "unet" and slices.config.data.slice_context == 3
+    assert "5,760 3-D patches" in slices.reasons["network"]
+    assert f"3-D from {MIN_3D_PATCHES:,}" in slices.reasons["network"]
+    thick = {**HIPPOCAMPUS, "spacing_mm": [{"median": 1.5}, {"median": 1.5}, {"median": 8.0}]}
+    plan = plan_volumes(thick, 600, gpu_probe)
+    assert plan.config.model.arch == "unet" and len(probed) == 1 and "5.3x thicker" in plan.reasons["network"]
+
+
+def test_plan_command_on_volumes_probes_3d_speed_and_decides_by_it(tmp_path, monkeypatch):
+    import test_volumes
+    from lesionseg.planning import MIN_3D_PATCHES
+
+    monkeypatch.setattr(test_volumes, "SPACING", (1.0, 1.0, 1.0))  # near-isotropic: a 3-D candidate
+    monkeypatch.setattr(test_volumes.affine_for, "__defaults__", ((1.0, 1.0, 1.0), (-10.0, 5.0, 3.0)))
+    data = test_volumes.make_volume_dataset(tmp_path / "d", n=4, layout="nnunet")
+    out = tmp_path / "plan"
+    result = runner.invoke(app, ["plan", "--data", str(data), "--out", str(out), "--minutes", "2"])
+    assert result.exit_code == 0, result.output
+    rate = json.loads((out / "fingerprint.json").read_text())["probe"]["patches_per_s"]
+    cfg = load_config(out / "plan.yaml")
+    assert rate > 0 and (cfg.model.arch == "unet3d") == (rate * 120 >= MIN_3D_PATCHES)
+    assert "# network: " in (out / "plan.yaml").read_text()
+
+
 def test_volume_plan_zooms_small_crops():
-    fp = {
-        "spacing_mm": [{"median": 1.0}] * 3,
-        "plane_extent_mm": [{"max": 59.0, "median": 50.0}, {"max": 47.0, "median": 36.0}],
-    }
-    plan = plan_volumes(fp, 60)
+    fp = HIPPOCAMPUS
+    plan = plan_volumes(fp, 60, cpu_probe)
     # the bundled hippocampus recipe: 0.5 mm, 96² patches of the median 100-pixel slice, batch 32
     assert plan.config.data.slice_spacing_mm == 0.5 and plan.config.data.image_size == 96
     assert plan.config.data.batch_size == 32
     ct = {
+        **HIPPOCAMPUS,
         "spacing_mm": [{"median": 0.7}, {"median": 0.7}, {"median": 2.5}],
+        "shape": [{"median": 512.0}, {"median": 512.0}, {"median": 120.0}],
         "plane_extent_mm": [{"max": 358.0, "median": 340.0}, {"max": 358.0, "median": 340.0}],
     }
-    assert plan_volumes(ct, 60).config.data.slice_spacing_mm == 0.7
-    assert plan_volumes(ct, 60).config.data.image_size == 480  # 340 mm / 0.7 mm = 486 px
-    assert plan_volumes(ct, 60).config.loss.batch_dice  # nnU-Net's 2d: Dice over the batch of slices
+    assert plan_volumes(ct, 60, cpu_probe).config.data.slice_spacing_mm == 0.7
+    assert plan_volumes(ct, 60, cpu_probe).config.data.image_size == 480  # 340 mm / 0.7 mm = 486 px
+    assert plan_volumes(ct, 60, cpu_probe).config.loss.batch_dice  # nnU-Net's 2d: Dice over the batch
 
 
 def test_plan_command_writes_a_config_train_reads(tmp_path):
@@ -90,7 +145,7 @@ def test_plan_command_writes_a_config_train_reads(tmp_path):
     result = runner.invoke(app, ["plan", "--data", str(data), "--out", str(out), "--minutes", "5"])
     assert result.exit_code == 0, result.output
     fp = json.loads((out / "fingerprint.json").read_text())
-    assert fp["n_cases"] == 6 and fp["probe_img_per_s"]["128"] > 0
+    assert fp["n_cases"] == 6 and fp["probe"]["128"] > 0
     cfg = load_config(out / "plan.yaml")
     assert cfg.data.image_size == 128 and cfg.trainer.max_minutes == 5
     assert "image_size" in (out / "plan.yaml").read_text().split("model:")[0]  # the reasons, as comments

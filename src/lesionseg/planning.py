@@ -5,8 +5,8 @@ The fingerprint reads every case once: count, sizes (and spacings for volumes), 
 intensity statistics of the foreground, the structures and their shares, empty masks, aspect ratios. The
 plan is an ordinary config (`lesionseg train --config plan.yaml`). Its rules are deterministic: the same
 fingerprint and the same measured speed give the same plan. The one measurement is a probe of training
-img/s on this machine (a few steps per candidate input size), which picks the largest input size that
-still completes a full schedule in the budget.
+speed on this machine: for photos, img/s per candidate input size (the largest that completes a full
+schedule in the budget); for volumes, 3-D patches/s (3-D only where the budget trains enough patches).
 """
 
 from __future__ import annotations
@@ -34,6 +34,20 @@ SAMPLE_PER_CASE = 2000  # foreground intensities drawn per case for the statisti
 SIDE_WORDS = ("left", "right")  # structures named by side: no flips
 # the network of every bundled model (and of the probe): the best accuracy per CPU minute measured here
 DESIGN = {"encoder": "efficientnet-lite0", "base_width": 8, "depth": 5, "deep_supervision": True}
+# A 3-D plan (configs/unet3d_hippocampus_cpu.yaml's recipe: nnU-Net's 3d_fullres at half its widths; patch,
+# spacing, kernels and pooling fitted to the training volumes when the run starts).
+THREE_D = {"model": {"arch": "unet3d", "base_width": 16, "deep_supervision": True},
+           "data": {"batch_size": 2, "patches_per_epoch": 250, "foreground_oversample": 0.33},
+           "augment": {"elastic": 0.0},
+           "optim": {"lr": 2e-3, "weight_decay": 3e-5, "eta_min": 1e-6, "schedule": "cosine_time",
+                     "warmup_steps": 200, "ema_decay": 0.995, "ema_warmup": True}}
+# 3-D is planned when the budget trains at least this many patches on this machine. Measured: at 5,750
+# (60 min on 2 CPU cores) the 3-D U-Net still trailed the 2.5-D model on hippocampus (mean Dice 0.853 vs
+# 0.866, docs/planning.md); nnU-Net's 3d_fullres trains on 500,000 (1,000 epochs of 250 batches of 2).
+MIN_3D_PATCHES = 50_000
+# and when the slices are at most this many times thicker than the in-plane spacing (thicker slices, as in
+# cardiac cine MRI, have too little context across them for 3-D kernels)
+MAX_3D_ANISOTROPY = 3.0
 
 
 def _stats(values: np.ndarray) -> dict[str, float]:
@@ -181,17 +195,35 @@ def probe_img_per_s(size: int, channels: int, out_channels: int, batch: int, ste
     """Training img/s of the plan's network at `size`² on one of this machine's training devices (forward,
     backward, AdamW step; bf16 autocast on a GPU, as precision auto trains there), from the fastest of a few
     steps: a busy moment on a shared machine must not shrink the plan."""
+    from .config import ModelConfig
+
+    cfg = ModelConfig(**DESIGN, in_channels=channels, out_channels=out_channels)
+    return batch * _steps_per_s(cfg, (batch, channels, size, size), steps)
+
+
+def probe_patches_per_s(patch: tuple, out_channels: int, batch: int = 2, steps: int = 3) -> float:
+    """Training patches/s of a 3-D plan's network (THREE_D) at `patch` voxels, as `probe_img_per_s`."""
+    from .config import ModelConfig
+    from .models.unet3d import pooling_plan
+
+    kernels, strides = pooling_plan((1.0, 1.0, 1.0), patch)
+    cfg = ModelConfig(**THREE_D["model"], in_channels=1, out_channels=out_channels, kernels=kernels,
+                      strides=strides)
+    return batch * _steps_per_s(cfg, (batch, 1, *patch), steps)
+
+
+def _steps_per_s(cfg, shape: tuple[int, ...], steps: int) -> float:
+    """Training steps/s of `cfg`'s network on random inputs of `shape`: the fastest step after a warm-up."""
     import torch
 
-    from .config import ModelConfig
     from .models.build import build_model
 
     torch.manual_seed(0)
     device = training_device()
-    cfg = ModelConfig(**DESIGN, in_channels=channels, out_channels=out_channels)
-    model = build_model(cfg, pretrained=False).train().to(device, memory_format=torch.channels_last)
+    layout = torch.channels_last if len(shape) == 4 else torch.contiguous_format
+    model = build_model(cfg, pretrained=False).train().to(device, memory_format=layout)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(batch, channels, size, size, device=device).to(memory_format=torch.channels_last)
+    x = torch.randn(*shape, device=device).to(memory_format=layout)
     fastest = float("inf")
     for step in range(steps + 1):
         start = time.perf_counter()
@@ -206,7 +238,7 @@ def probe_img_per_s(size: int, channels: int, out_channels: int, batch: int, ste
             torch.cuda.synchronize()
         if step:  # the first step allocates and warms the kernels
             fastest = min(fastest, time.perf_counter() - start)
-    return batch / fastest
+    return 1.0 / fastest
 
 
 @dataclasses.dataclass
@@ -287,7 +319,32 @@ def plan_photos(fp: dict, minutes: float, probe=probe_img_per_s, devices: int = 
     return Plan(load_config(None, values), reasons, measured)
 
 
-def plan_volumes(fp: dict, minutes: float) -> Plan:
+def plan_volumes(fp: dict, minutes: float, probe=probe_patches_per_s) -> Plan:
+    """3-D patches where the data are near-isotropic and the budget trains MIN_3D_PATCHES of them on this
+    machine (`probe`: patches/s of the 3-D network); else 2.5-D slices, and the reason says why."""
+    spacings = [s["median"] for s in fp["spacing_mm"][:3]]
+    anisotropy = max(spacings) / min(spacings)
+    if anisotropy > MAX_3D_ANISOTROPY:
+        why = f"slices {anisotropy:.1f}x thicker than their pixels (3-D above {MAX_3D_ANISOTROPY:g}x)"
+        return _plan_slices(fp, minutes, why, {})
+    from .data.patch_sampler import capped_patch
+
+    patch = capped_patch([s["median"] for s in fp["shape"][:3]])
+    structures = len(fp["structures"]) + (fp["label_mode"] != "binary")
+    rate = probe(patch, structures)
+    patches = rate * minutes * 60
+    measured = {"patches_per_s": round(rate, 3)}
+    why = (f"{patches:,.0f} 3-D patches of {'x'.join(map(str, patch))} fit in {minutes:g} min on this "
+           f"machine ({rate:.3g}/s measured); 3-D from {MIN_3D_PATCHES:,}")
+    if patches < MIN_3D_PATCHES:
+        return _plan_slices(fp, minutes, why, measured)
+    values = {**THREE_D, "trainer": {"precision": _precision()[0], "max_minutes": minutes, "max_epochs": 1000,
+                                     "patience": 1000}}
+    reasons = {"network": f"3-D U-Net on patches of the median case (fitted when training starts): {why}"}
+    return Plan(load_config(None, values), reasons, measured)
+
+
+def _plan_slices(fp: dict, minutes: float, not_3d: str, measured: dict) -> Plan:
     spacing = min(s["median"] for s in fp["spacing_mm"][:3])
     extent = max(e["max"] for e in fp["plane_extent_mm"])
     typical = max(e["median"] for e in fp["plane_extent_mm"])
@@ -327,6 +384,7 @@ def plan_volumes(fp: dict, minutes: float) -> Plan:
                     "patience": 1000},
     }
     reasons = {
+        "network": f"2.5-D U-Net on slices (3 as channels), not 3-D: {not_3d}",
         "slice_spacing_mm": f"the finest median spacing {spacing:g} mm"
         + (", halved: slices under 96 px across" if slice_spacing < spacing else ""),
         "image_size": f"the median in-plane extent ({typical:g} mm) at {slice_spacing:g} mm, to the "
@@ -334,9 +392,7 @@ def plan_volumes(fp: dict, minutes: float) -> Plan:
         "augment": "no flips or turns: anatomy has sides",
         "batch_dice": "Dice over the batch, as nnU-Net's 2d: most slices hold none of a volume's structures",
     }
-    return Plan(load_config(None, values), reasons, {})
-
-
+    return Plan(load_config(None, values), reasons, measured)
 
 
 def with_split(plan: Plan, folder: Path) -> Plan:
@@ -383,7 +439,7 @@ def make_plan(data: str | Path, out: str | Path, minutes: float = 60.0,
     except OSError as exc:
         raise UserError(f"{out}: cannot create output folder ({exc.strerror})") from None
     fp = {**fp, "data": str(data), "budget_minutes": minutes, "devices": devices,
-          "device": training_device(), "probe_img_per_s": plan.probe}
+          "device": training_device(), "probe": plan.probe}
     write_text(out / "fingerprint.json", json.dumps(fp, indent=2) + "\n")
     header = "".join(f"# {key}: {why}\n" for key, why in plan.reasons.items())
     write_text(

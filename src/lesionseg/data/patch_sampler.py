@@ -47,11 +47,16 @@ def fit_patching(cases: list, cfg: DataConfig) -> Patching:
         return Patching(tuple(cfg.patch_size), spacing)
     shapes = [grid_shape(Canonical(c.image.affine).forward(c.image.array).shape, s, spacing)
               for c, s in zip(cases, spacings)]
-    patch = [max(8, math.ceil(n / 8) * 8) for n in np.median(np.asarray(shapes), 0)]
+    return Patching(capped_patch(np.median(np.asarray(shapes), 0)), spacing)
+
+
+def capped_patch(shape) -> tuple[int, ...]:
+    """A patch covering `shape` (voxels), in multiples of 8, shrunk along its largest axes to
+    MAX_PATCH_VOXELS."""
+    patch = [max(8, math.ceil(n / 8) * 8) for n in shape]
     while math.prod(patch) > MAX_PATCH_VOXELS:
-        largest = int(np.argmax(patch))
-        patch[largest] -= 8
-    return Patching(tuple(patch), spacing)
+        patch[int(np.argmax(patch))] -= 8
+    return tuple(patch)
 
 
 def patch_cases(cases: list, intensity: Intensity, patching: Patching, seed: int = 0) -> list[PatchCase]:
