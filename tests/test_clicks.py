@@ -456,3 +456,52 @@ def test_the_onnx_export_of_a_promptable_model_takes_clicks_as_torch_does(tmp_pa
     by_int8 = int8.backend(clicked) - int8.backend(x)
     assert np.corrcoef(by_torch.ravel(), by_int8.ravel())[0, 1] > 0.8
     assert np.abs(by_int8).max() > 0.5 * np.abs(by_torch).max() > 0
+
+
+def test_a_3d_model_reads_each_click_as_a_ball_across_slices(tmp_path):
+    """A promptable 3-D model: a click goes into its click channels as a ball on the model's grid, so it
+    reaches the neighbouring slices; `evaluate --clicks` runs the protocol on it (per volume only: the
+    per-slice table belongs to slice models)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from conftest import train_ok
+    from lesionseg.cli import app
+    from lesionseg.evaluation import load_labelled
+    from lesionseg.inference import Segmenter
+    from lesionseg.inference.volume_coverage import PatchCoverage, volume_coverage
+    from test_patches import TINY_3D
+    from test_volumes import make_volume_dataset
+
+    data = make_volume_dataset(tmp_path / "data", n=4, layout="nnunet")
+    run = train_ok(data, tmp_path / "run", *TINY_3D, "trainer.max_epochs=1", "model.prompt=clicks")
+    result = CliRunner().invoke(app, ["evaluate", "--data", str(data), "--weights", str(run / "model.pt"),
+                                      "--clicks", "2", "--out", str(tmp_path / "e")])
+    assert result.exit_code == 0, result.output
+    clicks = json.loads((tmp_path / "e" / "metrics.json").read_text())["clicks"]
+    assert sorted(clicks["per_structure"]) == ["Anterior", "Posterior"] and "per_slice" not in clicks
+    assert all(len(v["dice_after_clicks"]) == 3 for v in clicks["per_structure"].values())
+
+    seg = Segmenter.load(run / "model.pt")
+
+    def echo(self, batch):  # Anterior exactly on its positive click balls (channel 1: after the image)
+        out = np.zeros((batch.shape[0], 3, *batch.shape[2:]), np.float32)
+        out[:, 1:] = -20.0
+        if batch.shape[1] > 1:
+            out[:, 1] = 40.0 * batch[:, 1] - 20.0
+        return out
+
+    seg.backend.__class__ = type("Echo", (type(seg.backend),), {"__call__": echo})
+    volume, truth = load_labelled(data, model_labels=seg.labels).load(0)
+    coverage = volume_coverage(seg, volume)
+    assert isinstance(coverage, PatchCoverage)
+    alone = coverage.probabilities()
+    assert not (coverage.stack_labels(alone, seg.post) == 1).any()
+    position = tuple(int(v) for v in np.argwhere(truth == 1)[len(np.argwhere(truth == 1)) // 2])
+    on_stack = coverage.stack_position(position)
+    stacked = coverage.stack_labels(coverage.clicked(alone, [(0, Click(on_stack, True))]), seg.post)
+    marked = np.argwhere(stacked == 1)
+    assert stacked[on_stack] == 1
+    assert len(np.unique(marked[:, 0])) >= 3  # the ball spans slices either side of the clicked one
+    assert np.abs(marked - np.asarray(on_stack)).max() <= 6  # and stays around the click

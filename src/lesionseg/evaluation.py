@@ -183,8 +183,9 @@ def evaluate_clicks(segmenter: Segmenter, labelled: LabelledSet, max_clicks: int
     then up to `max_clicks` clicks, each at the deepest error of the mask so far (in mm on a volume, in 3-D),
     the mask thresholded and cleaned as `predict` does. Per structure: the mean Dice after 0..max_clicks
     clicks and NoC@85 / NoC@90 (mean clicks to reach that Dice; `max_clicks` for a case that never does).
-    Volumes: a 2-D model's clicks refine the slice they are on, so volumes are also scored slice by slice
-    (`per_slice`: each slice that holds the structure a case, its clicks on it, Dice in its plane)."""
+    Volumes: a 3-D model reads each click as a ball; a 2-D model's clicks refine the slice they are on, so
+    its volumes are also scored slice by slice (`per_slice`: each slice that holds the structure a case,
+    its clicks on it, Dice in its plane)."""
     from .clicks import Click, click_curve
     from .inference.volume_coverage import SliceCoverage, volume_coverage
 
@@ -197,9 +198,6 @@ def evaluate_clicks(segmenter: Segmenter, labelled: LabelledSet, max_clicks: int
         image, truth = labelled.load(i)
         if volumes:
             coverage = volume_coverage(segmenter, image)
-            if not isinstance(coverage, SliceCoverage):
-                raise UserError("evaluate --clicks: clicks into a 3-D model are not built yet; a slice "
-                                "model takes them")
             alone = coverage.probabilities()
         for k, structure in enumerate(labels.structures):
             if volumes:
@@ -209,8 +207,9 @@ def evaluate_clicks(segmenter: Segmenter, labelled: LabelledSet, max_clicks: int
                     probs = coverage.clicked(alone, [(k, Click(coverage.stack_position(c.position),
                                                                c.positive)) for c in placed])
                     return coverage.labels_of(probs, segmenter.post) == value
-                slice_curves[structure.name] += _slice_curves(coverage, alone, coverage.to_stack(held), k,
-                                                              structure.value, segmenter.post, max_clicks)
+                if isinstance(coverage, SliceCoverage):
+                    slice_curves[structure.name] += _slice_curves(coverage, alone, coverage.to_stack(held), k,
+                                                                  structure.value, segmenter.post, max_clicks)
             else:
                 held = truth[..., order[k]] == 1 if labels.multi else truth.astype(bool)
                 valid = truth[..., order[k]] != IGNORED if labels.multi else None
@@ -226,7 +225,7 @@ def evaluate_clicks(segmenter: Segmenter, labelled: LabelledSet, max_clicks: int
            "(RITM's), positive on missed truth, negative on a false region; NoC counts the model alone as 0 "
            "clicks and a case never reaching the Dice as max_clicks", "per_structure": _click_table(curves,
                                                                                               max_clicks)}
-    if volumes:
+    if any(slice_curves.values()):
         out["per_slice"] = _click_table(slice_curves, max_clicks)
     return out
 

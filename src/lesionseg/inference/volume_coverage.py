@@ -210,10 +210,13 @@ class PatchCoverage(VolumeCoverage):
         self.patching = segmenter.backend.preprocessing.patching
         self.grid = self.patching.grid(self.normalised.shape, self.spacing)
 
-    def logits(self, tta: bool) -> np.ndarray:
+    def logits(self, tta: bool, clicks: np.ndarray | None = None) -> np.ndarray:
         """(K, *grid): the network's blended logits at the model's spacing, float32, or float16 for a grid
-        whose float32 logits would pass HALF_ABOVE_BYTES."""
+        whose float32 logits would pass HALF_ABOVE_BYTES. `clicks`: a promptable network's click channels
+        on the grid, read beside the image."""
         image = resample(self.normalised.astype(np.float32, copy=False), self.grid, order=1)[None]
+        if clicks is not None:
+            image = np.concatenate([image, clicks])
         patch = self.patching.patch
         classes = len(self.labels.structures) + (self.labels.mode == "exclusive")
         half = classes * int(np.prod(self.grid)) * 4 > HALF_ABOVE_BYTES
@@ -224,7 +227,10 @@ class PatchCoverage(VolumeCoverage):
 
     def chunks(self, tta: bool | None = None) -> Iterator[tuple[range, list[np.ndarray]]]:
         tta = self.segmenter.tta if tta is None else tta
-        logits, shape = self.logits(bool(tta)), self.normalised.shape
+        return self._activated(self.logits(bool(tta)))
+
+    def _activated(self, logits: np.ndarray) -> Iterator[tuple[range, list[np.ndarray]]]:
+        shape = self.normalised.shape
         for start in range(0, shape[0], self.SLAB):  # back on the volume's grid a slab at a time
             slab = resampled_rows(logits, shape, start, min(start + self.SLAB, shape[0]))
             slab = slab.astype(np.float32, copy=False)  # float16 logits are activated in float32
@@ -234,6 +240,26 @@ class PatchCoverage(VolumeCoverage):
                 p = softmax(slab)[1:] if self.labels.mode == "exclusive" else sigmoid(slab)
                 probs = [p[:, i] for i in range(p.shape[1])]
             yield range(start, start + slab.shape[1]), probs
+
+    def clicked(self, probabilities: np.ndarray, clicks) -> np.ndarray:
+        """The volume's probabilities predicted again with `clicks` ((structure index, clicks.Click at
+        (slice, row, col) in slice order) as balls in the network's click channels: a 3-D network carries
+        each click to every slice its receptive field spans. `probabilities` (without clicks) are not
+        needed: the whole volume changes."""
+        from ..clicks import Click, click_maps, click_radius
+
+        maps = np.zeros((self.segmenter.click_channels(), *self.grid), np.float32)
+        radius = click_radius(self.patching.patch)
+        for k, click in clicks:
+            on_grid = tuple(min(int((i + 0.5) * g / n), g - 1)
+                            for i, g, n in zip(click.position, self.grid, self.normalised.shape))
+            ball = click_maps(self.grid, [Click(on_grid, click.positive)], radius)
+            maps[2 * k:2 * k + 2] = np.maximum(maps[2 * k:2 * k + 2], ball)
+        out = np.empty_like(probabilities)
+        for indices, probs in self._activated(self.logits(False, maps)):
+            for i, prob in zip(indices, probs):
+                out[:, i] = prob if self.labels.multi else prob[None]
+        return out
 
 
 def volume_coverage(segmenter, volume: Volume,

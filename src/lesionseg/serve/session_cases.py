@@ -1,6 +1,6 @@
 """What an annotation session holds, one class per kind of case: a photo (or radiograph) is a one-slice case,
-a volume (NIfTI, DICOM series) one of many slices, shown and clicked slice by slice in the order the model
-cuts it (`SliceCoverage`'s stack). Each runs the model on the clicks so far, draws a slice for the page, and
+a volume (NIfTI, DICOM series) one of many slices, shown and clicked slice by slice in the model's slice
+order (the coverage's stack). Each runs the model on the clicks so far, draws a slice for the page, and
 saves itself with its masks in the layout `lesionseg train` reads."""
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 
 from ..clicks import Click
-from ..errors import UserError
 from ..io import encode_png
 from ..labels import DECLARATION_FILE, read_dataset_json
 from ..pairs import MASK_SUFFIX
@@ -53,16 +52,11 @@ class PhotoCase:
 
 
 class VolumeCase:
-    """A volume, covered by a slice model: clicks are (structure, Click at (slice, row, col)) in the model's
-    slice order; a click refines the slice it is on (`SliceCoverage.clicked`). The model's probabilities
-    without clicks are computed once, at opening."""
+    """A volume: clicks are (structure, Click at (slice, row, col)) in the model's slice order; a slice
+    model's click refines the slice it is on, a 3-D model's the whole volume (`coverage.clicked`). The
+    model's probabilities without clicks are computed once, at opening."""
 
     def __init__(self, volume, coverage, ct: bool):
-        from ..inference.volume_coverage import SliceCoverage
-
-        if not isinstance(coverage, SliceCoverage):
-            raise UserError("annotation sessions on volumes need a slice model (clicks into a 3-D model "
-                            "are not built yet)")
         self.volume, self.coverage, self.ct = volume, coverage, ct  # ct: the model normalises as CT
         self.alone = coverage.probabilities()
 
