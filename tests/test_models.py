@@ -251,7 +251,8 @@ def test_bundled_names_resolve_unless_a_file_of_that_name_exists(tmp_path, monke
     assert resolve_weights("some/model.pt") == tmp_path.joinpath("some/model.pt").relative_to(tmp_path)
 
 
-@pytest.mark.parametrize("name", ["default", "cpu", "polyp", "chest", "hippocampus", "heart", "polyp_clicks"])
+@pytest.mark.parametrize("name", ["default", "cpu", "polyp", "chest", "hippocampus", "heart", "polyp_clicks",
+                                  "chest_clicks"])
 def test_every_bundled_model_is_made_by_its_config(name):
     """A bundled model, its config and its command share a name; the config builds the very model shipped."""
     from lesionseg.config import load_config

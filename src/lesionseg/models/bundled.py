@@ -10,7 +10,8 @@ from pathlib import Path
 # NAME`) gives the command that trains it. `default` is the model used when no --weights is given.
 BUNDLED = {"default": "lite0_256_gpu", "cpu": "lite0_160_ema_cpu", "polyp": "lite0_192_polyp_cpu",
            "chest": "lite0_384_chest_cpu", "hippocampus": "lite0_96_hippocampus_cpu",
-           "heart": "lite0_256_heart_cpu", "polyp_clicks": "lite0_192_polyp_clicks_cpu"}
+           "heart": "lite0_256_heart_cpu", "polyp_clicks": "lite0_192_polyp_clicks_cpu",
+           "chest_clicks": "lite0_384_chest_clicks_cpu"}
 WHEN_NO_WEIGHTS = "default"
 
 
