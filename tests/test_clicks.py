@@ -469,9 +469,9 @@ def test_a_3d_model_reads_each_click_as_a_ball_across_slices(tmp_path):
     from conftest import train_ok
     from lesionseg.cli import app
     from lesionseg.evaluation import load_labelled
-    from lesionseg.inference import Segmenter
     from lesionseg.inference.volume_coverage import PatchCoverage, volume_coverage
     from test_patches import TINY_3D
+    from test_sessions import echoing_volumes
     from test_volumes import make_volume_dataset
 
     data = make_volume_dataset(tmp_path / "data", n=4, layout="nnunet")
@@ -483,16 +483,7 @@ def test_a_3d_model_reads_each_click_as_a_ball_across_slices(tmp_path):
     assert sorted(clicks["per_structure"]) == ["Anterior", "Posterior"] and "per_slice" not in clicks
     assert all(len(v["dice_after_clicks"]) == 3 for v in clicks["per_structure"].values())
 
-    seg = Segmenter.load(run / "model.pt")
-
-    def echo(self, batch):  # Anterior exactly on its positive click balls (channel 1: after the image)
-        out = np.zeros((batch.shape[0], 3, *batch.shape[2:]), np.float32)
-        out[:, 1:] = -20.0
-        if batch.shape[1] > 1:
-            out[:, 1] = 40.0 * batch[:, 1] - 20.0
-        return out
-
-    seg.backend.__class__ = type("Echo", (type(seg.backend),), {"__call__": echo})
+    seg = echoing_volumes(run / "model.pt", image_channels=1)
     volume, truth = load_labelled(data, model_labels=seg.labels).load(0)
     coverage = volume_coverage(seg, volume)
     assert isinstance(coverage, PatchCoverage)

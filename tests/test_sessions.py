@@ -209,15 +209,17 @@ def volume_model(tmp_path_factory):
     return run / "model.pt", data
 
 
-def echoing_volumes(weights) -> Segmenter:
-    """Structure "Anterior" exactly on its positive click disks, background elsewhere (no click: none)."""
+def echoing_volumes(weights, image_channels: int = 3) -> Segmenter:
+    """Structure "Anterior" exactly on its positive clicks (disks; balls for a 3-D model), background
+    elsewhere (no click: none). `image_channels`: what the network reads before its click channels (a
+    slice model's context slices; 1 for a 3-D model)."""
     seg = Segmenter.load(weights)
 
     def echo(self, batch):
         out = np.zeros((batch.shape[0], 3, *batch.shape[2:]), np.float32)
         out[:, 1:] = -20.0
-        if batch.shape[1] > 3:
-            out[:, 1] = 40.0 * batch[:, 3] - 20.0
+        if batch.shape[1] > image_channels:
+            out[:, 1] = 40.0 * batch[:, image_channels] - 20.0
         return out
 
     seg.backend.__class__ = type("Echo", (type(seg.backend),), {"__call__": echo})
